@@ -1,0 +1,182 @@
+//! Control messages. Each request travels on a fresh channel id chosen by the
+//! host; every reply, and any bulk data that belongs to the request, uses the
+//! same channel.
+
+use serde::{Deserialize, Serialize};
+
+/// Upper bound on one JSON control message, enforced by both decoders.
+pub const MAX_CONTROL_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostMessage {
+    /// Starts a session. The agent drops every channel of an earlier session
+    /// and answers `HelloAck` with the same `session`. The host repeats it
+    /// until answered: virtio-serial loses writes made right after connect.
+    Hello { session: u64, protocol: u32 },
+    /// Runs a process. Without `detach`, stdout comes back as `Data`, stderr
+    /// as `Stderr`, then one `Eof`, then `Exited`.
+    Exec(ExecRequest),
+    /// Creates or truncates `path`; the host then sends its bytes as `Data`
+    /// and an `Eof`; the agent answers `FileWritten`.
+    WriteFile {
+        path: String,
+        mode: u32,
+    },
+    /// The agent answers `FileStart`, sends the contents as `Data`, an `Eof`,
+    /// or `Error` when the file is missing or larger than `max_bytes`.
+    ReadFile { path: String, max_bytes: u64 },
+    /// Opens a TCP connection to `127.0.0.1:port` in the guest; `Connected`
+    /// or `Error`. Then both sides exchange `Data`/`Eof` under `Window`
+    /// flow control; `Reset` tears it down.
+    Connect { port: u16 },
+    /// Liveness and basic guest facts; answered by `Health`.
+    Health,
+    /// Sent after a restore: the agent steps CLOCK_REALTIME to the host's
+    /// time and mixes `entropy` into the kernel RNG and forces a reseed, so
+    /// clones of one snapshot never share randomness.
+    Restored {
+        realtime_secs: i64,
+        realtime_nanos: u32,
+        entropy: Vec<u8>,
+    },
+    /// Sends a signal to a process started by `Exec` on `target` channel.
+    Signal { target: u32, signal: i32 },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    /// Replaces the environment entirely when non-empty; the agent supplies
+    /// a default `PATH` otherwise.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// Bytes written to the process's stdin, then closed (at most 1 MiB).
+    #[serde(default)]
+    pub stdin: Vec<u8>,
+    /// Start in the background, in its own session: the agent answers
+    /// `Started` and keeps no pipes. Output goes to `log_path` if set.
+    #[serde(default)]
+    pub detach: bool,
+    #[serde(default)]
+    pub log_path: Option<String>,
+}
+
+/// Most stdin an `ExecRequest` may carry inline.
+pub const MAX_EXEC_STDIN: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GuestMessage {
+    HelloAck {
+        session: u64,
+        protocol: u32,
+        agent_version: String,
+    },
+    /// A process has started (every `Exec`, detached or not).
+    Started { pid: u32 },
+    /// A non-detached process ended; always after its output and `Eof`.
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    FileWritten { bytes: u64 },
+    FileStart { size: u64 },
+    Connected,
+    Health(HealthReport),
+    /// A request without a more specific answer succeeded.
+    Ok,
+    Error { kind: ErrorKind, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub agent_version: String,
+    pub uptime_ms: u64,
+    pub boot_id: String,
+    pub mem_available_kib: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    NotFound,
+    PermissionDenied,
+    InvalidRequest,
+    TooLarge,
+    ConnectionRefused,
+    Io,
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            Self::NotFound => "not found",
+            Self::PermissionDenied => "permission denied",
+            Self::InvalidRequest => "invalid request",
+            Self::TooLarge => "too large",
+            Self::ConnectionRefused => "connection refused",
+            Self::Io => "i/o error",
+        };
+        f.write_str(s)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("control message of {0} bytes exceeds {MAX_CONTROL_BYTES}")]
+    TooLarge(usize),
+    #[error("malformed control message: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Decodes a control payload with the size bound applied first.
+pub fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, MessageError> {
+    if payload.len() > MAX_CONTROL_BYTES {
+        return Err(MessageError::TooLarge(payload.len()));
+    }
+    Ok(serde_json::from_slice(payload)?)
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, MessageError> {
+    let bytes = serde_json::to_vec(msg)?;
+    if bytes.len() > MAX_CONTROL_BYTES {
+        return Err(MessageError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let m = HostMessage::Exec(ExecRequest {
+            argv: vec!["echo".into(), "hi".into()],
+            env: vec![("A".into(), "b".into())],
+            ..Default::default()
+        });
+        assert_eq!(decode::<HostMessage>(&encode(&m).unwrap()).unwrap(), m);
+        let g = GuestMessage::Error {
+            kind: ErrorKind::NotFound,
+            message: "x".into(),
+        };
+        assert_eq!(decode::<GuestMessage>(&encode(&g).unwrap()).unwrap(), g);
+    }
+
+    #[test]
+    fn oversized_and_malformed_messages_are_errors() {
+        assert!(matches!(
+            decode::<HostMessage>(&vec![b' '; MAX_CONTROL_BYTES + 1]),
+            Err(MessageError::TooLarge(_))
+        ));
+        assert!(decode::<HostMessage>(b"{\"type\":\"nope\"}").is_err());
+    }
+}
