@@ -1,1 +1,51 @@
-fn main() {}
+//! `ember-bench`: measures Ember on this host and prints one JSON object
+//! per result. Figures that are compared (cold boot vs restore) are taken
+//! in the same run, so their ratio survives a noisy machine.
+
+mod restore;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "ember-bench")]
+struct Args {
+    #[arg(long, env = "EMBER_DATA_DIR", default_value = "build/data")]
+    data_dir: PathBuf,
+    #[arg(long, env = "EMBER_AGENT_BIN", default_value = "target/x86_64-unknown-linux-gnu/release/ember-agent")]
+    agent: PathBuf,
+    #[arg(long, env = "EMBER_ACCEL", default_value = "auto")]
+    accel: String,
+    /// Repetitions per figure; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Which benchmarks to run (default: all).
+    #[arg(value_parser = ["restore"])]
+    only: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let accel = args.accel.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let wants = |b: &str| args.only.is_empty() || args.only.iter().any(|o| o == b);
+    if wants("restore") {
+        let line = restore::run(&args.data_dir, &args.agent, accel, args.runs.max(1)).await?;
+        println!("{line}");
+    }
+    Ok(())
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}

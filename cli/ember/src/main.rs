@@ -1,1 +1,63 @@
-fn main() {}
+//! `ember`: the operator's command-line tool.
+
+mod demo;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ember", version, about = "Self-hosted Lambda MicroVMs")]
+struct Cli {
+    /// Ember's data directory (assets, VM runtime files, snapshots).
+    #[arg(long, env = "EMBER_DATA_DIR", default_value = "build/data", global = true)]
+    data_dir: PathBuf,
+    /// The static guest agent binary packed into the initramfs.
+    #[arg(
+        long,
+        env = "EMBER_AGENT_BIN",
+        default_value = "target/x86_64-unknown-linux-gnu/release/ember-agent",
+        global = true
+    )]
+    agent: PathBuf,
+    /// Accelerator: auto (probe the host), kvm or tcg.
+    #[arg(long, env = "EMBER_ACCEL", default_value = "auto", global = true)]
+    accel: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch and build the guest kernel, initramfs and base root filesystem.
+    Setup,
+    /// Boot a microVM, run a process in it, snapshot it, restore the
+    /// snapshot in a new VM and show that the process and its state survived.
+    Demo,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let accel = cli
+        .accel
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))
+        .context("--accel")?;
+    match cli.command {
+        Command::Setup => {
+            let assets = demo::prepare_assets(&cli.data_dir, &cli.agent).await?;
+            println!("{}", serde_json::to_string_pretty(&assets)?);
+        }
+        Command::Demo => demo::run(&cli.data_dir, &cli.agent, accel).await?,
+    }
+    Ok(())
+}

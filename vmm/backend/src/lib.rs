@@ -1,1 +1,17 @@
+//! The VM backend seam.
+//!
+//! Everything above this crate (image builder, lifecycle engine, proxy)
+//! talks to [`Hypervisor`] and [`Vm`] only; QEMU is one implementation
+//! ([`qemu::QemuHypervisor`]), a native KVM VMM can be another. The guest is
+//! reached through the backend-neutral [`agent::AgentClient`], which only
+//! needs a byte stream to the in-guest agent.
 
+pub mod agent;
+mod backend;
+mod error;
+pub mod qemu;
+pub mod snapshot;
+
+pub use backend::{Accel, AccelChoice, Hypervisor, VmConfig, VmStats, Vm, validate_vm_name};
+pub use error::VmmError;
+pub use snapshot::{SnapshotInfo, SnapshotManifest};

@@ -1,0 +1,43 @@
+# Ember's entry points. `make run` and `make test` set up everything they
+# need on a fresh Debian 12 host (packages, guest kernel, base rootfs),
+# idempotently and cached under build/.
+
+SHELL := /bin/bash
+DATA_DIR ?= build/data
+AGENT_TARGET := x86_64-unknown-linux-gnu
+AGENT := target/$(AGENT_TARGET)/release/ember-agent
+
+export EMBER_DATA_DIR := $(abspath $(DATA_DIR))
+export EMBER_ASSETS_DIR := $(EMBER_DATA_DIR)/assets
+export EMBER_AGENT_BIN := $(abspath $(AGENT))
+
+.PHONY: run test bench deps agent setup lint unit-test vm-test clean
+
+## run: boot a microVM, snapshot it, restore it, show its state survived
+run: setup
+	cargo run --quiet --release -p ember -- demo
+
+## test: lint, unit tests, and the tests that boot real guests
+test: lint setup
+	cargo test --release --workspace --no-fail-fast
+
+## bench: print one JSON object per benchmark result
+bench: setup
+	cargo run --quiet --release -p ember-bench
+
+deps:
+	@scripts/install-deps.sh
+
+# The agent is PID 1 in a guest with no libc: link it statically.
+agent: deps
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p ember-agent --target $(AGENT_TARGET)
+
+setup: agent
+	cargo run --quiet --release -p ember -- setup >/dev/null
+
+lint: deps
+	cargo fmt --all -- --check
+	cargo clippy --quiet --release --workspace --all-targets -- -D warnings
+
+clean:
+	rm -rf build target

@@ -1,0 +1,163 @@
+//! The trait pair every backend implements, and the backend-neutral VM
+//! description.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::agent::AgentClient;
+use crate::snapshot::SnapshotInfo;
+use crate::VmmError;
+
+/// How guest instructions execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware virtualization through /dev/kvm.
+    Kvm,
+    /// QEMU's software emulation; slow, but runs anywhere.
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        }
+    }
+}
+
+/// What the operator asked for; `Auto` probes the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccelChoice {
+    #[default]
+    Auto,
+    Force(Accel),
+}
+
+impl std::str::FromStr for AccelChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" | "" => Ok(Self::Auto),
+            "kvm" => Ok(Self::Force(Accel::Kvm)),
+            "tcg" => Ok(Self::Force(Accel::Tcg)),
+            other => Err(format!("unknown accelerator {other:?}: use auto, kvm or tcg")),
+        }
+    }
+}
+
+/// Everything needed to cold-boot a VM. Paths must exist; the root
+/// filesystem is never written (each VM writes to its own overlay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmConfig {
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub rootfs: PathBuf,
+    pub mem_mib: u32,
+    pub vcpus: u8,
+    /// Appended to the kernel command line Ember builds.
+    #[serde(default)]
+    pub extra_cmdline: String,
+}
+
+impl VmConfig {
+    pub fn new(name: impl Into<String>, kernel: &Path, initramfs: &Path, rootfs: &Path) -> Self {
+        Self {
+            name: name.into(),
+            kernel: kernel.to_path_buf(),
+            initramfs: initramfs.to_path_buf(),
+            rootfs: rootfs.to_path_buf(),
+            mem_mib: 256,
+            vcpus: 1,
+            extra_cmdline: String::new(),
+        }
+    }
+}
+
+/// Host-side cost of a running VM.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct VmStats {
+    pub pid: u32,
+    pub rss_bytes: u64,
+}
+
+/// Creates VMs. One per host; cheap to share.
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    fn accel(&self) -> Accel;
+
+    /// Cold-boots a VM and returns once its agent answers.
+    async fn boot(&self, config: VmConfig) -> Result<Arc<dyn Vm>, VmmError>;
+
+    /// Starts a new, independent VM named `name` from a snapshot directory
+    /// written by [`Vm::snapshot`], and returns once its agent answers and
+    /// has been told it was restored (clock stepped, RNG reseeded).
+    async fn restore(&self, name: &str, snapshot_dir: &Path) -> Result<Arc<dyn Vm>, VmmError>;
+}
+
+/// One running (or paused) VM.
+#[async_trait]
+pub trait Vm: Send + Sync {
+    fn name(&self) -> &str;
+
+    /// The in-guest agent: exec, files, streams to guest ports.
+    fn agent(&self) -> &AgentClient;
+
+    /// Where the guest's serial console is logged.
+    fn console_log(&self) -> PathBuf;
+
+    async fn pause(&self) -> Result<(), VmmError>;
+
+    async fn resume(&self) -> Result<(), VmmError>;
+
+    /// Pauses the VM (it stays paused) and writes memory, vCPU/device state
+    /// and disk into `dir`, which must not exist yet.
+    async fn snapshot(&self, dir: &Path) -> Result<SnapshotInfo, VmmError>;
+
+    fn stats(&self) -> Result<VmStats, VmmError>;
+
+    /// Ends the VM and removes its runtime files. Idempotent.
+    async fn stop(&self) -> Result<(), VmmError>;
+}
+
+/// VM names become directory and socket names, so they are kept boring.
+pub fn validate_vm_name(name: &str) -> Result<(), VmmError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(VmmError::InvalidName(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_names_are_validated() {
+        for good in ["a", "vm-1", "A_b-9"] {
+            assert!(validate_vm_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-x", "a/b", "..", "a b", &"x".repeat(65)] {
+            assert!(validate_vm_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn accel_choice_parses() {
+        assert_eq!("kvm".parse::<AccelChoice>(), Ok(AccelChoice::Force(Accel::Kvm)));
+        assert_eq!("auto".parse::<AccelChoice>(), Ok(AccelChoice::Auto));
+        assert!("xen".parse::<AccelChoice>().is_err());
+    }
+}

@@ -1,0 +1,55 @@
+use std::path::PathBuf;
+
+use crate::agent::AgentError;
+use crate::qemu::QmpError;
+use crate::snapshot::SnapshotError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("invalid VM name {0:?}: use 1-64 characters from [A-Za-z0-9_-], not starting with '-'")]
+    InvalidName(String),
+    #[error("a VM named {0:?} already exists on this host")]
+    NameInUse(String),
+    #[error("{what} not found at {path}")]
+    MissingFile { what: &'static str, path: PathBuf },
+    #[error("path {0} is too long for a unix socket; use a shorter state directory")]
+    SocketPathTooLong(PathBuf),
+    #[error("could not start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("QEMU exited unexpectedly ({status}); last console lines:\n{console_tail}")]
+    QemuExited {
+        status: String,
+        console_tail: String,
+    },
+    #[error("timed out after {seconds}s waiting for {what}; last console lines:\n{console_tail}")]
+    Timeout {
+        what: &'static str,
+        seconds: u64,
+        console_tail: String,
+    },
+    #[error("QEMU monitor: {0}")]
+    Qmp(#[from] QmpError),
+    #[error("guest agent: {0}")]
+    Agent(#[from] AgentError),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
+    #[error("{tool} failed: {message}")]
+    Tool { tool: &'static str, message: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("the VM is {0}")]
+    WrongState(&'static str),
+}
+
+impl VmmError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}

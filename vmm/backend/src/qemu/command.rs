@@ -1,0 +1,132 @@
+//! The QEMU command line. Boot and restore must describe the same machine
+//! (same devices, same order), or the device state will not load; both go
+//! through [`qemu_args`].
+
+use std::path::Path;
+
+use crate::backend::{Accel, VmConfig};
+
+/// Where guest RAM lives.
+pub enum RamBacking<'a> {
+    /// A file the VM owns and writes through (`share=on`): snapshotting it
+    /// is a copy of the file, no RAM passes through the migration stream.
+    SharedFile(&'a Path),
+    /// A snapshot's memory image mapped privately (`share=off`): pages load
+    /// on first touch, writes stay in this process, the image is untouched.
+    PrivateFile(&'a Path),
+    /// Anonymous memory, filled from the migration stream on restore.
+    Anonymous,
+}
+
+/// Runtime file names inside a VM's directory. QEMU runs with the VM
+/// directory as its working directory, so these stay relative.
+pub const QMP_SOCKET: &str = "qmp.sock";
+pub const AGENT_SOCKET: &str = "agent.sock";
+pub const CONSOLE_LOG: &str = "console.log";
+pub const DISK: &str = "disk.qcow2";
+pub const MEMORY: &str = "memory.ram";
+
+pub struct LaunchSpec<'a> {
+    pub config: &'a VmConfig,
+    pub accel: Accel,
+    pub ram: RamBacking<'a>,
+    pub tsc_khz: Option<u64>,
+    pub tcg_tb_size_mib: u32,
+    /// Waits for `migrate-incoming` instead of booting.
+    pub incoming: bool,
+}
+
+pub fn kernel_cmdline(config: &VmConfig, accel: Accel, tsc_khz: Option<u64>) -> String {
+    let mut parts = vec![
+        "console=ttyS0".to_string(),
+        "quiet".into(),
+        "panic=-1".into(),
+        "ember.root=/dev/vda".into(),
+    ];
+    if accel == Accel::Tcg {
+        if let Some(khz) = tsc_khz {
+            parts.push(format!("tsc_early_khz={khz}"));
+        }
+    }
+    if !config.extra_cmdline.trim().is_empty() {
+        parts.push(config.extra_cmdline.trim().to_string());
+    }
+    parts.join(" ")
+}
+
+pub fn qemu_args(spec: &LaunchSpec<'_>) -> Vec<String> {
+    let c = spec.config;
+    let mem = format!("{}M", c.mem_mib);
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["-name", &c.name]);
+    push(&["-M", "microvm,acpi=on,rtc=on,memory-backend=mem"]);
+    match spec.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => push(&["-accel", &format!("tcg,tb-size={}", spec.tcg_tb_size_mib)]),
+    }
+    push(&["-m", &mem, "-smp", &c.vcpus.to_string()]);
+    match spec.ram {
+        RamBacking::SharedFile(p) => push(&[
+            "-object",
+            &format!("memory-backend-file,id=mem,size={mem},mem-path={},share=on", opt_escape(p)),
+        ]),
+        RamBacking::PrivateFile(p) => push(&[
+            "-object",
+            &format!("memory-backend-file,id=mem,size={mem},mem-path={},share=off", opt_escape(p)),
+        ]),
+        RamBacking::Anonymous => push(&["-object", &format!("memory-backend-ram,id=mem,size={mem}")]),
+    }
+    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    push(&["-kernel", &c.kernel.display().to_string()]);
+    push(&["-initrd", &c.initramfs.display().to_string()]);
+    push(&["-append", &kernel_cmdline(c, spec.accel, spec.tsc_khz)]);
+    push(&["-chardev", &format!("file,id=console,path={CONSOLE_LOG},append=on")]);
+    push(&["-serial", "chardev:console"]);
+    push(&["-qmp", &format!("unix:{QMP_SOCKET},server=on,wait=off")]);
+    push(&["-device", "virtio-serial-device"]);
+    push(&["-chardev", &format!("socket,id=agent,path={AGENT_SOCKET},server=on,wait=off")]);
+    push(&["-device", "virtserialport,chardev=agent,name=agent"]);
+    push(&["-drive", &format!("if=none,id=root,file={DISK},format=qcow2,discard=unmap")]);
+    push(&["-device", "virtio-blk-device,drive=root"]);
+    push(&["-object", "rng-random,id=rng,filename=/dev/urandom"]);
+    push(&["-device", "virtio-rng-device,rng=rng"]);
+    if spec.incoming {
+        push(&["-incoming", "defer"]);
+    }
+    a
+}
+
+/// QEMU option values escape a comma by doubling it.
+fn opt_escape(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_and_restore_describe_the_same_devices() {
+        let cfg = VmConfig::new("t", Path::new("/k"), Path::new("/i"), Path::new("/r"));
+        let spec = |ram, incoming| LaunchSpec {
+            config: &cfg,
+            accel: Accel::Tcg,
+            ram,
+            tsc_khz: Some(2_000_000),
+            tcg_tb_size_mib: 64,
+            incoming,
+        };
+        let boot = qemu_args(&spec(RamBacking::SharedFile(Path::new("m")), false));
+        let restore = qemu_args(&spec(RamBacking::PrivateFile(Path::new("m")), true));
+        let devices = |a: &[String]| -> Vec<String> {
+            a.windows(2)
+                .filter(|w| w[0] == "-device")
+                .map(|w| w[1].clone())
+                .collect()
+        };
+        assert_eq!(devices(&boot), devices(&restore));
+        assert!(boot.iter().any(|s| s.contains("tsc_early_khz=2000000")));
+        assert!(restore.ends_with(&["-incoming".to_string(), "defer".to_string()]));
+    }
+}

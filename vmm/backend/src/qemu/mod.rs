@@ -1,0 +1,185 @@
+//! The QEMU backend: `qemu-system-x86_64 -M microvm,acpi=on`, KVM or TCG,
+//! controlled over QMP, one process and one runtime directory per VM.
+
+mod command;
+mod files;
+mod host;
+mod qmp;
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use host::{detect_accel, tsc_khz};
+pub use qmp::QmpError;
+pub use vm::QemuVm;
+
+use crate::backend::{validate_vm_name, Accel, AccelChoice, Hypervisor, Vm, VmConfig};
+use crate::VmmError;
+
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// VM runtime directories live in `<state_dir>/vms/<name>`.
+    pub state_dir: PathBuf,
+    pub accel: AccelChoice,
+    pub qemu_binary: PathBuf,
+    pub qemu_img: PathBuf,
+    /// How long a cold boot may take to reach the agent.
+    pub boot_timeout: Duration,
+    /// How long a restore may take to reach the agent.
+    pub restore_timeout: Duration,
+    /// TCG translation cache size; the default (1 GiB) dominates idle RSS.
+    pub tcg_tb_size_mib: u32,
+    /// Kill QEMU when this process dies (tests, one-shot tools). A daemon
+    /// that re-attaches to its VMs after a restart leaves this off.
+    pub die_with_parent: bool,
+}
+
+impl QemuConfig {
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            accel: AccelChoice::Auto,
+            qemu_binary: "qemu-system-x86_64".into(),
+            qemu_img: "qemu-img".into(),
+            boot_timeout: Duration::from_secs(120),
+            restore_timeout: Duration::from_secs(30),
+            tcg_tb_size_mib: 64,
+            die_with_parent: true,
+        }
+    }
+}
+
+pub struct QemuHypervisor {
+    config: QemuConfig,
+    accel: Accel,
+    tsc_khz: Option<u64>,
+    qemu_version: String,
+}
+
+impl QemuHypervisor {
+    pub async fn new(config: QemuConfig) -> Result<Self, VmmError> {
+        let out = tokio::process::Command::new(&config.qemu_binary)
+            .arg("--version")
+            .output()
+            .await
+            .map_err(|source| VmmError::Spawn {
+                program: config.qemu_binary.display().to_string(),
+                source,
+            })?;
+        let qemu_version = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("unknown")
+            .trim()
+            .to_string();
+        std::fs::create_dir_all(config.state_dir.join("vms"))
+            .map_err(VmmError::io(format!("create {}", config.state_dir.display())))?;
+        let accel = host::resolve_accel(config.accel);
+        tracing::info!(accel = accel.as_str(), %qemu_version, "QEMU backend ready");
+        Ok(Self {
+            accel,
+            tsc_khz: host::tsc_khz(),
+            qemu_version,
+            config,
+        })
+    }
+
+    pub fn qemu_version(&self) -> &str {
+        &self.qemu_version
+    }
+
+    /// The runtime directory a VM of this name uses.
+    pub fn vm_dir(&self, name: &str) -> PathBuf {
+        self.config.state_dir.join("vms").join(name)
+    }
+
+    /// Claims the VM's runtime directory; an existing one means the name is
+    /// taken (a live VM, or one whose files were never cleaned up).
+    fn claim_dir(&self, name: &str) -> Result<PathBuf, VmmError> {
+        validate_vm_name(name)?;
+        let dir = self.vm_dir(name);
+        // sockaddr_un holds 108 bytes; the longest name we bind is the QMP one.
+        if dir.join(command::QMP_SOCKET).as_os_str().len() >= 100 {
+            return Err(VmmError::SocketPathTooLong(dir));
+        }
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(VmmError::NameInUse(name.to_string()))
+            }
+            Err(e) => Err(VmmError::Io {
+                context: format!("create {}", dir.display()),
+                source: e,
+            }),
+        }
+    }
+}
+
+fn require_file(what: &'static str, path: &Path) -> Result<(), VmmError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(VmmError::MissingFile {
+            what,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, VmmError> {
+    std::path::absolute(path).map_err(VmmError::io(format!("resolve {}", path.display())))
+}
+
+#[async_trait]
+impl Hypervisor for QemuHypervisor {
+    fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    async fn boot(&self, mut config: VmConfig) -> Result<Arc<dyn Vm>, VmmError> {
+        validate_vm_name(&config.name)?;
+        require_file("guest kernel", &config.kernel)?;
+        require_file("initramfs", &config.initramfs)?;
+        require_file("root filesystem", &config.rootfs)?;
+        config.kernel = absolute(&config.kernel)?;
+        config.initramfs = absolute(&config.initramfs)?;
+        config.rootfs = absolute(&config.rootfs)?;
+        let dir = self.claim_dir(&config.name)?;
+        let vm = vm::boot(self, config, dir).await?;
+        Ok(Arc::new(vm))
+    }
+
+    async fn restore(&self, name: &str, snapshot_dir: &Path) -> Result<Arc<dyn Vm>, VmmError> {
+        validate_vm_name(name)?;
+        let snapshot_dir = absolute(snapshot_dir)?;
+        let manifest = crate::SnapshotManifest::load(&snapshot_dir)?;
+        if manifest.accel != self.accel {
+            return Err(VmmError::Snapshot(crate::snapshot::SnapshotError::Corrupt {
+                path: snapshot_dir,
+                reason: format!(
+                    "taken under {}, this host runs {}",
+                    manifest.accel.as_str(),
+                    self.accel.as_str()
+                ),
+            }));
+        }
+        if manifest.vmm_version != self.qemu_version {
+            return Err(VmmError::Snapshot(crate::snapshot::SnapshotError::Corrupt {
+                path: snapshot_dir,
+                reason: format!(
+                    "written by {:?}, this host has {:?}",
+                    manifest.vmm_version, self.qemu_version
+                ),
+            }));
+        }
+        require_file("guest kernel", &manifest.vm.kernel)?;
+        require_file("initramfs", &manifest.vm.initramfs)?;
+        let dir = self.claim_dir(name)?;
+        let vm = vm::restore(self, name, manifest, &snapshot_dir, dir).await?;
+        Ok(Arc::new(vm))
+    }
+}

@@ -1,0 +1,114 @@
+//! Shared set-up for tests that boot real guests: assets are built once per
+//! machine (cached, locked by ember-assets) and every test gets its own
+//! state directory, so tests run in parallel without sharing VMs.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ember_assets::AssetStore;
+use ember_vmm::qemu::{QemuConfig, QemuHypervisor};
+use ember_vmm::{Hypervisor, Vm, VmConfig};
+
+pub struct TestEnv {
+    pub hv: QemuHypervisor,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub rootfs: PathBuf,
+    pub state: tempfile::TempDir,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The static agent binary, built by `make` before the tests run.
+fn agent_binary() -> PathBuf {
+    std::env::var_os("EMBER_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/x86_64-unknown-linux-gnu/release/ember-agent"))
+}
+
+pub async fn env() -> TestEnv {
+    let agent = agent_binary();
+    assert!(
+        agent.is_file(),
+        "guest agent not built at {} — run the tests with `make test`",
+        agent.display()
+    );
+    let assets_dir = std::env::var_os("EMBER_ASSETS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/assets"));
+    let guest = tokio::task::spawn_blocking(move || AssetStore::new(assets_dir).ensure_guest(&agent))
+        .await
+        .expect("asset task")
+        .expect("guest assets");
+    // Short path: QEMU's unix sockets live under it.
+    let state = tempfile::Builder::new()
+        .prefix("ember-t")
+        .tempdir_in("/tmp")
+        .expect("state dir");
+    let mut cfg = QemuConfig::new(state.path());
+    if let Ok(a) = std::env::var("EMBER_ACCEL") {
+        cfg.accel = a.parse().expect("EMBER_ACCEL is auto, kvm or tcg");
+    }
+    let hv = QemuHypervisor::new(cfg).await.expect("QEMU backend");
+    TestEnv {
+        hv,
+        kernel: guest.kernel,
+        initramfs: guest.initramfs,
+        rootfs: guest.rootfs,
+        state,
+    }
+}
+
+impl TestEnv {
+    pub fn config(&self, name: &str) -> VmConfig {
+        VmConfig::new(name, &self.kernel, &self.initramfs, &self.rootfs)
+    }
+
+    pub async fn boot(&self, name: &str) -> Arc<dyn Vm> {
+        self.hv.boot(self.config(name)).await.expect("boot")
+    }
+
+    pub fn vms_dir(&self) -> PathBuf {
+        self.state.path().join("vms")
+    }
+
+    /// QEMU processes still running for the VM `name` (by working directory,
+/// which is the VM's runtime directory even after it is deleted).
+    pub fn live_qemus(&self, name: &str) -> Vec<u32> {
+        let mut pids = Vec::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return pids;
+        };
+        let needle = self.hv.vm_dir(name);
+        for e in entries.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if cwd.to_string_lossy().starts_with(&*needle.to_string_lossy()) && cmdline.starts_with(b"qemu-system") {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+/// Runs a shell script in the guest, asserting success; returns stdout.
+pub async fn sh(vm: &dyn Vm, script: &str) -> String {
+    let out = vm.agent().sh(script).await.expect("exec");
+    assert!(
+        out.success(),
+        "`{script}` failed: {:?}\nstdout: {}\nstderr: {}",
+        out.code,
+        out.stdout_str(),
+        out.stderr_str()
+    );
+    out.stdout_str()
+}

@@ -1,0 +1,126 @@
+//! Snapshot a running guest, restore it in new QEMU processes, and check
+//! that memory, processes and disk survived while clones stay independent.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ember_vmm::Hypervisor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done";
+
+async fn counter(vm: &dyn ember_vmm::Vm) -> u64 {
+    let s = common::sh(vm, "cat /tmp/counter").await;
+    s.trim().parse().unwrap_or_else(|_| panic!("counter value {s:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restored_vm_keeps_running_process_memory_and_disk() {
+    let env = common::env().await;
+    let vm = env.boot("origin").await;
+    let pid = vm
+        .agent()
+        .spawn_detached(ember_vmm::agent::ExecRequest {
+            argv: vec!["/bin/sh".into(), "-c".into(), COUNTER.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    common::sh(&*vm, "echo on-disk > /root/marker; sync").await;
+    while counter(&*vm).await < 3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let snap = env.state.path().join("snap");
+    let info = vm.snapshot(&snap).await.unwrap();
+    // /tmp is a tmpfs: the counter lives only in guest memory.
+    let at_snapshot = {
+        vm.resume().await.unwrap();
+        let v = counter(&*vm).await;
+        vm.stop().await.unwrap();
+        v
+    };
+    assert!(info.memory_bytes > 0 && info.memory_bytes < 256 << 20, "{info:?}");
+    assert!(env.live_qemus("origin").is_empty(), "origin QEMU still running");
+
+    let restored = env.hv.restore("restored", &snap).await.unwrap();
+    let first = counter(&*restored).await;
+    assert!(first >= 3 && first <= at_snapshot + 1, "counter restarted or jumped: {first} (snapshot ~{at_snapshot})");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let later = counter(&*restored).await;
+    assert!(later > first, "counter stopped after restore: {first} then {later}");
+    common::sh(&*restored, &format!("kill -0 {pid}")).await;
+    assert_eq!(common::sh(&*restored, "cat /root/marker").await, "on-disk\n");
+    restored.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_of_one_snapshot_diverge() {
+    let env = common::env().await;
+    let vm = env.boot("parent").await;
+    common::sh(&*vm, "echo shared > /root/base").await;
+    let snap = env.state.path().join("snap");
+    vm.snapshot(&snap).await.unwrap();
+    vm.stop().await.unwrap();
+    // Let the snapshot's clock fall behind, so a restore must step it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let a = env.hv.restore("clone-a", &snap).await.unwrap();
+    let b = env.hv.restore("clone-b", &snap).await.unwrap();
+
+    common::sh(&*a, "echo only-a > /root/mine; echo a-mem > /tmp/mem").await;
+    let b_sees = common::sh(&*b, "cat /root/mine /tmp/mem 2>/dev/null; cat /root/base").await;
+    assert_eq!(b_sees, "shared\n", "clone b saw clone a's writes");
+
+    let rand_a = common::sh(&*a, "head -c 32 /dev/urandom | od -An -tx1").await;
+    let rand_b = common::sh(&*b, "head -c 32 /dev/urandom | od -An -tx1").await;
+    assert_ne!(rand_a, rand_b, "clones produced the same random bytes");
+
+    for vm in [&a, &b] {
+        let guest: f64 = common::sh(&**vm, "date +%s").await.trim().parse().unwrap();
+        let host = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!((host - guest).abs() <= 1.5, "guest clock {guest} vs host {host}");
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    assert!(env.vms_dir().read_dir().unwrap().next().is_none(), "runtime dirs left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_tcp_server_answers_through_a_stream_opened_after_restore() {
+    let env = common::env().await;
+    let vm = env.boot("web").await;
+    common::sh(&*vm, "mkdir -p /tmp/www && echo 'hello over the agent' > /tmp/www/index.html").await;
+    vm.agent()
+        .spawn_detached(ember_vmm::agent::ExecRequest {
+            argv: vec!["httpd".into(), "-f".into(), "-p".into(), "127.0.0.1:8080".into(), "-h".into(), "/tmp/www".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Wait until it listens.
+    common::sh(&*vm, "for i in $(seq 50); do nc -z 127.0.0.1 8080 && exit 0; sleep 0.1; done; exit 1").await;
+    let snap = env.state.path().join("snap");
+    vm.snapshot(&snap).await.unwrap();
+    vm.stop().await.unwrap();
+
+    let restored = env.hv.restore("web2", &snap).await.unwrap();
+    let mut stream = restored.agent().connect(8080).await.unwrap();
+    stream
+        .write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    assert!(response.ends_with("hello over the agent\n"), "{response}");
+
+    // A closed port is refused, and the channel keeps working.
+    assert!(restored.agent().connect(8081).await.is_err());
+    assert_eq!(common::sh(&*restored, "echo ok").await, "ok\n");
+    restored.stop().await.unwrap();
+}
