@@ -1,1 +1,163 @@
-fn main() {}
+//! `ember-agent`: PID 1 inside every Ember guest.
+//!
+//! As PID 1 it prepares the machine (pseudo filesystems, kernel modules, the
+//! real root filesystem), then serves the host's control channel on the
+//! `agent` virtio-serial port. Run by hand (not PID 1) it skips the machine
+//! setup and serves whatever file or Unix socket `argv[1]` names, which is
+//! handy for development.
+
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+/// Logs one line, prefixed `ember-agent:`, to stdout (the serial console).
+macro_rules! log {
+    ($($arg:tt)*) => {
+        $crate::log_line(format_args!($($arg)*))
+    };
+}
+
+mod channel;
+mod exec;
+mod files;
+mod health;
+mod init;
+mod reaper;
+mod restore;
+mod session;
+mod streams;
+#[cfg(test)]
+mod tests;
+
+use channel::Wire;
+use session::{Agent, Config};
+
+/// Writes errors are ignored on purpose: there is nowhere else to report
+/// them, and a broken console must never take PID 1 down.
+pub(crate) fn log_line(args: fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ember-agent: {args}");
+    let _ = out.flush();
+}
+
+fn main() {
+    // A panic in a helper thread only ends that thread; log it so it is
+    // visible on the console instead of vanishing.
+    std::panic::set_hook(Box::new(|info| log!("panic: {info}")));
+    // SAFETY: getpid has no preconditions and cannot fail.
+    if unsafe { libc::getpid() } == 1 {
+        run_as_init()
+    } else {
+        std::process::exit(run_by_hand());
+    }
+}
+
+/// The PID 1 flow. Never returns: init exiting panics the kernel.
+fn run_as_init() -> ! {
+    if let Err(e) = init::boot() {
+        init::fatal(&format!("boot failed: {e}"));
+    }
+    if let Err(e) = reaper::start() {
+        // Without the reaper orphans pile up as zombies, but the guest is
+        // still usable, so carry on.
+        log!("cannot start the zombie reaper: {e}");
+    }
+    let config = Config {
+        reaper_running: true,
+    };
+    let mut agent: Option<Agent> = None;
+    loop {
+        let path = init::wait_for_agent_port();
+        let port = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                log!("cannot open {}: {e}", path.display());
+                thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+        };
+        let writer = match port.try_clone() {
+            Ok(w) => w,
+            Err(e) => {
+                log!("cannot duplicate the port fd: {e}");
+                thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+        };
+        // Session state survives a reopen of the port: only the fd changes.
+        let agent = match &mut agent {
+            Some(a) => {
+                a.wire().replace_writer(Box::new(writer));
+                a
+            }
+            None => {
+                log!("serving {}", path.display());
+                log!("ready");
+                agent.insert(Agent::new(Wire::new(Box::new(writer)), config))
+            }
+        };
+        if let Err(e) = channel::serve(agent, port, true) {
+            log!("reading {} failed: {e}; reopening", path.display());
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Development mode: serve `argv[1]`, a Unix socket or a bidirectional file.
+fn run_by_hand() -> i32 {
+    let Some(path) = std::env::args_os().nth(1) else {
+        eprintln!("usage: ember-agent PORT  (a Unix socket or a read/write device)");
+        return 2;
+    };
+    let path = Path::new(&path);
+    let is_socket = std::fs::metadata(path)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false);
+    let config = Config {
+        reaper_running: false,
+    };
+    let result = if is_socket {
+        UnixStream::connect(path).and_then(|s| {
+            let writer = s.try_clone()?;
+            let mut agent = Agent::new(Wire::new(Box::new(writer)), config);
+            log!("ready");
+            channel::serve(&mut agent, s, false)
+        })
+    } else {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .and_then(|f| {
+                let writer = f.try_clone()?;
+                let mut agent = Agent::new(Wire::new(Box::new(writer)), config);
+                log!("ready");
+                channel::serve(&mut agent, f, true)
+            })
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            log!("{}: {e}", path.display());
+            1
+        }
+    }
+}
+
+/// Spawns a named thread, reporting failure instead of panicking the way
+/// `thread::spawn` does when the system is out of threads or memory.
+pub(crate) fn spawn_thread<F, T>(name: String, f: F) -> std::io::Result<thread::JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    thread::Builder::new().name(name).spawn(f)
+}

@@ -61,7 +61,9 @@ pub struct QemuHypervisor {
 }
 
 impl QemuHypervisor {
-    pub async fn new(config: QemuConfig) -> Result<Self, VmmError> {
+    pub async fn new(mut config: QemuConfig) -> Result<Self, VmmError> {
+        // QEMU runs inside each VM's directory; every path it gets is absolute.
+        config.state_dir = absolute(&config.state_dir)?;
         let out = tokio::process::Command::new(&config.qemu_binary)
             .arg("--version")
             .output()

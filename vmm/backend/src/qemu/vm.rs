@@ -127,6 +127,8 @@ pub(super) async fn restore(
     snapshot_dir: &Path,
     dir: PathBuf,
 ) -> Result<QemuVm, VmmError> {
+    let t0 = Instant::now();
+    let phase = |what: &str| tracing::debug!(vm = %name, ms = t0.elapsed().as_secs_f64() * 1e3, "restore: {what}");
     let mut guard = LaunchGuard {
         dir: dir.clone(),
         child: None,
@@ -146,6 +148,7 @@ pub(super) async fn restore(
         MemoryImage::InStream => None,
     };
     files::create_overlay(&hv.config.qemu_img, &disk, "qcow2", &dir.join(DISK)).await?;
+    phase("overlay created");
     let ram = match &memory_file {
         Some(p) => RamBacking::PrivateFile(p),
         None => RamBacking::Anonymous,
@@ -164,13 +167,17 @@ pub(super) async fn restore(
     let pid = child.id().unwrap_or(0);
     guard.child = Some(child);
     let qmp = connect_qmp(&dir, &mut guard).await?;
+    phase("monitor connected");
     set_migration_caps(&qmp, memory_file.is_some()).await?;
     qmp.execute("migrate-incoming", json!({"uri": format!("fd:{INCOMING_FD}")}))
         .await?;
     wait_migration(&qmp, &dir, &mut guard, hv.config.restore_timeout, "the snapshot to load").await?;
+    phase("device state loaded");
     qmp.execute("cont", json!({})).await?;
     let agent = connect_agent(&dir, &mut guard, hv.config.restore_timeout, "the guest agent after restore").await?;
+    phase("agent answered");
     agent.notify_restored().await?;
+    phase("clock and RNG updated");
     tracing::info!(vm = %name, pid, snapshot = %snapshot_dir.display(), "restored");
     Ok(QemuVm {
         name: name.to_string(),
@@ -448,6 +455,7 @@ impl Vm for QemuVm {
 
     async fn snapshot(&self, dir: &Path) -> Result<SnapshotInfo, VmmError> {
         let started = Instant::now();
+        let dir = &super::absolute(dir)?;
         std::fs::create_dir(dir).map_err(VmmError::io(format!("create snapshot directory {}", dir.display())))?;
         match self.write_snapshot(dir).await {
             Ok(manifest) => {

@@ -1,0 +1,117 @@
+//! Zombie reaping for PID 1 without stealing exit statuses.
+//!
+//! Exec requests own their children through `std::process::Child` and wait
+//! for them themselves. Those pids are *tracked*. The global reaper only
+//! peeks at exited children (`WNOWAIT`) and reaps those that are untracked:
+//! orphans re-parented to PID 1 and detached processes.
+//!
+//! Race freedom: a pid enters the registry while the registry lock is held
+//! across `spawn`, and the reaper holds the same lock from its check until
+//! it has reaped, so it can never reap a tracked child. An exited child's
+//! pid cannot be reused until someone reaps it, so the peeked pid is still
+//! the same process when the reaper checks it.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::process::{Child, Command};
+use std::sync::Mutex;
+use std::thread;
+use std::time::Duration;
+
+static TRACKED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// Pause while a tracked child's owner has not collected it yet; owners
+/// are woken by the same exit, so this is short.
+const TRACKED_BACKOFF: Duration = Duration::from_millis(5);
+/// Pause when there are no children at all. New children only appear when
+/// we spawn them (orphans are re-parented from our own descendants, which
+/// keep the blocking wait busy), so this is rarely on a hot path.
+const IDLE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Spawns `cmd` and registers its pid so the reaper leaves it alone.
+pub fn spawn_tracked(cmd: &mut Command) -> io::Result<Child> {
+    let mut tracked = TRACKED.lock().unwrap_or_else(|e| e.into_inner());
+    let child = cmd.spawn()?;
+    tracked.insert(pid_of(&child));
+    Ok(child)
+}
+
+/// Called once the owner has reaped `pid`.
+pub fn untrack(pid: i32) {
+    TRACKED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&pid);
+}
+
+pub fn pid_of(child: &Child) -> i32 {
+    // Pids fit in i32 (pid_max is at most 2^22).
+    child.id() as i32
+}
+
+/// Blocks until `pid` (a child of ours) has exited, without reaping it.
+pub fn wait_exited(pid: i32) -> io::Result<()> {
+    loop {
+        // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid, writable siginfo_t for the call.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+pub fn start() -> io::Result<()> {
+    crate::spawn_thread("reaper".into(), run).map(drop)
+}
+
+fn run() {
+    loop {
+        // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // Blocks until some child has exited; WNOWAIT leaves it a zombie so
+        // that we can decide whose it is.
+        // SAFETY: `info` is a valid, writable siginfo_t for the call.
+        let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if r != 0 {
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => {}
+                Some(libc::ECHILD) => thread::sleep(IDLE_BACKOFF),
+                _ => thread::sleep(Duration::from_secs(1)),
+            }
+            continue;
+        }
+        // SAFETY: waitid succeeded with WEXITED, so the kernel filled in the
+        // child fields of `info`.
+        let pid = unsafe { info.si_pid() };
+        let tracked = TRACKED.lock().unwrap_or_else(|e| e.into_inner());
+        if pid == 0 || tracked.contains(&pid) {
+            drop(tracked);
+            thread::sleep(TRACKED_BACKOFF);
+            continue;
+        }
+        // SAFETY: as above; reaps exactly the untracked pid we peeked at,
+        // with the registry still locked.
+        unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            );
+        }
+        drop(tracked);
+    }
+}
