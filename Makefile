@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 DATA_DIR ?= build/data
 AGENT_TARGET := x86_64-unknown-linux-gnu
-AGENT := target/$(AGENT_TARGET)/release/ember-agent
+AGENT := target/$(AGENT_TARGET)/guest/ember-agent
 
 export EMBER_DATA_DIR := $(abspath $(DATA_DIR))
 export EMBER_ASSETS_DIR := $(EMBER_DATA_DIR)/assets
@@ -30,7 +30,7 @@ deps:
 
 # The agent is PID 1 in a guest with no libc: link it statically.
 agent: deps
-	RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p ember-agent --target $(AGENT_TARGET)
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile guest -p ember-agent --target $(AGENT_TARGET)
 
 setup: agent
 	cargo run --quiet --release -p ember -- setup >/dev/null

@@ -13,7 +13,11 @@ use clap::Parser;
 struct Args {
     #[arg(long, env = "EMBER_DATA_DIR", default_value = "build/data")]
     data_dir: PathBuf,
-    #[arg(long, env = "EMBER_AGENT_BIN", default_value = "target/x86_64-unknown-linux-gnu/release/ember-agent")]
+    #[arg(
+        long,
+        env = "EMBER_AGENT_BIN",
+        default_value = "target/x86_64-unknown-linux-gnu/guest/ember-agent"
+    )]
     agent: PathBuf,
     #[arg(long, env = "EMBER_ACCEL", default_value = "auto")]
     accel: String,

@@ -19,7 +19,12 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-pub async fn run(data_dir: &Path, agent: &Path, accel: AccelChoice, runs: usize) -> anyhow::Result<serde_json::Value> {
+pub async fn run(
+    data_dir: &Path,
+    agent: &Path,
+    accel: AccelChoice,
+    runs: usize,
+) -> anyhow::Result<serde_json::Value> {
     let assets = ember_assets::AssetStore::new(data_dir.join("assets"));
     let agent = agent.to_path_buf();
     let guest = tokio::task::spawn_blocking(move || assets.ensure_guest(&agent)).await??;
@@ -111,13 +116,23 @@ async fn start_http(vm: &dyn Vm) -> anyhow::Result<()> {
         .await?;
     vm.agent()
         .spawn_detached(ExecRequest {
-            argv: ["httpd", "-f", "-p", &format!("127.0.0.1:{HTTP_PORT}"), "-h", "/tmp/www"]
-                .map(String::from)
-                .to_vec(),
+            argv: [
+                "httpd",
+                "-f",
+                "-p",
+                &format!("127.0.0.1:{HTTP_PORT}"),
+                "-h",
+                "/tmp/www",
+            ]
+            .map(String::from)
+            .to_vec(),
             ..Default::default()
         })
         .await?;
-    let wait = format!("for i in $(seq 100); do nc -z 127.0.0.1 {HTTP_PORT} && exit 0; sleep 0.05; done; exit 1");
+    // /proc/net/tcp lists the port in hex; state 0A is LISTEN.
+    let wait = format!(
+        "for i in $(seq 100); do grep -q ':{HTTP_PORT:04X} 00000000:0000 0A' /proc/net/tcp && exit 0; sleep 0.05; done; exit 1"
+    );
     anyhow::ensure!(vm.agent().sh(&wait).await?.success(), "httpd did not start");
     Ok(())
 }

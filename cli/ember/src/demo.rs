@@ -31,11 +31,20 @@ pub async fn run(data_dir: &Path, agent: &Path, accel: AccelChoice) -> anyhow::R
     let hv = QemuHypervisor::new(cfg).await?;
     let suffix = std::process::id();
     let (origin, clone) = (format!("demo-{suffix}"), format!("demo-{suffix}-restored"));
-    println!("accelerator: {}   ({})", hv.accel().as_str(), hv.qemu_version());
+    println!(
+        "accelerator: {}   ({})",
+        hv.accel().as_str(),
+        hv.qemu_version()
+    );
 
     let t = Instant::now();
     let vm = hv
-        .boot(VmConfig::new(&origin, &assets.kernel, &assets.initramfs, &assets.rootfs))
+        .boot(VmConfig::new(
+            &origin,
+            &assets.kernel,
+            &assets.initramfs,
+            &assets.rootfs,
+        ))
         .await?;
     println!("booted {origin} in {} ms", t.elapsed().as_millis());
     let result = demo_flow(&hv, &*vm, data_dir, &clone).await;
@@ -43,7 +52,12 @@ pub async fn run(data_dir: &Path, agent: &Path, accel: AccelChoice) -> anyhow::R
     result
 }
 
-async fn demo_flow(hv: &QemuHypervisor, vm: &dyn Vm, data_dir: &Path, clone: &str) -> anyhow::Result<()> {
+async fn demo_flow(
+    hv: &QemuHypervisor,
+    vm: &dyn Vm,
+    data_dir: &Path,
+    clone: &str,
+) -> anyhow::Result<()> {
     let uname = vm.agent().sh("uname -r").await?;
     println!("guest kernel: {}", uname.stdout_str().trim());
     let pid = vm
@@ -84,7 +98,11 @@ async fn demo_flow(hv: &QemuHypervisor, vm: &dyn Vm, data_dir: &Path, clone: &st
     println!("counter right after restore: {after}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let later = counter(&*restored).await?;
-    let alive = restored.agent().sh(&format!("kill -0 {pid}")).await?.success();
+    let alive = restored
+        .agent()
+        .sh(&format!("kill -0 {pid}"))
+        .await?
+        .success();
     let note = restored.agent().sh("cat /root/note").await?.stdout_str();
     println!("counter one second later: {later} (process {pid} alive: {alive})");
     println!("file on disk: {}", note.trim());

@@ -11,13 +11,18 @@ use clap::{Parser, Subcommand};
 #[command(name = "ember", version, about = "Self-hosted Lambda MicroVMs")]
 struct Cli {
     /// Ember's data directory (assets, VM runtime files, snapshots).
-    #[arg(long, env = "EMBER_DATA_DIR", default_value = "build/data", global = true)]
+    #[arg(
+        long,
+        env = "EMBER_DATA_DIR",
+        default_value = "build/data",
+        global = true
+    )]
     data_dir: PathBuf,
     /// The static guest agent binary packed into the initramfs.
     #[arg(
         long,
         env = "EMBER_AGENT_BIN",
-        default_value = "target/x86_64-unknown-linux-gnu/release/ember-agent",
+        default_value = "target/x86_64-unknown-linux-gnu/guest/ember-agent",
         global = true
     )]
     agent: PathBuf,

@@ -4,8 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Upper bound on one JSON control message, enforced by both decoders.
-pub const MAX_CONTROL_BYTES: usize = 64 * 1024;
+/// Upper bound on one JSON control message, enforced by both decoders: one
+/// control message travels in one frame.
+pub const MAX_CONTROL_BYTES: usize = crate::MAX_PAYLOAD;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -19,10 +20,7 @@ pub enum HostMessage {
     Exec(ExecRequest),
     /// Creates or truncates `path`; the host then sends its bytes as `Data`
     /// and an `Eof`; the agent answers `FileWritten`.
-    WriteFile {
-        path: String,
-        mode: u32,
-    },
+    WriteFile { path: String, mode: u32 },
     /// The agent answers `FileStart`, sends the contents as `Data`, an `Eof`,
     /// or `Error` when the file is missing or larger than `max_bytes`.
     ReadFile { path: String, max_bytes: u64 },
@@ -38,6 +36,7 @@ pub enum HostMessage {
     Restored {
         realtime_secs: i64,
         realtime_nanos: u32,
+        #[serde(with = "base64_bytes")]
         entropy: Vec<u8>,
     },
     /// Sends a signal to a process started by `Exec` on `target` channel.
@@ -57,8 +56,9 @@ pub struct ExecRequest {
     pub uid: Option<u32>,
     #[serde(default)]
     pub gid: Option<u32>,
-    /// Bytes written to the process's stdin, then closed (at most 1 MiB).
-    #[serde(default)]
+    /// Bytes written to the process's stdin, then closed (at most
+    /// [`MAX_EXEC_STDIN`]).
+    #[serde(default, with = "base64_bytes")]
     pub stdin: Vec<u8>,
     /// Start in the background, in its own session: the agent answers
     /// `Started` and keeps no pipes. Output goes to `log_path` if set.
@@ -68,8 +68,26 @@ pub struct ExecRequest {
     pub log_path: Option<String>,
 }
 
-/// Most stdin an `ExecRequest` may carry inline.
-pub const MAX_EXEC_STDIN: usize = 1 << 20;
+/// Most stdin an `ExecRequest` may carry inline: base64 inside one control
+/// message must stay under [`MAX_CONTROL_BYTES`].
+pub const MAX_EXEC_STDIN: usize = 128 * 1024;
+
+/// Byte fields travel as base64 strings: JSON arrays of numbers would cost
+/// four times the space of the bytes.
+mod base64_bytes {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -80,19 +98,28 @@ pub enum GuestMessage {
         agent_version: String,
     },
     /// A process has started (every `Exec`, detached or not).
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     /// A non-detached process ended; always after its output and `Eof`.
     Exited {
         code: Option<i32>,
         signal: Option<i32>,
     },
-    FileWritten { bytes: u64 },
-    FileStart { size: u64 },
+    FileWritten {
+        bytes: u64,
+    },
+    FileStart {
+        size: u64,
+    },
     Connected,
     Health(HealthReport),
     /// A request without a more specific answer succeeded.
     Ok,
-    Error { kind: ErrorKind, message: String },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +196,18 @@ mod tests {
             message: "x".into(),
         };
         assert_eq!(decode::<GuestMessage>(&encode(&g).unwrap()).unwrap(), g);
+    }
+
+    #[test]
+    fn largest_stdin_fits_one_control_message() {
+        let m = HostMessage::Exec(ExecRequest {
+            argv: vec!["cat".into()],
+            stdin: vec![0xff; MAX_EXEC_STDIN],
+            ..Default::default()
+        });
+        let bytes = encode(&m).unwrap();
+        assert!(bytes.len() <= MAX_CONTROL_BYTES);
+        assert_eq!(decode::<HostMessage>(&bytes).unwrap(), m);
     }
 
     #[test]

@@ -45,7 +45,9 @@ impl std::str::FromStr for AccelChoice {
             "auto" | "" => Ok(Self::Auto),
             "kvm" => Ok(Self::Force(Accel::Kvm)),
             "tcg" => Ok(Self::Force(Accel::Tcg)),
-            other => Err(format!("unknown accelerator {other:?}: use auto, kvm or tcg")),
+            other => Err(format!(
+                "unknown accelerator {other:?}: use auto, kvm or tcg"
+            )),
         }
     }
 }
@@ -156,7 +158,10 @@ mod tests {
 
     #[test]
     fn accel_choice_parses() {
-        assert_eq!("kvm".parse::<AccelChoice>(), Ok(AccelChoice::Force(Accel::Kvm)));
+        assert_eq!(
+            "kvm".parse::<AccelChoice>(),
+            Ok(AccelChoice::Force(Accel::Kvm))
+        );
         assert_eq!("auto".parse::<AccelChoice>(), Ok(AccelChoice::Auto));
         assert!("xen".parse::<AccelChoice>().is_err());
     }

@@ -6,7 +6,9 @@ use crate::snapshot::SnapshotError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
-    #[error("invalid VM name {0:?}: use 1-64 characters from [A-Za-z0-9_-], not starting with '-'")]
+    #[error(
+        "invalid VM name {0:?}: use 1-64 characters from [A-Za-z0-9_-], not starting with '-'"
+    )]
     InvalidName(String),
     #[error("a VM named {0:?} already exists on this host")]
     NameInUse(String),

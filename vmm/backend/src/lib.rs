@@ -12,6 +12,6 @@ mod error;
 pub mod qemu;
 pub mod snapshot;
 
-pub use backend::{Accel, AccelChoice, Hypervisor, VmConfig, VmStats, Vm, validate_vm_name};
+pub use backend::{validate_vm_name, Accel, AccelChoice, Hypervisor, Vm, VmConfig, VmStats};
 pub use error::VmmError;
 pub use snapshot::{SnapshotInfo, SnapshotManifest};

@@ -31,8 +31,15 @@ async fn exec_reports_output_exit_codes_and_stderr() {
     // Environment, working directory and user are applied.
     let out = agent
         .exec(ExecRequest {
-            argv: vec!["/bin/sh".into(), "-c".into(), "echo $GREETING; pwd; id -u".into()],
-            env: vec![("GREETING".into(), "hi".into()), ("PATH".into(), "/bin:/usr/bin".into())],
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo $GREETING; pwd; id -u".into(),
+            ],
+            env: vec![
+                ("GREETING".into(), "hi".into()),
+                ("PATH".into(), "/bin:/usr/bin".into()),
+            ],
             cwd: Some("/tmp".into()),
             uid: Some(65534),
             gid: Some(65534),
@@ -64,8 +71,14 @@ async fn ten_mib_file_round_trips_byte_exact() {
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
     let written = agent.write_file("/root/blob", &data, 0o600).await.unwrap();
     assert_eq!(written, data.len() as u64);
-    assert_eq!(common::sh(&*vm, "wc -c < /root/blob").await.trim(), "10485760");
-    assert_eq!(common::sh(&*vm, "stat -c %a /root/blob").await.trim(), "600");
+    assert_eq!(
+        common::sh(&*vm, "wc -c < /root/blob").await.trim(),
+        "10485760"
+    );
+    assert_eq!(
+        common::sh(&*vm, "stat -c %a /root/blob").await.trim(),
+        "600"
+    );
     let back = agent.read_file("/root/blob", 16 << 20).await.unwrap();
     assert!(back == data, "file changed on the round trip");
 
@@ -75,7 +88,10 @@ async fn ten_mib_file_round_trips_byte_exact() {
         Err(AgentError::Guest { .. }) | Err(AgentError::TooLarge { .. })
     ));
     assert!(agent.read_file("/root/missing", 1024).await.is_err());
-    assert!(agent.write_file("/no/such/dir/f", b"x", 0o644).await.is_err());
+    assert!(agent
+        .write_file("/no/such/dir/f", b"x", 0o644)
+        .await
+        .is_err());
     // The channel still works after errors.
     assert_eq!(common::sh(&*vm, "echo still here").await, "still here\n");
 

@@ -12,7 +12,9 @@ const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; s
 
 async fn counter(vm: &dyn ember_vmm::Vm) -> u64 {
     let s = common::sh(vm, "cat /tmp/counter").await;
-    s.trim().parse().unwrap_or_else(|_| panic!("counter value {s:?}"))
+    s.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("counter value {s:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,17 +42,32 @@ async fn restored_vm_keeps_running_process_memory_and_disk() {
         vm.stop().await.unwrap();
         v
     };
-    assert!(info.memory_bytes > 0 && info.memory_bytes < 256 << 20, "{info:?}");
-    assert!(env.live_qemus("origin").is_empty(), "origin QEMU still running");
+    assert!(
+        info.memory_bytes > 0 && info.memory_bytes < 256 << 20,
+        "{info:?}"
+    );
+    assert!(
+        env.live_qemus("origin").is_empty(),
+        "origin QEMU still running"
+    );
 
     let restored = env.hv.restore("restored", &snap).await.unwrap();
     let first = counter(&*restored).await;
-    assert!(first >= 3 && first <= at_snapshot + 1, "counter restarted or jumped: {first} (snapshot ~{at_snapshot})");
+    assert!(
+        first >= 3 && first <= at_snapshot + 1,
+        "counter restarted or jumped: {first} (snapshot ~{at_snapshot})"
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
     let later = counter(&*restored).await;
-    assert!(later > first, "counter stopped after restore: {first} then {later}");
+    assert!(
+        later > first,
+        "counter stopped after restore: {first} then {later}"
+    );
     common::sh(&*restored, &format!("kill -0 {pid}")).await;
-    assert_eq!(common::sh(&*restored, "cat /root/marker").await, "on-disk\n");
+    assert_eq!(
+        common::sh(&*restored, "cat /root/marker").await,
+        "on-disk\n"
+    );
     restored.stop().await.unwrap();
 }
 
@@ -78,28 +95,49 @@ async fn clones_of_one_snapshot_diverge() {
 
     for vm in [&a, &b] {
         let guest: f64 = common::sh(&**vm, "date +%s").await.trim().parse().unwrap();
-        let host = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-        assert!((host - guest).abs() <= 1.5, "guest clock {guest} vs host {host}");
+        let host = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            (host - guest).abs() <= 1.5,
+            "guest clock {guest} vs host {host}"
+        );
     }
     a.stop().await.unwrap();
     b.stop().await.unwrap();
-    assert!(env.vms_dir().read_dir().unwrap().next().is_none(), "runtime dirs left behind");
+    assert!(
+        env.vms_dir().read_dir().unwrap().next().is_none(),
+        "runtime dirs left behind"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_tcp_server_answers_through_a_stream_opened_after_restore() {
     let env = common::env().await;
     let vm = env.boot("web").await;
-    common::sh(&*vm, "mkdir -p /tmp/www && echo 'hello over the agent' > /tmp/www/index.html").await;
+    common::sh(
+        &*vm,
+        "mkdir -p /tmp/www && echo 'hello over the agent' > /tmp/www/index.html",
+    )
+    .await;
     vm.agent()
         .spawn_detached(ember_vmm::agent::ExecRequest {
-            argv: vec!["httpd".into(), "-f".into(), "-p".into(), "127.0.0.1:8080".into(), "-h".into(), "/tmp/www".into()],
+            argv: vec![
+                "httpd".into(),
+                "-f".into(),
+                "-p".into(),
+                "127.0.0.1:8080".into(),
+                "-h".into(),
+                "/tmp/www".into(),
+            ],
             ..Default::default()
         })
         .await
         .unwrap();
     // Wait until it listens.
-    common::sh(&*vm, "for i in $(seq 50); do nc -z 127.0.0.1 8080 && exit 0; sleep 0.1; done; exit 1").await;
+    // Port 8080 is 1F90; state 0A is LISTEN.
+    common::sh(&*vm, "for i in $(seq 100); do grep -q ':1F90 00000000:0000 0A' /proc/net/tcp && exit 0; sleep 0.1; done; exit 1").await;
     let snap = env.state.path().join("snap");
     vm.snapshot(&snap).await.unwrap();
     vm.stop().await.unwrap();
@@ -116,7 +154,7 @@ async fn guest_tcp_server_answers_through_a_stream_opened_after_restore() {
         .expect("response in time")
         .unwrap();
     let response = String::from_utf8_lossy(&response);
-    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert!(response.ends_with("hello over the agent\n"), "{response}");
 
     // A closed port is refused, and the channel keeps working.

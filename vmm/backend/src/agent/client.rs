@@ -89,7 +89,9 @@ impl AgentClient {
                 wr.write_all(&hello).await?;
                 next_hello = now + HELLO_INTERVAL;
             }
-            let wait = next_hello.min(deadline).saturating_duration_since(Instant::now());
+            let wait = next_hello
+                .min(deadline)
+                .saturating_duration_since(Instant::now());
             let n = match tokio::time::timeout(wait, rd.read(&mut buf)).await {
                 Err(_) => continue,
                 Ok(r) => r?,
@@ -150,7 +152,9 @@ impl AgentClient {
         let detach = req.detach;
         let (channel, mut rx) = self.inner.open_channel()?;
         let _guard = ChannelGuard::new(&self.inner, channel);
-        self.inner.send_control(channel, &HostMessage::Exec(req)).await?;
+        self.inner
+            .send_control(channel, &HostMessage::Exec(req))
+            .await?;
         let mut out = ExecOutput::default();
         loop {
             let frame = rx.recv().await.ok_or(AgentError::Disconnected)?;
@@ -187,7 +191,9 @@ impl AgentClient {
         req.detach = true;
         let (channel, mut rx) = self.inner.open_channel()?;
         let _guard = ChannelGuard::new(&self.inner, channel);
-        self.inner.send_control(channel, &HostMessage::Exec(req)).await?;
+        self.inner
+            .send_control(channel, &HostMessage::Exec(req))
+            .await?;
         loop {
             let frame = rx.recv().await.ok_or(AgentError::Disconnected)?;
             if frame.kind == FrameKind::Control {
@@ -199,7 +205,12 @@ impl AgentClient {
         }
     }
 
-    pub async fn write_file(&self, path: &str, contents: &[u8], mode: u32) -> Result<u64, AgentError> {
+    pub async fn write_file(
+        &self,
+        path: &str,
+        contents: &[u8],
+        mode: u32,
+    ) -> Result<u64, AgentError> {
         let (channel, mut rx) = self.inner.open_channel()?;
         let _guard = ChannelGuard::new(&self.inner, channel);
         self.inner
@@ -220,7 +231,9 @@ impl AgentClient {
                 .send(Frame::new(FrameKind::Data, channel, chunk.to_vec()))
                 .await?;
         }
-        self.inner.send(Frame::new(FrameKind::Eof, channel, Vec::new())).await?;
+        self.inner
+            .send(Frame::new(FrameKind::Eof, channel, Vec::new()))
+            .await?;
         loop {
             let frame = rx.recv().await.ok_or(AgentError::Disconnected)?;
             if frame.kind == FrameKind::Control {
@@ -287,7 +300,9 @@ impl AgentClient {
     pub async fn connect(&self, port: u16) -> Result<AgentStream, AgentError> {
         let (channel, mut rx) = self.inner.open_channel()?;
         let guard = ChannelGuard::new(&self.inner, channel);
-        self.inner.send_control(channel, &HostMessage::Connect { port }).await?;
+        self.inner
+            .send_control(channel, &HostMessage::Connect { port })
+            .await?;
         loop {
             let frame = rx.recv().await.ok_or(AgentError::Disconnected)?;
             if frame.kind == FrameKind::Control {
@@ -374,7 +389,8 @@ impl Inner {
 
     async fn send_control(&self, channel: u32, msg: &HostMessage) -> Result<(), AgentError> {
         let payload = proto::encode(msg).map_err(|e| AgentError::Protocol(e.to_string()))?;
-        self.send(Frame::new(FrameKind::Control, channel, payload)).await
+        self.send(Frame::new(FrameKind::Control, channel, payload))
+            .await
     }
 }
 
@@ -444,7 +460,11 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, mut decoder: FrameDecoder, i
     }
     inner.closed.store(true, Ordering::Release);
     // Dropping every sender wakes every waiter with `Disconnected`.
-    inner.channels.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    inner
+        .channels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
 }
 
 fn append_bounded(buf: &mut Vec<u8>, bytes: &[u8], what: &'static str) -> Result<(), AgentError> {

@@ -106,13 +106,15 @@ async fn host_to_guest(
             }
             credit.more.notified().await;
         };
-        let want = usize::try_from(available).unwrap_or(MAX_PAYLOAD).min(MAX_PAYLOAD);
-        let n = match from_user.read(&mut buf[..want]).await {
-            Ok(n) => n,
-            Err(_) => 0,
-        };
+        let want = usize::try_from(available)
+            .unwrap_or(MAX_PAYLOAD)
+            .min(MAX_PAYLOAD);
+        // A read error on our own pipe ends the stream like EOF.
+        let n = from_user.read(&mut buf[..want]).await.unwrap_or_default();
         if n == 0 {
-            let _ = inner.send(Frame::new(FrameKind::Eof, channel, Vec::new())).await;
+            let _ = inner
+                .send(Frame::new(FrameKind::Eof, channel, Vec::new()))
+                .await;
             return;
         }
         // Only this task subtracts, and it read at least `n` above.

@@ -69,25 +69,48 @@ pub fn qemu_args(spec: &LaunchSpec<'_>) -> Vec<String> {
     match spec.ram {
         RamBacking::SharedFile(p) => push(&[
             "-object",
-            &format!("memory-backend-file,id=mem,size={mem},mem-path={},share=on", opt_escape(p)),
+            &format!(
+                "memory-backend-file,id=mem,size={mem},mem-path={},share=on",
+                opt_escape(p)
+            ),
         ]),
         RamBacking::PrivateFile(p) => push(&[
             "-object",
-            &format!("memory-backend-file,id=mem,size={mem},mem-path={},share=off", opt_escape(p)),
+            &format!(
+                "memory-backend-file,id=mem,size={mem},mem-path={},share=off",
+                opt_escape(p)
+            ),
         ]),
-        RamBacking::Anonymous => push(&["-object", &format!("memory-backend-ram,id=mem,size={mem}")]),
+        RamBacking::Anonymous => {
+            push(&["-object", &format!("memory-backend-ram,id=mem,size={mem}")])
+        }
     }
-    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
     push(&["-kernel", &c.kernel.display().to_string()]);
     push(&["-initrd", &c.initramfs.display().to_string()]);
     push(&["-append", &kernel_cmdline(c, spec.accel, spec.tsc_khz)]);
-    push(&["-chardev", &format!("file,id=console,path={CONSOLE_LOG},append=on")]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={CONSOLE_LOG},append=on"),
+    ]);
     push(&["-serial", "chardev:console"]);
     push(&["-qmp", &format!("unix:{QMP_SOCKET},server=on,wait=off")]);
     push(&["-device", "virtio-serial-device"]);
-    push(&["-chardev", &format!("socket,id=agent,path={AGENT_SOCKET},server=on,wait=off")]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=agent,path={AGENT_SOCKET},server=on,wait=off"),
+    ]);
     push(&["-device", "virtserialport,chardev=agent,name=agent"]);
-    push(&["-drive", &format!("if=none,id=root,file={DISK},format=qcow2,discard=unmap")]);
+    push(&[
+        "-drive",
+        &format!("if=none,id=root,file={DISK},format=qcow2,discard=unmap"),
+    ]);
     push(&["-device", "virtio-blk-device,drive=root"]);
     push(&["-object", "rng-random,id=rng,filename=/dev/urandom"]);
     push(&["-device", "virtio-rng-device,rng=rng"]);

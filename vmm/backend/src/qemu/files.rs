@@ -11,7 +11,8 @@ use crate::VmmError;
 /// 256 MiB RAM image with 60 MiB touched costs 60 MiB of I/O and disk.
 /// Returns the bytes of data copied.
 pub fn sparse_copy(src: &Path, dst: &Path) -> Result<u64, VmmError> {
-    let input = std::fs::File::open(src).map_err(VmmError::io(format!("open {}", src.display())))?;
+    let input =
+        std::fs::File::open(src).map_err(VmmError::io(format!("open {}", src.display())))?;
     let len = input
         .metadata()
         .map_err(VmmError::io(format!("stat {}", src.display())))?
@@ -40,12 +41,12 @@ pub fn sparse_copy(src: &Path, dst: &Path) -> Result<u64, VmmError> {
         let mut off_in = data;
         let mut off_out = data;
         while off_in < hole {
-            let want = usize::try_from(hole - off_in).unwrap_or(usize::MAX).min(1 << 30);
+            let want = usize::try_from(hole - off_in)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
             // SAFETY: both descriptors are open files we own; the offsets
             // are valid pointers to locals.
-            let n = unsafe {
-                libc::copy_file_range(ifd, &mut off_in, ofd, &mut off_out, want, 0)
-            };
+            let n = unsafe { libc::copy_file_range(ifd, &mut off_in, ofd, &mut off_out, want, 0) };
             if n < 0 {
                 return Err(VmmError::Io {
                     context: format!("copy {} to {}", src.display(), dst.display()),
@@ -65,7 +66,9 @@ pub fn sparse_copy(src: &Path, dst: &Path) -> Result<u64, VmmError> {
 /// Blocks actually allocated to a file, in bytes.
 pub fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }
 
 /// Creates a qcow2 overlay at `overlay` on top of `backing`.

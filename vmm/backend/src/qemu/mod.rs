@@ -78,8 +78,10 @@ impl QemuHypervisor {
             .unwrap_or("unknown")
             .trim()
             .to_string();
-        std::fs::create_dir_all(config.state_dir.join("vms"))
-            .map_err(VmmError::io(format!("create {}", config.state_dir.display())))?;
+        std::fs::create_dir_all(config.state_dir.join("vms")).map_err(VmmError::io(format!(
+            "create {}",
+            config.state_dir.display()
+        )))?;
         let accel = host::resolve_accel(config.accel);
         tracing::info!(accel = accel.as_str(), %qemu_version, "QEMU backend ready");
         Ok(Self {
@@ -160,23 +162,27 @@ impl Hypervisor for QemuHypervisor {
         let snapshot_dir = absolute(snapshot_dir)?;
         let manifest = crate::SnapshotManifest::load(&snapshot_dir)?;
         if manifest.accel != self.accel {
-            return Err(VmmError::Snapshot(crate::snapshot::SnapshotError::Corrupt {
-                path: snapshot_dir,
-                reason: format!(
-                    "taken under {}, this host runs {}",
-                    manifest.accel.as_str(),
-                    self.accel.as_str()
-                ),
-            }));
+            return Err(VmmError::Snapshot(
+                crate::snapshot::SnapshotError::Corrupt {
+                    path: snapshot_dir,
+                    reason: format!(
+                        "taken under {}, this host runs {}",
+                        manifest.accel.as_str(),
+                        self.accel.as_str()
+                    ),
+                },
+            ));
         }
         if manifest.vmm_version != self.qemu_version {
-            return Err(VmmError::Snapshot(crate::snapshot::SnapshotError::Corrupt {
-                path: snapshot_dir,
-                reason: format!(
-                    "written by {:?}, this host has {:?}",
-                    manifest.vmm_version, self.qemu_version
-                ),
-            }));
+            return Err(VmmError::Snapshot(
+                crate::snapshot::SnapshotError::Corrupt {
+                    path: snapshot_dir,
+                    reason: format!(
+                        "written by {:?}, this host has {:?}",
+                        manifest.vmm_version, self.qemu_version
+                    ),
+                },
+            ));
         }
         require_file("guest kernel", &manifest.vm.kernel)?;
         require_file("initramfs", &manifest.vm.initramfs)?;

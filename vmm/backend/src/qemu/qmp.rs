@@ -66,7 +66,8 @@ impl Qmp {
                     return Ok(ret.clone());
                 }
                 if let Some(err) = msg.get("error") {
-                    let field = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                    let field =
+                        |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_string();
                     return Err(QmpError::Command {
                         command: command.to_string(),
                         class: field("class"),
@@ -86,7 +87,10 @@ async fn read_message(rd: &mut BufReader<OwnedReadHalf>) -> Result<Value, QmpErr
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = (&mut *rd).take(MAX_LINE as u64).read_until(b'\n', &mut line).await?;
+        let n = (&mut *rd)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await?;
         if n == 0 {
             return Err(QmpError::Closed);
         }

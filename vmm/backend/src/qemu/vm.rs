@@ -11,7 +11,9 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
-use super::command::{self, LaunchSpec, RamBacking, AGENT_SOCKET, CONSOLE_LOG, DISK, MEMORY, QMP_SOCKET};
+use super::command::{
+    self, LaunchSpec, RamBacking, AGENT_SOCKET, CONSOLE_LOG, DISK, MEMORY, QMP_SOCKET,
+};
 use super::files;
 use super::qmp::Qmp;
 use super::QemuHypervisor;
@@ -81,7 +83,11 @@ impl Drop for LaunchGuard {
     }
 }
 
-pub(super) async fn boot(hv: &QemuHypervisor, config: VmConfig, dir: PathBuf) -> Result<QemuVm, VmmError> {
+pub(super) async fn boot(
+    hv: &QemuHypervisor,
+    config: VmConfig,
+    dir: PathBuf,
+) -> Result<QemuVm, VmmError> {
     let mut guard = LaunchGuard {
         dir: dir.clone(),
         child: None,
@@ -103,7 +109,13 @@ pub(super) async fn boot(hv: &QemuHypervisor, config: VmConfig, dir: PathBuf) ->
     let pid = child.id().unwrap_or(0);
     guard.child = Some(child);
     let qmp = connect_qmp(&dir, &mut guard).await?;
-    let agent = connect_agent(&dir, &mut guard, hv.config.boot_timeout, "the guest agent after boot").await?;
+    let agent = connect_agent(
+        &dir,
+        &mut guard,
+        hv.config.boot_timeout,
+        "the guest agent after boot",
+    )
+    .await?;
     tracing::info!(vm = %config.name, pid, "booted");
     Ok(QemuVm {
         name: config.name.clone(),
@@ -161,7 +173,8 @@ pub(super) async fn restore(
         tcg_tb_size_mib: hv.config.tcg_tb_size_mib,
         incoming: true,
     };
-    let state_file = std::fs::File::open(&state).map_err(VmmError::io(format!("open {}", state.display())))?;
+    let state_file =
+        std::fs::File::open(&state).map_err(VmmError::io(format!("open {}", state.display())))?;
     let child = spawn(hv, &dir, &spec, Some(&state_file))?;
     drop(state_file);
     let pid = child.id().unwrap_or(0);
@@ -169,12 +182,28 @@ pub(super) async fn restore(
     let qmp = connect_qmp(&dir, &mut guard).await?;
     phase("monitor connected");
     set_migration_caps(&qmp, memory_file.is_some()).await?;
-    qmp.execute("migrate-incoming", json!({"uri": format!("fd:{INCOMING_FD}")}))
-        .await?;
-    wait_migration(&qmp, &dir, &mut guard, hv.config.restore_timeout, "the snapshot to load").await?;
+    qmp.execute(
+        "migrate-incoming",
+        json!({"uri": format!("fd:{INCOMING_FD}")}),
+    )
+    .await?;
+    wait_migration(
+        &qmp,
+        &dir,
+        &mut guard,
+        hv.config.restore_timeout,
+        "the snapshot to load",
+    )
+    .await?;
     phase("device state loaded");
     qmp.execute("cont", json!({})).await?;
-    let agent = connect_agent(&dir, &mut guard, hv.config.restore_timeout, "the guest agent after restore").await?;
+    let agent = connect_agent(
+        &dir,
+        &mut guard,
+        hv.config.restore_timeout,
+        "the guest agent after restore",
+    )
+    .await?;
     phase("agent answered");
     agent.notify_restored().await?;
     phase("clock and RNG updated");
@@ -304,8 +333,11 @@ async fn set_migration_caps(qmp: &Qmp, ignore_shared: bool) -> Result<(), VmmErr
         json!({"capabilities": [{"capability": "x-ignore-shared", "state": ignore_shared}]}),
     )
     .await?;
-    qmp.execute("migrate-set-parameters", json!({"max-bandwidth": MIGRATION_BANDWIDTH}))
-        .await?;
+    qmp.execute(
+        "migrate-set-parameters",
+        json!({"max-bandwidth": MIGRATION_BANDWIDTH}),
+    )
+    .await?;
     Ok(())
 }
 
@@ -364,7 +396,14 @@ impl QemuVm {
             dir: PathBuf::new(),
             child: None,
         };
-        let res = wait_migration(&self.qmp, &self.dir, &mut guard, Duration::from_secs(300), "the snapshot to be written").await;
+        let res = wait_migration(
+            &self.qmp,
+            &self.dir,
+            &mut guard,
+            Duration::from_secs(300),
+            "the snapshot to be written",
+        )
+        .await;
         guard.defuse();
         res?;
         let memory = if own_file {
@@ -456,7 +495,10 @@ impl Vm for QemuVm {
     async fn snapshot(&self, dir: &Path) -> Result<SnapshotInfo, VmmError> {
         let started = Instant::now();
         let dir = &super::absolute(dir)?;
-        std::fs::create_dir(dir).map_err(VmmError::io(format!("create snapshot directory {}", dir.display())))?;
+        std::fs::create_dir(dir).map_err(VmmError::io(format!(
+            "create snapshot directory {}",
+            dir.display()
+        )))?;
         match self.write_snapshot(dir).await {
             Ok(manifest) => {
                 let memory_bytes = match &manifest.memory {
@@ -481,7 +523,8 @@ impl Vm for QemuVm {
     fn stats(&self) -> Result<VmStats, VmmError> {
         Ok(VmStats {
             pid: self.pid,
-            rss_bytes: super::host::rss_bytes(self.pid).map_err(VmmError::io("read VM process status"))?,
+            rss_bytes: super::host::rss_bytes(self.pid)
+                .map_err(VmmError::io("read VM process status"))?,
         })
     }
 
@@ -492,13 +535,19 @@ impl Vm for QemuVm {
         }
         let mut child = self.child.lock().await;
         if let Some(mut c) = child.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.qmp.execute("quit", json!({}))).await;
-            if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), self.qmp.execute("quit", json!({})))
+                    .await;
+            if tokio::time::timeout(Duration::from_secs(5), c.wait())
+                .await
+                .is_err()
+            {
                 let _ = c.kill().await;
             }
         }
         *state = RunState::Stopped;
-        std::fs::remove_dir_all(&self.dir).map_err(VmmError::io(format!("remove {}", self.dir.display())))?;
+        std::fs::remove_dir_all(&self.dir)
+            .map_err(VmmError::io(format!("remove {}", self.dir.display())))?;
         tracing::info!(vm = %self.name, "stopped");
         Ok(())
     }

@@ -27,7 +27,9 @@ fn workspace_root() -> PathBuf {
 fn agent_binary() -> PathBuf {
     std::env::var_os("EMBER_AGENT_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/x86_64-unknown-linux-gnu/release/ember-agent"))
+        .unwrap_or_else(|| {
+            workspace_root().join("target/x86_64-unknown-linux-gnu/guest/ember-agent")
+        })
 }
 
 pub async fn env() -> TestEnv {
@@ -40,10 +42,11 @@ pub async fn env() -> TestEnv {
     let assets_dir = std::env::var_os("EMBER_ASSETS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("build/assets"));
-    let guest = tokio::task::spawn_blocking(move || AssetStore::new(assets_dir).ensure_guest(&agent))
-        .await
-        .expect("asset task")
-        .expect("guest assets");
+    let guest =
+        tokio::task::spawn_blocking(move || AssetStore::new(assets_dir).ensure_guest(&agent))
+            .await
+            .expect("asset task")
+            .expect("guest assets");
     // Short path: QEMU's unix sockets live under it.
     let state = tempfile::Builder::new()
         .prefix("ember-t")
@@ -77,7 +80,7 @@ impl TestEnv {
     }
 
     /// QEMU processes still running for the VM `name` (by working directory,
-/// which is the VM's runtime directory even after it is deleted).
+    /// which is the VM's runtime directory even after it is deleted).
     pub fn live_qemus(&self, name: &str) -> Vec<u32> {
         let mut pids = Vec::new();
         let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -92,7 +95,11 @@ impl TestEnv {
                 continue;
             };
             let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            if cwd.to_string_lossy().starts_with(&*needle.to_string_lossy()) && cmdline.starts_with(b"qemu-system") {
+            if cwd
+                .to_string_lossy()
+                .starts_with(&*needle.to_string_lossy())
+                && cmdline.starts_with(b"qemu-system")
+            {
                 pids.push(pid);
             }
         }
