@@ -17,7 +17,12 @@ use super::AgentError;
 const MAX_EXEC_OUTPUT: usize = 64 << 20;
 /// Frames queued towards the guest before senders wait.
 const OUTBOUND_QUEUE: usize = 256;
-const HELLO_INTERVAL: Duration = Duration::from_millis(50);
+/// Hello is repeated quickly at first (a restored agent answers within
+/// milliseconds, and the first write after connect is often lost), then
+/// slowly while a cold boot is still on its way.
+const HELLO_FAST: Duration = Duration::from_millis(5);
+const HELLO_SLOW: Duration = Duration::from_millis(50);
+const FAST_PHASE: Duration = Duration::from_millis(300);
 
 pub(super) type ChannelRx = mpsc::UnboundedReceiver<Frame>;
 
@@ -78,8 +83,9 @@ impl AgentClient {
 
         let mut decoder = FrameDecoder::new();
         let mut buf = vec![0u8; 64 * 1024];
-        let deadline = Instant::now() + timeout;
-        let mut next_hello = Instant::now();
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut next_hello = started;
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -87,7 +93,12 @@ impl AgentClient {
             }
             if now >= next_hello {
                 wr.write_all(&hello).await?;
-                next_hello = now + HELLO_INTERVAL;
+                let interval = if now - started < FAST_PHASE {
+                    HELLO_FAST
+                } else {
+                    HELLO_SLOW
+                };
+                next_hello = now + interval;
             }
             let wait = next_hello
                 .min(deadline)

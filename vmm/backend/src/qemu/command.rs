@@ -34,6 +34,9 @@ pub struct LaunchSpec<'a> {
     pub tcg_tb_size_mib: u32,
     /// Waits for `migrate-incoming` instead of booting.
     pub incoming: bool,
+    /// Kernel and initrd handed to QEMU in place of the config's, for a
+    /// restore (see `stub_kernel`).
+    pub boot_files_override: Option<(&'a Path, &'a Path)>,
 }
 
 pub fn kernel_cmdline(config: &VmConfig, accel: Accel, tsc_khz: Option<u64>) -> String {
@@ -92,8 +95,11 @@ pub fn qemu_args(spec: &LaunchSpec<'_>) -> Vec<String> {
         "none",
         "-no-reboot",
     ]);
-    push(&["-kernel", &c.kernel.display().to_string()]);
-    push(&["-initrd", &c.initramfs.display().to_string()]);
+    let (kernel, initrd) = spec
+        .boot_files_override
+        .unwrap_or((&c.kernel, &c.initramfs));
+    push(&["-kernel", &kernel.display().to_string()]);
+    push(&["-initrd", &initrd.display().to_string()]);
     push(&["-append", &kernel_cmdline(c, spec.accel, spec.tsc_khz)]);
     push(&[
         "-chardev",
@@ -139,6 +145,7 @@ mod tests {
             tsc_khz: Some(2_000_000),
             tcg_tb_size_mib: 64,
             incoming,
+            boot_files_override: None,
         };
         let boot = qemu_args(&spec(RamBacking::SharedFile(Path::new("m")), false));
         let restore = qemu_args(&spec(RamBacking::PrivateFile(Path::new("m")), true));

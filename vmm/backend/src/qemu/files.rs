@@ -1,9 +1,7 @@
-//! File plumbing: sparse copies of memory images and qcow2 overlays.
+//! File plumbing: sparse copies of memory images, log tails, quoting.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
-
-use tokio::process::Command;
 
 use crate::VmmError;
 
@@ -69,32 +67,6 @@ pub fn allocated_bytes(path: &Path) -> u64 {
     std::fs::metadata(path)
         .map(|m| m.blocks() * 512)
         .unwrap_or(0)
-}
-
-/// Creates a qcow2 overlay at `overlay` on top of `backing`.
-pub async fn create_overlay(
-    qemu_img: &Path,
-    backing: &Path,
-    backing_format: &str,
-    overlay: &Path,
-) -> Result<(), VmmError> {
-    let out = Command::new(qemu_img)
-        .args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
-        .arg(backing)
-        .arg(overlay)
-        .output()
-        .await
-        .map_err(|source| VmmError::Spawn {
-            program: qemu_img.display().to_string(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(VmmError::Tool {
-            tool: "qemu-img create",
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
 }
 
 /// The last `lines` lines of a log file, for error messages.

@@ -4,7 +4,9 @@
 mod command;
 mod files;
 mod host;
+mod qcow2;
 mod qmp;
+mod stub_kernel;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -26,7 +28,6 @@ pub struct QemuConfig {
     pub state_dir: PathBuf,
     pub accel: AccelChoice,
     pub qemu_binary: PathBuf,
-    pub qemu_img: PathBuf,
     /// How long a cold boot may take to reach the agent.
     pub boot_timeout: Duration,
     /// How long a restore may take to reach the agent.
@@ -44,7 +45,6 @@ impl QemuConfig {
             state_dir: state_dir.into(),
             accel: AccelChoice::Auto,
             qemu_binary: "qemu-system-x86_64".into(),
-            qemu_img: "qemu-img".into(),
             boot_timeout: Duration::from_secs(120),
             restore_timeout: Duration::from_secs(30),
             tcg_tb_size_mib: 64,
@@ -58,6 +58,8 @@ pub struct QemuHypervisor {
     accel: Accel,
     tsc_khz: Option<u64>,
     qemu_version: String,
+    /// Placeholder kernel and initrd for restores.
+    restore_kernel: (PathBuf, PathBuf),
 }
 
 impl QemuHypervisor {
@@ -82,12 +84,14 @@ impl QemuHypervisor {
             "create {}",
             config.state_dir.display()
         )))?;
+        let restore_kernel = stub_kernel::install(&config.state_dir)?;
         let accel = host::resolve_accel(config.accel);
         tracing::info!(accel = accel.as_str(), %qemu_version, "QEMU backend ready");
         Ok(Self {
             accel,
             tsc_khz: host::tsc_khz(),
             qemu_version,
+            restore_kernel,
             config,
         })
     }
@@ -184,8 +188,6 @@ impl Hypervisor for QemuHypervisor {
                 },
             ));
         }
-        require_file("guest kernel", &manifest.vm.kernel)?;
-        require_file("initramfs", &manifest.vm.initramfs)?;
         let dir = self.claim_dir(name)?;
         let vm = vm::restore(self, name, manifest, &snapshot_dir, dir).await?;
         Ok(Arc::new(vm))

@@ -14,9 +14,9 @@ use tokio::sync::Mutex;
 use super::command::{
     self, LaunchSpec, RamBacking, AGENT_SOCKET, CONSOLE_LOG, DISK, MEMORY, QMP_SOCKET,
 };
-use super::files;
 use super::qmp::Qmp;
 use super::QemuHypervisor;
+use super::{files, qcow2};
 use crate::agent::AgentClient;
 use crate::backend::{Accel, Vm, VmConfig, VmStats};
 use crate::snapshot::{FileRecord, MemoryImage, SnapshotInfo, SnapshotManifest};
@@ -92,7 +92,7 @@ pub(super) async fn boot(
         dir: dir.clone(),
         child: None,
     };
-    files::create_overlay(&hv.config.qemu_img, &config.rootfs, "raw", &dir.join(DISK)).await?;
+    qcow2::create_overlay(&config.rootfs, "raw", &dir.join(DISK))?;
     let mem_path = dir.join(MEMORY);
     std::fs::File::create(&mem_path)
         .and_then(|f| f.set_len(u64::from(config.mem_mib) << 20))
@@ -104,6 +104,7 @@ pub(super) async fn boot(
         tsc_khz: hv.tsc_khz,
         tcg_tb_size_mib: hv.config.tcg_tb_size_mib,
         incoming: false,
+        boot_files_override: None,
     };
     let child = spawn(hv, &dir, &spec, None)?;
     let pid = child.id().unwrap_or(0);
@@ -159,7 +160,7 @@ pub(super) async fn restore(
         MemoryImage::File(rec) => Some(resolve(rec)?),
         MemoryImage::InStream => None,
     };
-    files::create_overlay(&hv.config.qemu_img, &disk, "qcow2", &dir.join(DISK)).await?;
+    qcow2::create_overlay(&disk, "qcow2", &dir.join(DISK))?;
     phase("overlay created");
     let ram = match &memory_file {
         Some(p) => RamBacking::PrivateFile(p),
@@ -172,6 +173,7 @@ pub(super) async fn restore(
         tsc_khz: hv.tsc_khz,
         tcg_tb_size_mib: hv.config.tcg_tb_size_mib,
         incoming: true,
+        boot_files_override: Some((&hv.restore_kernel.0, &hv.restore_kernel.1)),
     };
     let state_file =
         std::fs::File::open(&state).map_err(VmmError::io(format!("open {}", state.display())))?;

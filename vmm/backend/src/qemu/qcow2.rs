@@ -1,0 +1,197 @@
+//! Writes empty qcow2 (v3) overlays directly.
+//!
+//! Every boot and restore needs a fresh copy-on-write disk on top of a
+//! read-only base; spawning `qemu-img create` for it cost 15-25 ms of each
+//! restore. The empty overlay is four small structures, written here in
+//! well under a millisecond: header (with backing file name and format),
+//! refcount table, one refcount block, and an all-zero L1 table.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use crate::VmmError;
+
+const MAGIC: u32 = 0x5146_49fb;
+const CLUSTER_BITS: u32 = 16;
+const CLUSTER: u64 = 1 << CLUSTER_BITS;
+const HEADER_LEN: u32 = 104;
+const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+/// QEMU refuses longer backing file names.
+const MAX_BACKING_NAME: usize = 1023;
+
+/// The guest-visible size of a disk image: a raw file's length, or the
+/// size recorded in a qcow2 header.
+pub fn virtual_size(path: &Path, format: &str) -> Result<u64, VmmError> {
+    let ctx = || format!("read {}", path.display());
+    let mut f = std::fs::File::open(path).map_err(VmmError::io(ctx()))?;
+    match format {
+        "raw" => Ok(f.metadata().map_err(VmmError::io(ctx()))?.len()),
+        "qcow2" => {
+            let mut h = [0u8; 32];
+            f.read_exact(&mut h).map_err(VmmError::io(ctx()))?;
+            if u32::from_be_bytes([h[0], h[1], h[2], h[3]]) != MAGIC {
+                return Err(VmmError::Tool {
+                    tool: "qcow2",
+                    message: format!("{} is not a qcow2 image", path.display()),
+                });
+            }
+            let mut size = [0u8; 8];
+            size.copy_from_slice(&h[24..32]);
+            Ok(u64::from_be_bytes(size))
+        }
+        other => Err(VmmError::Tool {
+            tool: "qcow2",
+            message: format!("unsupported backing format {other:?}"),
+        }),
+    }
+}
+
+/// Creates `overlay` (which must not exist) backed by `backing`.
+pub fn create_overlay(
+    backing: &Path,
+    backing_format: &str,
+    overlay: &Path,
+) -> Result<(), VmmError> {
+    let size = virtual_size(backing, backing_format)?;
+    let name = backing.as_os_str().as_encoded_bytes();
+    if name.len() > MAX_BACKING_NAME || !backing.is_absolute() {
+        return Err(VmmError::Tool {
+            tool: "qcow2",
+            message: format!(
+                "backing path must be absolute and under 1 KiB: {}",
+                backing.display()
+            ),
+        });
+    }
+    // Each L2 table maps CLUSTER/8 clusters.
+    let l1_entries = size.div_ceil(CLUSTER * (CLUSTER / 8)).max(1);
+    let l1_clusters = (l1_entries * 8).div_ceil(CLUSTER);
+    let (refcount_table, refcount_block, l1_table) = (CLUSTER, 2 * CLUSTER, 3 * CLUSTER);
+    let total_clusters = 3 + l1_clusters;
+    if total_clusters > CLUSTER / 2 {
+        return Err(VmmError::Tool {
+            tool: "qcow2",
+            message: format!("backing image of {size} bytes is too large"),
+        });
+    }
+
+    let mut header = Vec::with_capacity(512);
+    let be32 = |h: &mut Vec<u8>, v: u32| h.extend_from_slice(&v.to_be_bytes());
+    let be64 = |h: &mut Vec<u8>, v: u64| h.extend_from_slice(&v.to_be_bytes());
+    let fmt = backing_format.as_bytes();
+    let ext_len = 8 + fmt.len().next_multiple_of(8) + 8;
+    let name_offset = u64::from(HEADER_LEN) + ext_len as u64;
+    be32(&mut header, MAGIC);
+    be32(&mut header, 3); // version
+    be64(&mut header, name_offset);
+    be32(&mut header, name.len() as u32);
+    be32(&mut header, CLUSTER_BITS);
+    be64(&mut header, size);
+    be32(&mut header, 0); // no encryption
+    be32(&mut header, l1_entries as u32);
+    be64(&mut header, l1_table);
+    be64(&mut header, refcount_table);
+    be32(&mut header, 1); // refcount table clusters
+    be32(&mut header, 0); // snapshots
+    be64(&mut header, 0);
+    be64(&mut header, 0); // incompatible features
+    be64(&mut header, 0); // compatible features
+    be64(&mut header, 0); // autoclear features
+    be32(&mut header, 4); // refcount order: 16-bit refcounts
+    be32(&mut header, HEADER_LEN);
+    be32(&mut header, EXT_BACKING_FORMAT);
+    be32(&mut header, fmt.len() as u32);
+    header.extend_from_slice(fmt);
+    header.resize(header.len().next_multiple_of(8), 0);
+    be32(&mut header, 0); // end of extensions
+    be32(&mut header, 0);
+    header.extend_from_slice(name);
+
+    let mut refcounts = Vec::new();
+    for _ in 0..total_clusters {
+        refcounts.extend_from_slice(&1u16.to_be_bytes());
+    }
+
+    let ctx = || format!("create {}", overlay.display());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(overlay)
+        .map_err(VmmError::io(ctx()))?;
+    let mut write = || -> std::io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        f.set_len(total_clusters * CLUSTER)?;
+        f.write_all(&header)?;
+        f.seek(SeekFrom::Start(refcount_table))?;
+        f.write_all(&refcount_block.to_be_bytes())?;
+        f.seek(SeekFrom::Start(refcount_block))?;
+        f.write_all(&refcounts)
+    };
+    write().map_err(VmmError::io(ctx()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// QEMU's own parser is the judge (qemu-utils is installed by `make`).
+    fn qemu_img(args: &[&str]) -> String {
+        let out = std::process::Command::new("qemu-img")
+            .args(args)
+            .output()
+            .expect("qemu-img runs");
+        assert!(
+            out.status.success(),
+            "qemu-img {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn qemu_img_accepts_our_overlays_on_raw_and_qcow2() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        std::fs::write(&base, vec![1u8; 3 << 20]).unwrap();
+        let mid = dir.path().join("mid.qcow2");
+        create_overlay(&base, "raw", &mid).unwrap();
+        let top = dir.path().join("top.qcow2");
+        create_overlay(&mid, "qcow2", &top).unwrap();
+        assert_eq!(virtual_size(&top, "qcow2").unwrap(), 3 << 20);
+        assert!(
+            create_overlay(&mid, "qcow2", &top).is_err(),
+            "must not overwrite"
+        );
+        let info = qemu_img(&["info", "--output=json", top.to_str().unwrap()]);
+        assert!(
+            info.contains(&format!("\"backing-filename\": \"{}\"", mid.display())),
+            "{info}"
+        );
+        assert!(
+            info.contains("\"backing-filename-format\": \"qcow2\""),
+            "{info}"
+        );
+        qemu_img(&["check", top.to_str().unwrap()]);
+        qemu_img(&["check", mid.to_str().unwrap()]);
+        // Reads fall through both layers to the base.
+        let out = dir.path().join("out.raw");
+        qemu_img(&[
+            "convert",
+            "-O",
+            "raw",
+            top.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(std::fs::read(out).unwrap(), vec![1u8; 3 << 20]);
+    }
+
+    #[test]
+    fn bad_backing_images_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_qcow = dir.path().join("x");
+        std::fs::write(&not_qcow, vec![0u8; 64]).unwrap();
+        assert!(create_overlay(&not_qcow, "qcow2", &dir.path().join("o")).is_err());
+        assert!(create_overlay(&not_qcow, "vmdk", &dir.path().join("o")).is_err());
+        assert!(create_overlay(Path::new("relative"), "raw", &dir.path().join("o")).is_err());
+    }
+}
