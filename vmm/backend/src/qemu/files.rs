@@ -5,10 +5,22 @@ use std::path::Path;
 
 use crate::VmmError;
 
+/// How data extents are copied.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Zeros {
+    /// In-kernel copy of every data extent.
+    Keep,
+    /// Pages that read as zero become holes: a guest's RAM file has many
+    /// pages it touched once and zeroed, which need not be stored.
+    Skip,
+}
+
+const PAGE: usize = 4096;
+
 /// Copies `src` to `dst` (which must not exist), preserving holes, so a
 /// 256 MiB RAM image with 60 MiB touched costs 60 MiB of I/O and disk.
 /// Returns the bytes of data copied.
-pub fn sparse_copy(src: &Path, dst: &Path) -> Result<u64, VmmError> {
+pub fn sparse_copy(src: &Path, dst: &Path, zeros: Zeros) -> Result<u64, VmmError> {
     let input =
         std::fs::File::open(src).map_err(VmmError::io(format!("open {}", src.display())))?;
     let len = input
@@ -36,6 +48,15 @@ pub fn sparse_copy(src: &Path, dst: &Path) -> Result<u64, VmmError> {
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(ifd, data, libc::SEEK_HOLE) };
         let hole = if hole < 0 { end } else { hole };
+        if zeros == Zeros::Skip {
+            copied +=
+                copy_nonzero_pages(&input, &output, data, hole).map_err(|source| VmmError::Io {
+                    context: format!("copy {} to {}", src.display(), dst.display()),
+                    source,
+                })?;
+            pos = hole;
+            continue;
+        }
         let mut off_in = data;
         let mut off_out = data;
         while off_in < hole {
@@ -57,6 +78,50 @@ pub fn sparse_copy(src: &Path, dst: &Path) -> Result<u64, VmmError> {
             copied += n as u64;
         }
         pos = hole;
+    }
+    Ok(copied)
+}
+
+/// Copies `[start, end)` page by page, leaving all-zero pages as holes.
+fn copy_nonzero_pages(
+    input: &std::fs::File,
+    output: &std::fs::File,
+    start: i64,
+    end: i64,
+) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut copied = 0u64;
+    let mut off = u64::try_from(start).unwrap_or(0);
+    let end = u64::try_from(end).unwrap_or(0);
+    while off < end {
+        let want = usize::try_from(end - off)
+            .unwrap_or(buf.len())
+            .min(buf.len());
+        let n = input.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        // Write maximal runs of non-zero pages in one call each.
+        let mut run: Option<usize> = None;
+        for (i, page) in chunk.chunks(PAGE).enumerate() {
+            let zero = page.iter().all(|&b| b == 0);
+            match (zero, run) {
+                (false, None) => run = Some(i * PAGE),
+                (true, Some(from)) => {
+                    output.write_all_at(&chunk[from..i * PAGE], off + from as u64)?;
+                    copied += (i * PAGE - from) as u64;
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(from) = run {
+            output.write_all_at(&chunk[from..], off + from as u64)?;
+            copied += (n - from) as u64;
+        }
+        off += n as u64;
     }
     Ok(copied)
 }
@@ -98,11 +163,34 @@ mod tests {
         f.write_all(&[7u8; 8192]).unwrap();
         drop(f);
         let dst = dir.path().join("dst");
-        let copied = sparse_copy(&src, &dst).unwrap();
+        let copied = sparse_copy(&src, &dst, Zeros::Keep).unwrap();
         assert!((8192..1 << 20).contains(&copied), "copied {copied}");
         assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
         assert!(allocated_bytes(&dst) < 1 << 20);
-        assert!(sparse_copy(&src, &dst).is_err(), "must not overwrite");
+        assert!(
+            sparse_copy(&src, &dst, Zeros::Keep).is_err(),
+            "must not overwrite"
+        );
+    }
+
+    #[test]
+    fn zero_pages_become_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        // 3 MiB written in full: a zero page, data, 1 MiB of zeros, data.
+        let mut bytes = vec![0u8; 3 << 20];
+        bytes[PAGE..2 * PAGE].fill(9);
+        bytes[(2 << 20) + 5] = 1;
+        std::fs::write(&src, &bytes).unwrap();
+        let dst = dir.path().join("dst");
+        let copied = sparse_copy(&src, &dst, Zeros::Skip).unwrap();
+        assert_eq!(copied, 2 * PAGE as u64);
+        assert_eq!(std::fs::read(&dst).unwrap(), bytes);
+        assert!(
+            allocated_bytes(&dst) <= 64 * 1024,
+            "{}",
+            allocated_bytes(&dst)
+        );
     }
 
     #[test]

@@ -410,7 +410,7 @@ impl QemuVm {
         res?;
         let memory = if own_file {
             let dst = out.join(MEMORY);
-            files::sparse_copy(&self.dir.join(MEMORY), &dst)?;
+            files::sparse_copy(&self.dir.join(MEMORY), &dst, files::Zeros::Skip)?;
             MemoryImage::File(FileRecord {
                 name: MEMORY.into(),
                 size: file_len(&dst)?,
@@ -421,7 +421,7 @@ impl QemuVm {
         };
         // `stop` flushed the block layer, so the overlay is consistent.
         let disk = out.join(DISK);
-        files::sparse_copy(&self.dir.join(DISK), &disk)?;
+        files::sparse_copy(&self.dir.join(DISK), &disk, files::Zeros::Keep)?;
         let device_state = FileRecord {
             name: STATE_FILE.into(),
             size: file_len(&state)?,
