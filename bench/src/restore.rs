@@ -39,7 +39,8 @@ pub async fn run(
     };
 
     let (mut cold, mut snapshot_ms, mut mem_bytes) = (vec![], vec![], vec![]);
-    let (mut restore_exec, mut restore_tcp, mut rss) = (vec![], vec![], vec![]);
+    let (mut restore_exec, mut restore_tcp) = (vec![], vec![]);
+    let (mut rss, mut private) = (vec![], vec![]);
     let (mut stream_restore_exec, mut stream_bytes) = (vec![], vec![]);
     for i in 0..runs {
         // Cold boot to the first exec answer.
@@ -68,7 +69,9 @@ pub async fn run(
         restore_tcp.push(ms(t.elapsed()));
         // Idle cost: let the restored guest settle, then read its RSS.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        rss.push(r.stats()?.rss_bytes as f64 / (1 << 20) as f64);
+        let stats = r.stats()?;
+        rss.push(stats.rss_bytes as f64 / (1 << 20) as f64);
+        private.push(stats.private_bytes as f64 / (1 << 20) as f64);
 
         // The alternative: RAM streamed through the migration file (what a
         // snapshot of a restored, privately mapped VM produces).
@@ -97,6 +100,7 @@ pub async fn run(
         "restore_to_tcp_ms": median(restore_tcp),
         "restore_vs_cold_pct": (restore_ms / cold_ms * 1000.0).round() / 10.0,
         "idle_vmm_rss_mib": (median(rss) * 10.0).round() / 10.0,
+        "idle_vmm_private_mib": (median(private) * 10.0).round() / 10.0,
         "stream_restore_to_exec_ms": median(stream_restore_exec),
         "stream_snapshot_bytes": median(stream_bytes) as u64,
         "accel": hv.accel().as_str(),

@@ -11,6 +11,10 @@ pub fn report() -> HealthReport {
         uptime_ms: parse_uptime_ms(&read("/proc/uptime")).unwrap_or(0),
         boot_id: read("/proc/sys/kernel/random/boot_id").trim().to_string(),
         mem_available_kib: parse_mem_available(&read("/proc/meminfo")).unwrap_or(0),
+        realtime_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
     }
 }
 

@@ -128,6 +128,9 @@ pub struct HealthReport {
     pub uptime_ms: u64,
     pub boot_id: String,
     pub mem_available_kib: u64,
+    /// The guest's CLOCK_REALTIME, so the host can check it after a restore.
+    #[serde(default)]
+    pub realtime_unix_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

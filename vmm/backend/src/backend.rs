@@ -86,6 +86,8 @@ impl VmConfig {
 pub struct VmStats {
     pub pid: u32,
     pub rss_bytes: u64,
+    /// The part of `rss_bytes` no other process shares.
+    pub private_bytes: u64,
 }
 
 /// Creates VMs. One per host; cheap to share.

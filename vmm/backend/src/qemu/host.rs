@@ -56,16 +56,21 @@ fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
     (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
 }
 
-/// Resident set size of a process, from /proc.
-pub fn rss_bytes(pid: u32) -> std::io::Result<u64> {
+/// Resident memory of a process, from /proc: all of it, and the part
+/// that is private to it (anonymous pages). Pages mapped from a snapshot's
+/// memory image count in the first only, and are shared by every clone.
+pub fn rss_bytes(pid: u32) -> std::io::Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    Ok(kib * 1024)
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    Ok((field("VmRSS:"), field("RssAnon:")))
 }
 
 #[cfg(test)]

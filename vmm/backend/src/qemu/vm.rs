@@ -109,14 +109,22 @@ pub(super) async fn boot(
     let child = spawn(hv, &dir, &spec, None)?;
     let pid = child.id().unwrap_or(0);
     guard.child = Some(child);
-    let qmp = connect_qmp(&dir, &mut guard).await?;
-    let agent = connect_agent(
-        &dir,
-        &mut guard,
-        hv.config.boot_timeout,
-        "the guest agent after boot",
-    )
-    .await?;
+    let booted = async {
+        let qmp = connect_qmp(&dir, &mut guard).await?;
+        let agent = connect_agent(
+            &dir,
+            &mut guard,
+            hv.config.boot_timeout,
+            "the guest agent after boot",
+        )
+        .await?;
+        Ok::<_, VmmError>((qmp, agent))
+    }
+    .await;
+    let (qmp, agent) = match booted {
+        Ok(v) => v,
+        Err(e) => return Err(explain(e, &dir, &mut guard).await),
+    };
     tracing::info!(vm = %config.name, pid, "booted");
     Ok(QemuVm {
         name: config.name.clone(),
@@ -181,33 +189,11 @@ pub(super) async fn restore(
     drop(state_file);
     let pid = child.id().unwrap_or(0);
     guard.child = Some(child);
-    let qmp = connect_qmp(&dir, &mut guard).await?;
-    phase("monitor connected");
-    set_migration_caps(&qmp, memory_file.is_some()).await?;
-    qmp.execute(
-        "migrate-incoming",
-        json!({"uri": format!("fd:{INCOMING_FD}")}),
-    )
-    .await?;
-    wait_migration(
-        &qmp,
-        &dir,
-        &mut guard,
-        hv.config.restore_timeout,
-        "the snapshot to load",
-    )
-    .await?;
-    phase("device state loaded");
-    qmp.execute("cont", json!({})).await?;
-    let agent = connect_agent(
-        &dir,
-        &mut guard,
-        hv.config.restore_timeout,
-        "the guest agent after restore",
-    )
-    .await?;
-    phase("agent answered");
-    agent.notify_restored().await?;
+    let (qmp, agent) =
+        match resume_incoming(hv, &dir, &mut guard, memory_file.is_some(), &phase).await {
+            Ok(v) => v,
+            Err(e) => return Err(explain(e, &dir, &mut guard).await),
+        };
     phase("clock and RNG updated");
     tracing::info!(vm = %name, pid, snapshot = %snapshot_dir.display(), "restored");
     Ok(QemuVm {
@@ -223,6 +209,54 @@ pub(super) async fn restore(
         state: Mutex::new(RunState::Running),
         config,
     })
+}
+
+/// Loads the device state into a QEMU started with `-incoming defer`,
+/// resumes it and greets the agent, telling it it was restored.
+async fn resume_incoming(
+    hv: &QemuHypervisor,
+    dir: &Path,
+    guard: &mut LaunchGuard,
+    ignore_shared: bool,
+    phase: &impl Fn(&str),
+) -> Result<(Qmp, AgentClient), VmmError> {
+    let qmp = connect_qmp(dir, guard).await?;
+    phase("monitor connected");
+    set_migration_caps(&qmp, ignore_shared).await?;
+    qmp.execute(
+        "migrate-incoming",
+        json!({"uri": format!("fd:{INCOMING_FD}")}),
+    )
+    .await?;
+    wait_migration(
+        &qmp,
+        dir,
+        guard,
+        hv.config.restore_timeout,
+        "the snapshot to load",
+    )
+    .await?;
+    phase("device state loaded");
+    qmp.execute("cont", json!({})).await?;
+    let agent = connect_agent(
+        dir,
+        guard,
+        hv.config.restore_timeout,
+        "the guest agent after restore",
+    )
+    .await?;
+    phase("agent answered");
+    agent.notify_restored().await?;
+    Ok((qmp, agent))
+}
+
+/// A launch step failed: if QEMU is dying, its own words explain it better
+/// than a reset monitor socket does.
+async fn explain(err: VmmError, dir: &Path, guard: &mut LaunchGuard) -> VmmError {
+    if let Some(child) = guard.child.as_mut() {
+        let _ = tokio::time::timeout(Duration::from_millis(500), child.wait()).await;
+    }
+    exited(dir, guard).unwrap_or(err)
 }
 
 fn spawn(
@@ -245,17 +279,27 @@ fn spawn(
     let incoming_fd = incoming.map(|f| f.as_raw_fd());
     let die_with_parent = hv.config.die_with_parent;
     // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe calls (prctl, dup2) on values copied in.
+    // async-signal-safe calls (prctl, fcntl, dup2) on values copied in.
     unsafe {
         cmd.pre_exec(move || {
             if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if let Some(fd) = incoming_fd {
-                // dup2 clears close-on-exec on the target.
-                if libc::dup2(fd, INCOMING_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
+            match incoming_fd {
+                // Already in place: dup2 would be a no-op and leave
+                // close-on-exec set, so clear it directly.
+                Some(fd) if fd == INCOMING_FD => {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
+                // dup2 clears close-on-exec on the copy.
+                Some(fd) => {
+                    if libc::dup2(fd, INCOMING_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                None => {}
             }
             Ok(())
         });
@@ -523,10 +567,12 @@ impl Vm for QemuVm {
     }
 
     fn stats(&self) -> Result<VmStats, VmmError> {
+        let (rss_bytes, private_bytes) =
+            super::host::rss_bytes(self.pid).map_err(VmmError::io("read VM process status"))?;
         Ok(VmStats {
             pid: self.pid,
-            rss_bytes: super::host::rss_bytes(self.pid)
-                .map_err(VmmError::io("read VM process status"))?,
+            rss_bytes,
+            private_bytes,
         })
     }
 
