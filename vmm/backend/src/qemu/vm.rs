@@ -285,21 +285,15 @@ fn spawn(
             if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            match incoming_fd {
-                // Already in place: dup2 would be a no-op and leave
-                // close-on-exec set, so clear it directly.
-                Some(fd) if fd == INCOMING_FD => {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                // dup2 clears close-on-exec on the copy.
-                Some(fd) => {
-                    if libc::dup2(fd, INCOMING_FD) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                None => {}
+            // dup2 clears close-on-exec on the copy; when the file already
+            // sits on the target fd, dup2 is a no-op, so clear it directly.
+            let failed = match incoming_fd {
+                Some(fd) if fd == INCOMING_FD => libc::fcntl(fd, libc::F_SETFD, 0) < 0,
+                Some(fd) => libc::dup2(fd, INCOMING_FD) < 0,
+                None => false,
+            };
+            if failed {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
