@@ -19,7 +19,7 @@ run: setup
 
 ## test: lint, unit tests, and the tests that boot real guests
 test: lint setup
-	cargo test --release --workspace --no-fail-fast
+	scripts/run-tests.sh
 
 ## bench: print one JSON object per benchmark result
 bench: setup
