@@ -101,18 +101,12 @@ fn build_command(req: &ExecRequest) -> Result<Command, Failure> {
     if let Some(uid) = req.uid {
         cmd.uid(uid);
     }
-    // SAFETY: the closure runs in the forked child before exec and only
-    // calls setsid, which is async-signal-safe and touches no shared state.
-    unsafe {
-        cmd.pre_exec(|| {
-            // A new session keeps job-control signals aimed at the child's
-            // group away from the agent, and lets `Signal` use killpg.
-            if libc::setsid() == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // Its own process group keeps job-control signals aimed at the child
+    // away from the agent and lets `Signal` use killpg. (A process group,
+    // not setsid in a pre_exec hook: without hooks std spawns with
+    // posix_spawn, a vfork-style clone that skips copying the agent's page
+    // tables, which under TCG makes the first exec after a restore cheaper.)
+    cmd.process_group(0);
     Ok(cmd)
 }
 
