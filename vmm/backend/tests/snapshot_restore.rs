@@ -75,7 +75,27 @@ async fn restored_vm_keeps_running_process_memory_and_disk() {
         common::sh(&*restored, "cat /root/marker").await,
         "on-disk\n"
     );
+
+    // A restored VM (RAM mapped privately) snapshots again, RAM streamed
+    // into the device-state file, and that snapshot restores too.
+    common::sh(&*restored, "echo second > /root/marker2").await;
+    let snap2 = env.state.path().join("snap2");
+    restored.snapshot(&snap2).await.unwrap();
+    restored.resume().await.unwrap();
+    let at_second = counter(&*restored).await;
     restored.stop().await.unwrap();
+    let again = env.hv.restore("restored-again", &snap2).await.unwrap();
+    let value = counter(&*again).await;
+    assert!(
+        value >= later && value <= at_second + 1,
+        "second-generation counter {value} (snapshot ~{at_second})"
+    );
+    common::sh(&*again, &format!("kill -0 {pid}")).await;
+    assert_eq!(
+        common::sh(&*again, "cat /root/marker /root/marker2").await,
+        "on-disk\nsecond\n"
+    );
+    again.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,6 +184,25 @@ async fn guest_tcp_server_answers_through_a_stream_opened_after_restore() {
     let response = String::from_utf8_lossy(&response);
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert!(response.ends_with("hello over the agent\n"), "{response}");
+
+    // Many streams at once share the one agent channel.
+    let fetches: Vec<_> = (0..8)
+        .map(|i| {
+            let agent = restored.agent().clone();
+            tokio::spawn(async move {
+                let mut s = agent.connect(8080).await.unwrap();
+                let req = format!("GET /index.html?{i} HTTP/1.0\r\n\r\n");
+                s.write_all(req.as_bytes()).await.unwrap();
+                let mut body = Vec::new();
+                s.read_to_end(&mut body).await.unwrap();
+                String::from_utf8_lossy(&body).into_owned()
+            })
+        })
+        .collect();
+    for fetch in fetches {
+        let response = fetch.await.unwrap();
+        assert!(response.ends_with("hello over the agent\n"), "{response}");
+    }
 
     // A closed port is refused, and the channel keeps working.
     assert!(restored.agent().connect(8081).await.is_err());
