@@ -133,6 +133,40 @@ pub(crate) fn upstream_version(version: &str) -> &str {
     no_epoch.rsplit_once('-').map_or(no_epoch, |(v, _)| v)
 }
 
+/// A downloaded package unpacked into a private staging directory inside
+/// the cache dir; dropping it removes the staging directory, also on every
+/// error path of the caller.
+pub(crate) struct Unpacked {
+    pub version: String,
+    pub deb_sha256: String,
+    /// The package's file tree.
+    pub root: PathBuf,
+    pub work: tempfile::TempDir,
+}
+
+/// Fetches (or reuses) `package` into `dir/debs` and unpacks it under `dir`.
+pub(crate) fn fetch_and_unpack(
+    dir: &Path,
+    package: &str,
+    version: Option<&str>,
+) -> Result<Unpacked, AssetError> {
+    let deb = fetch_deb(&dir.join("debs"), package, version)?;
+    let version = deb_field(&deb, "Version")?;
+    let deb_sha256 = crate::fsutil::sha256_file(&deb)?;
+    let work = tempfile::Builder::new()
+        .prefix(".build-")
+        .tempdir_in(dir)
+        .map_err(AssetError::io("create build dir", dir))?;
+    let root = work.path().join("pkg");
+    extract(&deb, &root)?;
+    Ok(Unpacked {
+        version,
+        deb_sha256,
+        root,
+        work,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

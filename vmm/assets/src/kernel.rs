@@ -6,10 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::debian::{deb_field, extract, fetch_deb, first_dependency};
-use crate::fsutil::{
-    create_dir_all, lock_exclusive, read_json, sha256_file, write_atomic, write_json,
-};
+use crate::debian::{deb_field, fetch_and_unpack, fetch_deb, first_dependency};
+use crate::fsutil::{create_dir_all, lock_exclusive, read_json, write_atomic, write_json};
 use crate::{elf, kmod, lz4_legacy, AssetError};
 
 const META_PACKAGE: &str = "linux-image-cloud-amd64";
@@ -79,19 +77,11 @@ fn build(dir: &Path) -> Result<GuestKernel, AssetError> {
         package: META_PACKAGE.into(),
         reason: format!("cannot parse Depends: {depends}"),
     })?;
-    let deb = fetch_deb(&debs, &package, pinned.as_deref())?;
-    let version = deb_field(&deb, "Version")?;
-    let deb_sha256 = sha256_file(&deb)?;
-
-    // Everything is staged here and moved into place at the end; dropping
-    // the TempDir removes the (large) extracted package even on error.
-    let work = tempfile::Builder::new()
-        .prefix(".build-")
-        .tempdir_in(dir)
-        .map_err(AssetError::io("create build dir", dir))?;
-    let pkg = work.path().join("pkg");
-    extract(&deb, &pkg)?;
-    let kernel_release = kernel_release(&pkg, &package)?;
+    // Everything is staged in `unpacked.work` and moved into place at the
+    // end; dropping it removes the (large) extracted package even on error.
+    let unpacked = fetch_and_unpack(dir, &package, pinned.as_deref())?;
+    let (work, pkg) = (&unpacked.work, &unpacked.root);
+    let kernel_release = kernel_release(pkg, &package)?;
 
     let vmlinux_tmp = work.path().join("vmlinux");
     let vmlinuz = pkg.join("boot").join(format!("vmlinuz-{kernel_release}"));
@@ -102,7 +92,7 @@ fn build(dir: &Path) -> Result<GuestKernel, AssetError> {
         &pkg.join("lib/modules").join(&kernel_release).join("kernel"),
         &modules_tmp,
     )?;
-    fs::remove_dir_all(&pkg).map_err(AssetError::io("remove extracted package", &pkg))?;
+    fs::remove_dir_all(pkg).map_err(AssetError::io("remove extracted package", pkg))?;
 
     let vmlinux = dir.join(VMLINUX);
     let modules_dir = dir.join(MODULES_DIR);
@@ -117,8 +107,8 @@ fn build(dir: &Path) -> Result<GuestKernel, AssetError> {
         vmlinux,
         modules_dir,
         package,
-        version,
-        deb_sha256,
+        version: unpacked.version.clone(),
+        deb_sha256: unpacked.deb_sha256.clone(),
         kernel_release,
     })
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::cmd::{run, stdout_string};
-use crate::debian::{deb_field, extract, fetch_deb, upstream_version};
+use crate::debian::{fetch_and_unpack, upstream_version};
 use crate::fsutil::{
     create_dir_all, hex, lock_exclusive, persist_readable, read_json, sha256_file, write_json,
 };
@@ -53,17 +53,10 @@ pub(crate) fn ensure(root: &Path) -> Result<BaseRootfs, AssetError> {
 }
 
 fn build(dir: &Path, image: &Path) -> Result<BaseRootfs, AssetError> {
-    let deb = fetch_deb(&dir.join("debs"), PACKAGE, None)?;
-    let package_version = deb_field(&deb, "Version")?;
-    let deb_sha256 = sha256_file(&deb)?;
-
     // Removed when dropped, including on every error path below.
-    let work = tempfile::Builder::new()
-        .prefix(".build-")
-        .tempdir_in(dir)
-        .map_err(AssetError::io("create build dir", dir))?;
-    let pkg = work.path().join("pkg");
-    extract(&deb, &pkg)?;
+    let unpacked = fetch_and_unpack(dir, PACKAGE, None)?;
+    let (work, pkg) = (&unpacked.work, &unpacked.root);
+    let package_version = unpacked.version.clone();
     let stage = work.path().join("root");
     stage_tree(
         &pkg.join("bin/busybox"),
@@ -94,7 +87,7 @@ fn build(dir: &Path, image: &Path) -> Result<BaseRootfs, AssetError> {
         name: "busybox".into(),
         version: format!("busybox-{plain_version}-{}", &content[..12]),
         package_version,
-        deb_sha256,
+        deb_sha256: unpacked.deb_sha256.clone(),
     })
 }
 

@@ -26,6 +26,8 @@ pub enum SnapshotError {
     Missing { path: PathBuf },
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("{path}: cannot be restored here: {reason}")]
+    Incompatible { path: PathBuf, reason: String },
     #[error("{path}: snapshot format version {found} is not supported (this build reads {FORMAT_VERSION})")]
     Version { path: PathBuf, found: u32 },
     #[error("{path}: {source}")]

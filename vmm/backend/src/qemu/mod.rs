@@ -20,6 +20,7 @@ pub use qmp::QmpError;
 pub use vm::QemuVm;
 
 use crate::backend::{validate_vm_name, Accel, AccelChoice, Hypervisor, Vm, VmConfig};
+use crate::snapshot::SnapshotError;
 use crate::VmmError;
 
 #[derive(Debug, Clone)]
@@ -165,28 +166,25 @@ impl Hypervisor for QemuHypervisor {
         validate_vm_name(name)?;
         let snapshot_dir = absolute(snapshot_dir)?;
         let manifest = crate::SnapshotManifest::load(&snapshot_dir)?;
+        // Device state only loads into the VMM and accelerator that wrote it.
+        let incompatible = |reason: String| {
+            VmmError::Snapshot(SnapshotError::Incompatible {
+                path: snapshot_dir.clone(),
+                reason,
+            })
+        };
         if manifest.accel != self.accel {
-            return Err(VmmError::Snapshot(
-                crate::snapshot::SnapshotError::Corrupt {
-                    path: snapshot_dir,
-                    reason: format!(
-                        "taken under {}, this host runs {}",
-                        manifest.accel.as_str(),
-                        self.accel.as_str()
-                    ),
-                },
-            ));
+            return Err(incompatible(format!(
+                "taken under {}, this host runs {}",
+                manifest.accel.as_str(),
+                self.accel.as_str()
+            )));
         }
         if manifest.vmm_version != self.qemu_version {
-            return Err(VmmError::Snapshot(
-                crate::snapshot::SnapshotError::Corrupt {
-                    path: snapshot_dir,
-                    reason: format!(
-                        "written by {:?}, this host has {:?}",
-                        manifest.vmm_version, self.qemu_version
-                    ),
-                },
-            ));
+            return Err(incompatible(format!(
+                "written by {:?}, this host has {:?}",
+                manifest.vmm_version, self.qemu_version
+            )));
         }
         let dir = self.claim_dir(name)?;
         let vm = vm::restore(self, name, manifest, &snapshot_dir, dir).await?;

@@ -425,6 +425,24 @@ impl QemuVm {
         self.pid
     }
 
+    /// Moves between running and paused; a no-op when already there.
+    async fn set_run_state(&self, want: RunState) -> Result<(), VmmError> {
+        let mut state = self.state.lock().await;
+        if *state == RunState::Stopped {
+            return Err(VmmError::WrongState("stopped"));
+        }
+        if *state != want {
+            let command = if want == RunState::Running {
+                "cont"
+            } else {
+                "stop"
+            };
+            self.qmp.execute(command, json!({})).await?;
+            *state = want;
+        }
+        Ok(())
+    }
+
     async fn write_snapshot(&self, out: &Path) -> Result<SnapshotManifest, VmmError> {
         self.pause().await?;
         let own_file = self.memory == Memory::OwnFile;
@@ -507,29 +525,11 @@ impl Vm for QemuVm {
     }
 
     async fn pause(&self) -> Result<(), VmmError> {
-        let mut state = self.state.lock().await;
-        match *state {
-            RunState::Stopped => Err(VmmError::WrongState("stopped")),
-            RunState::Paused => Ok(()),
-            RunState::Running => {
-                self.qmp.execute("stop", json!({})).await?;
-                *state = RunState::Paused;
-                Ok(())
-            }
-        }
+        self.set_run_state(RunState::Paused).await
     }
 
     async fn resume(&self) -> Result<(), VmmError> {
-        let mut state = self.state.lock().await;
-        match *state {
-            RunState::Stopped => Err(VmmError::WrongState("stopped")),
-            RunState::Running => Ok(()),
-            RunState::Paused => {
-                self.qmp.execute("cont", json!({})).await?;
-                *state = RunState::Running;
-                Ok(())
-            }
-        }
+        self.set_run_state(RunState::Running).await
     }
 
     async fn snapshot(&self, dir: &Path) -> Result<SnapshotInfo, VmmError> {
