@@ -39,6 +39,7 @@ pub async fn run(
     };
 
     let (mut cold, mut snapshot_ms, mut mem_bytes) = (vec![], vec![], vec![]);
+    let (mut cold_agent, mut restore_agent) = (vec![], vec![]);
     let (mut restore_exec, mut restore_tcp) = (vec![], vec![]);
     let (mut rss, mut private) = (vec![], vec![]);
     let (mut stream_restore_exec, mut stream_bytes) = (vec![], vec![]);
@@ -46,6 +47,7 @@ pub async fn run(
         // Cold boot to the first exec answer.
         let t = Instant::now();
         let vm = hv.boot(config(&format!("cold{i}"))).await?;
+        cold_agent.push(ms(t.elapsed()));
         vm.agent().sh("true").await?;
         cold.push(ms(t.elapsed()));
 
@@ -59,6 +61,7 @@ pub async fn run(
 
         let t = Instant::now();
         let r = hv.restore(&format!("r{i}"), &snap).await?;
+        restore_agent.push(ms(t.elapsed()));
         r.agent().sh("true").await?;
         restore_exec.push(ms(t.elapsed()));
         r.stop().await?;
@@ -94,9 +97,11 @@ pub async fn run(
         "bench": "restore",
         "guest_mem_mib": MEM_MIB,
         "cold_boot_to_exec_ms": cold_ms,
+        "cold_boot_to_agent_ms": median(cold_agent),
         "snapshot_ms": median(snapshot_ms),
         "memory_snapshot_bytes": median(mem_bytes) as u64,
         "restore_to_exec_ms": restore_ms,
+        "restore_to_agent_ms": median(restore_agent),
         "restore_to_tcp_ms": median(restore_tcp),
         "restore_vs_cold_pct": (restore_ms / cold_ms * 1000.0).round() / 10.0,
         "idle_vmm_rss_mib": (median(rss) * 10.0).round() / 10.0,
