@@ -25,8 +25,8 @@ struct Host {
 }
 
 impl Host {
-    /// Starts an agent on one end of a socketpair and says Hello.
-    fn connect() -> Self {
+    /// Starts an agent on one end of a socketpair, before any Hello.
+    fn start() -> Self {
         let (host, guest) = UnixStream::pair().unwrap();
         let writer = guest.try_clone().unwrap();
         let agent = thread::spawn(move || {
@@ -38,11 +38,16 @@ impl Host {
         });
         host.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
-        let mut h = Host {
+        Host {
             sock: host,
             decoder: FrameDecoder::new(),
             agent: Some(agent),
-        };
+        }
+    }
+
+    /// Says Hello to a fresh agent.
+    fn connect() -> Self {
+        let mut h = Self::start();
         h.hello(7);
         h
     }
@@ -256,22 +261,7 @@ fn exec_errors_and_signals() {
 
 #[test]
 fn ignores_frames_before_hello_and_rejects_garbage() {
-    let (host, guest) = UnixStream::pair().unwrap();
-    let writer = guest.try_clone().unwrap();
-    let agent = thread::spawn(move || {
-        let config = Config {
-            reaper_running: false,
-        };
-        let mut agent = Agent::new(Wire::new(Box::new(writer)), config);
-        channel::serve(&mut agent, guest, false).unwrap();
-    });
-    host.set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let mut host = Host {
-        sock: host,
-        decoder: FrameDecoder::new(),
-        agent: Some(agent),
-    };
+    let mut host = Host::start();
     host.control(9, &HostMessage::Health);
     host.sock.write_all(b"line noise EMB1 more noise").unwrap();
     host.hello(1);
