@@ -92,7 +92,11 @@ impl AgentClient {
                 return Err(AgentError::Timeout(timeout));
             }
             if now >= next_hello {
-                wr.write_all(&hello).await?;
+                // A guest that is not reading yet lets the socket fill up;
+                // the deadline must still hold.
+                tokio::time::timeout(deadline - now, wr.write_all(&hello))
+                    .await
+                    .map_err(|_| AgentError::Timeout(timeout))??;
                 let interval = if now - started < FAST_PHASE {
                     HELLO_FAST
                 } else {
