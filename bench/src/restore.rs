@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ember_vmm::agent::ExecRequest;
 use ember_vmm::qemu::{QemuConfig, QemuHypervisor};
-use ember_vmm::{AccelChoice, Hypervisor, Vm, VmConfig};
+use ember_vmm::{AccelChoice, Hypervisor, RestoreMemory, Vm, VmConfig};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -43,6 +43,7 @@ pub async fn run(
     let (mut restore_exec, mut restore_tcp) = (vec![], vec![]);
     let (mut rss, mut private) = (vec![], vec![]);
     let (mut stream_restore_exec, mut stream_bytes) = (vec![], vec![]);
+    let (mut copy_restore_exec, mut suspend_ms, mut resume_exec) = (vec![], vec![], vec![]);
     for i in 0..runs {
         // Cold boot to the first exec answer.
         let t = Instant::now();
@@ -87,6 +88,26 @@ pub async fn run(
         s.agent().sh("true").await?;
         stream_restore_exec.push(ms(t.elapsed()));
         s.stop().await?;
+
+        // A VM with its own RAM file: suspend moves files, resume takes them.
+        let t = Instant::now();
+        let own = hv
+            .restore_with(&format!("own{i}"), &snap, RestoreMemory::Copy)
+            .await?;
+        own.agent().sh("true").await?;
+        copy_restore_exec.push(ms(t.elapsed()));
+        let suspended = state.join(format!("suspended{i}"));
+        let t = Instant::now();
+        own.suspend(&suspended).await?;
+        suspend_ms.push(ms(t.elapsed()));
+        let t = Instant::now();
+        let resumed = hv
+            .restore_with(&format!("resumed{i}"), &suspended, RestoreMemory::Consume)
+            .await?;
+        resumed.agent().sh("true").await?;
+        resume_exec.push(ms(t.elapsed()));
+        resumed.stop().await?;
+
         std::fs::remove_dir_all(&snap).ok();
         std::fs::remove_dir_all(&stream_snap).ok();
     }
@@ -108,6 +129,9 @@ pub async fn run(
         "idle_vmm_private_mib": (median(private) * 10.0).round() / 10.0,
         "stream_restore_to_exec_ms": median(stream_restore_exec),
         "stream_snapshot_bytes": median(stream_bytes) as u64,
+        "copy_restore_to_exec_ms": median(copy_restore_exec),
+        "suspend_ms": median(suspend_ms),
+        "resume_in_place_to_exec_ms": median(resume_exec),
         "accel": hv.accel().as_str(),
         "runs": runs,
     }))

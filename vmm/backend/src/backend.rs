@@ -98,10 +98,38 @@ pub trait Hypervisor: Send + Sync {
     /// Cold-boots a VM and returns once its agent answers.
     async fn boot(&self, config: VmConfig) -> Result<Arc<dyn Vm>, VmmError>;
 
-    /// Starts a new, independent VM named `name` from a snapshot directory
-    /// written by [`Vm::snapshot`], and returns once its agent answers and
-    /// has been told it was restored (clock stepped, RNG reseeded).
-    async fn restore(&self, name: &str, snapshot_dir: &Path) -> Result<Arc<dyn Vm>, VmmError>;
+    /// Starts a new VM named `name` from a snapshot directory written by
+    /// [`Vm::snapshot`] or [`Vm::suspend`], and returns once its agent
+    /// answers and has been told it was restored (clock stepped, RNG
+    /// reseeded). `memory` says what happens to the snapshot's RAM image.
+    async fn restore_with(
+        &self,
+        name: &str,
+        snapshot_dir: &Path,
+        memory: RestoreMemory,
+    ) -> Result<Arc<dyn Vm>, VmmError>;
+
+    /// An independent clone: [`RestoreMemory::Clone`].
+    async fn restore(&self, name: &str, snapshot_dir: &Path) -> Result<Arc<dyn Vm>, VmmError> {
+        self.restore_with(name, snapshot_dir, RestoreMemory::Clone)
+            .await
+    }
+}
+
+/// What a restore does with the snapshot's memory image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestoreMemory {
+    /// Map it copy-on-write: nothing is copied, the snapshot stays pristine
+    /// for any number of clones. A later snapshot of the clone has to stream
+    /// its RAM.
+    #[default]
+    Clone,
+    /// Copy it into the VM's own file: the snapshot stays pristine, and the
+    /// VM can later be snapshotted or suspended without moving its RAM.
+    Copy,
+    /// Take it over: the VM runs on the snapshot's own file (no copy), and
+    /// the snapshot directory is consumed. For resuming a suspended VM.
+    Consume,
 }
 
 /// One running (or paused) VM.
@@ -122,6 +150,11 @@ pub trait Vm: Send + Sync {
     /// Pauses the VM (it stays paused) and writes memory, vCPU/device state
     /// and disk into `dir`, which must not exist yet.
     async fn snapshot(&self, dir: &Path) -> Result<SnapshotInfo, VmmError>;
+
+    /// Saves the VM into `dir` (which must not exist) and ends it. Unlike
+    /// `snapshot` + `stop`, memory and disk files are moved, not copied,
+    /// when the VM owns them, so suspending costs the device state only.
+    async fn suspend(&self, dir: &Path) -> Result<SnapshotInfo, VmmError>;
 
     fn stats(&self) -> Result<VmStats, VmmError>;
 

@@ -12,6 +12,8 @@ mod error;
 pub mod qemu;
 pub mod snapshot;
 
-pub use backend::{validate_vm_name, Accel, AccelChoice, Hypervisor, Vm, VmConfig, VmStats};
+pub use backend::{
+    validate_vm_name, Accel, AccelChoice, Hypervisor, RestoreMemory, Vm, VmConfig, VmStats,
+};
 pub use error::VmmError;
 pub use snapshot::{SnapshotInfo, SnapshotManifest};

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ember_vmm::Hypervisor;
+use ember_vmm::{Hypervisor, RestoreMemory};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done";
@@ -208,4 +208,74 @@ async fn guest_tcp_server_answers_through_a_stream_opened_after_restore() {
     assert!(restored.agent().connect(8081).await.is_err());
     assert_eq!(common::sh(&*restored, "echo ok").await, "ok\n");
     restored.stop().await.unwrap();
+}
+
+/// Suspend moves a VM's files into a snapshot and ends it; resuming with
+/// `Consume` runs on those same files. A `Copy` restore leaves its source
+/// snapshot pristine and can itself be suspended without streaming RAM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_and_resume_in_place_keep_state() {
+    let env = common::env().await;
+    let vm = env.boot("image").await;
+    let pid = vm
+        .agent()
+        .spawn_detached(ember_vmm::agent::ExecRequest {
+            argv: vec!["/bin/sh".into(), "-c".into(), COUNTER.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    while counter(&*vm).await < 2 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let image = env.state.path().join("image");
+    vm.snapshot(&image).await.unwrap();
+    vm.stop().await.unwrap();
+
+    // A VM of its own from the image: RAM copied, so it suspends cheaply.
+    let run = env
+        .hv
+        .restore_with("run", &image, RestoreMemory::Copy)
+        .await
+        .unwrap();
+    common::sh(&*run, "echo mine > /root/owned").await;
+    let mut expected_min = counter(&*run).await;
+    let mut name = "run".to_string();
+    let mut current = run;
+    for cycle in 0..2 {
+        let saved = env.state.path().join(format!("suspended{cycle}"));
+        let info = current.suspend(&saved).await.unwrap();
+        assert!(
+            info.memory_bytes > 0,
+            "RAM was streamed, not moved: {info:?}"
+        );
+        assert!(
+            !env.hv.vm_dir(&name).exists(),
+            "runtime dir survived suspend"
+        );
+        assert!(env.live_qemus(&name).is_empty(), "QEMU survived suspend");
+
+        name = format!("resumed{cycle}");
+        current = env
+            .hv
+            .restore_with(&name, &saved, RestoreMemory::Consume)
+            .await
+            .unwrap();
+        assert!(!saved.exists(), "a consumed snapshot must be gone");
+        let value = counter(&*current).await;
+        assert!(
+            value >= expected_min,
+            "counter went back: {value} < {expected_min}"
+        );
+        expected_min = value;
+        common::sh(&*current, &format!("kill -0 {pid}")).await;
+        assert_eq!(common::sh(&*current, "cat /root/owned").await, "mine\n");
+    }
+    current.stop().await.unwrap();
+
+    // The image snapshot was never written to: a clone starts where it was.
+    let clone = env.hv.restore("clone", &image).await.unwrap();
+    let out = clone.agent().sh("cat /root/owned").await.unwrap();
+    assert!(!out.success(), "the image saw a later VM's file");
+    clone.stop().await.unwrap();
 }

@@ -19,7 +19,9 @@ pub use host::{detect_accel, tsc_khz};
 pub use qmp::QmpError;
 pub use vm::QemuVm;
 
-use crate::backend::{validate_vm_name, Accel, AccelChoice, Hypervisor, Vm, VmConfig};
+use crate::backend::{
+    validate_vm_name, Accel, AccelChoice, Hypervisor, RestoreMemory, Vm, VmConfig,
+};
 use crate::snapshot::SnapshotError;
 use crate::VmmError;
 
@@ -162,7 +164,12 @@ impl Hypervisor for QemuHypervisor {
         Ok(Arc::new(vm))
     }
 
-    async fn restore(&self, name: &str, snapshot_dir: &Path) -> Result<Arc<dyn Vm>, VmmError> {
+    async fn restore_with(
+        &self,
+        name: &str,
+        snapshot_dir: &Path,
+        memory: RestoreMemory,
+    ) -> Result<Arc<dyn Vm>, VmmError> {
         validate_vm_name(name)?;
         let snapshot_dir = absolute(snapshot_dir)?;
         let manifest = crate::SnapshotManifest::load(&snapshot_dir)?;
@@ -187,7 +194,7 @@ impl Hypervisor for QemuHypervisor {
             )));
         }
         let dir = self.claim_dir(name)?;
-        let vm = vm::restore(self, name, manifest, &snapshot_dir, dir).await?;
+        let vm = vm::restore(self, name, manifest, &snapshot_dir, dir, memory).await?;
         Ok(Arc::new(vm))
     }
 }

@@ -18,7 +18,7 @@ use super::qmp::Qmp;
 use super::QemuHypervisor;
 use super::{files, qcow2};
 use crate::agent::AgentClient;
-use crate::backend::{Accel, Vm, VmConfig, VmStats};
+use crate::backend::{Accel, RestoreMemory, Vm, VmConfig, VmStats};
 use crate::snapshot::{FileRecord, MemoryImage, SnapshotInfo, SnapshotManifest};
 use crate::VmmError;
 
@@ -147,6 +147,7 @@ pub(super) async fn restore(
     manifest: SnapshotManifest,
     snapshot_dir: &Path,
     dir: PathBuf,
+    mode: RestoreMemory,
 ) -> Result<QemuVm, VmmError> {
     let t0 = Instant::now();
     let phase = |what: &str| tracing::debug!(vm = %name, ms = t0.elapsed().as_secs_f64() * 1e3, "restore: {what}");
@@ -168,12 +169,26 @@ pub(super) async fn restore(
         MemoryImage::File(rec) => Some(resolve(rec)?),
         MemoryImage::InStream => None,
     };
-    qcow2::create_overlay(&disk, "qcow2", &dir.join(DISK))?;
-    phase("overlay created");
-    let ram = match &memory_file {
-        Some(p) => RamBacking::PrivateFile(p),
-        None => RamBacking::Anonymous,
+    // Consume takes the snapshot's own files (hard links: on failure the
+    // snapshot is untouched); the other modes leave the snapshot pristine.
+    let own_memory = dir.join(MEMORY);
+    match mode {
+        RestoreMemory::Consume => take_file(&disk, &dir.join(DISK))?,
+        _ => qcow2::create_overlay(&disk, "qcow2", &dir.join(DISK))?,
+    }
+    let (ram, memory) = match (&memory_file, mode) {
+        (None, _) => (RamBacking::Anonymous, Memory::Private),
+        (Some(image), RestoreMemory::Clone) => (RamBacking::PrivateFile(image), Memory::Private),
+        (Some(image), RestoreMemory::Copy) => {
+            files::sparse_copy(image, &own_memory, files::Zeros::Keep)?;
+            (RamBacking::SharedFile(&own_memory), Memory::OwnFile)
+        }
+        (Some(image), RestoreMemory::Consume) => {
+            take_file(image, &own_memory)?;
+            (RamBacking::SharedFile(&own_memory), Memory::OwnFile)
+        }
     };
+    phase("files in place");
     let spec = LaunchSpec {
         config: &config,
         accel: hv.accel,
@@ -189,19 +204,32 @@ pub(super) async fn restore(
     drop(state_file);
     let pid = child.id().unwrap_or(0);
     guard.child = Some(child);
-    let (qmp, agent) =
-        match resume_incoming(hv, &dir, &mut guard, memory_file.is_some(), &phase).await {
-            Ok(v) => v,
-            Err(e) => return Err(explain(e, &dir, &mut guard).await),
-        };
+    let consumed = (mode == RestoreMemory::Consume).then_some(snapshot_dir);
+    let (qmp, agent) = match resume_incoming(
+        hv,
+        &dir,
+        &mut guard,
+        memory_file.is_some(),
+        consumed,
+        &phase,
+    )
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => return Err(explain(e, &dir, &mut guard).await),
+    };
     phase("clock and RNG updated");
+    if let Some(consumed) = consumed {
+        // The VM runs on these files now (through its own links).
+        let _ = std::fs::remove_dir_all(consumed);
+    }
     tracing::info!(vm = %name, pid, snapshot = %snapshot_dir.display(), "restored");
     Ok(QemuVm {
         name: name.to_string(),
         dir,
         accel: hv.accel,
         qemu_version: hv.qemu_version.clone(),
-        memory: Memory::Private,
+        memory,
         pid,
         qmp,
         agent,
@@ -218,6 +246,7 @@ async fn resume_incoming(
     dir: &Path,
     guard: &mut LaunchGuard,
     ignore_shared: bool,
+    consume: Option<&Path>,
     phase: &impl Fn(&str),
 ) -> Result<(Qmp, AgentClient), VmmError> {
     let qmp = connect_qmp(dir, guard).await?;
@@ -237,6 +266,13 @@ async fn resume_incoming(
     )
     .await?;
     phase("device state loaded");
+    if let Some(snapshot_dir) = consume {
+        // Once the guest runs it writes into the snapshot's files: the
+        // snapshot stops being one before that can happen.
+        let manifest = snapshot_dir.join(crate::snapshot::MANIFEST_FILE);
+        std::fs::remove_file(&manifest)
+            .map_err(VmmError::io(format!("consume {}", manifest.display())))?;
+    }
     qmp.execute("cont", json!({})).await?;
     let agent = connect_agent(
         dir,
@@ -443,10 +479,11 @@ impl QemuVm {
         Ok(())
     }
 
-    async fn write_snapshot(&self, out: &Path) -> Result<SnapshotManifest, VmmError> {
+    /// Pauses the VM and writes its device state (and, for privately
+    /// mapped RAM, its memory) into `out/state.bin`.
+    async fn save_device_state(&self, out: &Path) -> Result<FileRecord, VmmError> {
         self.pause().await?;
-        let own_file = self.memory == Memory::OwnFile;
-        set_migration_caps(&self.qmp, own_file).await?;
+        set_migration_caps(&self.qmp, self.memory == Memory::OwnFile).await?;
         let state = out.join(STATE_FILE);
         let uri = format!("exec:cat > {}", files::shell_quote(&state));
         self.qmp.execute("migrate", json!({"uri": uri})).await?;
@@ -464,25 +501,53 @@ impl QemuVm {
         .await;
         guard.defuse();
         res?;
-        let memory = if own_file {
-            let dst = out.join(MEMORY);
-            files::sparse_copy(&self.dir.join(MEMORY), &dst, files::Zeros::Skip)?;
-            MemoryImage::File(FileRecord {
-                name: MEMORY.into(),
-                size: file_len(&dst)?,
-                crc32: None,
-            })
-        } else {
-            MemoryImage::InStream
-        };
-        // `stop` flushed the block layer, so the overlay is consistent.
-        let disk = out.join(DISK);
-        files::sparse_copy(&self.dir.join(DISK), &disk, files::Zeros::Keep)?;
-        let device_state = FileRecord {
+        Ok(FileRecord {
             name: STATE_FILE.into(),
             size: file_len(&state)?,
             crc32: Some(crate::snapshot::crc32_file(&state)?),
+        })
+    }
+
+    /// Puts the VM's memory image and disk overlay into `out`: copies while
+    /// the VM lives on, moves once its process is gone. `stop` flushed the
+    /// block layer, so the overlay is consistent either way.
+    fn collect_files(
+        &self,
+        out: &Path,
+        transfer: Transfer,
+    ) -> Result<(MemoryImage, FileRecord), VmmError> {
+        let place =
+            |name: &str, zeros: files::Zeros| -> Result<FileRecord, VmmError> {
+                let (src, dst) = (self.dir.join(name), out.join(name));
+                match transfer {
+                    Transfer::Copy => {
+                        files::sparse_copy(&src, &dst, zeros)?;
+                    }
+                    Transfer::Move => std::fs::rename(&src, &dst).map_err(VmmError::io(
+                        format!("move {} into {}", src.display(), out.display()),
+                    ))?,
+                }
+                Ok(FileRecord {
+                    name: name.into(),
+                    size: file_len(&dst)?,
+                    crc32: None,
+                })
+            };
+        let memory = match self.memory {
+            Memory::OwnFile => MemoryImage::File(place(MEMORY, files::Zeros::Skip)?),
+            Memory::Private => MemoryImage::InStream,
         };
+        Ok((memory, place(DISK, files::Zeros::Keep)?))
+    }
+
+    fn write_manifest(
+        &self,
+        out: &Path,
+        device_state: FileRecord,
+        memory: MemoryImage,
+        disk: FileRecord,
+        started: Instant,
+    ) -> Result<SnapshotInfo, VmmError> {
         let manifest = SnapshotManifest {
             vm: self.config.clone(),
             accel: self.accel,
@@ -493,14 +558,69 @@ impl QemuVm {
                 .unwrap_or(0),
             memory,
             device_state,
-            disk: FileRecord {
-                name: DISK.into(),
-                size: file_len(&disk)?,
-                crc32: None,
-            },
+            disk,
         };
         manifest.write(out)?;
-        Ok(manifest)
+        let memory_bytes = match &manifest.memory {
+            MemoryImage::File(rec) => files::allocated_bytes(&out.join(&rec.name)),
+            MemoryImage::InStream => 0,
+        };
+        Ok(SnapshotInfo {
+            dir: out.to_path_buf(),
+            memory_bytes,
+            device_state_bytes: manifest.device_state.size,
+            disk_bytes: files::allocated_bytes(&out.join(DISK)),
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Ends the QEMU process and forgets the VM's runtime directory.
+    async fn end_process(&self, state: &mut RunState) -> Result<(), VmmError> {
+        let mut child = self.child.lock().await;
+        if let Some(mut c) = child.take() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), self.qmp.execute("quit", json!({})))
+                    .await;
+            if tokio::time::timeout(Duration::from_secs(5), c.wait())
+                .await
+                .is_err()
+            {
+                let _ = c.kill().await;
+            }
+        }
+        *state = RunState::Stopped;
+        Ok(())
+    }
+}
+
+/// How a snapshot takes the VM's own files.
+#[derive(Clone, Copy)]
+enum Transfer {
+    Copy,
+    Move,
+}
+
+fn create_snapshot_dir(dir: &Path) -> Result<PathBuf, VmmError> {
+    let dir = super::absolute(dir)?;
+    std::fs::create_dir(&dir).map_err(VmmError::io(format!(
+        "create snapshot directory {}",
+        dir.display()
+    )))?;
+    Ok(dir)
+}
+
+/// Gives the VM `src` as `dst` without copying (a hard link), or by a
+/// copy where the two are on different filesystems.
+fn take_file(src: &Path, dst: &Path) -> Result<(), VmmError> {
+    match std::fs::hard_link(src, dst) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            files::sparse_copy(src, dst, files::Zeros::Keep).map(|_| ())
+        }
+        Err(e) => Err(VmmError::Io {
+            context: format!("link {} to {}", src.display(), dst.display()),
+            source: e,
+        }),
     }
 }
 
@@ -534,30 +654,40 @@ impl Vm for QemuVm {
 
     async fn snapshot(&self, dir: &Path) -> Result<SnapshotInfo, VmmError> {
         let started = Instant::now();
-        let dir = &super::absolute(dir)?;
-        std::fs::create_dir(dir).map_err(VmmError::io(format!(
-            "create snapshot directory {}",
-            dir.display()
-        )))?;
-        match self.write_snapshot(dir).await {
-            Ok(manifest) => {
-                let memory_bytes = match &manifest.memory {
-                    MemoryImage::File(rec) => files::allocated_bytes(&dir.join(&rec.name)),
-                    MemoryImage::InStream => 0,
-                };
-                Ok(SnapshotInfo {
-                    dir: dir.to_path_buf(),
-                    memory_bytes,
-                    device_state_bytes: manifest.device_state.size,
-                    disk_bytes: files::allocated_bytes(&dir.join(DISK)),
-                    duration_ms: started.elapsed().as_millis() as u64,
-                })
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(dir);
-                Err(e)
-            }
+        let dir = create_snapshot_dir(dir)?;
+        let result = async {
+            let device_state = self.save_device_state(&dir).await?;
+            let (memory, disk) = self.collect_files(&dir, Transfer::Copy)?;
+            self.write_manifest(&dir, device_state, memory, disk, started)
         }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    async fn suspend(&self, dir: &Path) -> Result<SnapshotInfo, VmmError> {
+        let started = Instant::now();
+        let dir = create_snapshot_dir(dir)?;
+        let device_state = match self.save_device_state(&dir).await {
+            Ok(rec) => rec,
+            Err(e) => {
+                // Nothing moved yet: the VM is intact (paused).
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let mut state = self.state.lock().await;
+        self.end_process(&mut state).await?;
+        // From here on the VM exists only as files: on an error they stay
+        // where they are (in its runtime dir or the snapshot dir), never deleted.
+        let (memory, disk) = self.collect_files(&dir, Transfer::Move)?;
+        let info = self.write_manifest(&dir, device_state, memory, disk, started)?;
+        std::fs::remove_dir_all(&self.dir)
+            .map_err(VmmError::io(format!("remove {}", self.dir.display())))?;
+        tracing::info!(vm = %self.name, snapshot = %dir.display(), "suspended");
+        Ok(info)
     }
 
     fn stats(&self) -> Result<VmStats, VmmError> {
@@ -575,19 +705,7 @@ impl Vm for QemuVm {
         if *state == RunState::Stopped {
             return Ok(());
         }
-        let mut child = self.child.lock().await;
-        if let Some(mut c) = child.take() {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(2), self.qmp.execute("quit", json!({})))
-                    .await;
-            if tokio::time::timeout(Duration::from_secs(5), c.wait())
-                .await
-                .is_err()
-            {
-                let _ = c.kill().await;
-            }
-        }
-        *state = RunState::Stopped;
+        self.end_process(&mut state).await?;
         std::fs::remove_dir_all(&self.dir)
             .map_err(VmmError::io(format!("remove {}", self.dir.display())))?;
         tracing::info!(vm = %self.name, "stopped");
