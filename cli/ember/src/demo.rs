@@ -22,7 +22,9 @@ pub async fn prepare_assets(data_dir: &Path, agent: &Path) -> anyhow::Result<Gue
     Ok(tokio::task::spawn_blocking(move || store.ensure_guest(&agent)).await??)
 }
 
-const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.25; done";
+/// Counts in tmpfs (guest memory only); each value lands by rename, so a
+/// reader never sees a half-written file.
+const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.25; done";
 
 pub async fn run(data_dir: &Path, agent: &Path, accel: AccelChoice) -> anyhow::Result<()> {
     let assets = prepare_assets(data_dir, agent).await?;

@@ -10,6 +10,16 @@ async fn exec_reports_output_exit_codes_and_stderr() {
     let vm = env.boot("basics").await;
     let agent = vm.agent();
 
+    // QEMU runs under its seccomp sandbox (filter mode 2).
+    let pid = vm.stats().unwrap().pid;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["Seccomp:", "2"])),
+        "QEMU is not sandboxed:\n{status}"
+    );
+
     let out = agent
         .exec(ExecRequest {
             argv: vec!["echo".into(), "hello from the guest".into()],

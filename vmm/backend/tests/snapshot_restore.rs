@@ -8,13 +8,24 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ember_vmm::{Hypervisor, RestoreMemory};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done";
+/// Counts in tmpfs (guest memory only); each value lands by rename, so a
+/// reader never sees a half-written file.
+const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.2; done";
 
 fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// Waits for a freshly started counter to reach `at_least` (the file does
+/// not exist until the loop's first round).
+async fn wait_for_counter(vm: &dyn ember_vmm::Vm, at_least: u64) {
+    let script = format!(
+        "for i in $(seq 100); do [ \"$(cat /tmp/counter 2>/dev/null || echo 0)\" -ge {at_least} ] && exit 0; sleep 0.1; done; exit 1"
+    );
+    common::sh(vm, &script).await;
 }
 
 async fn counter(vm: &dyn ember_vmm::Vm) -> u64 {
@@ -37,9 +48,7 @@ async fn restored_vm_keeps_running_process_memory_and_disk() {
         .await
         .unwrap();
     common::sh(&*vm, "echo on-disk > /root/marker; sync").await;
-    while counter(&*vm).await < 3 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_counter(&*vm, 3).await;
     let snap = env.state.path().join("snap");
     let info = vm.snapshot(&snap).await.unwrap();
     // /tmp is a tmpfs: the counter lives only in guest memory.
@@ -225,9 +234,7 @@ async fn suspend_and_resume_in_place_keep_state() {
         })
         .await
         .unwrap();
-    while counter(&*vm).await < 2 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_counter(&*vm, 2).await;
     let image = env.state.path().join("image");
     vm.snapshot(&image).await.unwrap();
     vm.stop().await.unwrap();

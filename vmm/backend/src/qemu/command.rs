@@ -95,6 +95,13 @@ pub fn qemu_args(spec: &LaunchSpec<'_>) -> Vec<String> {
         "none",
         "-no-reboot",
     ]);
+    // seccomp: no obsolete syscalls, no setuid/privilege changes, no
+    // fork/exec, no scheduler or affinity games, for a guest that escapes
+    // into QEMU.
+    push(&[
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]);
     let (kernel, initrd) = spec
         .boot_files_override
         .unwrap_or((&c.kernel, &c.initramfs));

@@ -1,4 +1,4 @@
-//! File plumbing: sparse copies of memory images, log tails, quoting.
+//! File plumbing: sparse copies of memory images, log tails.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -143,11 +143,6 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Quotes a path for the `/bin/sh -c` that QEMU's `exec:` migration runs.
-pub fn shell_quote(path: &Path) -> String {
-    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,10 +186,5 @@ mod tests {
             "{}",
             allocated_bytes(&dst)
         );
-    }
-
-    #[test]
-    fn quotes_for_the_shell() {
-        assert_eq!(shell_quote(Path::new("/a b/c'd")), r"'/a b/c'\''d'");
     }
 }

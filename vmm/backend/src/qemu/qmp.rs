@@ -1,10 +1,12 @@
 //! A small QMP client: one command in flight at a time, events skipped.
 //! QEMU's monitor answers commands in order, so no ids are needed.
 
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio::io::Interest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
@@ -54,12 +56,49 @@ impl Qmp {
     }
 
     pub async fn execute(&self, command: &str, arguments: Value) -> Result<Value, QmpError> {
+        self.exchange(command, arguments, None).await
+    }
+
+    /// Runs `command` with `fd` passed along (SCM_RIGHTS), as `getfd` and
+    /// `add-fd` expect: QEMU keeps its own copy of the descriptor.
+    pub async fn execute_with_fd(
+        &self,
+        command: &str,
+        arguments: Value,
+        fd: BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
+        self.exchange(command, arguments, Some(fd)).await
+    }
+
+    async fn exchange(
+        &self,
+        command: &str,
+        arguments: Value,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Value, QmpError> {
         let mut conn = self.conn.lock().await;
         let (rd, wr) = &mut *conn;
         let mut line = serde_json::to_vec(&json!({"execute": command, "arguments": arguments}))?;
         line.push(b'\n');
         let exchange = async {
-            wr.write_all(&line).await?;
+            match fd {
+                Some(fd) => {
+                    let sock: &UnixStream = wr.as_ref();
+                    let sent = loop {
+                        sock.writable().await?;
+                        match sock.try_io(Interest::WRITABLE, || {
+                            send_with_fd(sock.as_raw_fd(), &line, fd)
+                        }) {
+                            Ok(n) => break n,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                            Err(e) => return Err(e.into()),
+                        }
+                    };
+                    // The descriptor went with the first byte; the rest is plain.
+                    wr.write_all(&line[sent..]).await?;
+                }
+                None => wr.write_all(&line).await?,
+            }
             loop {
                 let msg = read_message(rd).await?;
                 if let Some(ret) = msg.get("return") {
@@ -81,6 +120,45 @@ impl Qmp {
             .await
             .map_err(|_| QmpError::Timeout(command.to_string()))?
     }
+}
+
+/// One `sendmsg` of `bytes` carrying `fd` as SCM_RIGHTS; returns the bytes
+/// sent (at least one, or an error).
+fn send_with_fd(sock: RawFd, bytes: &[u8], fd: BorrowedFd<'_>) -> std::io::Result<usize> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control points at `space` writable bytes, enough for one
+    // cmsghdr with one fd (CMSG_SPACE), so CMSG_FIRSTHDR is non-null and
+    // CMSG_DATA points inside the buffer; `iov` and `bytes` outlive the call.
+    let sent = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::copy_nonoverlapping(
+            (&raw as *const RawFd).cast::<u8>(),
+            libc::CMSG_DATA(cmsg),
+            std::mem::size_of::<RawFd>(),
+        );
+        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(sent as usize)
 }
 
 async fn read_message(rd: &mut BufReader<OwnedReadHalf>) -> Result<Value, QmpError> {

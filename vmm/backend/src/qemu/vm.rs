@@ -1,6 +1,6 @@
 //! One QEMU process: launch (cold or incoming), pause, snapshot, stop.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -23,6 +23,8 @@ use crate::snapshot::{FileRecord, MemoryImage, SnapshotInfo, SnapshotManifest};
 use crate::VmmError;
 
 const STATE_FILE: &str = "state.bin";
+/// The name a snapshot's state file descriptor gets inside QEMU.
+const STATE_FD_NAME: &str = "snapshot-state";
 /// The fd number the device-state file is inherited on by a restoring QEMU.
 const INCOMING_FD: i32 = 3;
 /// Migration is local: lift QEMU's default 128 MiB/s cap.
@@ -485,8 +487,20 @@ impl QemuVm {
         self.pause().await?;
         set_migration_caps(&self.qmp, self.memory == Memory::OwnFile).await?;
         let state = out.join(STATE_FILE);
-        let uri = format!("exec:cat > {}", files::shell_quote(&state));
-        self.qmp.execute("migrate", json!({"uri": uri})).await?;
+        // QEMU gets the open file itself: its sandbox forbids spawning the
+        // shell an `exec:` migration would need.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&state)
+            .map_err(VmmError::io(format!("create {}", state.display())))?;
+        self.qmp
+            .execute_with_fd("getfd", json!({"fdname": STATE_FD_NAME}), file.as_fd())
+            .await?;
+        drop(file);
+        self.qmp
+            .execute("migrate", json!({"uri": format!("fd:{STATE_FD_NAME}")}))
+            .await?;
         let mut guard = LaunchGuard {
             dir: PathBuf::new(),
             child: None,
