@@ -4,6 +4,8 @@
 mod command;
 mod files;
 mod host;
+mod launch;
+mod migration;
 mod qcow2;
 mod qmp;
 mod stub_kernel;
@@ -160,7 +162,7 @@ impl Hypervisor for QemuHypervisor {
         config.initramfs = absolute(&config.initramfs)?;
         config.rootfs = absolute(&config.rootfs)?;
         let dir = self.claim_dir(&config.name)?;
-        let vm = vm::boot(self, config, dir).await?;
+        let vm = launch::boot(self, config, dir).await?;
         Ok(Arc::new(vm))
     }
 
@@ -194,7 +196,7 @@ impl Hypervisor for QemuHypervisor {
             )));
         }
         let dir = self.claim_dir(name)?;
-        let vm = vm::restore(self, name, manifest, &snapshot_dir, dir, memory).await?;
+        let vm = launch::restore(self, name, manifest, &snapshot_dir, dir, memory).await?;
         Ok(Arc::new(vm))
     }
 }
