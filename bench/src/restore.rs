@@ -41,7 +41,7 @@ pub async fn run(
     let (mut cold, mut snapshot_ms, mut mem_bytes) = (vec![], vec![], vec![]);
     let (mut cold_agent, mut restore_agent) = (vec![], vec![]);
     let (mut restore_exec, mut restore_tcp) = (vec![], vec![]);
-    let (mut rss, mut private) = (vec![], vec![]);
+    let (mut rss, mut private, mut idle_cpu) = (vec![], vec![], vec![]);
     let (mut stream_restore_exec, mut stream_bytes) = (vec![], vec![]);
     let (mut copy_restore_exec, mut suspend_ms, mut resume_exec) = (vec![], vec![], vec![]);
     for i in 0..runs {
@@ -76,6 +76,11 @@ pub async fn run(
         let stats = r.stats()?;
         rss.push(stats.rss_bytes as f64 / (1 << 20) as f64);
         private.push(stats.private_bytes as f64 / (1 << 20) as f64);
+        // Host CPU an idle VM burns, in % of one core, over a quiet window.
+        let window = Duration::from_secs(5);
+        tokio::time::sleep(window).await;
+        let used = r.stats()?.cpu_ms.saturating_sub(stats.cpu_ms);
+        idle_cpu.push(used as f64 / window.as_millis() as f64 * 100.0);
 
         // The alternative: RAM streamed through the migration file (what a
         // snapshot of a restored, privately mapped VM produces).
@@ -127,6 +132,7 @@ pub async fn run(
         "restore_vs_cold_pct": (restore_ms / cold_ms * 1000.0).round() / 10.0,
         "idle_vmm_rss_mib": (median(rss) * 10.0).round() / 10.0,
         "idle_vmm_private_mib": (median(private) * 10.0).round() / 10.0,
+        "idle_vmm_cpu_pct": (median(idle_cpu) * 10.0).round() / 10.0,
         "stream_restore_to_exec_ms": median(stream_restore_exec),
         "stream_snapshot_bytes": median(stream_bytes) as u64,
         "copy_restore_to_exec_ms": median(copy_restore_exec),

@@ -185,6 +185,7 @@ fn start_detached(
     };
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     let mut child = cmd.spawn().map_err(|e| spawn_failure(req, &e))?;
+    reaper::spawned();
     sender.control(channel, &GuestMessage::Started { pid: child.id() });
     if !reaper_running {
         // No PID-1 reaper (development mode): someone still has to wait.

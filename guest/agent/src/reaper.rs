@@ -14,26 +14,45 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::process::{Child, Command};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
 static TRACKED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
+/// Counts spawns, so a reaper with no children can sleep until the next
+/// one instead of polling (an idle guest should not wake up at all: under
+/// TCG every wake-up costs host CPU).
+static SPAWNS: Mutex<u64> = Mutex::new(0);
+static SPAWNED: Condvar = Condvar::new();
+
 /// Pause while a tracked child's owner has not collected it yet; owners
 /// are woken by the same exit, so this is short.
 const TRACKED_BACKOFF: Duration = Duration::from_millis(5);
-/// Pause when there are no children at all. New children only appear when
-/// we spawn them (orphans are re-parented from our own descendants, which
-/// keep the blocking wait busy), so this is rarely on a hot path.
-const IDLE_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Spawns `cmd` and registers its pid so the reaper leaves it alone.
 pub fn spawn_tracked(cmd: &mut Command) -> io::Result<Child> {
     let mut tracked = TRACKED.lock().unwrap_or_else(|e| e.into_inner());
     let child = cmd.spawn()?;
     tracked.insert(pid_of(&child));
+    spawned();
     Ok(child)
+}
+
+/// Records that the agent started a child (tracked or not). New children
+/// only appear this way: orphans are re-parented from our own descendants,
+/// which keep the reaper's blocking wait busy while they exist.
+pub fn spawned() {
+    *SPAWNS.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    SPAWNED.notify_all();
+}
+
+/// Sleeps until a spawn after generation `seen`.
+fn wait_for_spawn_after(seen: u64) {
+    let mut spawns = SPAWNS.lock().unwrap_or_else(|e| e.into_inner());
+    while *spawns == seen {
+        spawns = SPAWNED.wait(spawns).unwrap_or_else(|e| e.into_inner());
+    }
 }
 
 /// Called once the owner has reaped `pid`.
@@ -79,6 +98,8 @@ pub fn start() -> io::Result<()> {
 
 fn run() {
     loop {
+        // Read before waitid: a spawn racing with an ECHILD answer bumps it.
+        let seen = *SPAWNS.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: siginfo_t is plain data; all-zero is a valid value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // Blocks until some child has exited; WNOWAIT leaves it a zombie so
@@ -88,7 +109,7 @@ fn run() {
         if r != 0 {
             match io::Error::last_os_error().raw_os_error() {
                 Some(libc::EINTR) => {}
-                Some(libc::ECHILD) => thread::sleep(IDLE_BACKOFF),
+                Some(libc::ECHILD) => wait_for_spawn_after(seen),
                 _ => thread::sleep(Duration::from_secs(1)),
             }
             continue;

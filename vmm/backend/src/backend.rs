@@ -88,6 +88,8 @@ pub struct VmStats {
     pub rss_bytes: u64,
     /// The part of `rss_bytes` no other process shares.
     pub private_bytes: u64,
+    /// Host CPU time the VM has used, in milliseconds.
+    pub cpu_ms: u64,
 }
 
 /// Creates VMs. One per host; cheap to share.

@@ -59,6 +59,15 @@ async fn exec_reports_output_exit_codes_and_stderr() {
         .unwrap();
     assert_eq!(out.stdout_str(), "hi\n/tmp\n65534\n");
 
+    // Orphans are re-parented to the agent (PID 1), which must reap them.
+    common::sh(&*vm, "sleep 0.2 & exit 0").await;
+    let zombies = common::sh(
+        &*vm,
+        "sleep 1; for f in /proc/[0-9]*/status; do grep -q '^State:.*Z' $f && echo $f; done; true",
+    )
+    .await;
+    assert_eq!(zombies, "", "zombies left behind");
+
     let err = agent
         .exec(ExecRequest {
             argv: vec!["/no/such/program".into()],

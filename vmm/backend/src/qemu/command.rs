@@ -66,7 +66,17 @@ pub fn qemu_args(spec: &LaunchSpec<'_>) -> Vec<String> {
     push(&["-M", "microvm,acpi=on,rtc=on,memory-backend=mem"]);
     match spec.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => push(&["-accel", &format!("tcg,tb-size={}", spec.tcg_tb_size_mib)]),
+        // ARAT (the APIC timer keeps running in deep C-states) is true of
+        // TCG's APIC, which emulates no C-states. Without it the kernel
+        // needs a broadcast timer for one-shot mode, finds none on microvm,
+        // and keeps a periodic 250 Hz tick on an idle guest: measured here,
+        // an idle VM cost 7-8 % of a host core with it missing, 2.7 % with it.
+        Accel::Tcg => push(&[
+            "-accel",
+            &format!("tcg,tb-size={}", spec.tcg_tb_size_mib),
+            "-cpu",
+            "qemu64,+arat",
+        ]),
     }
     push(&["-m", &mem, "-smp", &c.vcpus.to_string()]);
     match spec.ram {

@@ -73,6 +73,28 @@ pub fn rss_bytes(pid: u32) -> std::io::Result<(u64, u64)> {
     Ok((field("VmRSS:"), field("RssAnon:")))
 }
 
+/// CPU time (user + system) a process has used, in milliseconds.
+pub fn cpu_ms(pid: u32) -> std::io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    Ok(parse_cpu_ticks(&stat).unwrap_or(0) * 1000 / clock_ticks_per_sec())
+}
+
+/// utime + stime from /proc/PID/stat; fields count after the `(comm)`,
+/// which may itself contain spaces and parentheses.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +105,12 @@ mod tests {
         assert_eq!(parse_cpu_mhz(info), Some(2_199_998));
         assert!(cpu_has_hw_virt(info));
         assert!(!cpu_has_hw_virt("flags : fpu sse\n"));
+    }
+
+    #[test]
+    fn parses_cpu_ticks_past_odd_process_names() {
+        let stat = "42 (qemu (x) y) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3";
+        assert_eq!(parse_cpu_ticks(stat), Some(300));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
     }
 }

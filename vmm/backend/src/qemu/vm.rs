@@ -295,6 +295,7 @@ impl Vm for QemuVm {
             pid: self.pid,
             rss_bytes,
             private_bytes,
+            cpu_ms: super::host::cpu_ms(self.pid).map_err(VmmError::io("read VM process stat"))?,
         })
     }
 
