@@ -28,6 +28,17 @@ async fn wait_for_counter(vm: &dyn ember_vmm::Vm, at_least: u64) {
     common::sh(vm, &script).await;
 }
 
+/// Starts the counter loop in the background; returns its pid.
+async fn start_counter(vm: &dyn ember_vmm::Vm) -> u32 {
+    vm.agent()
+        .spawn_detached(ember_vmm::agent::ExecRequest {
+            argv: vec!["/bin/sh".into(), "-c".into(), COUNTER.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
 async fn counter(vm: &dyn ember_vmm::Vm) -> u64 {
     let s = common::sh(vm, "cat /tmp/counter").await;
     s.trim()
@@ -39,14 +50,7 @@ async fn counter(vm: &dyn ember_vmm::Vm) -> u64 {
 async fn restored_vm_keeps_running_process_memory_and_disk() {
     let env = common::env().await;
     let vm = env.boot("origin").await;
-    let pid = vm
-        .agent()
-        .spawn_detached(ember_vmm::agent::ExecRequest {
-            argv: vec!["/bin/sh".into(), "-c".into(), COUNTER.into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let pid = start_counter(&*vm).await;
     common::sh(&*vm, "echo on-disk > /root/marker; sync").await;
     wait_for_counter(&*vm, 3).await;
     let snap = env.state.path().join("snap");
@@ -226,14 +230,7 @@ async fn guest_tcp_server_answers_through_a_stream_opened_after_restore() {
 async fn suspend_and_resume_in_place_keep_state() {
     let env = common::env().await;
     let vm = env.boot("image").await;
-    let pid = vm
-        .agent()
-        .spawn_detached(ember_vmm::agent::ExecRequest {
-            argv: vec!["/bin/sh".into(), "-c".into(), COUNTER.into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let pid = start_counter(&*vm).await;
     wait_for_counter(&*vm, 2).await;
     let image = env.state.path().join("image");
     vm.snapshot(&image).await.unwrap();
