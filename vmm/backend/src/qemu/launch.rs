@@ -96,19 +96,39 @@ pub(super) async fn boot(
         Err(e) => return Err(explain(e, &dir, &mut guard).await),
     };
     tracing::info!(vm = %config.name, pid, "booted");
-    Ok(QemuVm {
+    Ok(running_vm(
+        hv,
+        config,
+        dir,
+        Memory::OwnFile,
+        (qmp, agent),
+        guard,
+    ))
+}
+
+/// The launched VM, owning its process from now on.
+fn running_vm(
+    hv: &QemuHypervisor,
+    config: VmConfig,
+    dir: PathBuf,
+    memory: Memory,
+    (qmp, agent): (Qmp, AgentClient),
+    guard: LaunchGuard,
+) -> QemuVm {
+    let child = guard.defuse();
+    QemuVm {
         name: config.name.clone(),
         dir,
         accel: hv.accel,
         qemu_version: hv.qemu_version.clone(),
-        memory: Memory::OwnFile,
-        pid,
+        memory,
+        pid: child.as_ref().and_then(Child::id).unwrap_or(0),
         qmp,
         agent,
-        child: Mutex::new(guard.defuse()),
+        child: Mutex::new(child),
         state: Mutex::new(RunState::Running),
         config,
-    })
+    }
 }
 
 pub(super) async fn restore(
@@ -194,19 +214,7 @@ pub(super) async fn restore(
         let _ = std::fs::remove_dir_all(consumed);
     }
     tracing::info!(vm = %name, pid, snapshot = %snapshot_dir.display(), "restored");
-    Ok(QemuVm {
-        name: name.to_string(),
-        dir,
-        accel: hv.accel,
-        qemu_version: hv.qemu_version.clone(),
-        memory,
-        pid,
-        qmp,
-        agent,
-        child: Mutex::new(guard.defuse()),
-        state: Mutex::new(RunState::Running),
-        config,
-    })
+    Ok(running_vm(hv, config, dir, memory, (qmp, agent), guard))
 }
 
 /// Loads the device state into a QEMU started with `-incoming defer`,
