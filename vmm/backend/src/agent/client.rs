@@ -209,14 +209,9 @@ impl AgentClient {
         self.inner
             .send_control(channel, &HostMessage::Exec(req))
             .await?;
-        loop {
-            let frame = rx.recv().await.ok_or(AgentError::Disconnected)?;
-            if frame.kind == FrameKind::Control {
-                return match decode_reply(&frame)? {
-                    GuestMessage::Started { pid } => Ok(pid),
-                    other => Err(unexpected(other)),
-                };
-            }
+        match next_reply(&mut rx).await? {
+            GuestMessage::Started { pid } => Ok(pid),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -249,14 +244,9 @@ impl AgentClient {
         self.inner
             .send(Frame::new(FrameKind::Eof, channel, Vec::new()))
             .await?;
-        loop {
-            let frame = rx.recv().await.ok_or(AgentError::Disconnected)?;
-            if frame.kind == FrameKind::Control {
-                return match decode_reply(&frame)? {
-                    GuestMessage::FileWritten { bytes } => Ok(bytes),
-                    other => Err(unexpected(other)),
-                };
-            }
+        match next_reply(&mut rx).await? {
+            GuestMessage::FileWritten { bytes } => Ok(bytes),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -318,14 +308,9 @@ impl AgentClient {
         self.inner
             .send_control(channel, &HostMessage::Connect { port })
             .await?;
-        loop {
-            let frame = rx.recv().await.ok_or(AgentError::Disconnected)?;
-            if frame.kind == FrameKind::Control {
-                match decode_reply(&frame)? {
-                    GuestMessage::Connected => break,
-                    other => return Err(unexpected(other)),
-                }
-            }
+        match next_reply(&mut rx).await? {
+            GuestMessage::Connected => {}
+            other => return Err(unexpected(other)),
         }
         guard.disarm();
         Ok(stream::start(Arc::clone(&self.inner), channel, rx))
@@ -360,12 +345,7 @@ impl AgentClient {
         let (channel, mut rx) = self.inner.open_channel()?;
         let _guard = ChannelGuard::new(&self.inner, channel);
         self.inner.send_control(channel, msg).await?;
-        loop {
-            let frame = rx.recv().await.ok_or(AgentError::Disconnected)?;
-            if frame.kind == FrameKind::Control {
-                return decode_reply(&frame);
-            }
-        }
+        next_reply(&mut rx).await
     }
 }
 
@@ -491,6 +471,17 @@ fn append_bounded(buf: &mut Vec<u8>, bytes: &[u8], what: &'static str) -> Result
     }
     buf.extend_from_slice(bytes);
     Ok(())
+}
+
+/// The next control message on a request's channel; bulk frames that
+/// precede it (none, for the requests that use this) are skipped.
+async fn next_reply(rx: &mut ChannelRx) -> Result<GuestMessage, AgentError> {
+    loop {
+        let frame = rx.recv().await.ok_or(AgentError::Disconnected)?;
+        if frame.kind == FrameKind::Control {
+            return decode_reply(&frame);
+        }
+    }
 }
 
 fn decode_reply(frame: &Frame) -> Result<GuestMessage, AgentError> {
