@@ -165,11 +165,7 @@ impl AgentClient {
     /// Runs a process to completion and collects its output.
     pub async fn exec(&self, req: ExecRequest) -> Result<ExecOutput, AgentError> {
         let detach = req.detach;
-        let (channel, mut rx) = self.inner.open_channel()?;
-        let _guard = ChannelGuard::new(&self.inner, channel);
-        self.inner
-            .send_control(channel, &HostMessage::Exec(req))
-            .await?;
+        let (_, mut rx, _guard) = self.start_request(&HostMessage::Exec(req)).await?;
         let mut out = ExecOutput::default();
         loop {
             let frame = rx.recv().await.ok_or(AgentError::Disconnected)?;
@@ -204,11 +200,7 @@ impl AgentClient {
     /// Starts a process in the background; returns its pid.
     pub async fn spawn_detached(&self, mut req: ExecRequest) -> Result<u32, AgentError> {
         req.detach = true;
-        let (channel, mut rx) = self.inner.open_channel()?;
-        let _guard = ChannelGuard::new(&self.inner, channel);
-        self.inner
-            .send_control(channel, &HostMessage::Exec(req))
-            .await?;
+        let (_, mut rx, _guard) = self.start_request(&HostMessage::Exec(req)).await?;
         match next_reply(&mut rx).await? {
             GuestMessage::Started { pid } => Ok(pid),
             other => Err(unexpected(other)),
@@ -221,16 +213,11 @@ impl AgentClient {
         contents: &[u8],
         mode: u32,
     ) -> Result<u64, AgentError> {
-        let (channel, mut rx) = self.inner.open_channel()?;
-        let _guard = ChannelGuard::new(&self.inner, channel);
-        self.inner
-            .send_control(
-                channel,
-                &HostMessage::WriteFile {
-                    path: path.to_string(),
-                    mode,
-                },
-            )
+        let (channel, mut rx, _guard) = self
+            .start_request(&HostMessage::WriteFile {
+                path: path.to_string(),
+                mode,
+            })
             .await?;
         for chunk in contents.chunks(MAX_PAYLOAD) {
             // An early error (bad path) ends the transfer at once.
@@ -251,16 +238,11 @@ impl AgentClient {
     }
 
     pub async fn read_file(&self, path: &str, max_bytes: u64) -> Result<Vec<u8>, AgentError> {
-        let (channel, mut rx) = self.inner.open_channel()?;
-        let _guard = ChannelGuard::new(&self.inner, channel);
-        self.inner
-            .send_control(
-                channel,
-                &HostMessage::ReadFile {
-                    path: path.to_string(),
-                    max_bytes,
-                },
-            )
+        let (_, mut rx, _guard) = self
+            .start_request(&HostMessage::ReadFile {
+                path: path.to_string(),
+                max_bytes,
+            })
             .await?;
         let mut data = Vec::new();
         let mut expected = None;
@@ -303,11 +285,7 @@ impl AgentClient {
 
     /// Opens a byte stream to `127.0.0.1:port` inside the guest.
     pub async fn connect(&self, port: u16) -> Result<AgentStream, AgentError> {
-        let (channel, mut rx) = self.inner.open_channel()?;
-        let guard = ChannelGuard::new(&self.inner, channel);
-        self.inner
-            .send_control(channel, &HostMessage::Connect { port })
-            .await?;
+        let (channel, mut rx, guard) = self.start_request(&HostMessage::Connect { port }).await?;
         match next_reply(&mut rx).await? {
             GuestMessage::Connected => {}
             other => return Err(unexpected(other)),
@@ -341,10 +319,20 @@ impl AgentClient {
         }
     }
 
-    async fn request(&self, msg: &HostMessage) -> Result<GuestMessage, AgentError> {
-        let (channel, mut rx) = self.inner.open_channel()?;
-        let _guard = ChannelGuard::new(&self.inner, channel);
+    /// Opens a fresh channel and sends `msg` on it. The guard forgets the
+    /// channel however the request ends.
+    async fn start_request(
+        &self,
+        msg: &HostMessage,
+    ) -> Result<(u32, ChannelRx, ChannelGuard<'_>), AgentError> {
+        let (channel, rx) = self.inner.open_channel()?;
+        let guard = ChannelGuard::new(&self.inner, channel);
         self.inner.send_control(channel, msg).await?;
+        Ok((channel, rx, guard))
+    }
+
+    async fn request(&self, msg: &HostMessage) -> Result<GuestMessage, AgentError> {
+        let (_, mut rx, _guard) = self.start_request(msg).await?;
         next_reply(&mut rx).await
     }
 }
