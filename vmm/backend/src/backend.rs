@@ -160,6 +160,12 @@ pub trait Vm: Send + Sync {
 
     fn stats(&self) -> Result<VmStats, VmmError>;
 
+    /// Ends the VM and moves its writable disk layer to `dest` (which must
+    /// not exist): a qcow2 image whose backing file is the VM's root
+    /// filesystem, usable as the `rootfs` of a later VM. The guest should
+    /// `sync` first; the block layer is flushed on the way out.
+    async fn stop_keeping_disk(&self, dest: &Path) -> Result<(), VmmError>;
+
     /// Ends the VM and removes its runtime files. Idempotent.
     async fn stop(&self) -> Result<(), VmmError>;
 }

@@ -27,6 +27,13 @@ const FAST_PHASE: Duration = Duration::from_millis(300);
 pub(super) type ChannelRx = mpsc::UnboundedReceiver<Frame>;
 
 /// A connected, handshaken session with one guest agent.
+/// Which of a process's output streams a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
 #[derive(Clone)]
 pub struct AgentClient {
     inner: Arc<Inner>,
@@ -188,6 +195,34 @@ impl AgentClient {
         }
     }
 
+    /// Runs a process to completion, handing each piece of its output to
+    /// `on_output` as it arrives instead of collecting it: build steps log
+    /// live and may print without bound. Returns the exit code and signal.
+    pub async fn exec_streaming<F>(
+        &self,
+        req: ExecRequest,
+        mut on_output: F,
+    ) -> Result<(Option<i32>, Option<i32>), AgentError>
+    where
+        F: FnMut(OutputStream, &[u8]) + Send,
+    {
+        let (_, mut rx, _guard) = self.start_request(&HostMessage::Exec(req)).await?;
+        loop {
+            let frame = rx.recv().await.ok_or(AgentError::Disconnected)?;
+            match frame.kind {
+                FrameKind::Data => on_output(OutputStream::Stdout, &frame.payload),
+                FrameKind::Stderr => on_output(OutputStream::Stderr, &frame.payload),
+                FrameKind::Control => match decode_reply(&frame)? {
+                    GuestMessage::Started { .. } => {}
+                    GuestMessage::Exited { code, signal } => return Ok((code, signal)),
+                    other => return Err(unexpected(other)),
+                },
+                FrameKind::Reset => return Err(AgentError::Disconnected),
+                _ => {}
+            }
+        }
+    }
+
     /// Convenience: `sh -c SCRIPT`, collected.
     pub async fn sh(&self, script: &str) -> Result<ExecOutput, AgentError> {
         self.exec(ExecRequest {
@@ -213,19 +248,39 @@ impl AgentClient {
         contents: &[u8],
         mode: u32,
     ) -> Result<u64, AgentError> {
+        self.write_file_from(path, contents, mode).await
+    }
+
+    /// Like [`write_file`](Self::write_file), streaming from `source`, so
+    /// a file of any size crosses with bounded host memory.
+    pub async fn write_file_from<R>(
+        &self,
+        path: &str,
+        mut source: R,
+        mode: u32,
+    ) -> Result<u64, AgentError>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
+        use tokio::io::AsyncReadExt;
         let (channel, mut rx, _guard) = self
             .start_request(&HostMessage::WriteFile {
                 path: path.to_string(),
                 mode,
             })
             .await?;
-        for chunk in contents.chunks(MAX_PAYLOAD) {
+        let mut chunk = vec![0u8; MAX_PAYLOAD];
+        loop {
+            let n = source.read(&mut chunk).await.map_err(AgentError::Io)?;
+            if n == 0 {
+                break;
+            }
             // An early error (bad path) ends the transfer at once.
             if let Ok(frame) = rx.try_recv() {
                 return Err(reply_error(&frame));
             }
             self.inner
-                .send(Frame::new(FrameKind::Data, channel, chunk.to_vec()))
+                .send(Frame::new(FrameKind::Data, channel, chunk[..n].to_vec()))
                 .await?;
         }
         self.inner

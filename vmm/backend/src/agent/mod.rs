@@ -5,7 +5,7 @@
 mod client;
 mod stream;
 
-pub use client::{AgentClient, ExecOutput};
+pub use client::{AgentClient, ExecOutput, OutputStream};
 pub use ember_agent_protocol::{ExecRequest, HealthReport};
 pub use stream::AgentStream;
 

@@ -62,7 +62,8 @@ pub(super) async fn boot(
         dir: dir.clone(),
         child: None,
     };
-    qcow2::create_overlay(&config.rootfs, "raw", &dir.join(DISK))?;
+    let format = qcow2::detect_format(&config.rootfs)?;
+    qcow2::create_overlay(&config.rootfs, format, &dir.join(DISK))?;
     let mem_path = dir.join(MEMORY);
     std::fs::File::create(&mem_path)
         .and_then(|f| f.set_len(u64::from(config.mem_mib) << 20))

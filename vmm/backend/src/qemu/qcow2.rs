@@ -46,6 +46,18 @@ pub fn virtual_size(path: &Path, format: &str) -> Result<u64, VmmError> {
     }
 }
 
+/// "qcow2" when `path` starts with the qcow2 magic, else "raw": a root
+/// filesystem is either a base image or a layer an image build left.
+pub fn detect_format(path: &Path) -> Result<&'static str, VmmError> {
+    let mut f =
+        std::fs::File::open(path).map_err(VmmError::io(format!("read {}", path.display())))?;
+    let mut magic = [0u8; 4];
+    match f.read_exact(&mut magic) {
+        Ok(()) if u32::from_be_bytes(magic) == MAGIC => Ok("qcow2"),
+        _ => Ok("raw"),
+    }
+}
+
 /// Creates `overlay` (which must not exist) backed by `backing`.
 pub fn create_overlay(
     backing: &Path,

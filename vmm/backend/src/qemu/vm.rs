@@ -299,6 +299,30 @@ impl Vm for QemuVm {
         })
     }
 
+    async fn stop_keeping_disk(&self, dest: &Path) -> Result<(), VmmError> {
+        if dest.exists() {
+            return Err(VmmError::io(format!("keep disk at {}", dest.display()))(
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ));
+        }
+        let mut state = self.state.lock().await;
+        if *state == RunState::Stopped {
+            return Err(VmmError::WrongState("stopped"));
+        }
+        // `quit` closes the block devices, which flushes qcow2 metadata.
+        self.end_process(&mut state).await?;
+        let disk = self.dir.join(DISK);
+        std::fs::rename(&disk, dest).map_err(VmmError::io(format!(
+            "move {} to {}",
+            disk.display(),
+            dest.display()
+        )))?;
+        std::fs::remove_dir_all(&self.dir)
+            .map_err(VmmError::io(format!("remove {}", self.dir.display())))?;
+        tracing::info!(vm = %self.name, disk = %dest.display(), "stopped, disk kept");
+        Ok(())
+    }
+
     async fn stop(&self) -> Result<(), VmmError> {
         let mut state = self.state.lock().await;
         if *state == RunState::Stopped {
