@@ -1,1 +1,107 @@
-//! (being written)
+//! emberd's state: images, their versions and builds, tags and
+//! idempotency records, in one embedded SQLite database.
+//!
+//! Nothing lives only in memory: a killed daemon finds everything here on
+//! restart. Every multi-row change is one transaction, so a crash never
+//! leaves an image without its version or a version without its build.
+//! States are stored as the API's enum strings; the service owns their
+//! meaning, the store only keeps them consistent.
+
+mod images;
+pub use images::Page;
+mod records;
+mod schema;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::Connection;
+
+pub use records::{BuildRecord, ImageRecord, NewImage, NewVersion, VersionRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("state database at {path}: {message}")]
+    Open { path: String, message: String },
+}
+
+/// The database handle. Statements are short, so one connection behind a
+/// mutex serves the whole daemon.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and brings its schema
+    /// up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database, for tests of code built on the store.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        schema::migrate(&conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (transactions roll back on drop), so a poisoned lock is usable.
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Returns the reply recorded for `(operation, token)`, with the hash of
+    /// the parameters it was made with.
+    pub fn idempotent_reply(
+        &self,
+        operation: &str,
+        token: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT params_hash, reply FROM idempotency WHERE operation = ?1 AND token = ?2",
+        )?;
+        let mut rows = stmt.query((operation, token))?;
+        match rows.next()? {
+            Some(row) => Ok(Some((row.get(0)?, row.get(1)?))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn record_idempotent_reply(
+        &self,
+        operation: &str,
+        token: &str,
+        params_hash: &str,
+        reply: &str,
+        now: f64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO idempotency (operation, token, params_hash, reply, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            (operation, token, params_hash, reply, now),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

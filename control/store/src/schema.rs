@@ -1,0 +1,83 @@
+//! The schema and its migrations, tracked with SQLite's `user_version`.
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+/// Each entry moves the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE images (
+    name        TEXT PRIMARY KEY,
+    arn         TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+CREATE TABLE versions (
+    image         TEXT NOT NULL REFERENCES images(name) ON DELETE CASCADE,
+    version       INTEGER NOT NULL,
+    spec          TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    state_reason  TEXT,
+    snapshot_dir  TEXT,
+    created_at    REAL NOT NULL,
+    updated_at    REAL NOT NULL,
+    PRIMARY KEY (image, version)
+);
+CREATE TABLE builds (
+    id            TEXT PRIMARY KEY,
+    image         TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    state         TEXT NOT NULL,
+    state_reason  TEXT,
+    log_path      TEXT NOT NULL,
+    memory_bytes  INTEGER,
+    disk_bytes    INTEGER,
+    code_bytes    INTEGER,
+    created_at    REAL NOT NULL,
+    updated_at    REAL NOT NULL,
+    FOREIGN KEY (image, version) REFERENCES versions(image, version) ON DELETE CASCADE
+);
+CREATE INDEX builds_by_version ON builds (image, version);
+CREATE TABLE tags (
+    image  TEXT NOT NULL REFERENCES images(name) ON DELETE CASCADE,
+    key    TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    PRIMARY KEY (image, key)
+);
+CREATE TABLE idempotency (
+    operation    TEXT NOT NULL,
+    token        TEXT NOT NULL,
+    params_hash  TEXT NOT NULL,
+    reply        TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    PRIMARY KEY (operation, token)
+);
+"#];
+
+pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    // WAL keeps readers off the writer's back; NORMAL sync is durable
+    // across a daemon crash (not a power cut mid-commit), which is the
+    // failure emberd must survive.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::Conflict(format!(
+            "the state database has schema version {current}, newer than this emberd knows ({known}); \
+             run a newer emberd"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "state database migrated");
+    }
+    Ok(())
+}
