@@ -1,1 +1,408 @@
-//! (being written)
+//! Image builds: artifact → Dockerfile steps in a build microVM → boot the
+//! result, start the app, wait until ready → snapshot.
+//!
+//! The host only ever copies bytes: the artifact is unpacked by hostile-
+//! input code (`ember-artifact`), `RUN` executes in the build VM, tars are
+//! unpacked by the guest. Every stage logs to the live [`BuildLog`], and a
+//! failure names the stage and carries the log's last lines.
+
+pub mod bases;
+mod cache;
+mod finish;
+pub mod guest_http;
+mod log;
+mod steps;
+mod users;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ember_artifact::{ArtifactSource, Context, Limits};
+use ember_dockerfile::{BuildPlan, ImageConfig, StepKind};
+use ember_vmm::{Hypervisor, Network, Vm, VmConfig};
+
+pub use bases::{BaseRootfs, ManagedBase, MANAGED_BASES};
+pub use cache::{BuildCache, CacheKey};
+pub use finish::APP_LOG;
+pub use log::{BuildLog, LogProgress};
+pub use steps::DEFAULT_PATH;
+
+/// Host-wide settings for builds.
+#[derive(Debug, Clone)]
+pub struct BuilderConfig {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// Identifies the kernel and agent builds run on; part of cache keys.
+    pub guest_version: String,
+    pub cache_dir: PathBuf,
+    pub build_memory_mib: u32,
+    pub build_vcpus: u8,
+    pub limits: Limits,
+    /// Bound on a whole build, so a hung `RUN` cannot hold a slot forever.
+    pub timeout: Duration,
+}
+
+/// What one build makes.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    pub id: String,
+    pub artifact: ArtifactSource,
+    pub base: BaseRootfs,
+    /// Outbound internet for `RUN` steps.
+    pub egress: bool,
+    /// The request's `environmentVariables`, on top of the Dockerfile's ENV.
+    pub environment: Vec<(String, String)>,
+    pub hooks: ImageHooks,
+    pub memory_mib: u32,
+    /// Scratch space of this build, removed afterwards.
+    pub work_dir: PathBuf,
+    /// Where the finished snapshot goes; must not exist.
+    pub output_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ImageHooks {
+    pub port: Option<u16>,
+    /// Set when the ready hook is enabled: its timeout.
+    pub ready: Option<Duration>,
+    /// `readyTimeoutInSeconds` even without the hook: bounds the port wait.
+    pub ready_timeout: Option<Duration>,
+    pub validate: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOutput {
+    pub snapshot_dir: PathBuf,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub code_bytes: u64,
+    pub steps: usize,
+    pub cached_steps: usize,
+    pub snapshot_reused: bool,
+    pub config: ImageConfig,
+}
+
+/// A failed build: which stage, why, and what the log said last.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{stage}: {message}")]
+pub struct BuildError {
+    pub stage: String,
+    pub message: String,
+    pub log_tail: Vec<String>,
+}
+
+impl BuildError {
+    pub fn new(stage: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            stage: stage.into(),
+            message: message.into(),
+            log_tail: Vec::new(),
+        }
+    }
+
+    async fn with_app_log(mut self, vm: &dyn Vm) -> Self {
+        let tail = finish::app_log_tail(vm).await;
+        if !tail.is_empty() {
+            self.message
+                .push_str(&format!("; the app's last output: {}", tail.join(" | ")));
+        }
+        self
+    }
+
+    /// The `stateReason` a person reads: stage, cause, last log lines.
+    pub fn reason(&self) -> String {
+        let mut r = format!("{}: {}", self.stage, self.message);
+        if !self.log_tail.is_empty() {
+            r.push_str("\nlast log lines:\n");
+            r.push_str(&self.log_tail.join("\n"));
+        }
+        r.chars().take(4000).collect()
+    }
+}
+
+pub struct Builder {
+    hv: Arc<dyn Hypervisor>,
+    config: BuilderConfig,
+    cache: BuildCache,
+}
+
+impl Builder {
+    pub fn new(hv: Arc<dyn Hypervisor>, config: BuilderConfig) -> std::io::Result<Self> {
+        let cache = BuildCache::open(&config.cache_dir)?;
+        Ok(Self { hv, config, cache })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// Runs a whole build. On failure nothing is left in `output_dir` or
+    /// `work_dir`, and no VM keeps running.
+    pub async fn build(&self, spec: &BuildSpec, log: &BuildLog) -> Result<BuildOutput, BuildError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.config.timeout, self.build_inner(spec, log)).await {
+            Ok(r) => r,
+            Err(_) => Err(BuildError::new(
+                "build",
+                format!("the build did not finish within {:?}", self.config.timeout),
+            )),
+        };
+        let _ = std::fs::remove_dir_all(&spec.work_dir);
+        match &result {
+            Ok(out) => log.line(&format!(
+                "build succeeded in {:.1} s ({} of {} steps cached{}); memory snapshot {} bytes, disk {} bytes",
+                started.elapsed().as_secs_f64(),
+                out.cached_steps,
+                out.steps,
+                if out.snapshot_reused { ", snapshot reused" } else { "" },
+                out.memory_bytes,
+                out.disk_bytes
+            )),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&spec.output_dir);
+                log.line(&format!("build FAILED: {e}"));
+            }
+        }
+        log.finish();
+        result.map_err(|mut e| {
+            if e.log_tail.is_empty() {
+                e.log_tail = log.tail();
+            }
+            e
+        })
+    }
+
+    async fn build_inner(&self, spec: &BuildSpec, log: &BuildLog) -> Result<BuildOutput, BuildError> {
+        std::fs::create_dir_all(&spec.work_dir)
+            .map_err(|e| BuildError::new("prepare", format!("{}: {e}", spec.work_dir.display())))?;
+        log.line(&format!("fetching the code artifact {}", spec.artifact));
+        let context = ember_artifact::fetch(&spec.artifact, &spec.work_dir.join("context"), &self.config.limits)
+            .await
+            .map_err(|e| BuildError::new("fetch artifact", e.to_string()))?;
+        log.line(&format!("code artifact: {} bytes", context.total_bytes()));
+        let dockerfile = context
+            .dockerfile()
+            .map_err(|e| BuildError::new("read Dockerfile", e.to_string()))?;
+        let plan = ember_dockerfile::plan(&dockerfile, &Default::default())
+            .map_err(|e| BuildError::new("parse Dockerfile", e.to_string()))?;
+        check_base(&plan, &spec.base)?;
+
+        // Every step's key covers the base, the steps before it, its own
+        // instruction and, for COPY/ADD, the bytes it copies.
+        let mut key = CacheKey::new(&spec.base.name, &spec.base.content_version, &self.config.guest_version);
+        for step in &plan.steps {
+            key.add(&serde_json::to_string(&step.kind).unwrap_or_default());
+            if let StepKind::Copy { sources, .. } = &step.kind {
+                let digest = context
+                    .select(sources)
+                    .and_then(|sel| context.digest(&sel))
+                    .map_err(|e| BuildError::new(step_stage(step, &plan), e.to_string()))?;
+                key.add(&digest);
+            }
+        }
+        let layer_key = key.hex();
+        let (rootfs, cached_steps) = self.layer(spec, &plan, &context, &layer_key, log).await?;
+
+        let mut finish_key = key.clone();
+        finish_key.add(&serde_json::to_string(&plan.config).unwrap_or_default());
+        finish_key.add(&serde_json::to_string(&spec.environment).unwrap_or_default());
+        finish_key.add(&format!("{:?} {}", spec.hooks, spec.memory_mib));
+        let finish_key = finish_key.hex();
+        let snapshot_reused = self.snapshot(spec, &plan.config, &rootfs, &finish_key, log).await?;
+
+        let memory_bytes = allocated(&spec.output_dir.join("memory.ram"));
+        let layer_bytes = if plan.steps.is_empty() { 0 } else { allocated(&rootfs) };
+        Ok(BuildOutput {
+            snapshot_dir: spec.output_dir.clone(),
+            memory_bytes,
+            disk_bytes: allocated(&spec.output_dir.join("disk.qcow2")) + layer_bytes,
+            code_bytes: context.total_bytes(),
+            steps: plan.steps.len(),
+            cached_steps,
+            snapshot_reused,
+            config: plan.config,
+        })
+    }
+
+    /// The root filesystem after all steps: from the cache, or built.
+    async fn layer(
+        &self,
+        spec: &BuildSpec,
+        plan: &BuildPlan,
+        context: &Context,
+        key: &str,
+        log: &BuildLog,
+    ) -> Result<(PathBuf, usize), BuildError> {
+        let total = plan.steps.len();
+        if total == 0 {
+            return Ok((spec.base.image.clone(), 0));
+        }
+        if let Some(layer) = self.cache.layer(key) {
+            for (i, step) in plan.steps.iter().enumerate() {
+                log.line(&format!("step {}/{total} CACHED {}", i + 1, step.instruction));
+            }
+            return Ok((layer, total));
+        }
+        log.line(&format!(
+            "booting the build VM ({} MiB, egress {})",
+            self.config.build_memory_mib,
+            if spec.egress { "internet" } else { "off" }
+        ));
+        let mut vm_config = VmConfig::new(
+            format!("build-{}", short(&spec.id)),
+            &self.config.kernel,
+            &self.config.initramfs,
+            &spec.base.image,
+        );
+        vm_config.mem_mib = self.config.build_memory_mib;
+        vm_config.vcpus = self.config.build_vcpus;
+        vm_config.network = if spec.egress { Network::Internet } else { Network::None };
+        let vm = self
+            .hv
+            .boot(vm_config)
+            .await
+            .map_err(|e| BuildError::new("boot build VM", e.to_string()))?;
+        let result = self.run_steps(vm.as_ref(), spec, plan, context, log).await;
+        if let Err(e) = result {
+            let _ = vm.stop().await;
+            return Err(e);
+        }
+        let _ = vm.agent().sh("sync").await;
+        let scratch = self.cache.scratch(&format!("{}.qcow2", spec.id));
+        vm.stop_keeping_disk(&scratch)
+            .await
+            .map_err(|e| BuildError::new("save build result", e.to_string()))?;
+        let layer = self
+            .cache
+            .put_layer(key, &scratch)
+            .map_err(|e| BuildError::new("save build result", e.to_string()))?;
+        Ok((layer, 0))
+    }
+
+    async fn run_steps(
+        &self,
+        vm: &dyn Vm,
+        spec: &BuildSpec,
+        plan: &BuildPlan,
+        context: &Context,
+        log: &BuildLog,
+    ) -> Result<(), BuildError> {
+        let agent = vm.agent();
+        if spec.egress {
+            // The guest resolves through the user-mode network's DNS relay.
+            agent
+                .write_file("/etc/resolv.conf", b"nameserver 10.0.2.3\n", 0o644)
+                .await
+                .map_err(|e| BuildError::new("network set-up", e.to_string()))?;
+        }
+        let total = plan.steps.len();
+        for (i, step) in plan.steps.iter().enumerate() {
+            log.line(&format!("step {}/{total} {}", i + 1, step.instruction));
+            let t = Instant::now();
+            steps::run_step(agent, context, step, &spec.work_dir, log)
+                .await
+                .map_err(|e| BuildError::new(step_stage(step, plan), e))?;
+            log.line(&format!("step {}/{total} done in {:.1} s", i + 1, t.elapsed().as_secs_f64()));
+        }
+        Ok(())
+    }
+
+    /// Boots the built filesystem, readies the app and snapshots it into
+    /// `spec.output_dir`; or links an identical earlier snapshot. Returns
+    /// whether the snapshot came from the cache.
+    async fn snapshot(
+        &self,
+        spec: &BuildSpec,
+        config: &ImageConfig,
+        rootfs: &Path,
+        key: &str,
+        log: &BuildLog,
+    ) -> Result<bool, BuildError> {
+        let stage = |m: String| BuildError::new("snapshot", m);
+        if let Some(cached) = self.cache.snapshot(key) {
+            log.line("snapshot CACHED: the same filesystem, app and settings were snapshotted before");
+            cache::link_dir(&cached, &spec.output_dir).map_err(|e| stage(e.to_string()))?;
+            return Ok(true);
+        }
+        log.line(&format!("booting the image ({} MiB)", spec.memory_mib));
+        let mut vm_config = VmConfig::new(
+            format!("image-{}", short(&spec.id)),
+            &self.config.kernel,
+            &self.config.initramfs,
+            rootfs,
+        );
+        vm_config.mem_mib = spec.memory_mib;
+        let vm = self
+            .hv
+            .boot(vm_config)
+            .await
+            .map_err(|e| BuildError::new("boot image", e.to_string()))?;
+        let ready = finish::start_and_wait(vm.as_ref(), spec, config, log).await;
+        if let Err(e) = ready {
+            let _ = vm.stop().await;
+            return Err(e);
+        }
+        let scratch = self.cache.scratch(&format!("{}-snapshot", spec.id));
+        let snap = vm.snapshot(&scratch).await;
+        let _ = vm.stop().await;
+        let info = snap.map_err(|e| stage(e.to_string()))?;
+        log.line(&format!(
+            "snapshot taken in {} ms: memory {} bytes, device state {} bytes, disk {} bytes",
+            info.duration_ms, info.memory_bytes, info.device_state_bytes, info.disk_bytes
+        ));
+        let cached = self
+            .cache
+            .put_snapshot(key, &scratch)
+            .map_err(|e| stage(e.to_string()))?;
+        cache::link_dir(&cached, &spec.output_dir).map_err(|e| stage(e.to_string()))?;
+        Ok(false)
+    }
+}
+
+fn check_base(plan: &BuildPlan, base: &BaseRootfs) -> Result<(), BuildError> {
+    if plan.base.name != base.name {
+        return Err(BuildError::new(
+            "parse Dockerfile",
+            format!(
+                "Dockerfile line {}: FROM {} does not match the request's base image {}",
+                plan.base.line, plan.base.name, base.name
+            ),
+        ));
+    }
+    if let Some(v) = &plan.base.version {
+        if v != &base.version && v != "latest" {
+            return Err(BuildError::new(
+                "parse Dockerfile",
+                format!(
+                    "Dockerfile line {}: FROM {}:{v} but the build uses version {}",
+                    plan.base.line, plan.base.name, base.version
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn step_stage(step: &ember_dockerfile::Step, plan: &BuildPlan) -> String {
+    let n = plan
+        .steps
+        .iter()
+        .position(|s| std::ptr::eq(s, step))
+        .map_or(0, |i| i + 1);
+    format!(
+        "step {n}/{} (Dockerfile line {}) `{}`",
+        plan.steps.len(),
+        step.line,
+        step.instruction.chars().take(200).collect::<String>()
+    )
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+}

@@ -1,0 +1,137 @@
+//! The build cache: disk layers keyed by everything that shaped them, and
+//! finished snapshots keyed by their layer plus everything the running
+//! app saw. An unchanged rebuild finds both and boots nothing.
+//!
+//! Entries are written under a temporary name and renamed into place, so
+//! a crash mid-write never leaves a half entry that a later build trusts.
+//! Entries are never modified after that; image versions hard-link them.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+pub struct BuildCache {
+    root: PathBuf,
+}
+
+/// A running hash over the inputs of a build, one step at a time.
+#[derive(Clone)]
+pub struct CacheKey(Sha256);
+
+impl CacheKey {
+    /// Starts from the base image and the versions of the guest pieces a
+    /// build runs on (a new agent or kernel invalidates everything).
+    pub fn new(base: &str, base_version: &str, guest: &str) -> Self {
+        let mut h = Sha256::new();
+        for part in ["ember-build-cache-v1", base, base_version, guest] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        Self(h)
+    }
+
+    pub fn add(&mut self, part: &str) {
+        self.0.update((part.len() as u64).to_le_bytes());
+        self.0.update(part.as_bytes());
+    }
+
+    pub fn hex(&self) -> String {
+        self.0
+            .clone()
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl BuildCache {
+    pub fn open(root: &Path) -> std::io::Result<Self> {
+        for sub in ["layers", "snapshots", "tmp"] {
+            std::fs::create_dir_all(root.join(sub))?;
+        }
+        // Leftovers of builds that died mid-write.
+        if let Ok(entries) = std::fs::read_dir(root.join("tmp")) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+            }
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn layer(&self, key: &str) -> Option<PathBuf> {
+        let p = self.layer_path(key);
+        p.is_file().then_some(p)
+    }
+
+    pub fn layer_path(&self, key: &str) -> PathBuf {
+        self.root.join("layers").join(format!("{key}.qcow2"))
+    }
+
+    pub fn snapshot(&self, key: &str) -> Option<PathBuf> {
+        let p = self.root.join("snapshots").join(key);
+        p.join("manifest.json").is_file().then_some(p)
+    }
+
+    /// A fresh path under the cache's scratch folder.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.root.join("tmp").join(name)
+    }
+
+    /// Moves a finished layer into the cache.
+    pub fn put_layer(&self, key: &str, file: &Path) -> std::io::Result<PathBuf> {
+        let dest = self.layer_path(key);
+        std::fs::rename(file, &dest)?;
+        Ok(dest)
+    }
+
+    /// Moves a finished snapshot directory into the cache.
+    pub fn put_snapshot(&self, key: &str, dir: &Path) -> std::io::Result<PathBuf> {
+        let dest = self.root.join("snapshots").join(key);
+        if dest.exists() {
+            // Another build got there first; theirs is as good as ours.
+            std::fs::remove_dir_all(dir)?;
+        } else {
+            std::fs::rename(dir, &dest)?;
+        }
+        Ok(dest)
+    }
+}
+
+/// Hard-links every file of `src` into the new directory `dest`.
+pub fn link_dir(src: &Path, dest: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dest)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::hard_link(entry.path(), dest.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_depend_on_every_part_and_its_boundaries() {
+        let k = |parts: &[&str]| {
+            let mut key = CacheKey::new("busybox", "1", "agent");
+            for p in parts {
+                key.add(p);
+            }
+            key.hex()
+        };
+        assert_eq!(k(&["RUN a"]), k(&["RUN a"]));
+        assert_ne!(k(&["RUN a"]), k(&["RUN b"]));
+        assert_ne!(k(&["ab", "c"]), k(&["a", "bc"]));
+        assert_ne!(
+            CacheKey::new("busybox", "1", "agent").hex(),
+            CacheKey::new("busybox", "2", "agent").hex()
+        );
+    }
+}

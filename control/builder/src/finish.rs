@@ -1,0 +1,166 @@
+//! The last stage of a build: boot the built root filesystem, start the
+//! app, wait until it is ready, let it validate itself, snapshot it.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ember_dockerfile::ImageConfig;
+use ember_vmm::agent::ExecRequest;
+use ember_vmm::Vm;
+
+use crate::guest_http;
+use crate::log::BuildLog;
+use crate::steps::{guest_sh, process_env};
+use crate::users::Accounts;
+use crate::{BuildError, BuildSpec};
+
+/// The app's stdout and stderr, inside the guest's own disk.
+pub const APP_LOG: &str = "/var/log/ember-app.log";
+/// How long an app without a ready hook gets to accept on its port.
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(300);
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Starts the app and returns once it is ready and validated.
+pub async fn start_and_wait(
+    vm: &dyn Vm,
+    spec: &BuildSpec,
+    config: &ImageConfig,
+    log: &BuildLog,
+) -> Result<(), BuildError> {
+    let agent = vm.agent();
+    let argv = config.command().ok_or_else(|| {
+        BuildError::new(
+            "start app",
+            "the Dockerfile has neither CMD nor ENTRYPOINT: there is no app to start",
+        )
+    })?;
+    let id = match &config.user {
+        Some(u) => Some(
+            Accounts::load(agent)
+                .await
+                .resolve(u)
+                .map_err(|e| BuildError::new("start app", e))?,
+        ),
+        None => None,
+    };
+    let mut env = config.env.clone();
+    env.extend(spec.environment.iter().cloned());
+    guest_sh(agent, "mkdir -p /var/log")
+        .await
+        .map_err(|e| BuildError::new("start app", e))?;
+    let pid = agent
+        .spawn_detached(ExecRequest {
+            argv: argv.clone(),
+            env: process_env(&env, id.as_ref()),
+            cwd: Some(config.workdir.clone()),
+            uid: id.as_ref().map(|i| i.uid),
+            gid: id.as_ref().map(|i| i.gid),
+            log_path: Some(APP_LOG.into()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BuildError::new("start app", format!("could not start {argv:?}: {e}")))?;
+    log.line(&format!("started {argv:?} as pid {pid}"));
+
+    let started = Instant::now();
+    let hooks = &spec.hooks;
+    match (hooks.ready, hooks.port) {
+        (Some(timeout), Some(port)) => {
+            log.line(&format!("waiting for POST /ready on port {port} to answer 200"));
+            wait_ready_hook(vm, port, timeout, pid).await?
+        }
+        _ => match config.exposed_ports.first() {
+            Some(&port) => {
+                log.line(&format!("waiting for the app to accept connections on port {port}"));
+                let timeout = hooks.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT);
+                wait_port(vm, port, timeout, pid).await?
+            }
+            None => log.line("no ready hook and no EXPOSE: snapshotting once the app runs"),
+        },
+    }
+    log.line(&format!("app ready after {:.1} s", started.elapsed().as_secs_f64()));
+
+    if let (Some(timeout), Some(port)) = (hooks.validate, hooks.port) {
+        log.line(&format!("calling the validate hook on port {port}"));
+        let answer = guest_http::request(agent, port, "POST", "/validate", Bytes::new(), timeout)
+            .await
+            .map_err(|e| BuildError::new("validate hook", e.to_string()))?;
+        if answer.status != 200 {
+            return Err(BuildError::new(
+                "validate hook",
+                format!(
+                    "POST /validate answered {}: {}",
+                    answer.status,
+                    String::from_utf8_lossy(&answer.body[..answer.body.len().min(500)])
+                ),
+            ));
+        }
+    }
+    ensure_alive(vm, pid).await
+}
+
+async fn wait_ready_hook(
+    vm: &dyn Vm,
+    port: u16,
+    timeout: Duration,
+    pid: u32,
+) -> Result<(), BuildError> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match guest_http::request(vm.agent(), port, "POST", "/ready", Bytes::new(), left).await {
+            Ok(a) if a.status == 200 => return Ok(()),
+            Ok(a) => last = format!("last answer: HTTP {}", a.status),
+            Err(e) => last = e.to_string(),
+        }
+        ensure_alive(vm, pid).await?;
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+    Err(BuildError::new(
+        "ready hook",
+        format!("POST /ready on port {port} did not answer 200 within {timeout:?} ({last})"),
+    )
+    .with_app_log(vm)
+    .await)
+}
+
+async fn wait_port(vm: &dyn Vm, port: u16, timeout: Duration, pid: u32) -> Result<(), BuildError> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if guest_http::port_accepts(vm.agent(), port).await {
+            return Ok(());
+        }
+        ensure_alive(vm, pid).await?;
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+    Err(BuildError::new(
+        "readiness",
+        format!("nothing accepted connections on port {port} within {timeout:?}"),
+    )
+    .with_app_log(vm)
+    .await)
+}
+
+/// Fails when the app has exited: a snapshot of a dead app is useless.
+async fn ensure_alive(vm: &dyn Vm, pid: u32) -> Result<(), BuildError> {
+    let out = vm.agent().sh(&format!("kill -0 {pid}")).await;
+    match out {
+        Ok(o) if o.success() => Ok(()),
+        _ => Err(BuildError::new("start app", "the app exited".to_string())
+            .with_app_log(vm)
+            .await),
+    }
+}
+
+/// The end of the app's own log, for failure reasons.
+pub async fn app_log_tail(vm: &dyn Vm) -> Vec<String> {
+    match vm.agent().read_file(APP_LOG, 1 << 20).await {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<String> = text.lines().map(|l| l.chars().take(300).collect()).collect();
+            lines[lines.len().saturating_sub(10)..].to_vec()
+        }
+        Err(_) => Vec::new(),
+    }
+}
