@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Runs the workspace tests and ends with one plain summary line over all
-# test binaries ("N passed, N failed"), so the total is not buried among
-# the per-binary lines (the last of which is the empty doc-test run).
+# Runs the workspace tests, then the API tests (tests/api: the AWS CLI and
+# boto3 against a real emberd), and ends with one plain summary line over
+# all of them ("N passed, N failed"), so the total is not buried among the
+# per-binary lines (the last of which is the empty doc-test run).
 set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+junit=$(mktemp --suffix=.xml)
+trap 'rm -f "$log" "$junit"' EXIT
 cargo test --release --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 read -r passed failed < <(awk '/^test result:/ {
@@ -13,8 +16,39 @@ read -r passed failed < <(awk '/^test result:/ {
         if ($(i) ~ /^failed;/) f += $(i-1)
     }
 } END { print p + 0, f + 0 }' "$log")
+
+# API tests: pytest's own counts come from its JUnit report (errors in
+# fixtures count as failures: a test that could not run did not pass).
+py_passed=0
+py_failed=0
+if "$root/scripts/setup-venv.sh"; then
+    (cd "$root" && build/venv/bin/python -m pytest -q -rfE -p no:cacheprovider \
+        --junitxml="$junit" tests/api)
+    py_status=$?
+    read -r py_passed py_failed < <("$root/build/venv/bin/python" - "$junit" <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except (OSError, ET.ParseError):
+    print(0, 1)
+    raise SystemExit
+suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+total = sum(int(s.get("tests", 0)) for s in suites)
+failed = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+skipped = sum(int(s.get("skipped", 0)) for s in suites)
+print(total - failed - skipped, failed)
+PY
+)
+else
+    echo "error: could not set up the test venv (scripts/setup-venv.sh)" >&2
+    py_status=1
+    py_failed=1
+fi
+[ "$py_status" -eq 0 ] || [ "$status" -ne 0 ] || status=$py_status
+
 echo
-echo "tests: ${passed} passed, ${failed} failed"
+echo "tests: $((passed + py_passed)) passed, $((failed + py_failed)) failed"
 if [ "$status" -eq 0 ] && [ "$passed" -eq 0 ]; then
     echo "error: no test ran" >&2
     exit 1

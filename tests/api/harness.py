@@ -1,0 +1,231 @@
+"""The emberd process the API tests drive, and the few ways to reach it.
+
+Everything here talks to a real emberd over HTTP with real clients (the AWS
+CLI and boto3, using the contract model in tests/api/models); nothing is
+mocked.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = REPO / "tests" / "api" / "models"
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+BUSYBOX_ARN = "arn:aws:lambda:us-east-1:aws:microvm-image:busybox"
+DEBIAN_ARN = "arn:aws:lambda:us-east-1:aws:microvm-image:debian12-minimal"
+BUILD_ROLE = "arn:aws:iam::123456789012:role/ember-build"
+STARTUP_TIMEOUT = 60
+TERMINAL_IMAGE_STATES = {"CREATED", "CREATE_FAILED", "UPDATED", "UPDATE_FAILED", "DELETED"}
+TERMINAL_VERSION_STATES = {"SUCCESSFUL", "FAILED", "DELETED", "DELETE_FAILED"}
+
+
+def image_arn(name):
+    return f"arn:aws:lambda:{REGION}:{ACCOUNT}:microvm-image:{name}"
+
+
+class Emberd:
+    """One emberd process on a data dir; restartable on the same dir and port."""
+
+    def __init__(self, binary, data_dir, log_path):
+        self.binary = Path(binary)
+        self.data_dir = Path(data_dir)
+        self.log_path = Path(log_path)
+        self.proc = None
+        self._log_offset = 0
+        self.url = None
+        self.port = 0
+        self._clients = {}
+        # Every process group we started, so teardown can end the guests a
+        # SIGKILLed emberd left behind (and only those).
+        self.pgids = []
+
+    def start(self):
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        endpoint_file = self.data_dir / "endpoint"
+        endpoint_file.unlink(missing_ok=True)
+        # Only this start's output counts when looking for the listening line.
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(self.binary), "--data-dir", str(self.data_dir),
+             "--listen", f"127.0.0.1:{self.port}",
+             "--region", REGION, "--account", ACCOUNT],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.pgids.append(self.proc.pid)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            url = self._listening_url()
+            if url and endpoint_file.exists():
+                self.url = url
+                self.port = int(url.rsplit(":", 1)[1])
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"emberd exited with {self.proc.returncode} before listening:\n{self.log_tail()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"emberd did not print its listening line in {STARTUP_TIMEOUT}s:\n{self.log_tail()}")
+
+    def _listening_url(self):
+        prefix = "emberd listening on "
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_offset)
+            text = log.read().decode(errors="replace")
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+        return None
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill9(self):
+        """SIGKILL emberd alone: its guests keep running, like after a crash."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self):
+        # The restart keeps the port, so clients made before it stay valid.
+        self.stop()
+        return self.start()
+
+    def end_all(self):
+        self.stop()
+        for pgid in self.pgids:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def log_tail(self, lines=40):
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def client(self, validate=True):
+        key = (self.url, validate)
+        if key not in self._clients:
+            self._clients[key] = boto3.session.Session().client(
+                "lambda-microvms", region_name=REGION, endpoint_url=self.url,
+                config=Config(parameter_validation=validate, read_timeout=120,
+                              retries={"total_max_attempts": 1}),
+            )
+        return self._clients[key]
+
+    def signed_get(self, path, timeout=30):
+        """GET an Ember-specific path signed with SigV4 (service "lambda")."""
+        creds = boto3.session.Session().get_credentials().get_frozen_credentials()
+        request = AWSRequest(method="GET", url=self.url + path)
+        SigV4Auth(creds, "lambda", REGION).add_auth(request)
+        prepared = request.prepare()
+        return urllib.request.urlopen(
+            urllib.request.Request(prepared.url, headers=dict(prepared.headers), method="GET"),
+            timeout=timeout,
+        )
+
+
+def aws(emberd, *args, check=True):
+    """Runs the AWS CLI from the venv against emberd; returns parsed JSON."""
+    cli = Path(os.environ.get("VIRTUAL_ENV", "")) / "bin" / "aws"
+    if not cli.exists():
+        cli = Path(os.sys.executable).parent / "aws"
+    result = subprocess.run(
+        [str(cli), "lambda-microvms", *args, "--endpoint-url", emberd.url, "--output", "json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"aws {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return json.loads(result.stdout) if result.stdout.strip() else result
+
+
+def error_code(exc):
+    return exc.response["Error"]["Code"]
+
+
+def wait_image(client, name, timeout=300, interval=1.0):
+    """Polls GetMicrovmImage until the image leaves CREATING/UPDATING."""
+    deadline = time.monotonic() + timeout
+    while True:
+        image = client.get_microvm_image(imageIdentifier=name)
+        if image["state"] in TERMINAL_IMAGE_STATES:
+            return image
+        if time.monotonic() > deadline:
+            raise AssertionError(f"image {name} still {image['state']} after {timeout}s")
+        time.sleep(interval)
+
+
+def wait_version(client, name, version, timeout=300, interval=1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = client.get_microvm_image_version(imageIdentifier=name, imageVersion=version)
+        if got["state"] in TERMINAL_VERSION_STATES:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} version {version} still {got['state']} after {timeout}s")
+        time.sleep(interval)
+
+
+def wait_gone(get, timeout=120, interval=1.0):
+    """Polls a Get call until it raises ResourceNotFoundException."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = get()
+        except ClientError as exc:
+            if error_code(exc) == "ResourceNotFoundException":
+                return exc
+            raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still present after {timeout}s: {got}")
+        time.sleep(interval)
+
+
+def only_build(client, name, version, timeout=60):
+    """The build of a version, waiting for it to be recorded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        items = client.list_microvm_image_builds(imageIdentifier=name, imageVersion=version)["items"]
+        if items:
+            return items[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} version {version} has no build after {timeout}s")
+        time.sleep(0.5)
+
+
+def build_log(emberd, client, name, version):
+    build = only_build(client, name, version)
+    path = f"/ember/v1/microvm-images/{name}/versions/{version}/builds/{build['buildId']}/log"
+    with emberd.signed_get(path) as resp:
+        return resp.read().decode(errors="replace")
+
+
+def create_and_wait(client, name, zip_path, base=BUSYBOX_ARN, timeout=300, **extra):
+    """CreateMicrovmImage, then the finished image and its version 1."""
+    created = client.create_microvm_image(
+        name=name, codeArtifact={"uri": f"file://{zip_path}"},
+        baseImageArn=base, buildRoleArn=BUILD_ROLE, **extra)
+    image = wait_image(client, name, timeout=timeout)
+    version = client.get_microvm_image_version(
+        imageIdentifier=name, imageVersion=created["imageVersion"])
+    return image, version

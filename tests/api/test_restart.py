@@ -1,0 +1,49 @@
+"""9. emberd killed with SIGKILL in the middle of a build, then restarted on
+the same data dir: the interrupted build fails with a reason, everything
+that was finished before is still there."""
+
+import time
+
+from artifacts import zip_files
+from harness import BUILD_ROLE, BUSYBOX_ARN, wait_image
+
+
+def test_build_interrupted_by_restart(ember, client, hello_http, tmp_path):
+    credentials = (ember.data_dir / "credentials").read_bytes()
+    path = zip_files(tmp_path / "slow.zip",
+                     {"Dockerfile": "FROM busybox\nRUN sleep 600\nCMD [\"sleep\", \"9\"]\n"})
+    client.create_microvm_image(name="restart-victim", codeArtifact={"uri": f"file://{path}"},
+                                baseImageArn=BUSYBOX_ARN, buildRoleArn=BUILD_ROLE)
+    deadline = time.monotonic() + 120
+    while True:
+        state = client.get_microvm_image_version(imageIdentifier="restart-victim",
+                                                 imageVersion="1")["state"]
+        if state == "IN_PROGRESS":
+            break
+        assert state == "PENDING", f"the build ended before the kill: {state}"
+        assert time.monotonic() < deadline, "the build never started"
+        time.sleep(0.5)
+    time.sleep(3)  # let it get into the guest
+    ember.kill9()
+    ember.start()
+
+    image = wait_image(client, "restart-victim", timeout=120)
+    assert image["state"] == "CREATE_FAILED"
+    version = client.get_microvm_image_version(imageIdentifier="restart-victim", imageVersion="1")
+    assert version["state"] == "FAILED"
+    assert "restart" in version.get("stateReason", "").lower(), version.get("stateReason")
+    builds = client.list_microvm_image_builds(imageIdentifier="restart-victim", imageVersion="1")
+    assert [b["buildState"] for b in builds["items"]] == ["FAILED"]
+
+    survivor = client.get_microvm_image(imageIdentifier="hello-http")
+    assert survivor["state"] == "CREATED"
+    assert survivor["latestActiveImageVersion"] == "1"
+    assert (ember.data_dir / "credentials").read_bytes() == credentials
+    assert (ember.data_dir / "credentials").stat().st_mode & 0o777 == 0o600
+
+
+def test_graceful_restart_keeps_everything(ember, client, hello_http):
+    before = {i["name"]: i["state"] for i in client.list_microvm_images()["items"]}
+    ember.restart()
+    after = {i["name"]: i["state"] for i in client.list_microvm_images()["items"]}
+    assert after == before
