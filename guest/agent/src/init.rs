@@ -1,5 +1,5 @@
 //! Machine setup done once by PID 1: pseudo filesystems, kernel modules,
-//! the real root filesystem, loopback networking and the hostname.
+//! the real root filesystem, networking (see `net`) and the hostname.
 
 use std::ffi::CString;
 use std::fs;
@@ -24,6 +24,8 @@ pub struct BootOptions {
     pub root: Option<String>,
     pub rootfstype: Option<String>,
     pub noroot: bool,
+    /// `ember.net=<address>/<prefix>,<gateway>`, parsed by `net`.
+    pub net: Option<String>,
 }
 
 impl BootOptions {
@@ -34,6 +36,8 @@ impl BootOptions {
                 opts.root = Some(v.to_string());
             } else if let Some(v) = word.strip_prefix("ember.rootfstype=") {
                 opts.rootfstype = Some(v.to_string());
+            } else if let Some(v) = word.strip_prefix("ember.net=") {
+                opts.net = Some(v.to_string());
             } else if word == "ember.noroot" || word == "ember.noroot=1" {
                 opts.noroot = true;
             }
@@ -85,7 +89,7 @@ pub fn boot() -> Result<(), String> {
         Some((device, fstype)) => switch_root(device, fstype)?,
         None => log!("ember.noroot: staying in the initramfs"),
     }
-    setup_runtime();
+    setup_runtime(opts.net.as_deref());
     Ok(())
 }
 
@@ -268,7 +272,7 @@ fn mount_points() -> Vec<String> {
 }
 
 /// Best effort: a guest missing one of these is degraded, not useless.
-fn setup_runtime() {
+fn setup_runtime(net_option: Option<&str>) {
     let mounted = mount_points();
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
     let wanted: [(&str, &str, libc::c_ulong, &str); 4] = [
@@ -291,40 +295,11 @@ fn setup_runtime() {
             log!("mounting {fstype} at {target}: {e}");
         }
     }
-    if let Err(e) = loopback_up() {
-        log!("bringing up lo: {e}");
-    }
+    crate::net::setup(net_option);
     // SAFETY: the pointer and length describe HOSTNAME's bytes.
     if unsafe { libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len()) } != 0 {
         log!("sethostname: {}", io::Error::last_os_error());
     }
-}
-
-fn loopback_up() -> io::Result<()> {
-    // SAFETY: plain socket creation; the fd is owned right below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a freshly created descriptor nobody else owns.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain data; all-zero is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: `ifr` is a valid ifreq naming "lo"; SIOCGIFFLAGS fills in
-    // ifru_flags.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: SIOCGIFFLAGS initialised the flags member of the union.
-    unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    // SAFETY: as above; SIOCSIFFLAGS only reads `ifr`.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The `/dev` name of the virtio-serial port named `agent`, if present.
@@ -377,6 +352,13 @@ mod tests {
         );
         // Look-alike options are not ours.
         assert!(!BootOptions::parse("ember.norootx").noroot);
+        assert_eq!(
+            BootOptions::parse("quiet ember.net=10.0.2.15/24,10.0.2.2")
+                .net
+                .as_deref(),
+            Some("10.0.2.15/24,10.0.2.2")
+        );
+        assert_eq!(BootOptions::parse("ember.network=x").net, None);
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod exec;
 mod files;
 mod health;
 mod init;
+mod net;
 mod reaper;
 mod restore;
 mod session;

@@ -65,7 +65,38 @@ pub struct VmConfig {
     /// Appended to the kernel command line Ember builds.
     #[serde(default)]
     pub extra_cmdline: String,
+    /// Defaulted so snapshot manifests written before networking existed
+    /// still decode (as VMs without a network card, which they were).
+    #[serde(default)]
+    pub network: Network,
 }
+
+/// The VM's network card, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// No network card: the guest has loopback only.
+    #[default]
+    None,
+    /// Outbound internet through QEMU user-mode networking (slirp); nothing
+    /// can connect in. The guest gets [`GUEST_ADDRESS`], its gateway is
+    /// [`GATEWAY_ADDRESS`] and [`DNS_ADDRESS`] answers DNS (the guest's
+    /// `/etc/resolv.conf` is the image builder's business, not the agent's).
+    ///
+    /// Known limitation: slirp maps the gateway to the host itself, so the
+    /// guest can reach services listening on the host's loopback through
+    /// 10.0.2.2. To be closed by moving to a tap device with nftables rules.
+    Internet,
+}
+
+/// The guest's address under [`Network::Internet`] (slirp's default).
+pub const GUEST_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 15);
+/// Prefix length of the guest's network.
+pub const GUEST_PREFIX_LEN: u8 = 24;
+/// The default route under [`Network::Internet`]; also the host, see there.
+pub const GATEWAY_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 2);
+/// Slirp's DNS forwarder under [`Network::Internet`].
+pub const DNS_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 3);
 
 impl VmConfig {
     pub fn new(name: impl Into<String>, kernel: &Path, initramfs: &Path, rootfs: &Path) -> Self {
@@ -77,6 +108,7 @@ impl VmConfig {
             mem_mib: 256,
             vcpus: 1,
             extra_cmdline: String::new(),
+            network: Network::None,
         }
     }
 }

@@ -51,6 +51,7 @@ pub fn kernel_cmdline(config: &VmConfig, accel: Accel, tsc_khz: Option<u64>) -> 
             parts.push(format!("tsc_early_khz={khz}"));
         }
     }
+    parts.extend(super::net::cmdline_option(config.network));
     if !config.extra_cmdline.trim().is_empty() {
         parts.push(config.extra_cmdline.trim().to_string());
     }
@@ -137,6 +138,8 @@ pub fn qemu_args(spec: &LaunchSpec<'_>) -> Vec<String> {
     push(&["-device", "virtio-blk-device,drive=root"]);
     push(&["-object", "rng-random,id=rng,filename=/dev/urandom"]);
     push(&["-device", "virtio-rng-device,rng=rng"]);
+    let net = super::net::qemu_args(c);
+    push(&net.iter().map(String::as_str).collect::<Vec<_>>());
     if spec.incoming {
         push(&["-incoming", "defer"]);
     }
@@ -154,7 +157,8 @@ mod tests {
 
     #[test]
     fn boot_and_restore_describe_the_same_devices() {
-        let cfg = VmConfig::new("t", Path::new("/k"), Path::new("/i"), Path::new("/r"));
+        let mut cfg = VmConfig::new("t", Path::new("/k"), Path::new("/i"), Path::new("/r"));
+        cfg.network = crate::Network::Internet;
         let spec = |ram, incoming| LaunchSpec {
             config: &cfg,
             accel: Accel::Tcg,
@@ -173,6 +177,9 @@ mod tests {
                 .collect()
         };
         assert_eq!(devices(&boot), devices(&restore));
+        assert!(devices(&boot)
+            .iter()
+            .any(|d| d.starts_with("virtio-net-device")));
         assert!(boot.iter().any(|s| s.contains("tsc_early_khz=2000000")));
         assert!(restore.ends_with(&["-incoming".to_string(), "defer".to_string()]));
     }

@@ -6,6 +6,7 @@ mod files;
 mod host;
 mod launch;
 mod migration;
+mod net;
 mod qcow2;
 mod qmp;
 mod stub_kernel;
