@@ -1,1 +1,56 @@
-//! (being written)
+//! Dockerfiles for Ember's microVM images: parsing, variable substitution,
+//! and the build plan the builder executes inside a build VM.
+//!
+//! A Dockerfile here starts `FROM` one of Ember's managed base images
+//! ([`MANAGED_BASE_IMAGES`]) and has one stage; instructions that need a
+//! registry, other stages or a container runtime (`ONBUILD`, `HEALTHCHECK`,
+//! `VOLUME`, `--mount`, `--from`, ADD from a URL) are refused with the line
+//! they are on.
+//!
+//! The lexing (parser directives, `\`/backtick continuations, comments,
+//! flags, JSON exec form with Docker's fallback to shell form) is done by
+//! the maintained `parse-dockerfile` crate, which follows BuildKit's parser.
+//! What BuildKit does after lexing is here: the word rules of its shell
+//! lexer (quotes, escapes, `$VAR`, `${VAR:-default}`, `${VAR:+alt}`) in
+//! `words`, ARG/ENV scoping, WORKDIR and COPY destination resolution, and
+//! the ENTRYPOINT/CMD rules in [`ImageConfig::command`].
+//!
+//! Every input is bounded: the text ([`MAX_DOCKERFILE_BYTES`]), a line
+//! ([`MAX_LINE_BYTES`]), the instructions ([`MAX_INSTRUCTIONS`]), a value
+//! after substitution ([`MAX_EXPANDED_WORD`]), the environment
+//! ([`MAX_ENVIRONMENT_BYTES`]), labels and build args.
+
+mod build_plan;
+mod config;
+mod error;
+mod parse;
+mod paths;
+mod plan;
+mod scope;
+mod source;
+mod syntax;
+mod values;
+mod words;
+
+use std::collections::BTreeMap;
+
+pub use build_plan::{BaseRef, BuildPlan, Step, StepKind, MANAGED_BASE_IMAGES};
+pub use config::{default_shell, ImageConfig};
+pub use error::DockerfileError;
+pub use parse::parse;
+pub use plan::{MAX_BUILD_ARGS, MAX_ENVIRONMENT_BYTES, MAX_LABEL_BYTES};
+pub use source::{MAX_DOCKERFILE_BYTES, MAX_INSTRUCTIONS, MAX_LINE_BYTES};
+pub use syntax::{
+    ArgDeclaration, CommandForm, CopyInstruction, Dockerfile, Instruction, InstructionKind,
+    KeyValue,
+};
+pub use words::MAX_EXPANDED_WORD;
+
+/// Parses `text` and plans its build with `build_args` (the `--build-arg`
+/// values; they override the defaults of the ARGs that declare them).
+pub fn plan(
+    text: &str,
+    build_args: &BTreeMap<String, String>,
+) -> Result<BuildPlan, DockerfileError> {
+    parse(text)?.plan(build_args)
+}
