@@ -64,14 +64,20 @@ fn lexer_error(text: &str, error: &parse_dockerfile::Error) -> DockerfileError {
             "the Dockerfile has no FROM instruction",
         ));
     }
+    let word = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|physical| physical.split_whitespace().next())
+        .unwrap_or("the instruction")
+        .to_uppercase();
     if message.starts_with("unknown instruction") {
-        let word = text
-            .lines()
-            .nth(line - 1)
-            .and_then(|physical| physical.split_whitespace().next())
-            .unwrap_or("the instruction")
-            .to_uppercase();
         return DockerfileError::at(line, format!("{word} is not supported by Ember"));
+    }
+    if message == "expected JSON array" && word == "SHELL" {
+        return DockerfileError::at(
+            line,
+            "SHELL takes a JSON array, like SHELL [\"/bin/sh\", \"-c\"]",
+        );
     }
     if message == "expected FROM" {
         return DockerfileError::at(

@@ -42,6 +42,7 @@ impl Dockerfile {
             steps: Vec::new(),
             config: ImageConfig::default(),
             warnings: Vec::new(),
+            keyword: "",
         };
         for instruction in &self.instructions {
             planner
@@ -82,11 +83,14 @@ struct Planner<'a> {
     steps: Vec<Step>,
     config: ImageConfig,
     warnings: Vec<String>,
+    /// The keyword of the instruction being planned, for messages.
+    keyword: &'static str,
 }
 
 impl Planner<'_> {
     fn instruction(&mut self, instruction: &Instruction) -> Result<(), String> {
         let line = instruction.line;
+        self.keyword = instruction.kind.keyword();
         let before_from = matches!(
             instruction.kind,
             InstructionKind::Arg(_) | InstructionKind::From(_)
@@ -199,7 +203,7 @@ impl Planner<'_> {
     }
 
     fn expand(&self, word: &str) -> Result<String, String> {
-        expand(word, self.escape, self.scope()).map_err(|e| e.to_string())
+        expand(word, self.escape, self.scope()).map_err(|e| format!("{}: {e}", self.keyword))
     }
 
     fn push(&mut self, line: usize, instruction: String, kind: StepKind) {
