@@ -1,6 +1,8 @@
 //! `ember`: the operator's command-line tool.
 
+mod api_client;
 mod demo;
+mod image;
 
 use std::path::PathBuf;
 
@@ -26,6 +28,12 @@ struct Cli {
         global = true
     )]
     agent: PathBuf,
+    /// emberd's URL; default: the one it wrote to DATA_DIR/endpoint.
+    #[arg(long, env = "EMBER_ENDPOINT", global = true)]
+    endpoint: Option<String>,
+    /// Region to sign requests for.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1", global = true)]
+    region: String,
     /// Accelerator: auto (probe the host), kvm or tcg.
     #[arg(long, env = "EMBER_ACCEL", default_value = "auto", global = true)]
     accel: String,
@@ -40,6 +48,9 @@ enum Command {
     /// Boot a microVM, run a process in it, snapshot it, restore the
     /// snapshot in a new VM and show that the process and its state survived.
     Demo,
+    /// Build and manage microVM images through a running emberd.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 #[tokio::main]
@@ -63,6 +74,14 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&assets)?);
         }
         Command::Demo => demo::run(&cli.data_dir, &cli.agent, accel).await?,
+        Command::Image(cmd) => {
+            let client = api_client::ApiClient::from_data_dir(
+                &cli.data_dir,
+                cli.endpoint.as_deref(),
+                &cli.region,
+            )?;
+            image::run(&client, cmd).await?
+        }
     }
     Ok(())
 }

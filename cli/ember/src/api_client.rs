@@ -1,0 +1,164 @@
+//! A small client for emberd's API: finds the daemon through its data
+//! folder (`endpoint`, `credentials`) and signs every request with SigV4,
+//! like the AWS CLI does.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context as _};
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use reqwest::Method;
+use serde_json::Value;
+
+pub struct ApiClient {
+    endpoint: url::Url,
+    access_key_id: String,
+    secret_access_key: String,
+    region: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// Reads `DATA_DIR/endpoint` (unless `endpoint` is given) and the
+    /// `[default]` profile of `DATA_DIR/credentials`.
+    pub fn from_data_dir(
+        data_dir: &Path,
+        endpoint: Option<&str>,
+        region: &str,
+    ) -> anyhow::Result<Self> {
+        let endpoint = match endpoint {
+            Some(e) => e.to_string(),
+            None => std::fs::read_to_string(data_dir.join("endpoint"))
+                .with_context(|| {
+                    format!(
+                        "no emberd endpoint in {}: is emberd running with --data-dir {}?",
+                        data_dir.join("endpoint").display(),
+                        data_dir.display()
+                    )
+                })?
+                .trim()
+                .to_string(),
+        };
+        let creds_path = data_dir.join("credentials");
+        let text = std::fs::read_to_string(&creds_path)
+            .with_context(|| format!("reading {}", creds_path.display()))?;
+        let (mut id, mut secret, mut in_default) = (None, None, false);
+        for line in text.lines().map(str::trim) {
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                in_default = s.trim() == "default";
+            } else if let (true, Some((k, v))) = (in_default, line.split_once('=')) {
+                match k.trim() {
+                    "aws_access_key_id" => id = Some(v.trim().to_string()),
+                    "aws_secret_access_key" => secret = Some(v.trim().to_string()),
+                    _ => {}
+                }
+            }
+        }
+        let (Some(access_key_id), Some(secret_access_key)) = (id, secret) else {
+            bail!("{} has no [default] key pair", creds_path.display());
+        };
+        Ok(Self {
+            endpoint: url::Url::parse(&endpoint)
+                .with_context(|| format!("endpoint {endpoint:?}"))?,
+            access_key_id,
+            secret_access_key,
+            region: region.to_string(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build()?,
+        })
+    }
+
+    /// Calls an API operation; an error answer becomes an error naming
+    /// its type and message.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let resp = self.send(method, path, query, body).await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let kind = v["__type"].as_str().unwrap_or("Error");
+            let message = v["message"].as_str().unwrap_or(&text);
+            bail!("{kind} ({status}): {message}");
+        }
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).context("emberd answered something that is not JSON")
+    }
+
+    /// A signed request whose (possibly endless) body the caller reads.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut url = self.endpoint.join(path)?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut headers = vec![(
+            "host".to_string(),
+            url.host_str()
+                .map(|h| match url.port() {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h.to_string(),
+                })
+                .unwrap_or_default(),
+        )];
+        if !body.is_empty() {
+            headers.push(("content-type".into(), "application/json".into()));
+        }
+        let identity = aws_credential_types::Credentials::new(
+            &self.access_key_id,
+            &self.secret_access_key,
+            None,
+            None,
+            "ember-data-dir",
+        )
+        .into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name("lambda")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| anyhow!("signing: {e}"))?
+            .into();
+        let signable = SignableRequest::new(
+            method.as_str(),
+            url.as_str(),
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            SignableBody::Bytes(body.as_bytes()),
+        )
+        .map_err(|e| anyhow!("signing: {e}"))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| anyhow!("signing: {e}"))?
+            .into_parts();
+        let (signed_headers, _) = instructions.into_parts();
+        let mut req = self.http.request(method, url.clone());
+        for (k, v) in &headers {
+            if k != "host" {
+                req = req.header(k, v);
+            }
+        }
+        for h in signed_headers {
+            req = req.header(h.name(), h.value());
+        }
+        req.body(body)
+            .send()
+            .await
+            .with_context(|| format!("calling emberd at {}", self.endpoint))
+    }
+}
