@@ -1,1 +1,60 @@
-//! (being written)
+//! Code artifacts: fetching and unpacking a build's (hostile) input, and
+//! turning Dockerfile `COPY`/`ADD` sources into tar streams for a build VM.
+//!
+//! [`validate_uri`] checks a `codeArtifact.uri` cheaply at the API edge;
+//! [`fetch`] copies or unpacks it into a fresh directory under [`Limits`];
+//! [`Context`] then answers the builder's questions about that tree.
+
+mod context;
+mod copy_dir;
+mod copy_tar;
+mod download;
+mod error;
+mod fetch;
+mod ignore;
+mod pattern;
+mod source;
+mod tree_writer;
+mod unzip;
+
+pub use context::{Context, Entry, EntryKind, Selected};
+pub use copy_tar::{Compression, CopyTar};
+pub use error::ArtifactError;
+pub use fetch::fetch;
+pub use source::{validate_uri, ArtifactSource, MAX_URI_LEN};
+
+const MIB: u64 = 1024 * 1024;
+
+/// Bounds on what an artifact may make Ember do. Every one of them is
+/// enforced on the bytes actually seen, never on sizes an archive declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes an `http(s)` download may have.
+    pub max_download_bytes: u64,
+    /// Files, directories and symlinks in the unpacked tree.
+    pub max_entries: usize,
+    /// Regular-file bytes in the unpacked tree.
+    pub max_total_bytes: u64,
+    /// Bytes of one regular file.
+    pub max_file_bytes: u64,
+    /// Inflated/compressed ratio, per zip entry (above 1 MiB) and overall.
+    pub max_ratio: u64,
+    /// Bytes in an entry's relative path.
+    pub max_path_len: usize,
+    /// Components in an entry's relative path.
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_download_bytes: 512 * MIB,
+            max_entries: 20_000,
+            max_total_bytes: 2048 * MIB,
+            max_file_bytes: 1024 * MIB,
+            max_ratio: 200,
+            max_path_len: 4096,
+            max_depth: 64,
+        }
+    }
+}

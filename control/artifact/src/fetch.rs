@@ -1,0 +1,71 @@
+//! Fetches an artifact into a fresh directory, all or nothing.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::{copy_dir, download, unzip, ArtifactError, ArtifactSource, Context, Limits};
+
+/// Fetches and unpacks `source` into `dest`, which must not exist and is
+/// created. Nothing is written outside `dest`; on any failure (or if the
+/// future is dropped) `dest` is removed again.
+pub async fn fetch(
+    source: &ArtifactSource,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<Context, ArtifactError> {
+    std::fs::create_dir(dest).map_err(|e| match e.kind() {
+        io::ErrorKind::AlreadyExists => ArtifactError::DestinationExists(dest.to_path_buf()),
+        _ => ArtifactError::io(dest, e),
+    })?;
+    let guard = RemoveOnDrop(Some(dest.to_path_buf()));
+    let total = match source {
+        ArtifactSource::ZipFile(path) => {
+            let archive = File::open(path).map_err(|e| ArtifactError::io(path, e))?;
+            unzip_blocking(archive, dest, limits).await?
+        }
+        ArtifactSource::Http(url) => {
+            let archive = download::download(url, dest, limits).await?;
+            unzip_blocking(archive, dest, limits).await?
+        }
+        ArtifactSource::Directory(path) => {
+            let (src, dest, limits) = (path.clone(), dest.to_path_buf(), limits.clone());
+            blocking(move || copy_dir::copy(&src, &dest, &limits)).await?
+        }
+    };
+    let context = Context::unpacked(dest, total)?;
+    guard.disarm();
+    Ok(context)
+}
+
+async fn unzip_blocking(archive: File, dest: &Path, limits: &Limits) -> Result<u64, ArtifactError> {
+    let (dest, limits) = (dest.to_path_buf(), limits.clone());
+    blocking(move || unzip::unpack(archive, &dest, &limits)).await
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ArtifactError> + Send + 'static,
+) -> Result<T, ArtifactError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ArtifactError::Task(e.to_string()))?
+}
+
+/// Removes a half-written destination unless disarmed.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(dest) = self.0.take() {
+            if let Err(e) = std::fs::remove_dir_all(&dest) {
+                tracing::warn!(dest = %dest.display(), error = %e, "cannot remove a failed artifact");
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+use std::path::PathBuf;
+
+use url::Url;
+
+use crate::ArtifactError;
+
+/// Longest `codeArtifact.uri` accepted.
+pub const MAX_URI_LEN: usize = 2048;
+
+/// Where a code artifact comes from, after [`validate_uri`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactSource {
+    /// A zip file on the emberd host.
+    ZipFile(PathBuf),
+    /// A directory on the emberd host, copied (never referenced).
+    Directory(PathBuf),
+    /// A zip to download over `http` or `https`.
+    Http(Url),
+}
+
+/// Cheap syntactic and existence check of a `codeArtifact.uri`, for request
+/// validation: scheme `file`, `http` or `https`; a `file` path must be
+/// absolute and exist; no NUL; at most [`MAX_URI_LEN`] bytes.
+pub fn validate_uri(uri: &str) -> Result<ArtifactSource, ArtifactError> {
+    let invalid = |reason: &str| ArtifactError::InvalidUri(format!("{reason}: {uri:.200}"));
+    if uri.len() > MAX_URI_LEN {
+        return Err(ArtifactError::InvalidUri(format!(
+            "longer than {MAX_URI_LEN} bytes"
+        )));
+    }
+    if uri.contains('\0') {
+        return Err(invalid("contains a NUL byte"));
+    }
+    let url = Url::parse(uri).map_err(|e| invalid(&format!("not a URI ({e})")))?;
+    match url.scheme() {
+        "http" | "https" => {
+            if url.host_str().map_or(true, str::is_empty) {
+                return Err(invalid("no host"));
+            }
+            Ok(ArtifactSource::Http(url))
+        }
+        "file" => {
+            // `file://host/path` would mean a path on another machine.
+            if url
+                .host_str()
+                .is_some_and(|h| !h.is_empty() && h != "localhost")
+            {
+                return Err(invalid("a file URI must not name a host"));
+            }
+            let path = url
+                .to_file_path()
+                .map_err(|()| invalid("not an absolute file path"))?;
+            // Percent-decoding can produce a NUL the raw check could not see.
+            if path.as_os_str().as_encoded_bytes().contains(&0) {
+                return Err(invalid("contains a NUL byte"));
+            }
+            let meta = std::fs::metadata(&path)
+                .map_err(|e| invalid(&format!("cannot access {} ({e})", path.display())))?;
+            if meta.is_dir() {
+                Ok(ArtifactSource::Directory(path))
+            } else if meta.is_file() {
+                Ok(ArtifactSource::ZipFile(path))
+            } else {
+                Err(invalid("neither a regular file nor a directory"))
+            }
+        }
+        other => Err(invalid(&format!(
+            "scheme {other:?} is not file, http or https"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_three_schemes() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip = dir.path().join("app.zip");
+        std::fs::write(&zip, b"x").unwrap();
+        let file_uri = format!("file://{}", zip.display());
+        assert_eq!(
+            validate_uri(&file_uri).unwrap(),
+            ArtifactSource::ZipFile(zip.clone())
+        );
+        let dir_uri = format!("file://{}", dir.path().display());
+        assert_eq!(
+            validate_uri(&dir_uri).unwrap(),
+            ArtifactSource::Directory(dir.path().to_path_buf())
+        );
+        assert!(matches!(
+            validate_uri("https://example.com/a.zip").unwrap(),
+            ArtifactSource::Http(_)
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_uris() {
+        for bad in [
+            "ftp://example.com/a.zip",
+            "file:///definitely/not/here.zip",
+            "file://otherhost/etc/passwd",
+            "file:relative.zip",
+            "/abs/path/without/scheme",
+            "http://",
+            "file:///tmp/a%00b",
+            "s3://bucket/key",
+        ] {
+            assert!(
+                matches!(validate_uri(bad), Err(ArtifactError::InvalidUri(_))),
+                "{bad} accepted"
+            );
+        }
+        let long = format!("https://example.com/{}", "a".repeat(MAX_URI_LEN));
+        assert!(validate_uri(&long).is_err());
+        assert!(validate_uri("file:///dev/null").is_err());
+    }
+}
