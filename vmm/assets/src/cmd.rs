@@ -26,7 +26,7 @@ pub(crate) fn run(cmd: &mut Command) -> Result<Output, AssetError> {
         return Err(AssetError::Command {
             command,
             status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            stderr: tail(&output.stderr),
         });
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -36,6 +36,33 @@ pub(crate) fn run(cmd: &mut Command) -> Result<Output, AssetError> {
     Ok(output)
 }
 
+/// debootstrap and apt report progress on stderr; the end of it is where
+/// the failure is, and an error message should stay readable.
+const STDERR_TAIL: usize = 4096;
+
+fn tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim();
+    match text.char_indices().rev().nth(STDERR_TAIL) {
+        Some((cut, _)) => format!("…{}", &text[cut..]),
+        None => text.to_string(),
+    }
+}
+
 pub(crate) fn stdout_string(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_keeps_the_end_of_stderr() {
+        assert_eq!(tail(b" short \n"), "short");
+        let long = format!("{}THE END", "x".repeat(10_000));
+        let kept = tail(long.as_bytes());
+        assert!(kept.ends_with("THE END") && kept.starts_with('…'));
+        assert!(kept.chars().count() <= STDERR_TAIL + 2);
+    }
 }

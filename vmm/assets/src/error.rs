@@ -38,6 +38,8 @@ pub enum AssetError {
     ModuleCycle(String),
     #[error("cpio entry {name}: {reason}")]
     Cpio { name: String, reason: String },
+    #[error("building {image} needs root (debootstrap)")]
+    NeedsRoot { image: &'static str },
     #[error("manifest {path}: {source}")]
     Manifest {
         path: PathBuf,

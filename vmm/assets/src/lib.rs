@@ -1,19 +1,22 @@
 //! Guest assets for Ember microVMs, built into a cache directory:
 //! the Debian cloud kernel as a PVH-bootable `vmlinux` with its virtio
-//! modules, an initramfs wrapping the guest agent, and a busybox ext4 base
-//! root filesystem. Every `ensure_*` is idempotent and safe to call from
-//! several processes at once.
+//! modules, an initramfs wrapping the guest agent, and the ext4 base root
+//! filesystems (busybox, and debian12-minimal from debootstrap). Every
+//! `ensure_*` is idempotent and safe to call from several processes at once.
 
 mod cmd;
 mod cpio;
 mod debian;
+mod debian_rootfs;
 pub mod elf;
 mod error;
+mod ext4;
 mod fsutil;
 mod initramfs;
 mod kernel;
 mod kmod;
 mod lz4_legacy;
+mod mirror;
 mod rootfs;
 
 use std::path::{Path, PathBuf};
@@ -58,6 +61,13 @@ impl AssetStore {
     /// Builds (or reuses) the busybox base rootfs image.
     pub fn ensure_busybox_rootfs(&self) -> Result<BaseRootfs, AssetError> {
         rootfs::ensure(&self.root)
+    }
+
+    /// Builds (or reuses) the `debian12-minimal` base rootfs: debootstrap
+    /// minbase bookworm in a 4 GiB sparse ext4 image. The first build takes
+    /// a minute or more and needs root; a cached image does not.
+    pub fn ensure_debian_rootfs(&self) -> Result<BaseRootfs, AssetError> {
+        debian_rootfs::ensure(&self.root)
     }
 
     /// Everything a busybox guest needs, with `agent_binary` as PID 1.

@@ -11,22 +11,26 @@ use sha2::{Digest, Sha256};
 
 use crate::cmd::{run, stdout_string};
 use crate::debian::{fetch_and_unpack, upstream_version};
-use crate::fsutil::{
-    create_dir_all, hex, lock_exclusive, persist_readable, read_json, sha256_file, write_json,
-};
+use crate::fsutil::{create_dir_all, hex, lock_exclusive, read_json, sha256_file, write_json};
 use crate::AssetError;
 
 const PACKAGE: &str = "busybox-static";
-const IMAGE_SIZE: u64 = 64 << 20;
+/// Room for the user's files in images built on this base; sparse, so
+/// the unused part costs no disk.
+const IMAGE_SIZE: u64 = 1 << 30;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaseRootfs {
     pub image: PathBuf,
     pub name: String,
-    /// `busybox-<debian version without epoch>-<12 hex of content hash>`.
+    /// `busybox-<debian version without epoch>-<12 hex of content hash>`,
+    /// or `debian12-minimal-<build date>-<12 hex of the package list hash>`.
     pub version: String,
-    /// The Debian version of busybox-static, epoch included.
+    /// What the image was built from: busybox-static's Debian version
+    /// (epoch included), or the image's `/etc/debian_version`.
     pub package_version: String,
+    /// SHA-256 of the busybox-static `.deb`, or of debian12-minimal's
+    /// installed package list (`name version` lines, sorted).
     pub deb_sha256: String,
 }
 
@@ -65,19 +69,7 @@ fn build(dir: &Path, image: &Path) -> Result<BaseRootfs, AssetError> {
     )?;
     let content = tree_hash(&stage)?;
 
-    let tmp = tempfile::Builder::new()
-        .prefix(".rootfs-")
-        .tempfile_in(dir)
-        .map_err(AssetError::io("create temp image", dir))?;
-    // mke2fs -d populates the filesystem in userspace: no loop mount, no root.
-    run(Command::new("mkfs.ext4")
-        .arg("-q")
-        .arg("-d")
-        .arg(&stage)
-        .args(["-L", "ember-root", "-E", "root_owner=0:0", "-F"])
-        .arg(tmp.path())
-        .arg(format!("{}k", IMAGE_SIZE / 1024)))?;
-    persist_readable(tmp, image)?;
+    crate::ext4::build_image(&stage, IMAGE_SIZE, "ember-root", image)?;
 
     let plain_version = package_version
         .split_once(':')
@@ -164,7 +156,7 @@ fn stage_tree(busybox: &Path, stage: &Path, busybox_version: &str) -> Result<(),
 
 /// Hashes paths, types, permission bits, link targets and file contents in
 /// sorted order, so the same tree always gives the same version string.
-fn tree_hash(root: &Path) -> Result<String, AssetError> {
+pub(crate) fn tree_hash(root: &Path) -> Result<String, AssetError> {
     let mut entries = Vec::new();
     collect(root, root, &mut entries)?;
     entries.sort();

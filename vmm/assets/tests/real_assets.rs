@@ -2,6 +2,7 @@
 //! Set EMBER_SKIP_NETWORK_TESTS=1 to skip on a machine without a mirror.
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -126,6 +127,10 @@ fn busybox_rootfs_concurrently() {
 
     let image = base.image.to_str().unwrap();
     output(Command::new("e2fsck").args(["-fn", image]));
+    // 1 GiB of room, almost none of it on disk.
+    assert_eq!(fs::metadata(image).unwrap().len(), 1 << 30);
+    let on_disk = fs::metadata(image).unwrap().blocks() * 512;
+    assert!(on_disk < 64 << 20, "image not sparse: {on_disk} bytes used");
     let stat = output(Command::new("debugfs").args(["-R", "stat /bin/busybox", image]));
     assert!(stat.contains("Type: regular"), "{stat}");
     let ls = output(Command::new("debugfs").args(["-R", "stat /bin/ls", image]));
