@@ -55,6 +55,7 @@ pub struct Selected {
 }
 
 /// An unpacked artifact tree.
+#[derive(Debug)]
 pub struct Context {
     root: PathBuf,
     total_bytes: u64,

@@ -6,13 +6,14 @@
 use crate::pattern;
 use crate::ArtifactError;
 
+#[derive(Debug)]
 struct Rule {
     parts: Vec<String>,
     exception: bool,
 }
 
 /// The parsed `.dockerignore` of a context (empty when it has none).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct IgnoreRules {
     rules: Vec<Rule>,
 }
