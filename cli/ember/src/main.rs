@@ -62,6 +62,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // reqwest is built without a default TLS backend (the workspace picks
+    // ring); installing fails only if one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let accel = cli
         .accel

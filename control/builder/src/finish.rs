@@ -66,19 +66,26 @@ pub async fn start_and_wait(
     let hooks = &spec.hooks;
     match (hooks.ready, hooks.port) {
         (Some(timeout), Some(port)) => {
-            log.line(&format!("waiting for POST /ready on port {port} to answer 200"));
+            log.line(&format!(
+                "waiting for POST /ready on port {port} to answer 200"
+            ));
             wait_ready_hook(vm, port, timeout, pid).await?
         }
         _ => match config.exposed_ports.first() {
             Some(&port) => {
-                log.line(&format!("waiting for the app to accept connections on port {port}"));
+                log.line(&format!(
+                    "waiting for the app to accept connections on port {port}"
+                ));
                 let timeout = hooks.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT);
                 wait_port(vm, port, timeout, pid).await?
             }
             None => log.line("no ready hook and no EXPOSE: snapshotting once the app runs"),
         },
     }
-    log.line(&format!("app ready after {:.1} s", started.elapsed().as_secs_f64()));
+    log.line(&format!(
+        "app ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
 
     if let (Some(timeout), Some(port)) = (hooks.validate, hooks.port) {
         log.line(&format!("calling the validate hook on port {port}"));
@@ -158,7 +165,10 @@ pub async fn app_log_tail(vm: &dyn Vm) -> Vec<String> {
     match vm.agent().read_file(APP_LOG, 1 << 20).await {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
-            let lines: Vec<String> = text.lines().map(|l| l.chars().take(300).collect()).collect();
+            let lines: Vec<String> = text
+                .lines()
+                .map(|l| l.chars().take(300).collect())
+                .collect();
             lines[lines.len().saturating_sub(10)..].to_vec()
         }
         Err(_) => Vec::new(),

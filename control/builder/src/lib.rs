@@ -141,13 +141,14 @@ impl Builder {
     /// `work_dir`, and no VM keeps running.
     pub async fn build(&self, spec: &BuildSpec, log: &BuildLog) -> Result<BuildOutput, BuildError> {
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.config.timeout, self.build_inner(spec, log)).await {
-            Ok(r) => r,
-            Err(_) => Err(BuildError::new(
-                "build",
-                format!("the build did not finish within {:?}", self.config.timeout),
-            )),
-        };
+        let result =
+            match tokio::time::timeout(self.config.timeout, self.build_inner(spec, log)).await {
+                Ok(r) => r,
+                Err(_) => Err(BuildError::new(
+                    "build",
+                    format!("the build did not finish within {:?}", self.config.timeout),
+                )),
+            };
         let _ = std::fs::remove_dir_all(&spec.work_dir);
         match &result {
             Ok(out) => log.line(&format!(
@@ -173,13 +174,24 @@ impl Builder {
         })
     }
 
-    async fn build_inner(&self, spec: &BuildSpec, log: &BuildLog) -> Result<BuildOutput, BuildError> {
+    async fn build_inner(
+        &self,
+        spec: &BuildSpec,
+        log: &BuildLog,
+    ) -> Result<BuildOutput, BuildError> {
         std::fs::create_dir_all(&spec.work_dir)
             .map_err(|e| BuildError::new("prepare", format!("{}: {e}", spec.work_dir.display())))?;
-        log.line(&format!("fetching the code artifact {}", spec.artifact));
-        let context = ember_artifact::fetch(&spec.artifact, &spec.work_dir.join("context"), &self.config.limits)
-            .await
-            .map_err(|e| BuildError::new("fetch artifact", e.to_string()))?;
+        log.line(&format!(
+            "fetching the code artifact {}",
+            describe(&spec.artifact)
+        ));
+        let context = ember_artifact::fetch(
+            &spec.artifact,
+            &spec.work_dir.join("context"),
+            &self.config.limits,
+        )
+        .await
+        .map_err(|e| BuildError::new("fetch artifact", e.to_string()))?;
         log.line(&format!("code artifact: {} bytes", context.total_bytes()));
         let dockerfile = context
             .dockerfile()
@@ -190,7 +202,11 @@ impl Builder {
 
         // Every step's key covers the base, the steps before it, its own
         // instruction and, for COPY/ADD, the bytes it copies.
-        let mut key = CacheKey::new(&spec.base.name, &spec.base.content_version, &self.config.guest_version);
+        let mut key = CacheKey::new(
+            &spec.base.name,
+            &spec.base.content_version,
+            &self.config.guest_version,
+        );
         for step in &plan.steps {
             key.add(&serde_json::to_string(&step.kind).unwrap_or_default());
             if let StepKind::Copy { sources, .. } = &step.kind {
@@ -209,10 +225,16 @@ impl Builder {
         finish_key.add(&serde_json::to_string(&spec.environment).unwrap_or_default());
         finish_key.add(&format!("{:?} {}", spec.hooks, spec.memory_mib));
         let finish_key = finish_key.hex();
-        let snapshot_reused = self.snapshot(spec, &plan.config, &rootfs, &finish_key, log).await?;
+        let snapshot_reused = self
+            .snapshot(spec, &plan.config, &rootfs, &finish_key, log)
+            .await?;
 
         let memory_bytes = allocated(&spec.output_dir.join("memory.ram"));
-        let layer_bytes = if plan.steps.is_empty() { 0 } else { allocated(&rootfs) };
+        let layer_bytes = if plan.steps.is_empty() {
+            0
+        } else {
+            allocated(&rootfs)
+        };
         Ok(BuildOutput {
             snapshot_dir: spec.output_dir.clone(),
             memory_bytes,
@@ -240,7 +262,11 @@ impl Builder {
         }
         if let Some(layer) = self.cache.layer(key) {
             for (i, step) in plan.steps.iter().enumerate() {
-                log.line(&format!("step {}/{total} CACHED {}", i + 1, step.instruction));
+                log.line(&format!(
+                    "step {}/{total} CACHED {}",
+                    i + 1,
+                    step.instruction
+                ));
             }
             return Ok((layer, total));
         }
@@ -257,7 +283,11 @@ impl Builder {
         );
         vm_config.mem_mib = self.config.build_memory_mib;
         vm_config.vcpus = self.config.build_vcpus;
-        vm_config.network = if spec.egress { Network::Internet } else { Network::None };
+        vm_config.network = if spec.egress {
+            Network::Internet
+        } else {
+            Network::None
+        };
         let vm = self
             .hv
             .boot(vm_config)
@@ -303,7 +333,11 @@ impl Builder {
             steps::run_step(agent, context, step, &spec.work_dir, log)
                 .await
                 .map_err(|e| BuildError::new(step_stage(step, plan), e))?;
-            log.line(&format!("step {}/{total} done in {:.1} s", i + 1, t.elapsed().as_secs_f64()));
+            log.line(&format!(
+                "step {}/{total} done in {:.1} s",
+                i + 1,
+                t.elapsed().as_secs_f64()
+            ));
         }
         Ok(())
     }
@@ -321,7 +355,9 @@ impl Builder {
     ) -> Result<bool, BuildError> {
         let stage = |m: String| BuildError::new("snapshot", m);
         if let Some(cached) = self.cache.snapshot(key) {
-            log.line("snapshot CACHED: the same filesystem, app and settings were snapshotted before");
+            log.line(
+                "snapshot CACHED: the same filesystem, app and settings were snapshotted before",
+            );
             cache::link_dir(&cached, &spec.output_dir).map_err(|e| stage(e.to_string()))?;
             return Ok(true);
         }
@@ -398,11 +434,21 @@ fn step_stage(step: &ember_dockerfile::Step, plan: &BuildPlan) -> String {
     )
 }
 
+fn describe(source: &ArtifactSource) -> String {
+    match source {
+        ArtifactSource::ZipFile(p) => format!("zip {}", p.display()),
+        ArtifactSource::Directory(p) => format!("folder {}", p.display()),
+        ArtifactSource::Http(u) => format!("zip at {u}"),
+    }
+}
+
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
 fn allocated(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }

@@ -66,12 +66,27 @@ pub async fn run_step(
                 }
                 None => None,
             };
-            copy(agent, context, sources, dest, owner, *extract_archives, scratch, log).await
+            copy(
+                agent,
+                context,
+                sources,
+                dest,
+                owner,
+                *extract_archives,
+                scratch,
+                log,
+            )
+            .await
         }
         StepKind::Workdir { path, user } => {
             let mut script = format!("mkdir -p -- {}", shell_quote(path));
             if let Some(id) = identity(agent, user.as_deref()).await? {
-                script.push_str(&format!(" && chown {}:{} -- {}", id.uid, id.gid, shell_quote(path)));
+                script.push_str(&format!(
+                    " && chown {}:{} -- {}",
+                    id.uid,
+                    id.gid,
+                    shell_quote(path)
+                ));
             }
             guest_sh(agent, &script).await
         }
@@ -119,18 +134,14 @@ async fn copy(
 ) -> Result<(), String> {
     let selected = context.select(sources).map_err(|e| e.to_string())?;
     let tar_path = scratch.join("copy.tar");
-    let tar = {
-        let context = context.clone();
-        let (dest, tar_path) = (dest.to_string(), tar_path.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut file = std::fs::File::create(&tar_path).map_err(|e| e.to_string())?;
-            context
-                .write_copy_tar(&selected, &dest, owner, extract_archives, &mut file)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| format!("preparing the files failed: {e}"))??
-    };
+    // Reading the context and writing the tar is blocking file work; the
+    // runtime is multi-threaded, so it may block this worker in place.
+    let tar = tokio::task::block_in_place(|| {
+        let mut file = std::fs::File::create(&tar_path).map_err(|e| e.to_string())?;
+        context
+            .write_copy_tar(&selected, dest, owner, extract_archives, &mut file)
+            .map_err(|e| e.to_string())
+    })?;
     upload(agent, &tar_path).await?;
     log.line(&format!("  sending {} bytes", tar.bytes));
     let unpacked = guest_sh(
@@ -183,7 +194,11 @@ pub async fn guest_sh(agent: &AgentClient, script: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "`{script}` failed: {}",
-            out.stderr_str().trim().chars().take(1000).collect::<String>()
+            out.stderr_str()
+                .trim()
+                .chars()
+                .take(1000)
+                .collect::<String>()
         ))
     }
 }

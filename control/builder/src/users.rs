@@ -70,11 +70,9 @@ impl Accounts {
                 None => (uid, 0, None),
             }
         } else {
-            let u = self
-                .users
-                .iter()
-                .find(|u| u.0 == user)
-                .ok_or_else(|| format!("unknown user {user:?}: it is not in the image's /etc/passwd"))?;
+            let u = self.users.iter().find(|u| u.0 == user).ok_or_else(|| {
+                format!("unknown user {user:?}: it is not in the image's /etc/passwd")
+            })?;
             (u.1, u.2, Some(u.3.clone()))
         };
         let gid = match group {
@@ -86,7 +84,9 @@ impl Accounts {
                     .iter()
                     .find(|x| x.0 == g)
                     .map(|x| x.1)
-                    .ok_or_else(|| format!("unknown group {g:?}: it is not in the image's /etc/group"))?,
+                    .ok_or_else(|| {
+                        format!("unknown group {g:?}: it is not in the image's /etc/group")
+                    })?,
             },
         };
         Ok(Identity { uid, gid, home })
@@ -105,12 +105,26 @@ mod tests {
         );
         assert_eq!(
             a.resolve("app").unwrap(),
-            Identity { uid: 1000, gid: 1001, home: Some("/home/app".into()) }
+            Identity {
+                uid: 1000,
+                gid: 1001,
+                home: Some("/home/app".into())
+            }
         );
         assert_eq!(a.resolve("app:staff").unwrap().gid, 50);
         assert_eq!(a.resolve("1000:7").unwrap().gid, 7);
-        assert_eq!(a.resolve("4242").unwrap(), Identity { uid: 4242, gid: 0, home: None });
-        assert!(a.resolve("nobody-here").unwrap_err().contains("/etc/passwd"));
+        assert_eq!(
+            a.resolve("4242").unwrap(),
+            Identity {
+                uid: 4242,
+                gid: 0,
+                home: None
+            }
+        );
+        assert!(a
+            .resolve("nobody-here")
+            .unwrap_err()
+            .contains("/etc/passwd"));
         assert!(a.resolve("app:nogroup").unwrap_err().contains("/etc/group"));
     }
 }

@@ -1,1 +1,211 @@
-fn main() {}
+//! `emberd`: Ember's server. Serves the Lambda MicroVMs REST API (SigV4),
+//! keeps its state in SQLite under `--data-dir`, and builds images in
+//! microVMs.
+
+mod build_logs;
+mod builds;
+mod credentials;
+mod layout;
+mod service;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use ember_assets::AssetStore;
+use ember_builder::{Builder, BuilderConfig};
+use ember_store::Store;
+use ember_vmm::qemu::{QemuConfig, QemuHypervisor};
+use ember_vmm::Hypervisor;
+
+use crate::builds::Builds;
+use crate::layout::DataDir;
+use crate::service::Daemon;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "emberd",
+    version,
+    about = "Ember's server: the Lambda MicroVMs API on your own hosts"
+)]
+struct Args {
+    /// Where emberd keeps its database, credentials, images and VMs.
+    #[arg(long, env = "EMBER_DATA_DIR", default_value = "build/data")]
+    data_dir: PathBuf,
+    /// Address to serve the API on (port 0 picks a free one; see DATA_DIR/endpoint).
+    #[arg(long, default_value = "127.0.0.1:9070")]
+    listen: SocketAddr,
+    /// The region in ARNs and accepted in signatures' scope.
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    /// The 12-digit account id in ARNs.
+    #[arg(long, default_value = "123456789012")]
+    account: String,
+    /// Image builds that may run at once; more wait as PENDING.
+    #[arg(long, default_value_t = 2)]
+    max_builds: usize,
+    /// Memory of a build VM, in MiB (RUN steps such as apt-get need room).
+    #[arg(long, default_value_t = 1024)]
+    build_memory_mib: u32,
+    /// Guest kernel, initramfs and base images (built on first use).
+    #[arg(long, env = "EMBER_ASSETS_DIR")]
+    assets_dir: Option<PathBuf>,
+    /// The static guest agent packed into the initramfs.
+    #[arg(
+        long,
+        env = "EMBER_AGENT_BIN",
+        default_value = "target/x86_64-unknown-linux-gnu/guest/ember-agent"
+    )]
+    agent: PathBuf,
+    /// Accelerator: auto (probe the host), kvm or tcg.
+    #[arg(long, env = "EMBER_ACCEL", default_value = "auto")]
+    accel: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    validate_args(&args)?;
+    let data_dir = std::path::absolute(&args.data_dir).context("--data-dir")?;
+    let layout = DataDir::new(&data_dir);
+    layout
+        .create()
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let creds = credentials::load_or_create(&layout.credentials())?;
+    let store = Arc::new(Store::open(&layout.database())?);
+    let recovered = builds::recover_interrupted(&store, &layout)?;
+    if recovered > 0 {
+        tracing::warn!(
+            builds = recovered,
+            "builds interrupted by the last shutdown marked FAILED"
+        );
+    }
+
+    let assets = AssetStore::new(args.assets_dir.clone().unwrap_or_else(|| layout.assets()));
+    let agent = std::path::absolute(&args.agent).context("--agent")?;
+    let guest = {
+        let assets = assets.clone();
+        tokio::task::spawn_blocking(move || assets.ensure_guest(&agent))
+            .await?
+            .context("preparing the guest kernel and initramfs")?
+    };
+    let accel = args
+        .accel
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))
+        .context("--accel")?;
+    let mut qemu = QemuConfig::new(layout.vm_state());
+    qemu.accel = accel;
+    let hv: Arc<dyn Hypervisor> = Arc::new(QemuHypervisor::new(qemu).await?);
+    let builder = Builder::new(
+        Arc::clone(&hv),
+        BuilderConfig {
+            kernel: guest.kernel.clone(),
+            initramfs: guest.initramfs.clone(),
+            guest_version: guest_version(&guest)?,
+            cache_dir: layout.build_cache(),
+            build_memory_mib: args.build_memory_mib,
+            build_vcpus: 2,
+            limits: Default::default(),
+            timeout: builds::BUILD_TIMEOUT,
+        },
+    )?;
+    let builds = Arc::new(Builds::new(
+        Arc::clone(&store),
+        Arc::new(builder),
+        assets.clone(),
+        layout.clone(),
+        args.max_builds,
+    ));
+    let daemon = Arc::new(Daemon::new(
+        store,
+        builds,
+        layout.clone(),
+        args.region.clone(),
+        args.account.clone(),
+    ));
+    let app = service::router(daemon, Arc::new(creds));
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    write_endpoint(&layout, &url)?;
+    println!("emberd listening on {url}");
+    tracing::info!(%url, accel = hv.accel().as_str(), data_dir = %data_dir.display(), "emberd ready");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+fn validate_args(args: &Args) -> anyhow::Result<()> {
+    if args.account.len() != 12 || !args.account.bytes().all(|b| b.is_ascii_digit()) {
+        anyhow::bail!("--account must be 12 digits, got {:?}", args.account);
+    }
+    let region_ok = args.region.split('-').count() >= 3
+        && args
+            .region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !region_ok {
+        anyhow::bail!("--region must look like us-east-1, got {:?}", args.region);
+    }
+    if !(256..=16384).contains(&args.build_memory_mib) {
+        anyhow::bail!("--build-memory-mib must be 256..=16384");
+    }
+    Ok(())
+}
+
+/// Kernel package and initramfs content: a change to either (a new agent)
+/// invalidates the build cache.
+fn guest_version(guest: &ember_assets::GuestAssets) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(&guest.initramfs)
+        .with_context(|| format!("reading {}", guest.initramfs.display()))?;
+    let digest = Sha256::digest(&bytes);
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{}+{hex}", guest.kernel_version))
+}
+
+fn write_endpoint(layout: &DataDir, url: &str) -> anyhow::Result<()> {
+    let path = layout.endpoint_file();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{url}\n"))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+    // Builds in flight die with their VMs; the next start marks them FAILED.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// Seconds since the epoch, as the API's timestamps.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

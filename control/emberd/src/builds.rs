@@ -1,0 +1,227 @@
+//! Runs image builds in the background, a bounded number at a time, and
+//! records every transition in the store so a restart sees the truth.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ember_artifact::ArtifactSource;
+use ember_assets::AssetStore;
+use ember_builder::{BuildLog, BuildSpec, Builder, ImageHooks, ManagedBase};
+use ember_store::Store;
+use tokio::sync::Semaphore;
+
+use crate::layout::DataDir;
+use crate::now;
+
+/// What the service hands over once a version and its build are stored.
+#[derive(Debug, Clone)]
+pub struct BuildJob {
+    pub build_id: String,
+    pub image: String,
+    pub version: u32,
+    /// True for the image's first version: CREATED / CREATE_FAILED after,
+    /// else UPDATED / UPDATE_FAILED.
+    pub creates_image: bool,
+    pub artifact: ArtifactSource,
+    pub base: &'static ManagedBase,
+    pub egress: bool,
+    pub environment: Vec<(String, String)>,
+    pub hooks: ImageHooks,
+    pub memory_mib: u32,
+}
+
+pub struct Builds {
+    store: Arc<Store>,
+    builder: Arc<Builder>,
+    assets: AssetStore,
+    layout: DataDir,
+    slots: Semaphore,
+    /// Builds queued or running: id → (image, log).
+    live: Mutex<HashMap<String, (String, Arc<BuildLog>)>>,
+}
+
+impl Builds {
+    pub fn new(
+        store: Arc<Store>,
+        builder: Arc<Builder>,
+        assets: AssetStore,
+        layout: DataDir,
+        concurrent: usize,
+    ) -> Self {
+        Self {
+            store,
+            builder,
+            assets,
+            layout,
+            slots: Semaphore::new(concurrent.max(1)),
+            live: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The log of a build that is still running, for followers.
+    pub fn live_log(&self, build_id: &str) -> Option<Arc<BuildLog>> {
+        self.lock_live()
+            .get(build_id)
+            .map(|(_, log)| Arc::clone(log))
+    }
+
+    /// True while any build of `image` is queued or running.
+    pub fn building(&self, image: &str) -> bool {
+        self.lock_live().values().any(|(i, _)| i == image)
+    }
+
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Arc<BuildLog>)>> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts a build in the background. The log exists (and is followable)
+    /// before this returns.
+    pub fn start(self: &Arc<Self>, job: BuildJob) -> std::io::Result<()> {
+        let log = Arc::new(BuildLog::create(&self.layout.build_log(&job.build_id))?);
+        log.line(&format!(
+            "build {} of {} version {} queued",
+            job.build_id, job.image, job.version
+        ));
+        self.lock_live()
+            .insert(job.build_id.clone(), (job.image.clone(), Arc::clone(&log)));
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            this.run(&job, &log).await;
+            this.lock_live().remove(&job.build_id);
+        });
+        Ok(())
+    }
+
+    async fn run(&self, job: &BuildJob, log: &BuildLog) {
+        let _slot = match self.slots.acquire().await {
+            Ok(s) => s,
+            Err(_) => return, // closed: the daemon is going down
+        };
+        self.record(job, "IN_PROGRESS", None, None);
+        let result = self.build(job, log).await;
+        match result {
+            Ok(out) => {
+                let dir = out.snapshot_dir.display().to_string();
+                if let Err(e) = self.store.set_build_sizes(
+                    &job.build_id,
+                    out.memory_bytes,
+                    out.disk_bytes,
+                    out.code_bytes,
+                ) {
+                    tracing::error!(build = %job.build_id, "recording sizes: {e}");
+                }
+                self.record(job, "SUCCESSFUL", None, Some(&dir));
+                tracing::info!(image = %job.image, version = job.version, "build succeeded");
+            }
+            Err(reason) => {
+                tracing::warn!(image = %job.image, version = job.version, "build failed: {reason}");
+                self.record(job, "FAILED", Some(&reason), None);
+            }
+        }
+    }
+
+    async fn build(
+        &self,
+        job: &BuildJob,
+        log: &BuildLog,
+    ) -> Result<ember_builder::BuildOutput, String> {
+        log.line(&format!(
+            "preparing base image {}:{}",
+            job.base.name, job.base.version
+        ));
+        let assets = self.assets.clone();
+        let base = job.base;
+        let rootfs =
+            tokio::task::spawn_blocking(move || ember_builder::bases::ensure(&assets, base))
+                .await
+                .map_err(|e| format!("preparing the base image: {e}"))??;
+        let spec = BuildSpec {
+            id: job.build_id.clone(),
+            artifact: job.artifact.clone(),
+            base: rootfs,
+            egress: job.egress,
+            environment: job.environment.clone(),
+            hooks: job.hooks.clone(),
+            memory_mib: job.memory_mib,
+            work_dir: self.layout.build_work(&job.build_id),
+            output_dir: self.layout.snapshot(&job.image, job.version),
+        };
+        if let Some(parent) = spec.output_dir.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        self.builder.build(&spec, log).await.map_err(|e| e.reason())
+    }
+
+    /// Writes a build's state to its build, version and image rows.
+    fn record(&self, job: &BuildJob, state: &str, reason: Option<&str>, snapshot: Option<&str>) {
+        let t = now();
+        let version_state = state;
+        let image_state = match (state, job.creates_image) {
+            ("SUCCESSFUL", true) => Some("CREATED"),
+            ("SUCCESSFUL", false) => Some("UPDATED"),
+            ("FAILED", true) => Some("CREATE_FAILED"),
+            ("FAILED", false) => Some("UPDATE_FAILED"),
+            _ => None,
+        };
+        let results = [
+            self.store
+                .update_build_state(&job.build_id, state, reason, t),
+            self.store.update_version_state(
+                &job.image,
+                job.version,
+                version_state,
+                reason,
+                snapshot,
+                t,
+            ),
+            match image_state {
+                Some(s) => self.store.set_image_state(&job.image, s, t),
+                None => Ok(()),
+            },
+        ];
+        for r in results {
+            if let Err(e) = r {
+                tracing::error!(build = %job.build_id, "recording build state {state}: {e}");
+            }
+        }
+    }
+}
+
+/// Marks builds a previous emberd left unfinished as FAILED (their VMs
+/// died with it), and removes their scratch and partial snapshots.
+pub fn recover_interrupted(store: &Store, layout: &DataDir) -> anyhow::Result<usize> {
+    let unfinished = store.unfinished_builds()?;
+    let t = now();
+    let reason = "emberd stopped while this build was running; the build was abandoned. \
+                  Run UpdateMicrovmImage to build again.";
+    for b in &unfinished {
+        store.update_build_state(&b.id, "FAILED", Some(reason), t)?;
+        store.update_version_state(&b.image, b.version, "FAILED", Some(reason), None, t)?;
+        let image = store.image(&b.image)?;
+        let state = if b.version == 1 || image.state == "CREATING" {
+            "CREATE_FAILED"
+        } else {
+            "UPDATE_FAILED"
+        };
+        store.set_image_state(&b.image, state, t)?;
+        remove_quietly(&layout.build_work(&b.id));
+        remove_quietly(&layout.snapshot(&b.image, b.version));
+        tracing::warn!(build = %b.id, image = %b.image, version = b.version, "interrupted build marked FAILED");
+    }
+    Ok(unfinished.len())
+}
+
+fn remove_quietly(path: &Path) {
+    if path.exists() {
+        if let Err(e) = std::fs::remove_dir_all(path) {
+            tracing::warn!(path = %path.display(), "cleanup failed: {e}");
+        }
+    }
+}
+
+/// Time a build may take before it is abandoned.
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(3600);

@@ -1,0 +1,76 @@
+//! Where emberd keeps its files under `--data-dir`.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// Creates the folders emberd writes into.
+    pub fn create(&self) -> std::io::Result<()> {
+        for dir in [
+            self.root.clone(),
+            self.root.join("images"),
+            self.root.join("builds"),
+            self.root.join("logs/builds"),
+            self.root.join("vms"),
+        ] {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(())
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.root.join("ember.db")
+    }
+
+    pub fn credentials(&self) -> PathBuf {
+        self.root.join("credentials")
+    }
+
+    /// The URL emberd serves on, for the `ember` CLI and scripts.
+    pub fn endpoint_file(&self) -> PathBuf {
+        self.root.join("endpoint")
+    }
+
+    pub fn assets(&self) -> PathBuf {
+        self.root.join("assets")
+    }
+
+    pub fn build_cache(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
+    /// QEMU runtime folders of running VMs.
+    pub fn vm_state(&self) -> PathBuf {
+        self.root.join("vms")
+    }
+
+    pub fn build_work(&self, build_id: &str) -> PathBuf {
+        self.root.join("builds").join(build_id)
+    }
+
+    pub fn build_log(&self, build_id: &str) -> PathBuf {
+        self.root
+            .join("logs/builds")
+            .join(format!("{build_id}.log"))
+    }
+
+    pub fn image_dir(&self, image: &str) -> PathBuf {
+        self.root.join("images").join(image)
+    }
+
+    pub fn snapshot(&self, image: &str, version: u32) -> PathBuf {
+        self.image_dir(image)
+            .join(version.to_string())
+            .join("snapshot")
+    }
+}

@@ -1,0 +1,177 @@
+//! The API's behaviour: one `Daemon` holding the store and the build
+//! runner, answering every typed [`Action`].
+
+mod catalog;
+mod images;
+pub mod names;
+mod spec;
+mod tags;
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+
+use ember_api::{Action, ApiError, Credentials, ErrorKind, Reply};
+use ember_store::{Store, StoreError};
+
+use crate::build_logs;
+use crate::builds::Builds;
+use crate::layout::DataDir;
+use crate::now;
+use names::Arns;
+
+pub struct Daemon {
+    store: Arc<Store>,
+    builds: Arc<Builds>,
+    layout: DataDir,
+    arns: Arns,
+}
+
+impl Daemon {
+    pub fn new(
+        store: Arc<Store>,
+        builds: Arc<Builds>,
+        layout: DataDir,
+        region: String,
+        account: String,
+    ) -> Self {
+        Self {
+            store,
+            builds,
+            layout,
+            arns: Arns { region, account },
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn builds(&self) -> &Arc<Builds> {
+        &self.builds
+    }
+
+    /// The image name an identifier (name or ARN) stands for; an ARN of
+    /// another account or region maps to a name that cannot exist.
+    pub fn image_name(&self, identifier: &str) -> String {
+        self.arns
+            .image_name(identifier)
+            .unwrap_or(identifier)
+            .to_string()
+    }
+}
+
+/// The API and Ember's own endpoints, all behind SigV4.
+pub fn router(daemon: Arc<Daemon>, credentials: Arc<Credentials>) -> Router {
+    let extra = Router::new()
+        .route(build_logs::ROUTE, get(build_logs::get_build_log))
+        .with_state(Arc::clone(&daemon))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&credentials),
+            ember_api::require_sigv4,
+        ));
+    let api = ember_api::router(daemon, credentials);
+    extra.merge(api)
+}
+
+#[async_trait::async_trait]
+impl ember_api::Service for Daemon {
+    async fn handle(&self, action: Action) -> Result<Reply, ApiError> {
+        // A retried request with a known token gets the first answer again;
+        // the same token with other parameters is a conflict.
+        let idempotency = action
+            .idempotency()
+            .map(|(token, hash)| (action.operation().name(), token.to_string(), hash));
+        if let Some((op, token, hash)) = &idempotency {
+            if let Some((stored_hash, reply)) =
+                self.store.idempotent_reply(op, token).map_err(internal)?
+            {
+                if &stored_hash != hash {
+                    return Err(ApiError::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "clientToken {token:?} was already used for a {op} request with different parameters"
+                        ),
+                    ));
+                }
+                return spec::replay(action.operation(), &reply);
+            }
+        }
+        let reply = self.dispatch(action).await?;
+        if let Some((op, token, hash)) = &idempotency {
+            if let Some(json) = spec::recordable(&reply) {
+                self.store
+                    .record_idempotent_reply(op, token, hash, &json, now())
+                    .map_err(internal)?;
+            }
+        }
+        Ok(reply)
+    }
+}
+
+impl Daemon {
+    async fn dispatch(&self, action: Action) -> Result<Reply, ApiError> {
+        Ok(match action {
+            Action::CreateMicrovmImage(r) => Reply::CreateMicrovmImage(self.create_image(r)?),
+            Action::UpdateMicrovmImage(r) => Reply::UpdateMicrovmImage(self.update_image(r)?),
+            Action::GetMicrovmImage(r) => {
+                Reply::GetMicrovmImage(self.get_image(&r.image_identifier)?)
+            }
+            Action::ListMicrovmImages(r) => Reply::ListMicrovmImages(self.list_images(r)?),
+            Action::DeleteMicrovmImage(r) => {
+                Reply::DeleteMicrovmImage(self.delete_image(&r.image_identifier)?)
+            }
+            Action::GetMicrovmImageVersion(r) => Reply::GetMicrovmImageVersion(
+                self.get_version(&r.image_identifier, &r.image_version)?,
+            ),
+            Action::ListMicrovmImageVersions(r) => {
+                Reply::ListMicrovmImageVersions(self.list_versions(r)?)
+            }
+            Action::UpdateMicrovmImageVersion(r) => {
+                Reply::UpdateMicrovmImageVersion(self.update_version_status(r)?)
+            }
+            Action::DeleteMicrovmImageVersion(r) => Reply::DeleteMicrovmImageVersion(
+                self.delete_version(&r.image_identifier, &r.image_version)?,
+            ),
+            Action::GetMicrovmImageBuild(r) => Reply::GetMicrovmImageBuild(self.get_build(r)?),
+            Action::ListMicrovmImageBuilds(r) => {
+                Reply::ListMicrovmImageBuilds(self.list_builds(r)?)
+            }
+            Action::ListManagedMicrovmImages(r) => {
+                Reply::ListManagedMicrovmImages(self.list_managed(r)?)
+            }
+            Action::ListManagedMicrovmImageVersions(r) => {
+                Reply::ListManagedMicrovmImageVersions(self.list_managed_versions(r)?)
+            }
+            Action::TagResource(r) => {
+                self.tag(r)?;
+                Reply::TagResource
+            }
+            Action::UntagResource(r) => {
+                self.untag(r)?;
+                Reply::UntagResource
+            }
+            Action::ListTags(r) => Reply::ListTags(self.list_tags(r)?),
+            other => return Err(ApiError::new(
+                ErrorKind::InternalServer,
+                format!(
+                    "{} is not implemented by this emberd yet: microVMs come with the next release",
+                    other.operation().name()
+                ),
+            )),
+        })
+    }
+}
+
+/// Store failures the caller cannot fix; not-found and conflicts are
+/// mapped by the handlers, which know what was asked for.
+pub(crate) fn internal(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict(m) => ApiError::new(ErrorKind::Conflict, m),
+        other => {
+            tracing::error!("state store: {other}");
+            ApiError::internal(format!("state store error: {other}"))
+        }
+    }
+}
