@@ -82,10 +82,7 @@ impl Context {
     pub(crate) fn unpacked(root: &Path, total_bytes: u64) -> Result<Context, ArtifactError> {
         let meta = fs::metadata(root).map_err(|e| ArtifactError::io(root, e))?;
         if !meta.is_dir() {
-            return Err(ArtifactError::io(
-                root,
-                io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-            ));
+            return Err(ArtifactError::NotADirectory(root.to_path_buf()));
         }
         let mut context = Context {
             root: root.to_path_buf(),

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub enum ArtifactError {
     #[error("invalid code artifact URI: {0}")]
     InvalidUri(String),
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
     #[error("destination {0} already exists")]
     DestinationExists(PathBuf),
     #[error("{path}: {source}")]
