@@ -2,6 +2,7 @@
 //! per result. Figures that are compared (cold boot vs restore) are taken
 //! in the same run, so their ratio survives a noisy machine.
 
+mod image_build;
 mod restore;
 
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Which benchmarks to run (default: all).
-    #[arg(value_parser = ["restore"])]
+    #[arg(value_parser = ["restore", "image_build"])]
     only: Vec<String>,
 }
 
@@ -37,6 +38,12 @@ async fn main() -> anyhow::Result<()> {
     if wants("restore") {
         let line = restore::run(&args.data_dir, &args.agent, accel, args.runs.max(1)).await?;
         println!("{line}");
+    }
+    if wants("image_build") {
+        for example in image_build::EXAMPLES {
+            let line = image_build::run(&args.data_dir, &args.agent, accel, example).await?;
+            println!("{line}");
+        }
     }
     Ok(())
 }
