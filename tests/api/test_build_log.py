@@ -46,7 +46,8 @@ class Follower:
 
 
 @pytest.fixture(scope="module")
-def followed(ember, client, tmp_path_factory):
+def followed(ember, tmp_path_factory):
+    client = ember.client()
     path = zip_files(tmp_path_factory.mktemp("log") / "app.zip", {"Dockerfile": DOCKERFILE})
     client.create_microvm_image(name=NAME, codeArtifact={"uri": f"file://{path}"},
                                 baseImageArn=BUSYBOX_ARN, buildRoleArn=BUILD_ROLE)

@@ -14,7 +14,8 @@ NAME = "hello-lifecycle"
 
 
 @pytest.fixture(scope="module")
-def updated(client, hello_zip):
+def updated(ember, hello_zip):
+    client = ember.client()
     image, v1 = create_and_wait(client, NAME, hello_zip)
     assert image["state"] == "CREATED", v1.get("stateReason")
     response = client.update_microvm_image(

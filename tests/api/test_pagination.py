@@ -11,7 +11,8 @@ NAMES = [f"page-{i}" for i in range(7)]
 
 
 @pytest.fixture(scope="module")
-def failed_images(client, tmp_path_factory):
+def failed_images(ember, tmp_path_factory):
+    client = ember.client()
     no_dockerfile = zip_files(tmp_path_factory.mktemp("nodocker") / "app.zip",
                               {"README.txt": "no Dockerfile here\n"})
     for name in NAMES:

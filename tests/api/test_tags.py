@@ -8,7 +8,8 @@ from harness import BUILD_ROLE, BUSYBOX_ARN, error_code, image_arn, wait_image
 
 
 @pytest.fixture(scope="module")
-def tagged(client, tmp_path_factory):
+def tagged(ember, tmp_path_factory):
+    client = ember.client()
     zip_path = zip_files(tmp_path_factory.mktemp("tags") / "app.zip", {"README.txt": "x\n"})
     client.create_microvm_image(
         name="tagged", codeArtifact={"uri": f"file://{zip_path}"},
