@@ -213,7 +213,7 @@ impl Schema {
                 Some(n) if shape.kind == "long" || i32::try_from(n).is_ok() => {
                     check_bounds(shape, n, "value", |c| fail(out, c));
                 }
-                _ => fail(out, format!("Member must be an {}", shape.kind)),
+                _ => fail(out, "Member must be of type integer (32-bit)".to_owned()),
             },
             ("list", Value::Array(items)) => {
                 check_bounds(shape, items.len() as i64, "length", |c| fail(out, c));
