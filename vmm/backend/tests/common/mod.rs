@@ -32,6 +32,13 @@ fn agent_binary() -> PathBuf {
         })
 }
 
+/// The shared asset cache (built once per machine).
+pub fn assets_dir() -> PathBuf {
+    std::env::var_os("EMBER_ASSETS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/assets"))
+}
+
 pub async fn env() -> TestEnv {
     let agent = agent_binary();
     assert!(
@@ -39,9 +46,7 @@ pub async fn env() -> TestEnv {
         "guest agent not built at {} — run the tests with `make test`",
         agent.display()
     );
-    let assets_dir = std::env::var_os("EMBER_ASSETS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("build/assets"));
+    let assets_dir = assets_dir();
     let guest =
         tokio::task::spawn_blocking(move || AssetStore::new(assets_dir).ensure_guest(&agent))
             .await
