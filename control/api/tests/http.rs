@@ -1,98 +1,20 @@
 //! The router served on a real socket, called the way an SDK calls it:
 //! requests signed with aws-sigv4 on the client side, sent over HTTP/1.1.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 use bytes::Bytes;
-use ember_api::model::*;
-use ember_api::{router, Action, ApiError, Credentials, Reply, Service};
+use common::{serve, ACCESS_KEY, ARN, ENCODED_ARN, SECRET};
+use ember_api::Action;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-
-const ACCESS_KEY: &str = "AKIDEMBERTEST";
-const SECRET: &str = "ember-test-secret";
-const ARN: &str = "arn:aws:lambda:us-east-1:123456789012:microvm-image:hello";
-const ENCODED_ARN: &str = "arn%3Aaws%3Alambda%3Aus-east-1%3A123456789012%3Amicrovm-image%3Ahello";
-
-/// Records every action and answers a few operations.
-#[derive(Default)]
-struct Recorder {
-    actions: Mutex<Vec<Action>>,
-}
-
-#[async_trait::async_trait]
-impl Service for Recorder {
-    async fn handle(&self, action: Action) -> Result<Reply, ApiError> {
-        self.actions.lock().unwrap().push(action.clone());
-        match action {
-            Action::ListTags(_) => Ok(Reply::ListTags(ListTagsResponse {
-                tags: Some([("team".to_owned(), "ember".to_owned())].into()),
-            })),
-            Action::TagResource(_) => Ok(Reply::TagResource),
-            Action::UntagResource(_) => Ok(Reply::UntagResource),
-            Action::GetMicrovm(request) => {
-                Err(ApiError::not_found("Microvm", &request.microvm_identifier))
-            }
-            Action::ListMicrovms(_) => Ok(Reply::ListMicrovms(ListMicrovmsResponse {
-                next_token: None,
-                items: vec![],
-            })),
-            // A reply for the wrong operation: the router must not send it.
-            Action::SuspendMicrovm(_) => Ok(Reply::ResumeMicrovm(Empty {})),
-            Action::CreateMicrovmImage(request) => {
-                Ok(Reply::CreateMicrovmImage(MicrovmImageWithVersion {
-                    image_arn: format!(
-                        "arn:aws:lambda:us-east-1:123456789012:microvm-image:{}",
-                        request.name
-                    ),
-                    name: request.name,
-                    state: MicrovmImageState::Creating,
-                    latest_active_image_version: None,
-                    latest_failed_image_version: None,
-                    created_at: Timestamp::from_unix_seconds(1_700_000_000.0).unwrap(),
-                    base_image_arn: request.base_image_arn,
-                    base_image_version: None,
-                    build_role_arn: request.build_role_arn,
-                    description: None,
-                    code_artifact: request.code_artifact,
-                    logging: None,
-                    egress_network_connectors: None,
-                    cpu_configurations: None,
-                    resources: None,
-                    additional_os_capabilities: None,
-                    hooks: None,
-                    environment_variables: None,
-                    tags: request.tags,
-                    updated_at: None,
-                    image_version: "1".into(),
-                }))
-            }
-            other => Err(ApiError::internal(format!(
-                "{:?} not answered by the test",
-                other.operation()
-            ))),
-        }
-    }
-}
-
-async fn serve() -> (SocketAddr, Arc<Recorder>) {
-    let recorder = Arc::new(Recorder::default());
-    let credentials = Arc::new(Credentials {
-        access_key_id: ACCESS_KEY.into(),
-        secret_access_key: SECRET.into(),
-    });
-    let app = router(recorder.clone(), credentials);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, recorder)
-}
 
 fn request(addr: SocketAddr, method: &str, path_and_query: &str, body: &str) -> Request<Bytes> {
     let mut builder = Request::builder()
