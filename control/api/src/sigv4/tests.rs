@@ -52,7 +52,8 @@ fn botocore_requests() -> (Credentials, Vec<Captured>) {
 #[test]
 fn botocore_signatures_verify() {
     let (credentials, requests) = botocore_requests();
-    assert_eq!(requests.len(), 5);
+    assert_eq!(requests.len(), 6);
+    assert!(requests[5].headers.contains_key("x-amz-security-token"));
     for r in &requests {
         let context = credentials
             .verify(&r.method, &r.uri, &r.headers, &r.body, r.signed_at)
