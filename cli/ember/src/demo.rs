@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ember_assets::{AssetStore, GuestAssets};
+use ember_assets::{AssetStore, BaseRootfs, GuestAssets};
 use ember_vmm::agent::ExecRequest;
 use ember_vmm::qemu::{QemuConfig, QemuHypervisor};
 use ember_vmm::{AccelChoice, Hypervisor, Vm, VmConfig};
@@ -20,6 +20,12 @@ pub async fn prepare_assets(data_dir: &Path, agent: &Path) -> anyhow::Result<Gue
     let store = AssetStore::new(data_dir.join("assets"));
     let agent = agent.to_path_buf();
     Ok(tokio::task::spawn_blocking(move || store.ensure_guest(&agent)).await??)
+}
+
+/// Builds (or reuses) the debian12-minimal base rootfs.
+pub async fn prepare_debian_base(data_dir: &Path) -> anyhow::Result<BaseRootfs> {
+    let store = AssetStore::new(data_dir.join("assets"));
+    Ok(tokio::task::spawn_blocking(move || store.ensure_debian_rootfs()).await??)
 }
 
 /// Counts in tmpfs (guest memory only); each value lands by rename, so a

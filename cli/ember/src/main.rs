@@ -44,7 +44,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Fetch and build the guest kernel, initramfs and base root filesystem.
-    Setup,
+    Setup {
+        /// Also build the debian12-minimal base (debootstrap: needs root,
+        /// takes a minute or more the first time).
+        #[arg(long)]
+        debian: bool,
+    },
     /// Boot a microVM, run a process in it, snapshot it, restore the
     /// snapshot in a new VM and show that the process and its state survived.
     Demo,
@@ -72,9 +77,15 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e: String| anyhow::anyhow!(e))
         .context("--accel")?;
     match cli.command {
-        Command::Setup => {
+        Command::Setup { debian } => {
             let assets = demo::prepare_assets(&cli.data_dir, &cli.agent).await?;
-            println!("{}", serde_json::to_string_pretty(&assets)?);
+            if debian {
+                let base = demo::prepare_debian_base(&cli.data_dir).await?;
+                let both = serde_json::json!({"guest": assets, "debian12_minimal": base});
+                println!("{}", serde_json::to_string_pretty(&both)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&assets)?);
+            }
         }
         Command::Demo => demo::run(&cli.data_dir, &cli.agent, accel).await?,
         Command::Image(cmd) => {

@@ -232,6 +232,19 @@ mod tests {
     }
 
     #[test]
+    fn configs_written_before_networking_decode_without_a_network() {
+        let old = r#"{"name":"a","kernel":"/k","initramfs":"/i","rootfs":"/r",
+                      "mem_mib":256,"vcpus":1,"extra_cmdline":""}"#;
+        let cfg: VmConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(cfg.network, Network::None);
+        let mut cfg = cfg;
+        cfg.network = Network::Internet;
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(json.contains(r#""network":"internet""#), "{json}");
+        assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), cfg);
+    }
+
+    #[test]
     fn accel_choice_parses() {
         assert_eq!(
             "kvm".parse::<AccelChoice>(),
