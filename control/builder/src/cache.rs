@@ -73,7 +73,9 @@ impl BuildCache {
 
     pub fn snapshot(&self, key: &str) -> Option<PathBuf> {
         let p = self.root.join("snapshots").join(key);
-        p.join("manifest.json").is_file().then_some(p)
+        p.join(ember_vmm::snapshot::MANIFEST_FILE)
+            .is_file()
+            .then_some(p)
     }
 
     /// A fresh path under the cache's scratch folder.

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use ember_artifact::{Compression, Context};
+use ember_artifact::{Compression, Context, EntryKind};
 use ember_dockerfile::{Step, StepKind};
 use ember_vmm::agent::{AgentClient, ExecRequest};
 
@@ -142,6 +142,20 @@ async fn copy(
             .write_copy_tar(&selected, dest, owner, extract_archives, &mut file)
             .map_err(|e| e.to_string())
     })?;
+    // The tar carries only what is copied; a directory destination is
+    // made (and given to `--chown`'s owner) here, as Docker does.
+    let dest_is_dir = dest.ends_with('/')
+        || selected.len() > 1
+        || selected
+            .iter()
+            .any(|s| matches!(s.source.kind, EntryKind::Dir));
+    if dest_is_dir {
+        let mut script = format!("mkdir -p -- {}", shell_quote(dest));
+        if let Some((uid, gid)) = owner {
+            script.push_str(&format!(" && chown {uid}:{gid} -- {}", shell_quote(dest)));
+        }
+        guest_sh(agent, &script).await?;
+    }
     upload(agent, &tar_path).await?;
     log.line(&format!("  sending {} bytes", tar.bytes));
     let unpacked = guest_sh(

@@ -1,0 +1,275 @@
+//! Builds real images in real build VMs and checks the result by booting
+//! the snapshot: Dockerfile semantics as a user would notice them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ember_artifact::ArtifactSource;
+use ember_assets::AssetStore;
+use ember_builder::{BuildLog, BuildSpec, Builder, BuilderConfig, ImageHooks};
+use ember_vmm::qemu::{QemuConfig, QemuHypervisor};
+use ember_vmm::Hypervisor;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+struct Env {
+    hv: Arc<dyn Hypervisor>,
+    builder: Builder,
+    base: ember_builder::BaseRootfs,
+    dir: tempfile::TempDir,
+}
+
+async fn env() -> Env {
+    let agent = std::env::var_os("EMBER_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace_root().join("target/x86_64-unknown-linux-gnu/guest/ember-agent")
+        });
+    assert!(
+        agent.is_file(),
+        "guest agent not built at {} — run `make test`",
+        agent.display()
+    );
+    let assets = AssetStore::new(
+        std::env::var_os("EMBER_ASSETS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("build/assets")),
+    );
+    let (guest, base) = tokio::task::spawn_blocking(move || {
+        let guest = assets.ensure_guest(&agent).expect("guest assets");
+        let base =
+            ember_builder::bases::ensure(&assets, ember_builder::bases::find("busybox").unwrap())
+                .expect("busybox base");
+        (guest, base)
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("ember-b")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut qemu = QemuConfig::new(dir.path().join("vms"));
+    if let Ok(a) = std::env::var("EMBER_ACCEL") {
+        qemu.accel = a.parse().unwrap();
+    }
+    let hv: Arc<dyn Hypervisor> = Arc::new(QemuHypervisor::new(qemu).await.unwrap());
+    let builder = Builder::new(
+        Arc::clone(&hv),
+        BuilderConfig {
+            kernel: guest.kernel,
+            initramfs: guest.initramfs,
+            guest_version: "test".into(),
+            cache_dir: dir.path().join("cache"),
+            build_memory_mib: 512,
+            build_vcpus: 1,
+            limits: Default::default(),
+            timeout: Duration::from_secs(600),
+        },
+    )
+    .unwrap();
+    Env {
+        hv,
+        builder,
+        base,
+        dir,
+    }
+}
+
+impl Env {
+    fn spec(&self, id: &str, context: &Path) -> BuildSpec {
+        BuildSpec {
+            id: id.into(),
+            artifact: ArtifactSource::Directory(context.to_path_buf()),
+            base: self.base.clone(),
+            egress: false,
+            environment: vec![("FROM_REQUEST".into(), "yes".into())],
+            hooks: ImageHooks::default(),
+            memory_mib: 256,
+            work_dir: self.dir.path().join(format!("work-{id}")),
+            output_dir: self.dir.path().join(format!("out-{id}")),
+        }
+    }
+
+    fn log(&self, id: &str) -> BuildLog {
+        BuildLog::create(&self.dir.path().join(format!("{id}.log"))).unwrap()
+    }
+
+    /// VM runtime folders still present (each running VM has one).
+    fn vm_dirs(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("vms/vms"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+const DOCKERFILE: &str = r#"
+# Exercises the instructions users rely on.
+ARG GREETING=hello
+FROM busybox
+ARG GREETING
+ENV APP_HOME=/srv/app \
+    MODE=test
+RUN echo 'app:x:1234:1234::/home/app:/bin/sh' >> /etc/passwd \
+ && echo 'app:x:1234:' >> /etc/group \
+ && mkdir -p /home/app && chown 1234:1234 /home/app
+USER app
+WORKDIR $APP_HOME
+COPY --chown=app:app data/ ./data/
+ADD bundle.tar.gz /opt/
+COPY *.txt /etc/notes/
+RUN echo "$GREETING from $(id -u) in $(pwd), mode $MODE" > greeting
+EXPOSE 8080
+CMD ["/bin/sh", "-c", "echo app env: $MODE $FROM_REQUEST; exec httpd -f -p 8080 -h /srv/app"]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dockerfile_instructions_shape_the_snapshot() {
+    let env = env().await;
+    let ctx = tempfile::tempdir().unwrap();
+    write(ctx.path(), "Dockerfile", DOCKERFILE);
+    write(ctx.path(), "data/x.txt", "data file\n");
+    write(ctx.path(), "a.txt", "note a\n");
+    write(ctx.path(), "b.txt", "note b\n");
+    write(ctx.path(), "bundle/inner.txt", "from the tarball\n");
+    let status = std::process::Command::new("tar")
+        .args(["-czf", "bundle.tar.gz", "bundle"])
+        .current_dir(ctx.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_dir_all(ctx.path().join("bundle")).unwrap();
+
+    let spec = env.spec("features", ctx.path());
+    let log = env.log("features");
+    let out = match env.builder.build(&spec, &log).await {
+        Ok(out) => out,
+        Err(e) => panic!("build failed: {}", e.reason()),
+    };
+    assert_eq!(out.steps, 6);
+    assert!(out.memory_bytes > 0 && out.disk_bytes > 0);
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(text.contains("step 6/6 RUN echo"), "{text}");
+    assert_eq!(env.vm_dirs(), 0, "no build or image VM is left running");
+
+    // The snapshot holds the running app: restore it and look inside.
+    let vm = env.hv.restore("check", &out.snapshot_dir).await.unwrap();
+    let sh = |s: &'static str| {
+        let vm = Arc::clone(&vm);
+        async move {
+            let o = vm.agent().sh(s).await.unwrap();
+            assert!(o.success(), "{s}: {}", o.stderr_str());
+            o.stdout_str().trim().to_string()
+        }
+    };
+    assert_eq!(
+        sh("cat /srv/app/greeting").await,
+        "hello from 1234 in /srv/app, mode test"
+    );
+    assert_eq!(
+        sh("stat -c %u:%g /srv/app/data /srv/app/data/x.txt").await,
+        "1234:1234\n1234:1234"
+    );
+    assert_eq!(sh("cat /opt/bundle/inner.txt").await, "from the tarball");
+    assert_eq!(
+        sh("cat /etc/notes/a.txt /etc/notes/b.txt").await,
+        "note a\nnote b"
+    );
+    assert_eq!(
+        sh("stat -c %u /proc/$(pidof httpd)").await,
+        "1234",
+        "USER applies to the app"
+    );
+    assert!(sh("cat /var/log/ember-app.log")
+        .await
+        .contains("app env: test yes"));
+    let answer = ember_builder::guest_http::request(
+        vm.agent(),
+        8080,
+        "GET",
+        "/greeting",
+        Default::default(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(String::from_utf8_lossy(&answer.body).contains("hello from 1234"));
+    vm.stop().await.unwrap();
+
+    // Unchanged: everything comes from the cache, no VM boots.
+    let again = env
+        .builder
+        .build(&env.spec("again", ctx.path()), &env.log("again"))
+        .await
+        .unwrap();
+    assert_eq!((again.cached_steps, again.snapshot_reused), (6, true));
+    // One changed file re-runs the build.
+    write(ctx.path(), "a.txt", "note a, edited\n");
+    let changed = env
+        .builder
+        .build(&env.spec("changed", ctx.path()), &env.log("changed"))
+        .await
+        .unwrap();
+    assert_eq!((changed.cached_steps, changed.snapshot_reused), (0, false));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_step_names_itself_and_leaves_nothing() {
+    let env = env().await;
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM busybox\nRUN echo preparing\nRUN echo boom >&2; exit 3\nCMD [\"true\"]\n",
+    );
+    let spec = env.spec("fails", ctx.path());
+    let err = env
+        .builder
+        .build(&spec, &env.log("fails"))
+        .await
+        .unwrap_err();
+    let reason = err.reason();
+    assert!(reason.contains("step 2/2 (Dockerfile line 3)"), "{reason}");
+    assert!(reason.contains("exited with code 3"), "{reason}");
+    assert!(
+        reason.contains("boom"),
+        "the log tail is in the reason: {reason}"
+    );
+    assert!(!spec.output_dir.exists());
+    assert!(!spec.work_dir.exists());
+    assert_eq!(env.vm_dirs(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_that_never_listens_fails_readiness_with_its_output() {
+    let env = env().await;
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM busybox\nEXPOSE 9999\nCMD [\"/bin/sh\", \"-c\", \"echo cannot bind; exit 7\"]\n",
+    );
+    let spec = env.spec("noready", ctx.path());
+    let err = env
+        .builder
+        .build(&spec, &env.log("noready"))
+        .await
+        .unwrap_err();
+    let reason = err.reason();
+    assert!(reason.contains("the app exited"), "{reason}");
+    assert!(
+        reason.contains("cannot bind"),
+        "the app's own output: {reason}"
+    );
+    assert!(!spec.output_dir.exists());
+    assert_eq!(env.vm_dirs(), 0);
+}
