@@ -11,14 +11,20 @@ export EMBER_DATA_DIR := $(abspath $(DATA_DIR))
 export EMBER_ASSETS_DIR := $(EMBER_DATA_DIR)/assets
 export EMBER_AGENT_BIN := $(abspath $(AGENT))
 
-.PHONY: run test bench deps agent setup lint unit-test vm-test clean
+.PHONY: run demo-vm test bench deps agent bins setup lint unit-test vm-test clean
 
-## run: boot a microVM, snapshot it, restore it, show its state survived
-run: setup
+## run: start emberd, build examples/hello-http through the API (live
+## build log), show the image
+run: setup bins
+	scripts/demo.sh
+
+## demo-vm: the foundation demo: boot, snapshot, restore, state survives
+demo-vm: setup
 	cargo run --quiet --release -p ember -- demo
 
-## test: lint, unit tests, and the tests that boot real guests
-test: lint setup
+## test: lint, unit tests, the tests that boot real guests, and the API
+## tests (AWS CLI and boto3 against a real emberd)
+test: lint setup bins
 	scripts/run-tests.sh
 
 ## bench: print one JSON object per benchmark result
@@ -31,6 +37,10 @@ deps:
 # The agent is PID 1 in a guest with no libc: link it statically.
 agent: deps
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile guest -p ember-agent --target $(AGENT_TARGET)
+
+# emberd and the ember CLI, which the API tests run as real processes.
+bins: deps
+	cargo build --quiet --release -p emberd -p ember
 
 setup: agent
 	cargo run --quiet --release -p ember -- setup >/dev/null

@@ -307,7 +307,7 @@ async fn stream_log(
         while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=nl).collect();
             let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-            match bar {
+            match bar.filter(|b| !b.is_hidden()) {
                 Some(bar) => {
                     if let Some(step) = line
                         .split_once(' ')
