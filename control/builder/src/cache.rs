@@ -83,11 +83,18 @@ impl BuildCache {
         self.root.join("tmp").join(name)
     }
 
-    /// Moves a finished layer into the cache.
-    pub fn put_layer(&self, key: &str, file: &Path) -> std::io::Result<PathBuf> {
-        let dest = self.layer_path(key);
-        std::fs::rename(file, &dest)?;
-        Ok(dest)
+    /// Where a new layer for `key` goes: its lookup name, unless another
+    /// build already put one there (layers are immutable once written, and
+    /// layers above ours refer to ours by path, so a name is never reused).
+    pub fn new_layer_path(&self, key: &str, build_id: &str) -> PathBuf {
+        let main = self.layer_path(key);
+        if main.exists() {
+            self.root
+                .join("layers")
+                .join(format!("{key}.{build_id}.qcow2"))
+        } else {
+            main
+        }
     }
 
     /// Moves a finished snapshot directory into the cache.

@@ -201,12 +201,14 @@ impl Builder {
         check_base(&plan, &spec.base)?;
 
         // Every step's key covers the base, the steps before it, its own
-        // instruction and, for COPY/ADD, the bytes it copies.
+        // instruction and, for COPY/ADD, the bytes it copies: a layer is
+        // reused only when everything that shaped it is the same.
         let mut key = CacheKey::new(
             &spec.base.name,
             &spec.base.content_version,
             &self.config.guest_version,
         );
+        let mut step_keys = Vec::with_capacity(plan.steps.len());
         for step in &plan.steps {
             key.add(&serde_json::to_string(&step.kind).unwrap_or_default());
             if let StepKind::Copy { sources, .. } = &step.kind {
@@ -216,9 +218,9 @@ impl Builder {
                     .map_err(|e| BuildError::new(step_stage(step, &plan), e.to_string()))?;
                 key.add(&digest);
             }
+            step_keys.push(key.hex());
         }
-        let layer_key = key.hex();
-        let (rootfs, cached_steps) = self.layer(spec, &plan, &context, &layer_key, log).await?;
+        let (rootfs, cached_steps) = self.layer(spec, &plan, &context, &step_keys, log).await?;
 
         let mut finish_key = key.clone();
         finish_key.add(&serde_json::to_string(&plan.config).unwrap_or_default());
@@ -247,28 +249,33 @@ impl Builder {
         })
     }
 
-    /// The root filesystem after all steps: from the cache, or built.
+    /// The root filesystem after all steps. The longest run of leading
+    /// steps found in the cache is reused; the build VM boots on that layer
+    /// and runs the rest, freezing one cached layer per step, so a changed
+    /// step re-runs only from there on. Layers of the steps that succeeded
+    /// are kept even when a later step fails.
     async fn layer(
         &self,
         spec: &BuildSpec,
         plan: &BuildPlan,
         context: &Context,
-        key: &str,
+        step_keys: &[String],
         log: &BuildLog,
     ) -> Result<(PathBuf, usize), BuildError> {
         let total = plan.steps.len();
-        if total == 0 {
-            return Ok((spec.base.image.clone(), 0));
+        let (done, start) = (0..total)
+            .rev()
+            .find_map(|i| self.cache.layer(&step_keys[i]).map(|p| (i + 1, p)))
+            .unwrap_or((0, spec.base.image.clone()));
+        for (i, step) in plan.steps.iter().enumerate().take(done) {
+            log.line(&format!(
+                "step {}/{total} CACHED {}",
+                i + 1,
+                step.instruction
+            ));
         }
-        if let Some(layer) = self.cache.layer(key) {
-            for (i, step) in plan.steps.iter().enumerate() {
-                log.line(&format!(
-                    "step {}/{total} CACHED {}",
-                    i + 1,
-                    step.instruction
-                ));
-            }
-            return Ok((layer, total));
+        if done == total {
+            return Ok((start, done));
         }
         log.line(&format!(
             "booting the build VM ({} MiB, egress {})",
@@ -279,7 +286,7 @@ impl Builder {
             format!("build-{}", short(&spec.id)),
             &self.config.kernel,
             &self.config.initramfs,
-            &spec.base.image,
+            &start,
         );
         vm_config.mem_mib = self.config.build_memory_mib;
         vm_config.vcpus = self.config.build_vcpus;
@@ -293,31 +300,26 @@ impl Builder {
             .boot(vm_config)
             .await
             .map_err(|e| BuildError::new("boot build VM", e.to_string()))?;
-        let result = self.run_steps(vm.as_ref(), spec, plan, context, log).await;
-        if let Err(e) = result {
-            let _ = vm.stop().await;
-            return Err(e);
-        }
-        let _ = vm.agent().sh("sync").await;
-        let scratch = self.cache.scratch(&format!("{}.qcow2", spec.id));
-        vm.stop_keeping_disk(&scratch)
-            .await
-            .map_err(|e| BuildError::new("save build result", e.to_string()))?;
-        let layer = self
-            .cache
-            .put_layer(key, &scratch)
-            .map_err(|e| BuildError::new("save build result", e.to_string()))?;
-        Ok((layer, 0))
+        let result = self
+            .run_steps(vm.as_ref(), spec, plan, context, step_keys, done, log)
+            .await;
+        let _ = vm.stop().await;
+        result.map(|top| (top, done))
     }
 
+    /// Runs steps `first..` in the build VM, freezing a cached layer after
+    /// each; returns the top layer.
+    #[allow(clippy::too_many_arguments)]
     async fn run_steps(
         &self,
         vm: &dyn Vm,
         spec: &BuildSpec,
         plan: &BuildPlan,
         context: &Context,
+        step_keys: &[String],
+        first: usize,
         log: &BuildLog,
-    ) -> Result<(), BuildError> {
+    ) -> Result<PathBuf, BuildError> {
         let agent = vm.agent();
         if spec.egress {
             // The guest resolves through the user-mode network's DNS relay.
@@ -327,19 +329,27 @@ impl Builder {
                 .map_err(|e| BuildError::new("network set-up", e.to_string()))?;
         }
         let total = plan.steps.len();
-        for (i, step) in plan.steps.iter().enumerate() {
+        let mut top = PathBuf::new();
+        for (i, step) in plan.steps.iter().enumerate().skip(first) {
             log.line(&format!("step {}/{total} {}", i + 1, step.instruction));
             let t = Instant::now();
             steps::run_step(agent, context, step, &spec.work_dir, log)
                 .await
                 .map_err(|e| BuildError::new(step_stage(step, plan), e))?;
+            let save = |m: String| BuildError::new("save layer", m);
+            steps::guest_sh(agent, "sync").await.map_err(save)?;
+            let dest = self.cache.new_layer_path(&step_keys[i], &spec.id);
+            vm.checkpoint_disk(&dest)
+                .await
+                .map_err(|e| save(e.to_string()))?;
+            top = dest;
             log.line(&format!(
                 "step {}/{total} done in {:.1} s",
                 i + 1,
                 t.elapsed().as_secs_f64()
             ));
         }
-        Ok(())
+        Ok(top)
     }
 
     /// Boots the built filesystem, readies the app and snapshots it into

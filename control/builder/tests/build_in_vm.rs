@@ -212,14 +212,31 @@ async fn dockerfile_instructions_shape_the_snapshot() {
         .await
         .unwrap();
     assert_eq!((again.cached_steps, again.snapshot_reused), (6, true));
-    // One changed file re-runs the build.
+    // A changed file re-runs the build from the step that copies it; the
+    // layers below come from the cache and the result is whole.
     write(ctx.path(), "a.txt", "note a, edited\n");
     let changed = env
         .builder
         .build(&env.spec("changed", ctx.path()), &env.log("changed"))
         .await
         .unwrap();
-    assert_eq!((changed.cached_steps, changed.snapshot_reused), (0, false));
+    assert_eq!((changed.cached_steps, changed.snapshot_reused), (4, false));
+    let vm = env
+        .hv
+        .restore("check2", &changed.snapshot_dir)
+        .await
+        .unwrap();
+    let out = vm
+        .agent()
+        .sh("cat /etc/notes/a.txt /srv/app/greeting /opt/bundle/inner.txt")
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout_str(),
+        "note a, edited\nhello from 1234 in /srv/app, mode test\nfrom the tarball\n"
+    );
+    vm.stop().await.unwrap();
+    assert_eq!(env.vm_dirs(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -271,5 +288,81 @@ async fn an_app_that_never_listens_fails_readiness_with_its_output() {
         "the app's own output: {reason}"
     );
     assert!(!spec.output_dir.exists());
+    assert_eq!(env.vm_dirs(), 0);
+}
+
+/// A hook listener in busybox sh: `/ready` answers 503 twice, then 200;
+/// `/validate` answers `$VALIDATE_STATUS` (from the request's environment).
+const HOOK_SH: &str = r#"#!/bin/sh
+read -r method path proto
+while read -r line; do [ -z "$(printf %s "$line" | tr -d '\r')" ] && break; done
+case "$path" in
+/ready) n=$(cat /tmp/ready-calls 2>/dev/null || echo 0); n=$((n + 1)); echo $n > /tmp/ready-calls
+        if [ "$n" -ge 3 ]; then code="200 OK"; else code="503 Not Ready"; fi ;;
+/validate) echo "$method" > /tmp/validated; code="${VALIDATE_STATUS:-200} Validated" ;;
+*) code="404 Not Found" ;;
+esac
+printf 'HTTP/1.1 %s\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok' "$code"
+"#;
+
+fn hooks_context() -> tempfile::TempDir {
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM busybox\nCOPY hook.sh /app/\nRUN chmod 755 /app/hook.sh\n\
+         CMD [\"nc\", \"-ll\", \"-p\", \"9000\", \"-e\", \"/app/hook.sh\"]\n",
+    );
+    write(ctx.path(), "hook.sh", HOOK_SH);
+    ctx
+}
+
+fn with_hooks(mut spec: BuildSpec, validate_status: &str) -> BuildSpec {
+    spec.hooks = ImageHooks {
+        port: Some(9000),
+        ready: Some(Duration::from_secs(60)),
+        ready_timeout: Some(Duration::from_secs(60)),
+        validate: Some(Duration::from_secs(20)),
+    };
+    spec.environment = vec![("VALIDATE_STATUS".into(), validate_status.into())];
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_and_validate_hooks_gate_the_snapshot() {
+    let env = env().await;
+    let ctx = hooks_context();
+    let spec = with_hooks(env.spec("hooks", ctx.path()), "200");
+    let out = match env.builder.build(&spec, &env.log("hooks")).await {
+        Ok(out) => out,
+        Err(e) => panic!("build failed: {}", e.reason()),
+    };
+    let vm = env
+        .hv
+        .restore("hooks-check", &out.snapshot_dir)
+        .await
+        .unwrap();
+    let o = vm
+        .agent()
+        .sh("cat /tmp/ready-calls /tmp/validated")
+        .await
+        .unwrap();
+    assert_eq!(
+        o.stdout_str(),
+        "3\nPOST\n",
+        "polled until 200, then validated"
+    );
+    vm.stop().await.unwrap();
+
+    let failing = with_hooks(env.spec("hooks-bad", ctx.path()), "500");
+    let err = env
+        .builder
+        .build(&failing, &env.log("hooks-bad"))
+        .await
+        .unwrap_err();
+    let reason = err.reason();
+    assert!(reason.starts_with("validate hook"), "{reason}");
+    assert!(reason.contains("500"), "{reason}");
+    assert!(!failing.output_dir.exists());
     assert_eq!(env.vm_dirs(), 0);
 }

@@ -196,8 +196,8 @@ impl Builds {
 pub fn recover_interrupted(store: &Store, layout: &DataDir) -> anyhow::Result<usize> {
     let unfinished = store.unfinished_builds()?;
     let t = now();
-    let reason = "emberd stopped while this build was running; the build was abandoned. \
-                  Run UpdateMicrovmImage to build again.";
+    let reason = "emberd stopped while this build was running and found it unfinished at restart; \
+                  the build was abandoned. Run UpdateMicrovmImage to build again.";
     for b in &unfinished {
         store.update_build_state(&b.id, "FAILED", Some(reason), t)?;
         store.update_version_state(&b.image, b.version, "FAILED", Some(reason), None, t)?;

@@ -192,6 +192,15 @@ pub trait Vm: Send + Sync {
 
     fn stats(&self) -> Result<VmStats, VmmError>;
 
+    /// Freezes the VM's writable disk layer and hard-links it to `dest`
+    /// (which must not exist, on the same filesystem); writes continue in a
+    /// new empty layer on top. The frozen layer is a qcow2 image whose
+    /// backing file is the layer below (the VM's root filesystem for the
+    /// first one), so image builds keep one layer per step. The guest should
+    /// `sync` first. Afterwards the VM can no longer be snapshotted,
+    /// suspended or stopped keeping its disk: its disk is a chain.
+    async fn checkpoint_disk(&self, dest: &Path) -> Result<(), VmmError>;
+
     /// Ends the VM and moves its writable disk layer to `dest` (which must
     /// not exist): a qcow2 image whose backing file is the VM's root
     /// filesystem, usable as the `rootfs` of a later VM. The guest should

@@ -153,13 +153,15 @@ impl Daemon {
                 Reply::UntagResource
             }
             Action::ListTags(r) => Reply::ListTags(self.list_tags(r)?),
-            other => return Err(ApiError::new(
-                ErrorKind::InternalServer,
-                format!(
+            other => {
+                return Err(ApiError::new(
+                    ErrorKind::InternalServer,
+                    format!(
                     "{} is not implemented by this emberd yet: microVMs come with the next release",
                     other.operation().name()
                 ),
-            )),
+                ))
+            }
         })
     }
 }

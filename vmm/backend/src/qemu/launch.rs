@@ -128,6 +128,7 @@ fn running_vm(
         agent,
         child: Mutex::new(child),
         state: Mutex::new(RunState::Running),
+        checkpoints: Mutex::new(Vec::new()),
         config,
     }
 }

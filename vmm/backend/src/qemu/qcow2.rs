@@ -46,6 +46,56 @@ pub fn virtual_size(path: &Path, format: &str) -> Result<u64, VmmError> {
     }
 }
 
+/// Points the qcow2 image `layer` at a new backing file name without
+/// touching its data: for layers whose backing file was hard-linked
+/// elsewhere, same contents. The name is rewritten in place in the
+/// header cluster (QEMU keeps nothing after it there), which also works
+/// while QEMU holds the image open as a read-only backing file, where
+/// `qemu-img rebase` is refused by QEMU's image locking.
+pub fn rebase_header(layer: &Path, backing: &Path) -> Result<(), VmmError> {
+    use std::io::{Seek, SeekFrom};
+    let ctx = || format!("rebase {}", layer.display());
+    let bad = |message: String| VmmError::Tool {
+        tool: "qcow2",
+        message: format!("{}: {message}", layer.display()),
+    };
+    let name = backing.as_os_str().as_encoded_bytes();
+    if name.len() > MAX_BACKING_NAME || !backing.is_absolute() {
+        return Err(bad(format!(
+            "backing path must be absolute and under 1 KiB: {}",
+            backing.display()
+        )));
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(layer)
+        .map_err(VmmError::io(ctx()))?;
+    let mut h = [0u8; 24];
+    f.read_exact(&mut h).map_err(VmmError::io(ctx()))?;
+    let be32 = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    if be32(0) != MAGIC || be32(4) != 3 {
+        return Err(bad("not a qcow2 v3 image".into()));
+    }
+    let mut off = [0u8; 8];
+    off.copy_from_slice(&h[8..16]);
+    let offset = u64::from_be_bytes(off);
+    let cluster = 1u64 << be32(20).min(21);
+    if offset == 0 || offset + name.len() as u64 > cluster {
+        return Err(bad(format!(
+            "no room for a {}-byte backing name",
+            name.len()
+        )));
+    }
+    f.seek(SeekFrom::Start(offset))
+        .map_err(VmmError::io(ctx()))?;
+    f.write_all(name).map_err(VmmError::io(ctx()))?;
+    f.seek(SeekFrom::Start(16)).map_err(VmmError::io(ctx()))?;
+    f.write_all(&(name.len() as u32).to_be_bytes())
+        .map_err(VmmError::io(ctx()))?;
+    f.sync_all().map_err(VmmError::io(ctx()))
+}
+
 /// "qcow2" when `path` starts with the qcow2 magic, else "raw": a root
 /// filesystem is either a base image or a layer an image build left.
 pub fn detect_format(path: &Path) -> Result<&'static str, VmmError> {
@@ -205,5 +255,48 @@ mod tests {
         assert!(create_overlay(&not_qcow, "qcow2", &dir.path().join("o")).is_err());
         assert!(create_overlay(&not_qcow, "vmdk", &dir.path().join("o")).is_err());
         assert!(create_overlay(Path::new("relative"), "raw", &dir.path().join("o")).is_err());
+    }
+
+    #[test]
+    fn rebase_header_repoints_a_qemu_made_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        std::fs::write(&base, vec![7u8; 1 << 20]).unwrap();
+        let mid = dir.path().join("mid.qcow2");
+        create_overlay(&base, "raw", &mid).unwrap();
+        // As QEMU leaves it after blockdev-snapshot-sync: a relative name.
+        let top = dir.path().join("top.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            "mid.qcow2",
+            top.to_str().unwrap(),
+        ]);
+        let kept = dir.path().join("kept-mid.qcow2");
+        std::fs::hard_link(&mid, &kept).unwrap();
+        rebase_header(&top, &kept).unwrap();
+        let info = qemu_img(&["info", "--output=json", top.to_str().unwrap()]);
+        assert!(
+            info.contains(&format!("\"backing-filename\": \"{}\"", kept.display())),
+            "{info}"
+        );
+        qemu_img(&["check", top.to_str().unwrap()]);
+        std::fs::remove_file(&mid).unwrap();
+        let out = dir.path().join("out.raw");
+        qemu_img(&[
+            "convert",
+            "-O",
+            "raw",
+            top.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(std::fs::read(out).unwrap(), vec![7u8; 1 << 20]);
+        assert!(rebase_header(&base, &kept).is_err(), "not a qcow2 image");
+        assert!(rebase_header(&top, Path::new("relative")).is_err());
     }
 }

@@ -51,6 +51,9 @@ pub struct QemuVm {
     pub(super) agent: AgentClient,
     pub(super) child: Mutex<Option<Child>>,
     pub(super) state: Mutex<RunState>,
+    /// Disk layers frozen by `checkpoint_disk`; once any exist, the disk is
+    /// a chain inside the runtime folder that snapshots cannot carry.
+    pub(super) checkpoints: Mutex<Vec<PathBuf>>,
 }
 
 impl QemuVm {
@@ -187,6 +190,15 @@ impl QemuVm {
         })
     }
 
+    async fn refuse_if_checkpointed(&self) -> Result<(), VmmError> {
+        if !self.checkpoints.lock().await.is_empty() {
+            return Err(VmmError::WrongState(
+                "running on a checkpointed disk chain (use checkpoint_disk for its layers)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Ends the QEMU process and forgets the VM's runtime directory.
     async fn end_process(&self, state: &mut RunState) -> Result<(), VmmError> {
         let mut child = self.child.lock().await;
@@ -251,6 +263,7 @@ impl Vm for QemuVm {
     }
 
     async fn snapshot(&self, dir: &Path) -> Result<SnapshotInfo, VmmError> {
+        self.refuse_if_checkpointed().await?;
         let started = Instant::now();
         let dir = create_snapshot_dir(dir)?;
         let result = async {
@@ -266,6 +279,7 @@ impl Vm for QemuVm {
     }
 
     async fn suspend(&self, dir: &Path) -> Result<SnapshotInfo, VmmError> {
+        self.refuse_if_checkpointed().await?;
         let started = Instant::now();
         let dir = create_snapshot_dir(dir)?;
         let device_state = match self.save_device_state(&dir).await {
@@ -299,12 +313,51 @@ impl Vm for QemuVm {
         })
     }
 
+    async fn checkpoint_disk(&self, dest: &Path) -> Result<(), VmmError> {
+        let state = self.state.lock().await;
+        if *state == RunState::Stopped {
+            return Err(VmmError::WrongState("stopped"));
+        }
+        let mut checkpoints = self.checkpoints.lock().await;
+        let n = checkpoints.len();
+        let frozen = match n {
+            0 => self.dir.join(DISK),
+            k => self.dir.join(format!("disk-{k}.qcow2")),
+        };
+        let next = self.dir.join(format!("disk-{}.qcow2", n + 1));
+        // QEMU drains and flushes the active layer, makes it the read-only
+        // backing file of a new empty one, and writes go there from now on.
+        self.qmp
+            .execute(
+                "blockdev-snapshot-sync",
+                json!({
+                    "device": "root",
+                    "snapshot-file": next.display().to_string(),
+                    "format": "qcow2",
+                }),
+            )
+            .await?;
+        // A layer QEMU created names the one below by its runtime path;
+        // point it at where that one was kept, so the chain outlives us.
+        if let Some(below) = checkpoints.last() {
+            super::qcow2::rebase_header(&frozen, below)?;
+        }
+        std::fs::hard_link(&frozen, dest).map_err(VmmError::io(format!(
+            "link {} to {}",
+            frozen.display(),
+            dest.display()
+        )))?;
+        checkpoints.push(dest.to_path_buf());
+        Ok(())
+    }
+
     async fn stop_keeping_disk(&self, dest: &Path) -> Result<(), VmmError> {
         if dest.exists() {
             return Err(VmmError::io(format!("keep disk at {}", dest.display()))(
                 std::io::Error::from(std::io::ErrorKind::AlreadyExists),
             ));
         }
+        self.refuse_if_checkpointed().await?;
         let mut state = self.state.lock().await;
         if *state == RunState::Stopped {
             return Err(VmmError::WrongState("stopped"));
