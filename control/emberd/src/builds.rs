@@ -212,7 +212,23 @@ pub fn recover_interrupted(store: &Store, layout: &DataDir) -> anyhow::Result<us
         remove_quietly(&layout.snapshot(&b.image, b.version));
         tracing::warn!(build = %b.id, image = %b.image, version = b.version, "interrupted build marked FAILED");
     }
+    remove_stale_build_vms(layout);
     Ok(unfinished.len())
+}
+
+/// Build and image-check VMs die with the emberd that started them (their
+/// QEMU has a parent-death signal); their runtime folders stay behind.
+fn remove_stale_build_vms(layout: &DataDir) {
+    let Ok(entries) = std::fs::read_dir(layout.vm_state().join("vms")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("build-") || name.starts_with("image-") {
+            tracing::info!(vm = %name, "removing the runtime folder of a build VM from before the restart");
+            remove_quietly(&entry.path());
+        }
+    }
 }
 
 fn remove_quietly(path: &Path) {
