@@ -232,11 +232,13 @@ impl Builder {
             .await?;
 
         let memory_bytes = allocated(&spec.output_dir.join("memory.ram"));
-        let layer_bytes = if plan.steps.is_empty() {
-            0
-        } else {
-            allocated(&rootfs)
-        };
+        // The image's own disk: every layer its steps made over the base
+        // (shared with other images where steps match), plus the snapshot's.
+        let layer_bytes: u64 = step_keys
+            .iter()
+            .filter_map(|k| self.cache.layer(k))
+            .map(|p| allocated(&p))
+            .sum();
         Ok(BuildOutput {
             snapshot_dir: spec.output_dir.clone(),
             memory_bytes,
