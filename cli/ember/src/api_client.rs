@@ -43,26 +43,13 @@ impl ApiClient {
         let creds_path = data_dir.join("credentials");
         let text = std::fs::read_to_string(&creds_path)
             .with_context(|| format!("reading {}", creds_path.display()))?;
-        let (mut id, mut secret, mut in_default) = (None, None, false);
-        for line in text.lines().map(str::trim) {
-            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                in_default = s.trim() == "default";
-            } else if let (true, Some((k, v))) = (in_default, line.split_once('=')) {
-                match k.trim() {
-                    "aws_access_key_id" => id = Some(v.trim().to_string()),
-                    "aws_secret_access_key" => secret = Some(v.trim().to_string()),
-                    _ => {}
-                }
-            }
-        }
-        let (Some(access_key_id), Some(secret_access_key)) = (id, secret) else {
-            bail!("{} has no [default] key pair", creds_path.display());
-        };
+        let creds = ember_api::Credentials::from_shared_file(&text)
+            .with_context(|| format!("{} has no [default] key pair", creds_path.display()))?;
         Ok(Self {
             endpoint: url::Url::parse(&endpoint)
                 .with_context(|| format!("endpoint {endpoint:?}"))?,
-            access_key_id,
-            secret_access_key,
+            access_key_id: creds.access_key_id,
+            secret_access_key: creds.secret_access_key,
             region: region.to_string(),
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -13,46 +13,73 @@ use crate::api_client::ApiClient;
 
 const IMAGES: &str = "/2025-09-09/microvm-images";
 
+/// What a build is made from: create and update take the same.
+#[derive(Args)]
+pub struct BuildArgs {
+    /// A folder, a .zip, or a file:// / http(s):// URI.
+    #[arg(long)]
+    code: String,
+    /// Managed base image (must agree with the Dockerfile's FROM).
+    #[arg(long, default_value = "busybox")]
+    base: String,
+    /// Grant RUN steps outbound internet ("internet").
+    #[arg(long)]
+    egress: Option<String>,
+    /// KEY=VALUE for the app's environment; repeatable.
+    #[arg(long = "env")]
+    env: Vec<String>,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    memory: Option<u32>,
+    #[arg(long, default_value = "arn:aws:iam::123456789012:role/ember-build")]
+    build_role_arn: String,
+    /// Return once the build is queued instead of following it.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+impl BuildArgs {
+    /// The request members both operations share.
+    fn body(&self) -> anyhow::Result<Value> {
+        let mut body = json!({
+            "codeArtifact": {"uri": artifact_uri(&self.code)?},
+            "baseImageArn": self.base,
+            "buildRoleArn": self.build_role_arn,
+        });
+        if let Some(e) = &self.egress {
+            body["egressNetworkConnectors"] = json!([e]);
+        }
+        if !self.env.is_empty() {
+            let mut map = serde_json::Map::new();
+            for kv in &self.env {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
+                map.insert(k.to_string(), json!(v));
+            }
+            body["environmentVariables"] = Value::Object(map);
+        }
+        if let Some(m) = self.memory {
+            body["resources"] = json!([{"minimumMemoryInMiB": m}]);
+        }
+        Ok(body)
+    }
+}
+
 #[derive(Subcommand)]
 pub enum ImageCommand {
     /// Build a new image from a folder or zip with a Dockerfile, showing
     /// the build as it runs.
     Create {
         name: String,
-        /// A folder, a .zip, or a file:// / http(s):// URI.
-        #[arg(long)]
-        code: String,
-        /// Managed base image (must agree with the Dockerfile's FROM).
-        #[arg(long, default_value = "busybox")]
-        base: String,
-        /// Grant RUN steps outbound internet ("internet").
-        #[arg(long)]
-        egress: Option<String>,
-        /// KEY=VALUE for the app's environment; repeatable.
-        #[arg(long = "env")]
-        env: Vec<String>,
-        /// Guest memory in MiB.
-        #[arg(long)]
-        memory: Option<u32>,
-        #[arg(long, default_value = "arn:aws:iam::123456789012:role/ember-build")]
-        build_role_arn: String,
-        /// Return once the build is queued instead of following it.
-        #[arg(long)]
-        no_wait: bool,
+        #[command(flatten)]
+        build: BuildArgs,
     },
-    /// Build a new version of an existing image.
+    /// Build a new version of an existing image (same options as create).
     Update {
         name: String,
-        #[arg(long)]
-        code: String,
-        #[arg(long, default_value = "busybox")]
-        base: String,
-        #[arg(long)]
-        egress: Option<String>,
-        #[arg(long, default_value = "arn:aws:iam::123456789012:role/ember-build")]
-        build_role_arn: String,
-        #[arg(long)]
-        no_wait: bool,
+        #[command(flatten)]
+        build: BuildArgs,
     },
     /// List images.
     List,
@@ -73,61 +100,18 @@ pub enum ImageCommand {
 
 pub async fn run(client: &ApiClient, cmd: ImageCommand) -> anyhow::Result<()> {
     match cmd {
-        ImageCommand::Create {
-            name,
-            code,
-            base,
-            egress,
-            env,
-            memory,
-            build_role_arn,
-            no_wait,
-        } => {
-            let mut body = json!({
-                "name": name,
-                "codeArtifact": {"uri": artifact_uri(&code)?},
-                "baseImageArn": base,
-                "buildRoleArn": build_role_arn,
-            });
-            if let Some(e) = egress {
-                body["egressNetworkConnectors"] = json!([e]);
-            }
-            if !env.is_empty() {
-                let mut map = serde_json::Map::new();
-                for kv in env {
-                    let (k, v) = kv
-                        .split_once('=')
-                        .with_context(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
-                    map.insert(k.to_string(), json!(v));
-                }
-                body["environmentVariables"] = Value::Object(map);
-            }
-            if let Some(m) = memory {
-                body["resources"] = json!([{"minimumMemoryInMiB": m}]);
-            }
+        ImageCommand::Create { name, build } => {
+            let mut body = build.body()?;
+            body["name"] = json!(name);
             let out = client.call(Method::POST, IMAGES, &[], Some(&body)).await?;
-            finish_submit(client, &name, &out, no_wait).await
+            finish_submit(client, &name, &out, build.no_wait).await
         }
-        ImageCommand::Update {
-            name,
-            code,
-            base,
-            egress,
-            build_role_arn,
-            no_wait,
-        } => {
-            let mut body = json!({
-                "codeArtifact": {"uri": artifact_uri(&code)?},
-                "baseImageArn": base,
-                "buildRoleArn": build_role_arn,
-            });
-            if let Some(e) = egress {
-                body["egressNetworkConnectors"] = json!([e]);
-            }
+        ImageCommand::Update { name, build } => {
+            let body = build.body()?;
             let out = client
                 .call(Method::PUT, &format!("{IMAGES}/{name}"), &[], Some(&body))
                 .await?;
-            finish_submit(client, &name, &out, no_wait).await
+            finish_submit(client, &name, &out, build.no_wait).await
         }
         ImageCommand::List => {
             let mut token: Option<String> = None;

@@ -195,6 +195,38 @@ fn parse_amz_date(text: &str) -> Option<SystemTime> {
 }
 
 impl Credentials {
+    /// The `[default]` profile's key pair from the text of an AWS
+    /// shared-credentials file (the format emberd keeps its key in).
+    pub fn from_shared_file(text: &str) -> Option<Credentials> {
+        let mut in_default = false;
+        let (mut id, mut secret) = (None, None);
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                in_default = section.trim() == "default";
+            } else if let (true, Some((k, v))) = (in_default, line.split_once('=')) {
+                match k.trim() {
+                    "aws_access_key_id" => id = Some(v.trim().to_string()),
+                    "aws_secret_access_key" => secret = Some(v.trim().to_string()),
+                    _ => {}
+                }
+            }
+        }
+        match (id, secret) {
+            (Some(access_key_id), Some(secret_access_key))
+                if !access_key_id.is_empty() && !secret_access_key.is_empty() =>
+            {
+                Some(Credentials {
+                    access_key_id,
+                    secret_access_key,
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Checks one request's signature at time `now`.
     pub fn verify(
         &self,

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use rand::distributions::{Alphanumeric, DistString};
 use rand::Rng;
 
@@ -69,40 +69,11 @@ fn create(path: &Path) -> anyhow::Result<Credentials> {
     Ok(creds)
 }
 
-/// Reads the `[default]` profile of an INI-style credentials file.
+/// Reads the `[default]` profile of a shared-credentials file.
 pub fn parse(text: &str) -> anyhow::Result<Credentials> {
-    let mut in_default = false;
-    let (mut id, mut secret) = (None, None);
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
-            continue;
-        }
-        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            in_default = section.trim() == "default";
-            continue;
-        }
-        if !in_default {
-            continue;
-        }
-        if let Some((k, v)) = line.split_once('=') {
-            match k.trim() {
-                "aws_access_key_id" => id = Some(v.trim().to_string()),
-                "aws_secret_access_key" => secret = Some(v.trim().to_string()),
-                _ => {}
-            }
-        }
-    }
-    match (id, secret) {
-        (Some(access_key_id), Some(secret_access_key))
-            if !access_key_id.is_empty() && !secret_access_key.is_empty() =>
-        {
-            Ok(Credentials {
-                access_key_id,
-                secret_access_key,
-            })
-        }
-        _ => bail!("no [default] profile with aws_access_key_id and aws_secret_access_key"),
-    }
+    Credentials::from_shared_file(text).ok_or_else(|| {
+        anyhow::anyhow!("no [default] profile with aws_access_key_id and aws_secret_access_key")
+    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::cmd::{run, stdout_string};
-use crate::fsutil::{create_dir_all, hex, lock_exclusive, read_json, write_json};
+use crate::fsutil::hex;
 use crate::rootfs::BaseRootfs;
 use crate::AssetError;
 
@@ -34,34 +34,16 @@ const HOSTS: &str = "\
 ";
 
 pub(crate) fn ensure(root: &Path) -> Result<BaseRootfs, AssetError> {
-    let dir = root.join(NAME);
-    create_dir_all(&dir)?;
-    let _lock = lock_exclusive(&dir.join(".lock"))?;
-    let manifest = dir.join("manifest.json");
-    let image = dir.join("rootfs.ext4");
-    if let Some(mut base) = read_json::<BaseRootfs>(&manifest) {
-        // Paths are re-derived so the cache survives being moved.
-        base.image = image.clone();
-        let size = fs::metadata(&image).map(|m| m.len()).ok();
-        if size == Some(IMAGE_SIZE) {
-            tracing::debug!(version = %base.version, "{NAME} rootfs cached");
-            return Ok(base);
+    crate::rootfs::ensure_cached(root, NAME, IMAGE_SIZE, |dir, image| {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(AssetError::NeedsRoot { image: NAME });
         }
-        tracing::info!("{NAME} rootfs cache stale; rebuilding");
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(AssetError::NeedsRoot { image: NAME });
-    }
-    let started = Instant::now();
-    let base = build(&dir, &image)?;
-    write_json(&manifest, &base)?;
-    tracing::info!(
-        version = %base.version,
-        secs = started.elapsed().as_secs(),
-        "{NAME} rootfs ready"
-    );
-    Ok(base)
+        let started = Instant::now();
+        let base = build(dir, image)?;
+        tracing::info!(secs = started.elapsed().as_secs(), "{NAME} built");
+        Ok(base)
+    })
 }
 
 fn build(dir: &Path, image: &Path) -> Result<BaseRootfs, AssetError> {

@@ -35,7 +35,19 @@ pub struct BaseRootfs {
 }
 
 pub(crate) fn ensure(root: &Path) -> Result<BaseRootfs, AssetError> {
-    let dir = root.join("busybox");
+    ensure_cached(root, "busybox", IMAGE_SIZE, build)
+}
+
+/// A base image cached in `root/NAME/` (`rootfs.ext4` + `manifest.json`),
+/// built by `build(dir, image)` when missing or stale, under a file lock so
+/// concurrent callers build it once.
+pub(crate) fn ensure_cached(
+    root: &Path,
+    name: &str,
+    image_size: u64,
+    build: impl FnOnce(&Path, &Path) -> Result<BaseRootfs, AssetError>,
+) -> Result<BaseRootfs, AssetError> {
+    let dir = root.join(name);
     create_dir_all(&dir)?;
     let _lock = lock_exclusive(&dir.join(".lock"))?;
     let manifest = dir.join("manifest.json");
@@ -44,15 +56,15 @@ pub(crate) fn ensure(root: &Path) -> Result<BaseRootfs, AssetError> {
         // Paths are re-derived so the cache survives being moved.
         base.image = image.clone();
         let size = fs::metadata(&image).map(|m| m.len()).ok();
-        if size == Some(IMAGE_SIZE) {
-            tracing::debug!(version = %base.version, "busybox rootfs cached");
+        if size == Some(image_size) {
+            tracing::debug!(version = %base.version, "{name} rootfs cached");
             return Ok(base);
         }
-        tracing::info!("busybox rootfs cache stale; rebuilding");
+        tracing::info!("{name} rootfs cache stale; rebuilding");
     }
     let base = build(&dir, &image)?;
     write_json(&manifest, &base)?;
-    tracing::info!(version = %base.version, "busybox rootfs ready");
+    tracing::info!(version = %base.version, "{name} rootfs ready");
     Ok(base)
 }
 

@@ -11,10 +11,12 @@ use super::common::{
     MicrovmImageVersionState, MicrovmImageVersionStatus, Resources, SnapshotBuild, Tags, Timestamp,
 };
 
+/// What defines an image version: the members the create and update
+/// requests carry and every description of a version echoes back.
 #[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CreateMicrovmImageRequest {
+pub struct MicrovmImageBuildConfig {
     pub base_image_arn: String,
     pub base_image_version: Option<String>,
     pub build_role_arn: String,
@@ -27,6 +29,14 @@ pub struct CreateMicrovmImageRequest {
     pub additional_os_capabilities: Option<Vec<Capability>>,
     pub hooks: Option<Hooks>,
     pub environment_variables: Option<EnvironmentVariables>,
+}
+
+#[skip_serializing_none]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateMicrovmImageRequest {
+    #[serde(flatten)]
+    pub config: MicrovmImageBuildConfig,
     pub name: String,
     pub tags: Option<Tags>,
     pub client_token: Option<String>,
@@ -37,18 +47,8 @@ pub struct CreateMicrovmImageRequest {
 #[serde(rename_all = "camelCase")]
 pub struct UpdateMicrovmImageRequest {
     pub image_identifier: String,
-    pub base_image_arn: String,
-    pub base_image_version: Option<String>,
-    pub build_role_arn: String,
-    pub description: Option<String>,
-    pub code_artifact: CodeArtifact,
-    pub logging: Option<Logging>,
-    pub egress_network_connectors: Option<Vec<String>>,
-    pub cpu_configurations: Option<Vec<CpuConfiguration>>,
-    pub resources: Option<Vec<Resources>>,
-    pub additional_os_capabilities: Option<Vec<Capability>>,
-    pub hooks: Option<Hooks>,
-    pub environment_variables: Option<EnvironmentVariables>,
+    #[serde(flatten)]
+    pub config: MicrovmImageBuildConfig,
     pub client_token: Option<String>,
 }
 
@@ -64,18 +64,8 @@ pub struct MicrovmImageWithVersion {
     pub latest_active_image_version: Option<String>,
     pub latest_failed_image_version: Option<String>,
     pub created_at: Timestamp,
-    pub base_image_arn: String,
-    pub base_image_version: Option<String>,
-    pub build_role_arn: String,
-    pub description: Option<String>,
-    pub code_artifact: CodeArtifact,
-    pub logging: Option<Logging>,
-    pub egress_network_connectors: Option<Vec<String>>,
-    pub cpu_configurations: Option<Vec<CpuConfiguration>>,
-    pub resources: Option<Vec<Resources>>,
-    pub additional_os_capabilities: Option<Vec<Capability>>,
-    pub hooks: Option<Hooks>,
-    pub environment_variables: Option<EnvironmentVariables>,
+    #[serde(flatten)]
+    pub config: MicrovmImageBuildConfig,
     pub tags: Option<Tags>,
     pub updated_at: Option<Timestamp>,
     pub image_version: String,
@@ -172,18 +162,8 @@ pub struct DeleteMicrovmImageVersionOutput {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MicrovmImageVersion {
-    pub base_image_arn: String,
-    pub base_image_version: Option<String>,
-    pub build_role_arn: String,
-    pub description: Option<String>,
-    pub code_artifact: CodeArtifact,
-    pub logging: Option<Logging>,
-    pub egress_network_connectors: Option<Vec<String>>,
-    pub cpu_configurations: Option<Vec<CpuConfiguration>>,
-    pub resources: Option<Vec<Resources>>,
-    pub additional_os_capabilities: Option<Vec<Capability>>,
-    pub hooks: Option<Hooks>,
-    pub environment_variables: Option<EnvironmentVariables>,
+    #[serde(flatten)]
+    pub config: MicrovmImageBuildConfig,
     pub image_arn: String,
     pub image_version: String,
     pub state: MicrovmImageVersionState,

@@ -64,11 +64,12 @@ fn body_members_become_a_typed_request() {
     };
     assert_eq!(request.name, "hello");
     assert_eq!(
-        request.code_artifact.uri.as_deref(),
+        request.config.code_artifact.uri.as_deref(),
         Some("s3://bucket/app.zip")
     );
     assert_eq!(
         request
+            .config
             .logging
             .unwrap()
             .cloud_watch
@@ -77,11 +78,11 @@ fn body_members_become_a_typed_request() {
             .as_deref(),
         Some("/ember/app")
     );
-    let hooks = request.hooks.unwrap();
+    let hooks = request.config.hooks.unwrap();
     assert_eq!(hooks.port, Some(8080));
     assert_eq!(hooks.microvm_hooks.unwrap().run, Some(HookState::Enabled));
     assert_eq!(
-        request.cpu_configurations.unwrap()[0].architecture,
+        request.config.cpu_configurations.unwrap()[0].architecture,
         Architecture::X86_64
     );
 }

@@ -7,16 +7,17 @@ use ember_api::model::{
     DeleteMicrovmImageVersionOutput, GetMicrovmImageBuildInput, HookState,
     ListMicrovmImageBuildsInput, ListMicrovmImageBuildsOutput, ListMicrovmImageVersionsInput,
     ListMicrovmImageVersionsOutput, ListMicrovmImagesRequest, ListMicrovmImagesResponse,
-    MicrovmImage, MicrovmImageBuild, MicrovmImageState, MicrovmImageSummary, MicrovmImageVersion,
-    MicrovmImageVersionState, MicrovmImageVersionStatus, MicrovmImageWithVersion, SnapshotBuild,
-    Tags, Timestamp, UpdateMicrovmImageRequest, UpdateMicrovmImageVersionRequest,
+    MicrovmImage, MicrovmImageBuild, MicrovmImageBuildConfig, MicrovmImageState,
+    MicrovmImageSummary, MicrovmImageVersion, MicrovmImageVersionState, MicrovmImageVersionStatus,
+    MicrovmImageWithVersion, SnapshotBuild, Tags, Timestamp, UpdateMicrovmImageRequest,
+    UpdateMicrovmImageVersionRequest,
 };
 use ember_api::{page_size, ApiError, PageToken};
 use ember_builder::ImageHooks;
 use ember_store::{BuildRecord, ImageRecord, NewImage, NewVersion, StoreError, VersionRecord};
 
 use super::names::{egress_from_connectors, new_id};
-use super::spec::VersionSpec;
+use super::spec;
 use super::{internal, Daemon};
 use crate::builds::BuildJob;
 use crate::now;
@@ -40,7 +41,7 @@ struct CheckedSpec {
 }
 
 impl Daemon {
-    fn check_spec(&self, spec: &VersionSpec) -> Result<CheckedSpec, ApiError> {
+    fn check_spec(&self, spec: &MicrovmImageBuildConfig) -> Result<CheckedSpec, ApiError> {
         let base = self.arns.managed_base(&spec.base_image_arn).ok_or_else(|| {
             ApiError::validation(format!(
                 "baseImageArn {:?} is not a managed base image; ListManagedMicrovmImages lists them \
@@ -143,11 +144,11 @@ impl Daemon {
         }
     }
 
-    fn new_version(&self, spec: &VersionSpec) -> (String, NewVersion) {
+    fn new_version(&self, spec: &MicrovmImageBuildConfig) -> (String, NewVersion) {
         let build_id = new_id();
         let log_path = self.layout.build_log(&build_id).display().to_string();
         let version = NewVersion {
-            spec: spec.to_json(),
+            spec: spec::to_json(spec),
             state: MicrovmImageVersionState::Pending.as_str().into(),
             status: MicrovmImageVersionStatus::Active.as_str().into(),
             build_id: build_id.clone(),
@@ -162,7 +163,7 @@ impl Daemon {
         &self,
         r: CreateMicrovmImageRequest,
     ) -> Result<MicrovmImageWithVersion, ApiError> {
-        let spec = VersionSpec::from(&r);
+        let spec = r.config.clone();
         let checked = self.check_spec(&spec)?;
         let tags = r.tags.clone().unwrap_or_default();
         if tags.len() > MAX_TAGS {
@@ -214,7 +215,7 @@ impl Daemon {
                 ),
             ));
         }
-        let spec = VersionSpec::from(&r);
+        let spec = r.config.clone();
         let checked = self.check_spec(&spec)?;
         let (build_id, version) = self.new_version(&spec);
         let t = version.now;
@@ -505,20 +506,8 @@ impl Daemon {
         image: &ImageRecord,
         v: &VersionRecord,
     ) -> Result<MicrovmImageVersion, ApiError> {
-        let spec = VersionSpec::from_json(&v.spec)?;
         Ok(MicrovmImageVersion {
-            base_image_arn: spec.base_image_arn,
-            base_image_version: spec.base_image_version,
-            build_role_arn: spec.build_role_arn,
-            description: spec.description,
-            code_artifact: spec.code_artifact,
-            logging: spec.logging,
-            egress_network_connectors: spec.egress_network_connectors,
-            cpu_configurations: spec.cpu_configurations,
-            resources: spec.resources,
-            additional_os_capabilities: spec.additional_os_capabilities,
-            hooks: spec.hooks,
-            environment_variables: spec.environment_variables,
+            config: spec::from_json(&v.spec)?,
             image_arn: image.arn.clone(),
             image_version: v.version.to_string(),
             state: version_state(&v.state),
@@ -588,7 +577,7 @@ impl Daemon {
     }
 }
 
-fn image_hooks(spec: &VersionSpec) -> Result<ImageHooks, ApiError> {
+fn image_hooks(spec: &MicrovmImageBuildConfig) -> Result<ImageHooks, ApiError> {
     let Some(hooks) = &spec.hooks else {
         return Ok(ImageHooks::default());
     };
@@ -627,7 +616,7 @@ fn with_version(
     name: &str,
     state: MicrovmImageState,
     t: f64,
-    spec: VersionSpec,
+    spec: MicrovmImageBuildConfig,
     tags: Option<Tags>,
     version: u32,
 ) -> MicrovmImageWithVersion {
@@ -638,18 +627,7 @@ fn with_version(
         latest_active_image_version: None,
         latest_failed_image_version: None,
         created_at: ts(t),
-        base_image_arn: spec.base_image_arn,
-        base_image_version: spec.base_image_version,
-        build_role_arn: spec.build_role_arn,
-        description: spec.description,
-        code_artifact: spec.code_artifact,
-        logging: spec.logging,
-        egress_network_connectors: spec.egress_network_connectors,
-        cpu_configurations: spec.cpu_configurations,
-        resources: spec.resources,
-        additional_os_capabilities: spec.additional_os_capabilities,
-        hooks: spec.hooks,
-        environment_variables: spec.environment_variables,
+        config: spec,
         tags,
         updated_at: Some(ts(t)),
         image_version: version.to_string(),
