@@ -10,6 +10,7 @@ have qemu-img || need_pkgs+=(qemu-utils)
 have mkfs.ext4 || need_pkgs+=(e2fsprogs)
 have dpkg-deb || need_pkgs+=(dpkg)
 # The debian12-minimal base rootfs; it lives in /usr/sbin, off a user's PATH.
+have nft || [[ -x /usr/sbin/nft ]] || need_pkgs+=(nftables)
 have debootstrap || [[ -x /usr/sbin/debootstrap ]] || need_pkgs+=(debootstrap)
 have python3 || need_pkgs+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)

@@ -80,3 +80,53 @@ async fn network_survives_snapshot_and_restore() {
     assert!(release.contains("Origin: Debian"), "{release}");
     restored.stop().await.unwrap();
 }
+
+/// The egress guard: slirp maps 10.0.2.2 to the host's loopback, and the
+/// host's own addresses are one hop away; neither may answer a guest,
+/// while the internet still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internet_guest_cannot_reach_the_host() {
+    let env = common::env().await;
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut s, b"host-secret\n").await;
+        }
+    });
+    // The host's own global address, as a guest could guess it.
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .unwrap();
+    let host_ip = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+        .unwrap_or("127.0.0.1")
+        .to_string();
+
+    let vm = boot_networked(&env, "net-guard").await;
+    for target in ["10.0.2.2", host_ip.as_str()] {
+        let out = vm
+            .agent()
+            .sh(&format!(
+                "timeout 8 nc {target} {port} </dev/null; echo rc=$?"
+            ))
+            .await
+            .unwrap();
+        let text = out.stdout_str();
+        assert!(!text.contains("host-secret"), "{target}: {text}");
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the host"
+    );
+    // The same guest still reaches the internet: the guard, not a dead link.
+    let release = fetch_release(&*vm).await;
+    assert!(release.contains("Origin: Debian"), "{release}");
+    vm.stop().await.unwrap();
+}

@@ -282,6 +282,21 @@ fn spawn(
     incoming: Option<&std::fs::File>,
 ) -> Result<Child, VmmError> {
     let mut cmd = Command::new(&hv.config.qemu_binary);
+    match (hv.guard, spec.config.network) {
+        (Some(guard), _) => {
+            cmd.gid(guard.gid);
+        }
+        (None, crate::backend::Network::Internet) => {
+            return Err(VmmError::Tool {
+                tool: "nft",
+                message: "refusing outbound internet for this VM: the egress guard that keeps \
+                          guests off the host's own and private addresses is not in place \
+                          (it needs root and nftables)"
+                    .into(),
+            })
+        }
+        (None, crate::backend::Network::None) => {}
+    }
     cmd.args(command::qemu_args(spec))
         .current_dir(dir)
         .stdin(Stdio::null())

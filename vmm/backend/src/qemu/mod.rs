@@ -2,6 +2,7 @@
 //! controlled over QMP, one process and one runtime directory per VM.
 
 mod command;
+mod egress_guard;
 mod files;
 mod host;
 mod launch;
@@ -43,6 +44,12 @@ pub struct QemuConfig {
     /// Kill QEMU when this process dies (tests, one-shot tools). A daemon
     /// that re-attaches to its VMs after a restart leaves this off.
     pub die_with_parent: bool,
+    /// Run QEMU with the `ember-vm` group and install the nftables guard
+    /// that keeps guests with outbound internet off the host's own and
+    /// private addresses (see `egress_guard`). Without it (or when it
+    /// cannot be installed: not root, no nft) VMs asking for
+    /// `Network::Internet` are refused.
+    pub egress_guard: bool,
 }
 
 impl QemuConfig {
@@ -55,6 +62,7 @@ impl QemuConfig {
             restore_timeout: Duration::from_secs(30),
             tcg_tb_size_mib: 64,
             die_with_parent: true,
+            egress_guard: true,
         }
     }
 }
@@ -66,6 +74,9 @@ pub struct QemuHypervisor {
     qemu_version: String,
     /// Placeholder kernel and initrd for restores.
     restore_kernel: (PathBuf, PathBuf),
+    /// In place when `config.egress_guard` asked for it and it could be
+    /// installed.
+    guard: Option<egress_guard::EgressGuard>,
 }
 
 impl QemuHypervisor {
@@ -92,8 +103,28 @@ impl QemuHypervisor {
         )))?;
         let restore_kernel = stub_kernel::install(&config.state_dir)?;
         let accel = host::resolve_accel(config.accel);
+        let guard = if config.egress_guard {
+            let installed = tokio::task::spawn_blocking(egress_guard::EgressGuard::install)
+                .await
+                .map_err(|e| VmmError::Tool {
+                    tool: "nft",
+                    message: e.to_string(),
+                })?;
+            match installed {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(
+                        "egress guard unavailable, VMs with internet access will be refused: {e}"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         tracing::info!(accel = accel.as_str(), %qemu_version, "QEMU backend ready");
         Ok(Self {
+            guard,
             accel,
             tsc_khz: host::tsc_khz(),
             qemu_version,

@@ -1,0 +1,178 @@
+//! Keeps guests with outbound internet off the host and its networks.
+//!
+//! User-mode networking (slirp) runs inside QEMU: a guest's TCP
+//! connection becomes a socket QEMU opens on the host, and slirp maps the
+//! gateway address 10.0.2.2 to the host's loopback. Without a guard a
+//! hostile `RUN` step could reach every service listening on the host.
+//! QEMU therefore runs with the dedicated group `ember-vm`, and an
+//! nftables table drops what sockets of that group send to the host's own
+//! addresses, loopback, private, shared and link-local ranges (cloud
+//! metadata included), except DNS to the host's configured resolvers,
+//! which slirp's DNS relay needs. Public addresses stay reachable. The
+//! drop rules count what they drop (`nft list table inet ember_egress_guard`).
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use crate::VmmError;
+
+/// The group every QEMU process runs with.
+pub const GROUP: &str = "ember-vm";
+const TABLE: &str = "ember_egress_guard";
+
+/// The installed guard: the gid QEMU runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressGuard {
+    pub gid: u32,
+}
+
+impl EgressGuard {
+    /// Creates the group if missing and (re)installs the nftables table.
+    /// Idempotent; needs root and `nft`.
+    pub fn install() -> Result<Self, VmmError> {
+        let gid = match group_gid(GROUP) {
+            Some(gid) => gid,
+            None => {
+                // Another process may create it at the same moment; what
+                // counts is that it exists afterwards.
+                let created = run("groupadd", &["--system", GROUP], None);
+                match (group_gid(GROUP), created) {
+                    (Some(gid), _) => gid,
+                    (None, Err(e)) => return Err(e),
+                    (None, Ok(())) => {
+                        return Err(tool(
+                            "groupadd",
+                            format!("group {GROUP} missing after creating it"),
+                        ))
+                    }
+                }
+            }
+        };
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        run(
+            "nft",
+            &["-f", "-"],
+            Some(&ruleset(gid, &resolvers(&resolv))),
+        )?;
+        tracing::info!(gid, "egress guard installed (nftables table inet {TABLE})");
+        Ok(Self { gid })
+    }
+}
+
+fn tool(tool: &'static str, message: String) -> VmmError {
+    VmmError::Tool { tool, message }
+}
+
+fn group_gid(name: &str) -> Option<u32> {
+    let out = Command::new("getent").args(["group", name]).output().ok()?;
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    line.trim().split(':').nth(2)?.parse().ok()
+}
+
+fn run(program: &'static str, args: &[&str], stdin: Option<&str>) -> Result<(), VmmError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| VmmError::Spawn {
+            program: program.to_string(),
+            source,
+        })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(VmmError::io(format!("write to {program}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(VmmError::io(format!("wait for {program}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(tool(
+            program,
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .chars()
+                .take(2000)
+                .collect(),
+        ))
+    }
+}
+
+/// IPv4 nameservers of a resolv.conf.
+fn resolvers(resolv_conf: &str) -> Vec<Ipv4Addr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect()
+}
+
+/// The whole table, replaced atomically (`nft -f` applies a file as one
+/// transaction).
+fn ruleset(gid: u32, resolvers: &[Ipv4Addr]) -> String {
+    let dns = if resolvers.is_empty() {
+        String::new()
+    } else {
+        let set = resolvers
+            .iter()
+            .map(Ipv4Addr::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("        meta l4proto {{ tcp, udp }} th dport 53 ip daddr {{ {set} }} accept\n")
+    };
+    format!(
+        "table inet {TABLE}\n\
+         delete table inet {TABLE}\n\
+         table inet {TABLE} {{\n\
+         \x20   chain output {{\n\
+         \x20       type filter hook output priority 0; policy accept;\n\
+         \x20       meta skgid != {gid} accept\n\
+         {dns}\
+         \x20       fib daddr type local counter drop\n\
+         \x20       ip daddr {{ 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, \
+         172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/3 }} counter drop\n\
+         \x20       ip6 daddr {{ ::1, fc00::/7, fe80::/10, ff00::/8 }} drop\n\
+         \x20   }}\n\
+         }}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolvers_are_read_from_resolv_conf() {
+        let r = resolvers(
+            "# x\nnameserver 10.255.255.53\nnameserver ::1\nsearch a\nnameserver 1.1.1.1\n",
+        );
+        assert_eq!(
+            r,
+            [
+                "10.255.255.53".parse::<Ipv4Addr>().unwrap(),
+                "1.1.1.1".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn ruleset_scopes_to_the_group_and_allows_only_dns_inward() {
+        let r = ruleset(4242, &["10.255.255.53".parse().unwrap()]);
+        assert!(r.contains("meta skgid != 4242 accept"), "{r}");
+        let dns = r
+            .find("th dport 53 ip daddr { 10.255.255.53 } accept")
+            .unwrap();
+        let local = r.find("fib daddr type local counter drop").unwrap();
+        assert!(dns < local, "DNS is allowed before the drops");
+        assert!(r.contains("127.0.0.0/8") && r.contains("169.254.0.0/16"));
+        assert!(!ruleset(1, &[]).contains("dport 53"));
+    }
+}
