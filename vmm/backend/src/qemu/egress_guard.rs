@@ -128,18 +128,24 @@ fn ruleset(gid: u32, resolvers: &[Ipv4Addr]) -> String {
             .join(", ");
         format!("        meta l4proto {{ tcp, udp }} th dport 53 ip daddr {{ {set} }} accept\n")
     };
+    // Only packets whose socket belongs to the group jump to the checks:
+    // `meta skgid != …` would also catch packets the kernel sends without
+    // a socket (a closed port's RST, some ACKs) and break the host's own
+    // loopback traffic.
     format!(
         "table inet {TABLE}\n\
          delete table inet {TABLE}\n\
          table inet {TABLE} {{\n\
          \x20   chain output {{\n\
          \x20       type filter hook output priority 0; policy accept;\n\
-         \x20       meta skgid != {gid} accept\n\
+         \x20       meta skgid {gid} jump guest_sockets\n\
+         \x20   }}\n\
+         \x20   chain guest_sockets {{\n\
          {dns}\
          \x20       fib daddr type local counter drop\n\
          \x20       ip daddr {{ 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, \
          172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/3 }} counter drop\n\
-         \x20       ip6 daddr {{ ::1, fc00::/7, fe80::/10, ff00::/8 }} drop\n\
+         \x20       ip6 daddr {{ ::1, fc00::/7, fe80::/10, ff00::/8 }} counter drop\n\
          \x20   }}\n\
          }}\n"
     )
@@ -166,7 +172,11 @@ mod tests {
     #[test]
     fn ruleset_scopes_to_the_group_and_allows_only_dns_inward() {
         let r = ruleset(4242, &["10.255.255.53".parse().unwrap()]);
-        assert!(r.contains("meta skgid != 4242 accept"), "{r}");
+        assert!(r.contains("meta skgid 4242 jump guest_sockets"), "{r}");
+        assert!(
+            !r.contains("skgid !="),
+            "socketless packets must not be caught"
+        );
         let dns = r
             .find("th dport 53 ip daddr { 10.255.255.53 } accept")
             .unwrap();
