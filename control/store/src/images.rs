@@ -88,7 +88,11 @@ impl Store {
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt
             .query_map(
-                params![after.unwrap_or(""), filter.unwrap_or(""), limit as i64 + 1],
+                params![
+                    after.unwrap_or(""),
+                    filter.unwrap_or(""),
+                    fetch_limit(limit)
+                ],
                 ImageRecord::from_row,
             )?
             .collect::<Result<Vec<_>, _>>()?;
@@ -141,7 +145,7 @@ impl Store {
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt
             .query_map(
-                params![image, after, limit as i64 + 1],
+                params![image, after, fetch_limit(limit)],
                 VersionRecord::from_row,
             )?
             .collect::<Result<Vec<_>, _>>()?;
@@ -229,7 +233,7 @@ impl Store {
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt
             .query_map(
-                params![image, version, after.unwrap_or(""), limit as i64 + 1],
+                params![image, version, after.unwrap_or(""), fetch_limit(limit)],
                 BuildRecord::from_row,
             )?
             .collect::<Result<Vec<_>, _>>()?;
@@ -345,6 +349,12 @@ fn insert_version(
         params![v.build_id, image, number, v.build_state, v.log_path, v.now],
     )?;
     Ok(())
+}
+
+/// SQL LIMIT for a page of `limit` rows: one extra tells whether another
+/// page exists.
+fn fetch_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1)
 }
 
 /// Rows were fetched with one extra to learn whether another page exists.
