@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use ember_api::{ApiError, ErrorKind};
 use ember_builder::LogProgress;
 
 use crate::service::Daemon;
@@ -37,11 +38,9 @@ pub async fn get_build_log(
     let record = match daemon.store().build(&build) {
         Ok(b) if b.image == image && b.version.to_string() == version => b,
         _ => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "ResourceNotFoundException",
-                &format!("no build {build} of version {version} of microVM image {image}"),
-            )
+            return not_found(format!(
+                "no build {build} of version {version} of microVM image {image}"
+            ))
         }
     };
     let follow = matches!(q.follow.as_deref(), Some("true" | "1" | "yes"));
@@ -55,13 +54,7 @@ pub async fn get_build_log(
         Some(progress) => Body::from_stream(follow_stream(path, progress)),
         None => match tokio::fs::read(&path).await {
             Ok(bytes) => Body::from(bytes),
-            Err(e) => {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "ResourceNotFoundException",
-                    &format!("the log of build {build} is gone: {e}"),
-                )
-            }
+            Err(e) => return not_found(format!("the log of build {build} is gone: {e}")),
         },
     };
     Response::builder()
@@ -114,12 +107,7 @@ async fn read_range(path: &std::path::Path, from: u64, to: u64) -> std::io::Resu
     Ok(buf)
 }
 
-fn error(status: StatusCode, kind: &str, message: &str) -> Response {
-    let body = serde_json::json!({"__type": kind, "message": message}).to_string();
-    Response::builder()
-        .status(status)
-        .header("X-Amzn-ErrorType", kind)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body))
-        .unwrap_or_else(|_| status.into_response())
+/// The API's own error shape (`X-Amzn-ErrorType`, JSON body).
+fn not_found(message: String) -> Response {
+    ApiError::new(ErrorKind::ResourceNotFound, message).into_response()
 }
