@@ -353,12 +353,12 @@ fn insert_version(
 
 /// SQL LIMIT for a page of `limit` rows: one extra tells whether another
 /// page exists.
-fn fetch_limit(limit: usize) -> i64 {
+pub(crate) fn fetch_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1)
 }
 
 /// Rows were fetched with one extra to learn whether another page exists.
-fn paginate<T, K>(mut rows: Vec<T>, limit: usize, key: impl Fn(&T) -> K) -> Page<T, K> {
+pub(crate) fn paginate<T, K>(mut rows: Vec<T>, limit: usize, key: impl Fn(&T) -> K) -> Page<T, K> {
     if rows.len() > limit {
         rows.truncate(limit);
         let next = rows.last().map(key);

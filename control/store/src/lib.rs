@@ -9,6 +9,8 @@
 
 mod images;
 pub use images::Page;
+mod microvms;
+pub use microvms::{MicrovmRecord, MicrovmUpdate};
 mod records;
 mod schema;
 

@@ -54,6 +54,26 @@ CREATE TABLE idempotency (
     created_at   REAL NOT NULL,
     PRIMARY KEY (operation, token)
 );
+"#, r#"
+CREATE TABLE microvms (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT NOT NULL UNIQUE,
+    image           TEXT NOT NULL,
+    version         INTEGER NOT NULL,
+    image_arn       TEXT NOT NULL,
+    spec            TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    state_reason    TEXT,
+    endpoint        TEXT NOT NULL,
+    proxy_addr      TEXT,
+    started_at      REAL NOT NULL,
+    terminated_at   REAL,
+    last_active_at  REAL NOT NULL,
+    suspended_at    REAL,
+    updated_at      REAL NOT NULL
+);
+CREATE INDEX microvms_by_image ON microvms (image, version);
+CREATE INDEX microvms_by_state ON microvms (state);
 "#];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
