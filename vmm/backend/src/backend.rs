@@ -148,6 +148,14 @@ pub trait Hypervisor: Send + Sync {
         self.restore_with(name, snapshot_dir, RestoreMemory::Clone)
             .await
     }
+
+    /// Takes over a VM named `name` that a previous instance of the
+    /// backend (possibly another process, e.g. a daemon before a restart)
+    /// booted or restored and left running. The returned VM works as if
+    /// this instance had started it (`stop`, `snapshot`, `suspend`, ...).
+    /// A VM whose process is gone is cleaned up and reported as
+    /// [`VmmError::NotRunning`].
+    async fn attach(&self, name: &str) -> Result<Arc<dyn Vm>, VmmError>;
 }
 
 /// What a restore does with the snapshot's memory image.

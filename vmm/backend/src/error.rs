@@ -47,6 +47,8 @@ pub enum VmmError {
     },
     #[error("the VM is {0}")]
     WrongState(&'static str),
+    #[error("no running VM named {name:?} to attach to: {reason}")]
+    NotRunning { name: String, reason: String },
 }
 
 impl VmmError {

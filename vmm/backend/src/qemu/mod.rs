@@ -231,4 +231,12 @@ impl Hypervisor for QemuHypervisor {
         let vm = launch::restore(self, name, manifest, &snapshot_dir, dir, memory).await?;
         Ok(Arc::new(vm))
     }
+
+    async fn attach(&self, name: &str) -> Result<Arc<dyn Vm>, VmmError> {
+        validate_vm_name(name)?;
+        Err(VmmError::NotRunning {
+            name: name.to_string(),
+            reason: "attach is not implemented yet".into(),
+        })
+    }
 }
