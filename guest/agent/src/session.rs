@@ -185,6 +185,12 @@ impl Agent {
                 sender.control(channel, &GuestMessage::Ok);
                 None
             }),
+            HostMessage::Resize { target, rows, cols } => {
+                self.resize(target, rows, cols).map(|()| {
+                    sender.control(channel, &GuestMessage::Ok);
+                    None
+                })
+            }
         };
         match result {
             Ok(Some(ch)) => {
@@ -203,6 +209,13 @@ impl Agent {
                 format!("no running process on channel {target}"),
             )),
         }
+    }
+
+    fn resize(&self, target: u32, _rows: u16, _cols: u16) -> Result<(), Failure> {
+        Err(Failure::new(
+            proto::ErrorKind::NotFound,
+            format!("no terminal on channel {target}"),
+        ))
     }
 
     /// Data, Eof, Window and Reset frames for an open channel.

@@ -41,6 +41,9 @@ pub enum HostMessage {
     },
     /// Sends a signal to a process started by `Exec` on `target` channel.
     Signal { target: u32, signal: i32 },
+    /// Sets the terminal size of a `tty` exec on `target` channel (the
+    /// kernel then sends SIGWINCH to its foreground job); answered `Ok`.
+    Resize { target: u32, rows: u16, cols: u16 },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +69,33 @@ pub struct ExecRequest {
     pub detach: bool,
     #[serde(default)]
     pub log_path: Option<String>,
+    /// Run on a new pseudo-terminal of this size instead of pipes: the
+    /// process is a session leader with the terminal as its controlling
+    /// terminal and stdin/stdout/stderr. Output (stdout and stderr
+    /// together) comes back as `Data` under `Window` flow control; the
+    /// host's `Data` is typed into the terminal and acknowledged with
+    /// `Window` (at most `INITIAL_WINDOW` unacknowledged); the host's `Eof`
+    /// types the terminal's EOF character (^D), as a terminal has no
+    /// half-close. When the process exits the agent sends the output still
+    /// buffered, `Eof`, then `Exited`, and hangs the terminal up. A host
+    /// `Reset` hangs it up at once (SIGHUP). Cannot be combined with
+    /// `detach` or `stdin`. `TERM` defaults to `xterm-256color`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtySize>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+impl Default for TtySize {
+    /// The classic VT100 size.
+    fn default() -> Self {
+        Self { rows: 24, cols: 80 }
+    }
 }
 
 /// Most stdin an `ExecRequest` may carry inline: base64 inside one control
@@ -199,6 +229,33 @@ mod tests {
             message: "x".into(),
         };
         assert_eq!(decode::<GuestMessage>(&encode(&g).unwrap()).unwrap(), g);
+    }
+
+    #[test]
+    fn tty_is_optional_on_the_wire() {
+        // A request from a host that predates `tty` still decodes.
+        let old = br#"{"type":"exec","argv":["sh"]}"#;
+        match decode::<HostMessage>(old).unwrap() {
+            HostMessage::Exec(req) => assert_eq!(req.tty, None),
+            other => panic!("{other:?}"),
+        }
+        let plain = encode(&HostMessage::Exec(ExecRequest::default())).unwrap();
+        assert!(!String::from_utf8(plain).unwrap().contains("tty"));
+        let m = HostMessage::Exec(ExecRequest {
+            argv: vec!["sh".into()],
+            tty: Some(TtySize {
+                rows: 50,
+                cols: 132,
+            }),
+            ..Default::default()
+        });
+        assert_eq!(decode::<HostMessage>(&encode(&m).unwrap()).unwrap(), m);
+        let r = HostMessage::Resize {
+            target: 3,
+            rows: 1,
+            cols: 2,
+        };
+        assert_eq!(decode::<HostMessage>(&encode(&r).unwrap()).unwrap(), r);
     }
 
     #[test]
