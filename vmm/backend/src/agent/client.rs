@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use ember_agent_protocol::{
     self as proto, ExecRequest, Frame, FrameDecoder, FrameKind, GuestMessage, HealthReport,
-    HostMessage, HANDSHAKE_CHANNEL, MAX_PAYLOAD, PROTOCOL_VERSION,
+    HostMessage, TtySize, HANDSHAKE_CHANNEL, MAX_PAYLOAD, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::pty::{self, PtySession};
 use super::stream::{self, AgentStream};
 use super::AgentError;
 
@@ -37,6 +38,31 @@ pub enum OutputStream {
 #[derive(Clone)]
 pub struct AgentClient {
     inner: Arc<Inner>,
+    _tasks: Arc<SessionTasks>,
+}
+
+/// The session's reader and writer tasks, ended when the last clone of the
+/// client goes: they hold the connection, and the guest's side (QEMU's
+/// socket) serves one connection at a time, so a forgotten session would
+/// keep the next client (e.g. a re-attach) from ever being heard.
+struct SessionTasks {
+    tasks: [tokio::task::AbortHandle; 2],
+    inner: Arc<Inner>,
+}
+
+impl Drop for SessionTasks {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        // Streams still open see the session end, as if the guest had gone.
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
 }
 
 pub(super) struct Inner {
@@ -160,9 +186,15 @@ impl AgentClient {
             next_channel: AtomicU32::new(1),
             closed: AtomicBool::new(false),
         });
-        tokio::spawn(write_loop(wr, outbound_rx));
-        tokio::spawn(read_loop(rd, decoder, Arc::clone(&inner)));
-        Self { inner }
+        let writer = tokio::spawn(write_loop(wr, outbound_rx)).abort_handle();
+        let reader = tokio::spawn(read_loop(rd, decoder, Arc::clone(&inner))).abort_handle();
+        Self {
+            _tasks: Arc::new(SessionTasks {
+                tasks: [writer, reader],
+                inner: Arc::clone(&inner),
+            }),
+            inner,
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -349,6 +381,27 @@ impl AgentClient {
         Ok(stream::start(Arc::clone(&self.inner), channel, rx))
     }
 
+    /// Runs a process on a new pseudo-terminal in the guest (24×80 unless
+    /// `req.tty` says otherwise): an interactive shell, for instance. Returns
+    /// once the process has started.
+    pub async fn exec_pty(&self, mut req: ExecRequest) -> Result<PtySession, AgentError> {
+        req.tty.get_or_insert_with(TtySize::default);
+        let (channel, mut rx, guard) = self.start_request(&HostMessage::Exec(req)).await?;
+        // The agent starts pumping output only after `Started`.
+        let pid = match next_reply(&mut rx).await? {
+            GuestMessage::Started { pid } => pid,
+            other => return Err(unexpected(other)),
+        };
+        guard.disarm();
+        Ok(pty::start(
+            self.clone(),
+            Arc::clone(&self.inner),
+            channel,
+            rx,
+            pid,
+        ))
+    }
+
     pub async fn health(&self) -> Result<HealthReport, AgentError> {
         match self.request(&HostMessage::Health).await? {
             GuestMessage::Health(h) => Ok(h),
@@ -386,7 +439,7 @@ impl AgentClient {
         Ok((channel, rx, guard))
     }
 
-    async fn request(&self, msg: &HostMessage) -> Result<GuestMessage, AgentError> {
+    pub(super) async fn request(&self, msg: &HostMessage) -> Result<GuestMessage, AgentError> {
         let (_, mut rx, _guard) = self.start_request(msg).await?;
         next_reply(&mut rx).await
     }

@@ -3,10 +3,12 @@
 //! incoming frames to the channel's waiter.
 
 mod client;
+mod pty;
 mod stream;
 
 pub use client::{AgentClient, ExecOutput, OutputStream};
-pub use ember_agent_protocol::{ExecRequest, HealthReport};
+pub use ember_agent_protocol::{ExecRequest, HealthReport, TtySize};
+pub use pty::{PtyControl, PtyExit, PtySession};
 pub use stream::AgentStream;
 
 use ember_agent_protocol::ErrorKind;

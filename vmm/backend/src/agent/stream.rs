@@ -24,6 +24,23 @@ struct Credit {
 }
 
 pub(super) fn start(inner: Arc<Inner>, channel: u32, rx: ChannelRx) -> AgentStream {
+    start_with_control(inner, channel, rx, |_| {})
+}
+
+/// Like [`start`], handing the channel's `Control` frames (which a TCP
+/// stream never gets, but a terminal's `Exited` does) to `on_control`, in
+/// order with the data: every byte before a control frame has been queued
+/// for the caller when `on_control` sees it. `on_control` is dropped when
+/// the channel ends.
+pub(super) fn start_with_control<F>(
+    inner: Arc<Inner>,
+    channel: u32,
+    rx: ChannelRx,
+    on_control: F,
+) -> AgentStream
+where
+    F: FnMut(&Frame) + Send + 'static,
+{
     let (user, pump) = tokio::io::duplex(PIPE_BUFFER);
     let (pump_rd, pump_wr) = tokio::io::split(pump);
     let credit = Arc::new(Credit {
@@ -37,6 +54,7 @@ pub(super) fn start(inner: Arc<Inner>, channel: u32, rx: ChannelRx) -> AgentStre
         rx,
         pump_wr,
         Arc::clone(&credit),
+        on_control,
     ));
     let outbound = tokio::spawn(host_to_guest(Arc::clone(&inner), channel, pump_rd, credit));
     tokio::spawn(async move {
@@ -53,17 +71,17 @@ async fn guest_to_host(
     mut rx: ChannelRx,
     mut to_user: WriteHalf<DuplexStream>,
     credit: Arc<Credit>,
+    mut on_control: impl FnMut(&Frame),
 ) {
-    let mut user_gone = false;
     while let Some(frame) = rx.recv().await {
         match frame.kind {
-            FrameKind::Data if !user_gone => {
+            FrameKind::Data => {
                 let n = frame.payload.len() as u32;
                 if to_user.write_all(&frame.payload).await.is_err() {
                     // The caller dropped its end: tell the guest to hang up.
+                    // After a Reset the guest sends nothing more here.
                     inner.try_send(Frame::new(FrameKind::Reset, channel, Vec::new()));
-                    user_gone = true;
-                    continue;
+                    break;
                 }
                 if inner.send(Frame::window(channel, n)).await.is_err() {
                     break;
@@ -78,6 +96,7 @@ async fn guest_to_host(
                     .fetch_add(u64::from(frame.window_credit()), Ordering::AcqRel);
                 credit.more.notify_one();
             }
+            FrameKind::Control => on_control(&frame),
             FrameKind::Reset => break,
             _ => {}
         }
