@@ -1,0 +1,243 @@
+//! Who may reach which guest port: the token and port a request carries,
+//! checked against the microVM the request is routed to.
+//!
+//! Credentials come from `X-aws-proxy-auth` / `X-aws-proxy-port`, or — for
+//! browsers' WebSocket API, which cannot set headers — from subprotocol
+//! entries: `Sec-WebSocket-Protocol: lambda-microvms,
+//! lambda-microvms.authentication.<token>, lambda-microvms.port.<port>`.
+//!
+//! The port may be left out only when the token's scope is exactly one
+//! port; otherwise a missing port is a 400, never a guess.
+
+use http::header::{HeaderName, SEC_WEBSOCKET_PROTOCOL};
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::token::{TokenError, TokenKey, TokenKind};
+
+pub(crate) static AUTH_HEADER: HeaderName = HeaderName::from_static("x-aws-proxy-auth");
+pub(crate) static PORT_HEADER: HeaderName = HeaderName::from_static("x-aws-proxy-port");
+
+/// The subprotocol the proxy answers a subprotocol-authenticated upgrade
+/// with.
+pub(crate) const SUBPROTOCOL: &str = "lambda-microvms";
+const SUBPROTOCOL_TOKEN: &str = "lambda-microvms.authentication.";
+const SUBPROTOCOL_PORT: &str = "lambda-microvms.port.";
+
+/// A request that may go through.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Grant {
+    pub port: u16,
+    /// The client offered `lambda-microvms`; the 101 must name it.
+    pub answer_subprotocol: bool,
+}
+
+/// Why a request is turned away before it reaches a guest.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rejection {
+    pub status: StatusCode,
+    pub message: &'static str,
+}
+
+const fn reject(status: StatusCode, message: &'static str) -> Rejection {
+    Rejection { status, message }
+}
+
+/// Checks the request's credentials for `microvm_id` at `now`.
+pub(crate) fn authorize(
+    key: &TokenKey,
+    headers: &HeaderMap,
+    microvm_id: &str,
+    now: u64,
+) -> Result<Grant, Rejection> {
+    let offered = Subprotocols::parse(headers);
+    let token = match headers.get(&AUTH_HEADER) {
+        Some(value) => value.to_str().map_err(|_| {
+            reject(
+                StatusCode::UNAUTHORIZED,
+                "the X-aws-proxy-auth header is malformed",
+            )
+        })?,
+        None => offered.token.ok_or(reject(
+            StatusCode::UNAUTHORIZED,
+            "missing authentication token: send it in the X-aws-proxy-auth header",
+        ))?,
+    };
+    let claims = key.verify(token, now).map_err(|e| match e {
+        TokenError::Expired => reject(StatusCode::UNAUTHORIZED, "the authentication token expired"),
+        _ => reject(
+            StatusCode::UNAUTHORIZED,
+            "the authentication token is not valid",
+        ),
+    })?;
+    if claims.microvm_id != microvm_id {
+        return Err(reject(
+            StatusCode::FORBIDDEN,
+            "the authentication token is for another microVM",
+        ));
+    }
+    if claims.kind != TokenKind::Endpoint {
+        return Err(reject(
+            StatusCode::FORBIDDEN,
+            "a shell token does not open the microVM endpoint",
+        ));
+    }
+    let port_text = match headers.get(&PORT_HEADER) {
+        Some(value) => Some(value.to_str().unwrap_or("")),
+        None => offered.port,
+    };
+    let port = match port_text {
+        Some(text) => parse_port(text).ok_or(reject(
+            StatusCode::BAD_REQUEST,
+            "the port must be a number from 1 to 65535",
+        ))?,
+        None => claims.ports.sole_port().ok_or(reject(
+            StatusCode::BAD_REQUEST,
+            "missing port: send it in the X-aws-proxy-port header",
+        ))?,
+    };
+    if !claims.ports.allows(port) {
+        return Err(reject(
+            StatusCode::FORBIDDEN,
+            "the authentication token does not allow this port",
+        ));
+    }
+    Ok(Grant {
+        port,
+        answer_subprotocol: offered.ours,
+    })
+}
+
+fn parse_port(text: &str) -> Option<u16> {
+    // `u16::from_str` accepts a leading '+'; a port header should not.
+    if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok().filter(|p| *p != 0)
+}
+
+/// The proxy's entries among the offered WebSocket subprotocols.
+#[derive(Default)]
+struct Subprotocols<'a> {
+    ours: bool,
+    token: Option<&'a str>,
+    port: Option<&'a str>,
+}
+
+impl<'a> Subprotocols<'a> {
+    fn parse(headers: &'a HeaderMap) -> Self {
+        let mut found = Subprotocols::default();
+        for entry in subprotocol_entries(headers) {
+            if entry == SUBPROTOCOL {
+                found.ours = true;
+            } else if let Some(token) = entry.strip_prefix(SUBPROTOCOL_TOKEN) {
+                found.token = Some(token);
+            } else if let Some(port) = entry.strip_prefix(SUBPROTOCOL_PORT) {
+                found.port = Some(port);
+            }
+        }
+        found
+    }
+}
+
+fn subprotocol_entries(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+}
+
+fn is_ours(entry: &str) -> bool {
+    entry == SUBPROTOCOL || entry.starts_with("lambda-microvms.")
+}
+
+/// Removes the credentials so the guest never sees a token: the
+/// `X-aws-proxy-*` headers and the proxy's subprotocol entries (other
+/// subprotocols the client offered still reach the guest).
+pub(crate) fn strip_credentials(headers: &mut HeaderMap) {
+    headers.remove(&AUTH_HEADER);
+    headers.remove(&PORT_HEADER);
+    if !subprotocol_entries(headers).any(is_ours) {
+        return;
+    }
+    let others: Vec<&str> = subprotocol_entries(headers)
+        .filter(|e| !is_ours(e))
+        .collect();
+    let rest = (!others.is_empty())
+        .then(|| HeaderValue::from_str(&others.join(", ")).ok())
+        .flatten();
+    match rest {
+        Some(value) => {
+            headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
+        }
+        None => {
+            headers.remove(SEC_WEBSOCKET_PROTOCOL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::{Claims, PortRule, PortScope};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn token(key: &TokenKey, scope: PortScope) -> String {
+        key.mint(&Claims::new("vm-a", scope, TokenKind::Endpoint, 100, 60))
+            .unwrap()
+    }
+
+    #[test]
+    fn sole_port_may_be_omitted_others_not() {
+        let key = TokenKey::generate();
+        let one = token(&key, PortScope::Only(vec![PortRule::Port(8080)]));
+        let grant = authorize(&key, &headers(&[("x-aws-proxy-auth", &one)]), "vm-a", 100).unwrap();
+        assert_eq!(grant.port, 8080);
+
+        let all = token(&key, PortScope::All);
+        let err =
+            authorize(&key, &headers(&[("x-aws-proxy-auth", &all)]), "vm-a", 100).unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        for bad in ["0", "65536", "+80", "", "8o"] {
+            let h = headers(&[("x-aws-proxy-auth", &all), ("x-aws-proxy-port", bad)]);
+            let err = authorize(&key, &h, "vm-a", 100).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn subprotocol_credentials_and_stripping() {
+        let key = TokenKey::generate();
+        let all = token(&key, PortScope::All);
+        let offer = format!(
+            "chat, lambda-microvms, lambda-microvms.authentication.{all}, lambda-microvms.port.9000"
+        );
+        let mut h = headers(&[("sec-websocket-protocol", &offer), ("x-other", "1")]);
+        let grant = authorize(&key, &h, "vm-a", 100).unwrap();
+        assert_eq!(grant.port, 9000);
+        assert!(grant.answer_subprotocol);
+        strip_credentials(&mut h);
+        assert_eq!(h.get(SEC_WEBSOCKET_PROTOCOL).unwrap(), "chat");
+        assert_eq!(h.get("x-other").unwrap(), "1");
+
+        let only_ours = format!("lambda-microvms, lambda-microvms.authentication.{all}");
+        let mut h = headers(&[
+            ("sec-websocket-protocol", &only_ours),
+            ("x-aws-proxy-auth", &all),
+        ]);
+        strip_credentials(&mut h);
+        assert!(h.is_empty());
+    }
+}
