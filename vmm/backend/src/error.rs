@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use crate::agent::AgentError;
-use crate::qemu::QmpError;
+use crate::qemu::{QmpError, RecordError};
 use crate::snapshot::SnapshotError;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,8 @@ pub enum VmmError {
     },
     #[error("the VM is {0}")]
     WrongState(&'static str),
+    #[error("VM runtime record: {0}")]
+    Record(#[from] RecordError),
     #[error("no running VM named {name:?} to attach to: {reason}")]
     NotRunning { name: String, reason: String },
 }

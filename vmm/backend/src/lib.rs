@@ -9,6 +9,7 @@
 pub mod agent;
 mod backend;
 mod error;
+mod framed;
 pub mod qemu;
 pub mod snapshot;
 

@@ -6,17 +6,17 @@
 //! payload length, CRC-32), so a truncated or corrupted directory is
 //! rejected before any VMM process is started.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Accel, VmConfig};
+use crate::framed::FramedError;
 
 pub const MANIFEST_FILE: &str = "snapshot.ember";
 const MAGIC: [u8; 8] = *b"EMBERSNP";
 pub const FORMAT_VERSION: u32 = 1;
-const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 /// A manifest is a few hundred bytes; anything big is not one of ours.
 const MAX_MANIFEST: u64 = 1 << 20;
 
@@ -85,35 +85,18 @@ pub struct SnapshotInfo {
 impl SnapshotManifest {
     pub fn write(&self, dir: &Path) -> Result<(), SnapshotError> {
         let path = dir.join(MANIFEST_FILE);
-        let io = |source| SnapshotError::Io {
-            path: path.clone(),
-            source,
-        };
         let payload = serde_json::to_vec(self).map_err(|e| SnapshotError::Corrupt {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        out.extend_from_slice(&payload);
-        let tmp = dir.join(format!(".{MANIFEST_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&out).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
+        crate::framed::write(&path, MAGIC, FORMAT_VERSION, &payload)
+            .map_err(|source| SnapshotError::Io { path, source })
     }
 
     /// Reads and checks the manifest and the presence and sizes of the
     /// files it names (and the CRC of those small enough).
     pub fn load(dir: &Path) -> Result<Self, SnapshotError> {
         let path = dir.join(MANIFEST_FILE);
-        let corrupt = |reason: String| SnapshotError::Corrupt {
-            path: path.clone(),
-            reason,
-        };
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -123,42 +106,22 @@ impl SnapshotManifest {
             }
             Err(source) => return Err(SnapshotError::Io { path, source }),
         };
-        let mut bytes = Vec::new();
-        file.take(MAX_MANIFEST + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|source| SnapshotError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        if bytes.len() as u64 > MAX_MANIFEST {
-            return Err(corrupt("manifest larger than 1 MiB".into()));
-        }
-        if bytes.len() < HEADER_LEN || bytes[..8] != MAGIC {
-            return Err(corrupt("bad manifest header".into()));
-        }
-        let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        if version != FORMAT_VERSION {
-            return Err(SnapshotError::Version {
-                path,
-                found: version,
-            });
-        }
-        let mut len = [0u8; 8];
-        len.copy_from_slice(&bytes[12..20]);
-        let len = u64::from_le_bytes(len);
-        let crc = u32::from_le_bytes([bytes[20], bytes[21], bytes[22], bytes[23]]);
-        let payload = &bytes[HEADER_LEN..];
-        if payload.len() as u64 != len {
-            return Err(corrupt(format!(
-                "manifest truncated: {} of {len} payload bytes",
-                payload.len()
-            )));
-        }
-        if crc32fast::hash(payload) != crc {
-            return Err(corrupt("manifest checksum mismatch".into()));
-        }
+        let payload = match crate::framed::read(file, MAGIC, FORMAT_VERSION, MAX_MANIFEST) {
+            Ok(p) => p,
+            Err(FramedError::Version(found)) => return Err(SnapshotError::Version { path, found }),
+            Err(FramedError::Io(source)) => return Err(SnapshotError::Io { path, source }),
+            Err(e) => {
+                return Err(SnapshotError::Corrupt {
+                    path,
+                    reason: format!("manifest: {e}"),
+                })
+            }
+        };
         let manifest: Self =
-            serde_json::from_slice(payload).map_err(|e| corrupt(format!("manifest: {e}")))?;
+            serde_json::from_slice(&payload).map_err(|e| SnapshotError::Corrupt {
+                path: path.clone(),
+                reason: format!("manifest: {e}"),
+            })?;
         manifest.check_files(dir)?;
         Ok(manifest)
     }

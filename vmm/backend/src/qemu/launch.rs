@@ -15,7 +15,9 @@ use super::command::{
     self, LaunchSpec, RamBacking, AGENT_SOCKET, CONSOLE_LOG, DISK, MEMORY, QMP_SOCKET,
 };
 use super::migration::{set_migration_caps, wait_migration};
+use super::process::QemuProcess;
 use super::qmp::Qmp;
+use super::runtime_record::{process_start_ticks, unix_ms_now, RuntimeRecord};
 use super::vm::{Memory, QemuVm, RunState};
 use super::QemuHypervisor;
 use super::{files, qcow2};
@@ -80,6 +82,7 @@ pub(super) async fn boot(
     let child = spawn(hv, &dir, &spec, None)?;
     let pid = child.id().unwrap_or(0);
     guard.child = Some(child);
+    write_record(hv, &config, &dir, pid, Memory::OwnFile)?;
     let booted = async {
         let qmp = connect_qmp(&dir, &mut guard).await?;
         let agent = connect_agent(
@@ -107,6 +110,31 @@ pub(super) async fn boot(
     ))
 }
 
+/// Leaves what `attach` needs to take the VM over in its runtime directory,
+/// as soon as there is a process to take over.
+fn write_record(
+    hv: &QemuHypervisor,
+    config: &VmConfig,
+    dir: &Path,
+    pid: u32,
+    memory: Memory,
+) -> Result<(), VmmError> {
+    let record = RuntimeRecord {
+        pid,
+        start_ticks: process_start_ticks(pid).ok_or_else(|| VmmError::QemuExited {
+            status: "gone right after it started".into(),
+            console_tail: files::tail(&dir.join("qemu.stderr"), 10),
+        })?,
+        vm: config.clone(),
+        memory,
+        accel: hv.accel,
+        qemu_version: hv.qemu_version.clone(),
+        started_unix_ms: unix_ms_now(),
+        checkpoints: Vec::new(),
+    };
+    record.write(dir).map_err(VmmError::Record)
+}
+
 /// The launched VM, owning its process from now on.
 fn running_vm(
     hv: &QemuHypervisor,
@@ -118,6 +146,7 @@ fn running_vm(
 ) -> QemuVm {
     let child = guard.defuse();
     QemuVm {
+        keep_on_drop: !hv.config.die_with_parent,
         name: config.name.clone(),
         dir,
         accel: hv.accel,
@@ -126,7 +155,7 @@ fn running_vm(
         pid: child.as_ref().and_then(Child::id).unwrap_or(0),
         qmp,
         agent,
-        child: Mutex::new(child),
+        process: Mutex::new(child.map(QemuProcess::Child)),
         state: Mutex::new(RunState::Running),
         checkpoints: Mutex::new(Vec::new()),
         config,
@@ -196,6 +225,7 @@ pub(super) async fn restore(
     drop(state_file);
     let pid = child.id().unwrap_or(0);
     guard.child = Some(child);
+    write_record(hv, &config, &dir, pid, memory.clone())?;
     let consumed = (mode == RestoreMemory::Consume).then_some(snapshot_dir);
     let (qmp, agent) = match resume_incoming(
         hv,

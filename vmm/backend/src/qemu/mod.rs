@@ -1,6 +1,7 @@
 //! The QEMU backend: `qemu-system-x86_64 -M microvm,acpi=on`, KVM or TCG,
 //! controlled over QMP, one process and one runtime directory per VM.
 
+mod attach;
 mod command;
 mod egress_guard;
 mod files;
@@ -8,8 +9,10 @@ mod host;
 mod launch;
 mod migration;
 mod net;
+mod process;
 mod qcow2;
 mod qmp;
+mod runtime_record;
 mod stub_kernel;
 mod vm;
 
@@ -21,6 +24,7 @@ use async_trait::async_trait;
 
 pub use host::{detect_accel, tsc_khz};
 pub use qmp::QmpError;
+pub use runtime_record::RecordError;
 pub use vm::QemuVm;
 
 use crate::backend::{
@@ -234,9 +238,7 @@ impl Hypervisor for QemuHypervisor {
 
     async fn attach(&self, name: &str) -> Result<Arc<dyn Vm>, VmmError> {
         validate_vm_name(name)?;
-        Err(VmmError::NotRunning {
-            name: name.to_string(),
-            reason: "attach is not implemented yet".into(),
-        })
+        let vm = attach::attach(self, name).await?;
+        Ok(Arc::new(vm))
     }
 }

@@ -6,15 +6,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::process::Child;
 use tokio::sync::Mutex;
 
 use super::command::{CONSOLE_LOG, DISK, MEMORY};
 use super::files;
 use super::launch::LaunchGuard;
 use super::migration::{set_migration_caps, wait_migration};
+use super::process::QemuProcess;
 use super::qmp::Qmp;
+use super::runtime_record::RuntimeRecord;
 use crate::agent::AgentClient;
 use crate::backend::{Accel, Vm, VmConfig, VmStats};
 use crate::snapshot::{FileRecord, MemoryImage, SnapshotInfo, SnapshotManifest};
@@ -31,7 +33,8 @@ pub(super) enum RunState {
     Stopped,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub(super) enum Memory {
     /// `dir/memory.ram`, shared: a snapshot copies it.
     OwnFile,
@@ -49,8 +52,11 @@ pub struct QemuVm {
     pub(super) pid: u32,
     pub(super) qmp: Qmp,
     pub(super) agent: AgentClient,
-    pub(super) child: Mutex<Option<Child>>,
+    pub(super) process: Mutex<Option<QemuProcess>>,
     pub(super) state: Mutex<RunState>,
+    /// Dropping the handle leaves the VM running, for a later `attach`
+    /// (the backend's `die_with_parent` is off).
+    pub(super) keep_on_drop: bool,
     /// Disk layers frozen by `checkpoint_disk`; once any exist, the disk is
     /// a chain inside the runtime folder that snapshots cannot carry.
     pub(super) checkpoints: Mutex<Vec<PathBuf>>,
@@ -190,6 +196,13 @@ impl QemuVm {
         })
     }
 
+    /// Rewrites the runtime record `attach` reads, after a change to it.
+    fn update_record(&self, change: impl FnOnce(&mut RuntimeRecord)) -> Result<(), VmmError> {
+        let mut record = RuntimeRecord::load(&self.dir).map_err(VmmError::Record)?;
+        change(&mut record);
+        record.write(&self.dir).map_err(VmmError::Record)
+    }
+
     async fn refuse_if_checkpointed(&self) -> Result<(), VmmError> {
         if !self.checkpoints.lock().await.is_empty() {
             return Err(VmmError::WrongState(
@@ -201,16 +214,13 @@ impl QemuVm {
 
     /// Ends the QEMU process and forgets the VM's runtime directory.
     async fn end_process(&self, state: &mut RunState) -> Result<(), VmmError> {
-        let mut child = self.child.lock().await;
-        if let Some(mut c) = child.take() {
+        let mut process = self.process.lock().await;
+        if let Some(mut p) = process.take() {
             let _ =
                 tokio::time::timeout(Duration::from_secs(2), self.qmp.execute("quit", json!({})))
                     .await;
-            if tokio::time::timeout(Duration::from_secs(5), c.wait())
-                .await
-                .is_err()
-            {
-                let _ = c.kill().await;
+            if !p.wait_exit(Duration::from_secs(5)).await {
+                p.kill().await;
             }
         }
         *state = RunState::Stopped;
@@ -348,7 +358,7 @@ impl Vm for QemuVm {
             dest.display()
         )))?;
         checkpoints.push(dest.to_path_buf());
-        Ok(())
+        self.update_record(|r| r.checkpoints = checkpoints.clone())
     }
 
     async fn stop_keeping_disk(&self, dest: &Path) -> Result<(), VmmError> {
@@ -391,11 +401,15 @@ impl Vm for QemuVm {
 
 impl Drop for QemuVm {
     /// A VM handle dropped without `stop` must not leak a QEMU that
-    /// nobody can reach; daemons that re-attach keep the handle alive.
+    /// nobody can reach, unless the VM is meant to outlive its handle and be
+    /// taken over by `attach` (the backend does not die with its parent).
     fn drop(&mut self) {
-        if let Ok(mut child) = self.child.try_lock() {
-            if let Some(c) = child.as_mut() {
-                let _ = c.start_kill();
+        if self.keep_on_drop {
+            return;
+        }
+        if let Ok(mut process) = self.process.try_lock() {
+            if let Some(p) = process.as_mut() {
+                p.start_kill();
                 let _ = std::fs::remove_dir_all(&self.dir);
             }
         }

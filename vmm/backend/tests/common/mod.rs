@@ -40,6 +40,11 @@ pub fn assets_dir() -> PathBuf {
 }
 
 pub async fn env() -> TestEnv {
+    env_with(|_| {}).await
+}
+
+/// Like [`env`], with the backend's configuration adjusted first.
+pub async fn env_with(adjust: impl FnOnce(&mut QemuConfig)) -> TestEnv {
     let agent = agent_binary();
     assert!(
         agent.is_file(),
@@ -61,6 +66,7 @@ pub async fn env() -> TestEnv {
     if let Ok(a) = std::env::var("EMBER_ACCEL") {
         cfg.accel = a.parse().expect("EMBER_ACCEL is auto, kvm or tcg");
     }
+    adjust(&mut cfg);
     let hv = QemuHypervisor::new(cfg).await.expect("QEMU backend");
     TestEnv {
         hv,
