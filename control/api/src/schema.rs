@@ -99,6 +99,11 @@ pub struct Shape {
     pub error: Option<ErrorTrait>,
 }
 
+/// Integer shapes whose `min` the service applies itself: emberd's
+/// `--min-idle-seconds` may lower the idle floor below the model's 60 s
+/// for tests and demos (it defaults to the model's value).
+const SERVICE_CHECKED_MINIMUM: &[&str] = &["IdlePolicyMaxIdleDurationSecondsInteger"];
+
 /// The parsed model with every pattern compiled once.
 pub struct Schema {
     pub model: Model,
@@ -210,6 +215,14 @@ impl Schema {
                 }
             }
             ("integer" | "long", Value::Number(number)) => match number.as_i64() {
+                Some(n) if SERVICE_CHECKED_MINIMUM.contains(&shape_name) => {
+                    if n < 0 || i32::try_from(n).is_err() {
+                        fail(
+                            out,
+                            "Member must have value greater than or equal to 0".into(),
+                        );
+                    }
+                }
                 Some(n) if shape.kind == "long" || i32::try_from(n).is_ok() => {
                     check_bounds(shape, n, "value", |c| fail(out, c));
                 }

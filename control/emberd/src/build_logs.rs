@@ -27,6 +27,12 @@ pub struct LogQuery {
     follow: Option<String>,
 }
 
+impl LogQuery {
+    pub fn follows(&self) -> bool {
+        matches!(self.follow.as_deref(), Some("true" | "1" | "yes"))
+    }
+}
+
 pub const ROUTE: &str = "/ember/v1/microvm-images/{image}/versions/{version}/builds/{build}/log";
 
 pub async fn get_build_log(
@@ -43,7 +49,7 @@ pub async fn get_build_log(
             ))
         }
     };
-    let follow = matches!(q.follow.as_deref(), Some("true" | "1" | "yes"));
+    let follow = q.follows();
     let path = PathBuf::from(&record.log_path);
     let live = if follow {
         daemon.builds().live_log(&build).map(|l| l.subscribe())
@@ -96,7 +102,7 @@ fn follow_stream(
     )
 }
 
-async fn read_range(path: &std::path::Path, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
+pub async fn read_range(path: &std::path::Path, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
     let mut f = tokio::fs::File::open(path).await?;
     f.seek(SeekFrom::Start(from)).await?;
     let mut buf = Vec::new();

@@ -22,6 +22,8 @@ impl DataDir {
             self.root.join("builds"),
             self.root.join("logs/builds"),
             self.root.join("vms"),
+            self.root.join("microvms"),
+            self.root.join("logs/microvms"),
         ] {
             std::fs::create_dir_all(dir)?;
         }
@@ -66,6 +68,22 @@ impl DataDir {
 
     pub fn image_dir(&self, image: &str) -> PathBuf {
         self.root.join("images").join(image)
+    }
+
+    /// A microVM's files that outlive its QEMU process (its suspended
+    /// state).
+    pub fn microvm_dir(&self, id: &str) -> PathBuf {
+        self.root.join("microvms").join(id)
+    }
+
+    /// The app's output of one microVM, kept across suspend and resume.
+    pub fn microvm_log(&self, id: &str) -> PathBuf {
+        self.root.join("logs/microvms").join(format!("{id}.log"))
+    }
+
+    /// The key endpoint tokens are signed with.
+    pub fn token_key(&self) -> PathBuf {
+        self.root.join("token.key")
     }
 
     pub fn snapshot(&self, image: &str, version: u32) -> PathBuf {

@@ -6,6 +6,8 @@ mod build_logs;
 mod builds;
 mod credentials;
 mod layout;
+mod microvm_logs;
+mod microvms;
 mod service;
 
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use clap::Parser;
 
 use ember_assets::AssetStore;
 use ember_builder::{Builder, BuilderConfig};
+use ember_proxy::{Proxy, ProxyConfig, TokenKey};
 use ember_store::Store;
 use ember_vmm::qemu::{QemuConfig, QemuHypervisor};
 use ember_vmm::Hypervisor;
@@ -64,6 +67,32 @@ struct Args {
     /// Accelerator: auto (probe the host), kvm or tcg.
     #[arg(long, env = "EMBER_ACCEL", default_value = "auto")]
     accel: String,
+    /// The lowest `maxIdleDurationSeconds` RunMicrovm accepts. The model's
+    /// floor is 60; tests and demos lower it.
+    #[arg(long, default_value_t = 60)]
+    min_idle_seconds: u32,
+    /// MicroVMs this emberd holds at once, running or suspended
+    /// (ServiceQuotaExceededException beyond).
+    #[arg(long, default_value_t = 2000)]
+    max_microvms: u64,
+    /// MicroVMs running at once (InsufficientCapacityException beyond).
+    #[arg(long, default_value_t = 100)]
+    max_running_microvms: u64,
+    /// Memory kept free for the host, in MiB: a microVM starts only if its
+    /// RAM fits into what is available beyond this.
+    #[arg(long, default_value_t = 1024)]
+    memory_reserve_mib: u64,
+    /// The address per-VM endpoint listeners bind to.
+    #[arg(long, default_value = "127.0.0.1")]
+    endpoint_ip: std::net::IpAddr,
+    /// Serve endpoints as `http://<id>.DOMAIN` on one shared listener
+    /// (`--endpoint-listen`) behind a wildcard DNS record, instead of one
+    /// port per microVM.
+    #[arg(long, requires = "endpoint_listen")]
+    endpoint_domain: Option<String>,
+    /// The shared endpoint listener for `--endpoint-domain`.
+    #[arg(long)]
+    endpoint_listen: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -105,9 +134,14 @@ async fn main() -> anyhow::Result<()> {
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))
         .context("--accel")?;
+    // Build VMs die with emberd (a restart marks their builds FAILED);
+    // microVMs outlive it and are re-attached.
     let mut qemu = QemuConfig::new(layout.vm_state());
     qemu.accel = accel;
-    let hv: Arc<dyn Hypervisor> = Arc::new(QemuHypervisor::new(qemu).await?);
+    let hv: Arc<dyn Hypervisor> = Arc::new(QemuHypervisor::new(qemu.clone()).await?);
+    let mut vm_qemu = qemu;
+    vm_qemu.die_with_parent = false;
+    let vm_hv: Arc<dyn Hypervisor> = Arc::new(QemuHypervisor::new(vm_qemu).await?);
     let builder = Builder::new(
         Arc::clone(&hv),
         BuilderConfig {
@@ -128,9 +162,11 @@ async fn main() -> anyhow::Result<()> {
         layout.clone(),
         args.max_builds,
     ));
+    let microvms = start_microvms(&args, &store, &layout, vm_hv).await?;
     let daemon = Arc::new(Daemon::new(
         store,
         builds,
+        microvms,
         layout.clone(),
         args.region.clone(),
         args.account.clone(),
@@ -149,6 +185,72 @@ async fn main() -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     Ok(())
+}
+
+/// The endpoint proxy and the microVMs, with the ones a previous emberd
+/// left running or suspended taken back.
+async fn start_microvms(
+    args: &Args,
+    store: &Arc<Store>,
+    layout: &DataDir,
+    hv: Arc<dyn Hypervisor>,
+) -> anyhow::Result<Arc<microvms::Microvms>> {
+    let tokens =
+        Arc::new(TokenKey::load_or_create(&layout.token_key()).context("the endpoint token key")?);
+    let upstream = Arc::new(microvms::VmUpstream::default());
+    let proxy = Arc::new(Proxy::new(
+        Arc::clone(&tokens),
+        Arc::clone(&upstream) as Arc<dyn ember_proxy::Upstream>,
+        ProxyConfig {
+            bind_ip: args.endpoint_ip,
+            ..Default::default()
+        },
+    ));
+    let endpoint = match (&args.endpoint_domain, args.endpoint_listen) {
+        (Some(domain), Some(listen)) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("--endpoint-listen {listen}"))?;
+            let port = listener.local_addr()?.port();
+            let (shared, domain_owned) = (Arc::clone(&proxy), domain.clone());
+            tokio::spawn(async move { shared.serve_shared(listener, &domain_owned).await });
+            microvms::EndpointMode::Wildcard {
+                domain: domain.clone(),
+                public_url_suffix: if port == 80 {
+                    String::new()
+                } else {
+                    format!(":{port}")
+                },
+            }
+        }
+        _ => microvms::EndpointMode::PerVmPort,
+    };
+    let microvms = microvms::Microvms::new(
+        Arc::clone(store),
+        layout.clone(),
+        hv,
+        proxy,
+        tokens,
+        microvms::MicrovmsConfig {
+            min_idle_seconds: args.min_idle_seconds,
+            endpoint,
+            capacity: microvms::Capacity {
+                max_live: args.max_microvms,
+                max_running: args.max_running_microvms,
+                memory_reserve_mib: args.memory_reserve_mib,
+            },
+        },
+    );
+    upstream.attach(&microvms);
+    let recovered = microvms.recover().await?;
+    if recovered > 0 {
+        tracing::info!(
+            microvms = recovered,
+            "took back the microVMs of the last run"
+        );
+    }
+    microvms.start_background();
+    Ok(microvms)
 }
 
 fn validate_args(args: &Args) -> anyhow::Result<()> {

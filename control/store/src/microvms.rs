@@ -191,10 +191,16 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_microvm_proxy_addr(&self, id: &str, addr: &str) -> Result<(), StoreError> {
+    /// A restarted daemon could not re-bind the old endpoint port.
+    pub fn set_microvm_endpoint(
+        &self,
+        id: &str,
+        endpoint: &str,
+        proxy_addr: Option<&str>,
+    ) -> Result<(), StoreError> {
         self.conn().execute(
-            "UPDATE microvms SET proxy_addr = ?2 WHERE id = ?1",
-            params![id, addr],
+            "UPDATE microvms SET endpoint = ?2, proxy_addr = ?3 WHERE id = ?1",
+            params![id, endpoint, proxy_addr],
         )?;
         Ok(())
     }
@@ -233,9 +239,7 @@ mod tests {
         let (page, next) = store.list_microvms(None, None, None, 2).unwrap();
         let ids: Vec<_> = page.iter().map(|v| v.id.as_str()).collect();
         assert_eq!(ids, ["c", "a"]);
-        let (page, next) = store
-            .list_microvms(next.as_deref(), None, None, 2)
-            .unwrap();
+        let (page, next) = store.list_microvms(next.as_deref(), None, None, 2).unwrap();
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].id, "b");
         assert!(next.is_none());
@@ -257,7 +261,10 @@ mod tests {
         };
         store.update_microvm("m", &u).unwrap();
         let m = store.microvm("m").unwrap();
-        assert_eq!((m.state.as_str(), m.state_reason.as_deref()), ("SUSPENDED", Some("idle")));
+        assert_eq!(
+            (m.state.as_str(), m.state_reason.as_deref()),
+            ("SUSPENDED", Some("idle"))
+        );
         assert_eq!(m.suspended_at, Some(5.0));
         store
             .update_microvm(

@@ -5,7 +5,8 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// Each entry moves the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE images (
     name        TEXT PRIMARY KEY,
     arn         TEXT NOT NULL,
@@ -54,7 +55,8 @@ CREATE TABLE idempotency (
     created_at   REAL NOT NULL,
     PRIMARY KEY (operation, token)
 );
-"#, r#"
+"#,
+    r#"
 CREATE TABLE microvms (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
     id              TEXT NOT NULL UNIQUE,
@@ -74,7 +76,8 @@ CREATE TABLE microvms (
 );
 CREATE INDEX microvms_by_image ON microvms (image, version);
 CREATE INDEX microvms_by_state ON microvms (state);
-"#];
+"#,
+];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     // WAL keeps readers off the writer's back; NORMAL sync is durable

@@ -303,6 +303,7 @@ impl Daemon {
         identifier: &str,
     ) -> Result<DeleteMicrovmImageOutput, ApiError> {
         let image = self.image_record(identifier)?;
+        self.refuse_if_in_use(&image.name, None)?;
         if self.builds.building(&image.name) {
             return Err(ApiError::conflict(
                 IMAGE,
@@ -386,6 +387,7 @@ impl Daemon {
     ) -> Result<DeleteMicrovmImageVersionOutput, ApiError> {
         let image = self.image_record(identifier)?;
         let rec = self.version_record(&image.name, version)?;
+        self.refuse_if_in_use(&image.name, Some(rec.version))?;
         let builds = self.version_builds(&image.name, rec.version)?;
         if builds.iter().any(|b| self.builds.live_log(&b.id).is_some()) {
             return Err(ApiError::conflict(

@@ -3,6 +3,7 @@
 
 mod catalog;
 mod images;
+mod microvms;
 pub mod names;
 mod spec;
 mod tags;
@@ -15,15 +16,17 @@ use axum::Router;
 use ember_api::{Action, ApiError, Credentials, ErrorKind, Reply};
 use ember_store::{Store, StoreError};
 
-use crate::build_logs;
 use crate::builds::Builds;
 use crate::layout::DataDir;
+use crate::microvms::Microvms;
 use crate::now;
+use crate::{build_logs, microvm_logs};
 use names::Arns;
 
 pub struct Daemon {
     store: Arc<Store>,
     builds: Arc<Builds>,
+    microvms: Arc<Microvms>,
     layout: DataDir,
     arns: Arns,
 }
@@ -32,6 +35,7 @@ impl Daemon {
     pub fn new(
         store: Arc<Store>,
         builds: Arc<Builds>,
+        microvms: Arc<Microvms>,
         layout: DataDir,
         region: String,
         account: String,
@@ -39,6 +43,7 @@ impl Daemon {
         Self {
             store,
             builds,
+            microvms,
             layout,
             arns: Arns { region, account },
         }
@@ -50,6 +55,10 @@ impl Daemon {
 
     pub fn builds(&self) -> &Arc<Builds> {
         &self.builds
+    }
+
+    pub fn microvms(&self) -> &Arc<Microvms> {
+        &self.microvms
     }
 
     /// The image name an identifier (name or ARN) stands for; an ARN of
@@ -66,6 +75,7 @@ impl Daemon {
 pub fn router(daemon: Arc<Daemon>, credentials: Arc<Credentials>) -> Router {
     let extra = Router::new()
         .route(build_logs::ROUTE, get(build_logs::get_build_log))
+        .route(microvm_logs::ROUTE, get(microvm_logs::get_microvm_log))
         .with_state(Arc::clone(&daemon))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&credentials),
@@ -153,14 +163,26 @@ impl Daemon {
                 Reply::UntagResource
             }
             Action::ListTags(r) => Reply::ListTags(self.list_tags(r)?),
-            other => {
-                return Err(ApiError::new(
-                    ErrorKind::InternalServer,
-                    format!(
-                    "{} is not implemented by this emberd yet: microVMs come with the next release",
-                    other.operation().name()
-                ),
-                ))
+            Action::RunMicrovm(r) => Reply::RunMicrovm(self.run_microvm(r).await?),
+            Action::GetMicrovm(r) => Reply::GetMicrovm(self.get_microvm(&r.microvm_identifier)?),
+            Action::ListMicrovms(r) => Reply::ListMicrovms(self.list_microvms(r)?),
+            Action::SuspendMicrovm(r) => {
+                self.microvms.request_suspend(&r.microvm_identifier)?;
+                Reply::SuspendMicrovm(Default::default())
+            }
+            Action::ResumeMicrovm(r) => {
+                self.microvms.request_resume(&r.microvm_identifier)?;
+                Reply::ResumeMicrovm(Default::default())
+            }
+            Action::TerminateMicrovm(r) => {
+                self.microvms.request_terminate(&r.microvm_identifier)?;
+                Reply::TerminateMicrovm(Default::default())
+            }
+            Action::CreateMicrovmAuthToken(r) => {
+                Reply::CreateMicrovmAuthToken(self.create_auth_token(r)?)
+            }
+            Action::CreateMicrovmShellAuthToken(r) => {
+                Reply::CreateMicrovmShellAuthToken(self.create_shell_token(r)?)
             }
         })
     }

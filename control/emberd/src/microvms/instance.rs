@@ -1,0 +1,153 @@
+//! One live microVM as the daemon holds it in memory.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ember_api::model::MicrovmState;
+use ember_vmm::Vm;
+
+use super::spec::RunSpec;
+
+/// The state mirror; the store has the same values.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub state: MicrovmState,
+    pub suspended_at: Option<f64>,
+}
+
+pub struct Instance {
+    pub id: String,
+    pub image: String,
+    pub version: u32,
+    pub started_at: f64,
+    pub spec: RunSpec,
+    status: Mutex<Status>,
+    vm: Mutex<Option<Arc<dyn Vm>>>,
+    /// Held for the whole of every transition; waiters for a resume queue
+    /// here and find the VM running when they get it.
+    pub transition: Arc<tokio::sync::Mutex<()>>,
+    /// Last inbound request, unix milliseconds.
+    last_active_ms: AtomicU64,
+    /// The value last written to the store.
+    pub flushed_active_ms: AtomicU64,
+    /// Proxied connections currently open: a VM streaming a response or
+    /// holding a WebSocket is not idle.
+    open_streams: AtomicUsize,
+    /// Set by TerminateMicrovm: a transition that finishes afterwards must
+    /// not report the VM as running again.
+    doomed: AtomicBool,
+    /// One copy of the app log at a time, so no line is copied twice.
+    pub log_sync: tokio::sync::Mutex<()>,
+}
+
+impl Instance {
+    pub fn new(
+        id: String,
+        image: String,
+        version: u32,
+        started_at: f64,
+        spec: RunSpec,
+        status: Status,
+        last_active: f64,
+    ) -> Self {
+        let ms = secs_to_ms(last_active);
+        Self {
+            id,
+            image,
+            version,
+            started_at,
+            spec,
+            status: Mutex::new(status),
+            vm: Mutex::new(None),
+            transition: Arc::new(tokio::sync::Mutex::new(())),
+            last_active_ms: AtomicU64::new(ms),
+            flushed_active_ms: AtomicU64::new(ms),
+            open_streams: AtomicUsize::new(0),
+            doomed: AtomicBool::new(false),
+            log_sync: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn status_lock(&self) -> MutexGuard<'_, Status> {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn status(&self) -> Status {
+        self.status_lock().clone()
+    }
+
+    pub fn state(&self) -> MicrovmState {
+        self.status_lock().state
+    }
+
+    pub(super) fn set_status(&self, state: MicrovmState, suspended_at: Option<Option<f64>>) {
+        let mut s = self.status_lock();
+        s.state = state;
+        if let Some(at) = suspended_at {
+            s.suspended_at = at;
+        }
+    }
+
+    /// The running VM, if there is one.
+    pub fn vm(&self) -> Option<Arc<dyn Vm>> {
+        self.vm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(super) fn set_vm(&self, vm: Option<Arc<dyn Vm>>) -> Option<Arc<dyn Vm>> {
+        let mut slot = self
+            .vm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::replace(&mut *slot, vm)
+    }
+
+    pub fn touch(&self) {
+        self.last_active_ms.fetch_max(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn last_active_ms(&self) -> u64 {
+        self.last_active_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn stream_opened(self: &Arc<Self>) -> StreamGuard {
+        self.open_streams.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        StreamGuard(Arc::clone(self))
+    }
+
+    pub fn open_streams(&self) -> usize {
+        self.open_streams.load(Ordering::Relaxed)
+    }
+
+    pub fn doom(&self) {
+        self.doomed.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_doomed(&self) -> bool {
+        self.doomed.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a proxied connection as open until dropped; closing it counts
+/// as activity too, so the idle clock starts when the last byte went.
+pub struct StreamGuard(Arc<Instance>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+pub fn now_ms() -> u64 {
+    secs_to_ms(crate::now())
+}
+
+pub fn secs_to_ms(s: f64) -> u64 {
+    (s * 1000.0).max(0.0) as u64
+}

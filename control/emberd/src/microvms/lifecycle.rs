@@ -1,0 +1,470 @@
+//! The state machine: run, suspend, resume, terminate. The API methods
+//! check that the current state allows the operation, record the
+//! transitional state and return; the work happens in a task holding the
+//! instance's transition lock.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::OwnedMutexGuard;
+
+use ember_api::model::MicrovmState;
+use ember_api::{ApiError, ErrorKind};
+use ember_store::{MicrovmRecord, MicrovmUpdate, StoreError};
+use ember_vmm::{RestoreMemory, Vm};
+
+use super::instance::{Instance, Status};
+use super::spec::{Hook, RunSpec};
+use super::{EndpointMode, Microvms};
+use crate::now;
+
+const RESOURCE: &str = "Microvm";
+/// Where the guest finds its own microVM id.
+const IDENTITY_FILE: &str = "/run/ember-microvm-id";
+
+/// A run the service has validated: which snapshot, and how to run it.
+pub struct RunPlan {
+    pub image: String,
+    pub version: u32,
+    pub image_arn: String,
+    pub spec: RunSpec,
+}
+
+impl Microvms {
+    /// `RunMicrovm`: records the VM as PENDING with its endpoint and
+    /// restores it in the background.
+    pub async fn run(self: &Arc<Self>, plan: RunPlan) -> Result<MicrovmRecord, ApiError> {
+        let live = self.store.count_live_microvms().map_err(internal)?;
+        self.config
+            .capacity
+            .admit_run(live, self.running_count(), plan.spec.memory_mib)?;
+        let id = crate::service::names::new_id();
+        let (endpoint, proxy_addr) = self.bind_endpoint(&id, None).await?;
+        let t = now();
+        let record = MicrovmRecord {
+            id: id.clone(),
+            image: plan.image.clone(),
+            version: plan.version,
+            image_arn: plan.image_arn,
+            spec: plan.spec.to_json(),
+            state: MicrovmState::Pending.to_string(),
+            state_reason: None,
+            endpoint,
+            proxy_addr,
+            started_at: t,
+            terminated_at: None,
+            last_active_at: t,
+            suspended_at: None,
+            updated_at: t,
+        };
+        if let Err(e) = self.store.insert_microvm(&record) {
+            self.proxy.unbind_vm(&id);
+            return Err(internal(e));
+        }
+        let inst = Arc::new(Instance::new(
+            id.clone(),
+            plan.image,
+            plan.version,
+            t,
+            plan.spec,
+            Status {
+                state: MicrovmState::Pending,
+                suspended_at: None,
+            },
+            t,
+        ));
+        // Taken before the instance is visible, so a request that arrives
+        // first waits for the start instead of finding no VM.
+        let guard = Arc::clone(&inst.transition).lock_owned().await;
+        self.live_map().insert(id, Arc::clone(&inst));
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.start(inst, guard).await });
+        Ok(record)
+    }
+
+    /// The endpoint URL of a VM and, for per-VM ports, the listener's
+    /// address (re-used after a restart when `previous` is given).
+    pub(super) async fn bind_endpoint(
+        &self,
+        id: &str,
+        previous: Option<std::net::SocketAddr>,
+    ) -> Result<(String, Option<String>), ApiError> {
+        match &self.config.endpoint {
+            EndpointMode::PerVmPort => {
+                let bound = match previous {
+                    Some(addr) => match self.proxy.bind_vm_at(id, addr).await {
+                        Ok(a) => Ok(a),
+                        Err(e) => {
+                            tracing::warn!(microvm = id, %addr, "endpoint port taken, moving: {e}");
+                            self.proxy.bind_vm(id).await
+                        }
+                    },
+                    None => self.proxy.bind_vm(id).await,
+                };
+                let addr = bound.map_err(|e| {
+                    ApiError::new(
+                        ErrorKind::InsufficientCapacity,
+                        format!("no endpoint port available: {e}"),
+                    )
+                })?;
+                Ok((format!("http://{addr}"), Some(addr.to_string())))
+            }
+            EndpointMode::Wildcard {
+                domain,
+                public_url_suffix,
+            } => Ok((format!("http://{id}.{domain}{public_url_suffix}"), None)),
+        }
+    }
+
+    fn running_count(&self) -> u64 {
+        self.instances().iter().filter(|i| i.vm().is_some()).count() as u64
+    }
+
+    async fn start(self: Arc<Self>, inst: Arc<Instance>, _guard: OwnedMutexGuard<()>) {
+        let spec = &inst.spec;
+        let restored = self
+            .hv
+            .restore_with(&inst.id, &spec.snapshot_dir, RestoreMemory::Copy)
+            .await;
+        let vm = match restored {
+            Ok(vm) => vm,
+            Err(e) => {
+                let reason = format!(
+                    "could not start from version {} of image {}: {e}",
+                    inst.version, inst.image
+                );
+                tracing::error!(microvm = %inst.id, "{reason}");
+                self.finish_termination(&inst, &reason).await;
+                return;
+            }
+        };
+        inst.set_vm(Some(Arc::clone(&vm)));
+        if let Err(e) = vm
+            .agent()
+            .write_file(IDENTITY_FILE, inst.id.as_bytes(), 0o644)
+            .await
+        {
+            tracing::warn!(microvm = %inst.id, "writing {IDENTITY_FILE}: {e}");
+        }
+        let payload = Bytes::from(spec.run_hook_payload.clone().unwrap_or_default());
+        let reason = self.call_hook(&inst, vm.as_ref(), Hook::Run, payload).await;
+        inst.touch();
+        if !inst.is_doomed() {
+            self.set_state(&inst, MicrovmState::Running, reason.as_deref(), None);
+        }
+        tracing::info!(microvm = %inst.id, image = %inst.image, version = inst.version, "running");
+    }
+
+    /// `SuspendMicrovm`.
+    pub fn request_suspend(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
+        let inst = self.live_instance(id)?;
+        let state = inst.state();
+        if state != MicrovmState::Running {
+            return Err(forbidden(id, state, "suspended", "RUNNING"));
+        }
+        self.set_state(
+            &inst,
+            MicrovmState::Suspending,
+            Some("suspended by SuspendMicrovm"),
+            None,
+        );
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let _guard = inst.transition.lock().await;
+            this.suspend_locked(&inst, "suspended by SuspendMicrovm")
+                .await;
+        });
+        Ok(())
+    }
+
+    /// Saves a running VM and ends its QEMU process. Caller holds the
+    /// transition lock.
+    pub(super) async fn suspend_locked(&self, inst: &Arc<Instance>, why: &str) {
+        let Some(vm) = inst.vm() else {
+            return;
+        };
+        let mut reason = why.to_string();
+        if let Some(failed) = self
+            .call_hook(inst, vm.as_ref(), Hook::Suspend, Bytes::new())
+            .await
+        {
+            reason = format!("{reason}; {failed}");
+        }
+        self.sync_logs(inst, vm.as_ref()).await;
+        let dir = self.suspended_dir(&inst.id);
+        if let Err(e) = remove_dir_if_exists(&dir) {
+            tracing::warn!(microvm = %inst.id, "clearing {}: {e}", dir.display());
+        }
+        let suspended = match std::fs::create_dir_all(self.vm_dir(&inst.id)) {
+            Ok(()) => vm.suspend(&dir).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match suspended {
+            Ok(_) => {
+                inst.set_vm(None);
+                self.set_state(
+                    inst,
+                    MicrovmState::Suspended,
+                    Some(&reason),
+                    Some(Some(now())),
+                );
+                tracing::info!(microvm = %inst.id, "suspended: {reason}");
+            }
+            Err(e) => {
+                // The VM may still be whole; a failed save must not lose it.
+                let _ = remove_dir_if_exists(&dir);
+                if vm.resume().await.is_ok() {
+                    let reason = format!("suspend failed, still running: {e}");
+                    tracing::error!(microvm = %inst.id, "{reason}");
+                    self.set_state(inst, MicrovmState::Running, Some(&reason), None);
+                } else {
+                    let reason = format!("suspend failed and the VM could not continue: {e}");
+                    self.finish_termination(inst, &reason).await;
+                }
+            }
+        }
+    }
+
+    /// `ResumeMicrovm`.
+    pub fn request_resume(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
+        let inst = self.live_instance(id)?;
+        let state = inst.state();
+        if state != MicrovmState::Suspended {
+            return Err(forbidden(id, state, "resumed", "SUSPENDED"));
+        }
+        self.config
+            .capacity
+            .admit_start(self.running_count(), inst.spec.memory_mib)?;
+        self.set_state(
+            &inst,
+            MicrovmState::Pending,
+            Some("resumed by ResumeMicrovm"),
+            None,
+        );
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let _guard = inst.transition.lock().await;
+            if let Err(e) = this.resume_locked(&inst, "resumed by ResumeMicrovm").await {
+                tracing::error!(microvm = %inst.id, "resume: {e}");
+            }
+        });
+        Ok(())
+    }
+
+    /// Restores a suspended VM from its own snapshot. Caller holds the
+    /// transition lock.
+    pub(super) async fn resume_locked(
+        &self,
+        inst: &Arc<Instance>,
+        why: &str,
+    ) -> Result<Arc<dyn Vm>, String> {
+        if let Some(vm) = inst.vm() {
+            return Ok(vm);
+        }
+        let state = inst.state();
+        if !matches!(state, MicrovmState::Suspended | MicrovmState::Pending) || inst.is_doomed() {
+            return Err(format!("the microVM is {state}"));
+        }
+        if let Err(e) = self
+            .config
+            .capacity
+            .admit_start(self.running_count(), inst.spec.memory_mib)
+        {
+            let reason = format!("could not resume: {}", e.message());
+            self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);
+            return Err(reason);
+        }
+        let dir = self.suspended_dir(&inst.id);
+        match self
+            .hv
+            .restore_with(&inst.id, &dir, RestoreMemory::Consume)
+            .await
+        {
+            Ok(vm) => {
+                inst.set_vm(Some(Arc::clone(&vm)));
+                let _ = remove_dir_if_exists(&dir);
+                let mut reason = why.to_string();
+                if let Some(failed) = self
+                    .call_hook(inst, vm.as_ref(), Hook::Resume, Bytes::new())
+                    .await
+                {
+                    reason = format!("{reason}; {failed}");
+                }
+                inst.touch();
+                if !inst.is_doomed() {
+                    self.set_state(inst, MicrovmState::Running, Some(&reason), Some(None));
+                }
+                tracing::info!(microvm = %inst.id, "resumed: {why}");
+                Ok(vm)
+            }
+            Err(e) => {
+                let reason = format!("resume failed: {e}");
+                tracing::error!(microvm = %inst.id, "{reason}");
+                if ember_vmm::SnapshotManifest::load(&dir).is_ok() {
+                    self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);
+                } else {
+                    self.finish_termination(inst, &reason).await;
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    /// `TerminateMicrovm`: idempotent.
+    pub fn request_terminate(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
+        let inst = match self.instance(id) {
+            Some(i) => i,
+            // Already terminated (or never existed: NotFound).
+            None => return self.store.microvm(id).map(|_| ()).map_err(not_found(id)),
+        };
+        if matches!(
+            inst.state(),
+            MicrovmState::Terminating | MicrovmState::Terminated
+        ) {
+            return Ok(());
+        }
+        self.terminate(inst, "terminated by TerminateMicrovm".into());
+        Ok(())
+    }
+
+    /// Marks the VM TERMINATING and ends it once the transition in
+    /// progress, if any, is done.
+    pub(super) fn terminate(self: &Arc<Self>, inst: Arc<Instance>, why: String) {
+        if inst.is_doomed() {
+            return;
+        }
+        inst.doom();
+        self.set_state(&inst, MicrovmState::Terminating, Some(&why), None);
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let _guard = inst.transition.lock().await;
+            let mut reason = why;
+            if let Some(vm) = inst.vm() {
+                if let Some(failed) = this
+                    .call_hook(&inst, vm.as_ref(), Hook::Terminate, Bytes::new())
+                    .await
+                {
+                    reason = format!("{reason}; {failed}");
+                }
+                this.sync_logs(&inst, vm.as_ref()).await;
+            }
+            this.finish_termination(&inst, &reason).await;
+        });
+    }
+
+    /// Ends the VM's process if any, removes its files and endpoint, and
+    /// records TERMINATED.
+    pub(super) async fn finish_termination(&self, inst: &Arc<Instance>, reason: &str) {
+        inst.doom();
+        if let Some(vm) = inst.set_vm(None) {
+            if let Err(e) = vm.stop().await {
+                tracing::warn!(microvm = %inst.id, "stopping: {e}");
+            }
+        }
+        if let Err(e) = remove_dir_if_exists(&self.vm_dir(&inst.id)) {
+            tracing::warn!(microvm = %inst.id, "removing its files: {e}");
+        }
+        self.proxy.unbind_vm(&inst.id);
+        self.live_map().remove(&inst.id);
+        let t = now();
+        inst.set_status(MicrovmState::Terminated, Some(None));
+        let update = MicrovmUpdate {
+            state: MicrovmState::Terminated.as_str(),
+            state_reason: Some(Some(reason)),
+            suspended_at: Some(None),
+            terminated_at: Some(t),
+            now: t,
+        };
+        if let Err(e) = self.store.update_microvm(&inst.id, &update) {
+            tracing::error!(microvm = %inst.id, "recording termination: {e}");
+        }
+        tracing::info!(microvm = %inst.id, "terminated: {reason}");
+    }
+
+    /// Records a state in the mirror and the store. `reason: None` clears
+    /// the state reason.
+    pub(super) fn set_state(
+        &self,
+        inst: &Instance,
+        state: MicrovmState,
+        reason: Option<&str>,
+        suspended_at: Option<Option<f64>>,
+    ) {
+        inst.set_status(state, suspended_at);
+        let update = MicrovmUpdate {
+            state: state.as_str(),
+            state_reason: Some(reason),
+            suspended_at,
+            terminated_at: None,
+            now: now(),
+        };
+        if let Err(e) = self.store.update_microvm(&inst.id, &update) {
+            tracing::error!(microvm = %inst.id, "recording state {state}: {e}");
+        }
+    }
+
+    /// Calls an enabled lifecycle hook; returns what to add to the state
+    /// reason when it failed.
+    async fn call_hook(
+        &self,
+        inst: &Instance,
+        vm: &dyn Vm,
+        hook: Hook,
+        body: Bytes,
+    ) -> Option<String> {
+        let (port, timeout) = inst.spec.hooks.get(hook)?;
+        let path = hook.path();
+        let answer =
+            ember_builder::guest_http::request(vm.agent(), port, "POST", path, body, timeout).await;
+        match answer {
+            Ok(a) if (200..300).contains(&a.status) => None,
+            Ok(a) => Some(format!("the {path} hook answered HTTP {}", a.status)),
+            Err(e) => Some(format!("the {path} hook failed: {e}")),
+        }
+        .inspect(|m| tracing::warn!(microvm = %inst.id, "{m}"))
+    }
+
+    pub(super) fn suspended_dir(&self, id: &str) -> std::path::PathBuf {
+        self.vm_dir(id).join("suspended")
+    }
+
+    /// The live instance, or the right error for a terminated or unknown
+    /// id.
+    fn live_instance(&self, id: &str) -> Result<Arc<Instance>, ApiError> {
+        if let Some(inst) = self.instance(id) {
+            return Ok(inst);
+        }
+        let rec = self.store.microvm(id).map_err(not_found(id))?;
+        Err(ApiError::conflict(
+            RESOURCE,
+            id,
+            format!("microVM {id} is {}", rec.state),
+        ))
+    }
+}
+
+fn forbidden(id: &str, state: MicrovmState, verb: &str, needed: &str) -> ApiError {
+    ApiError::conflict(
+        RESOURCE,
+        id,
+        format!("microVM {id} is {state}; only a {needed} microVM can be {verb}"),
+    )
+}
+
+pub(super) fn not_found(id: &str) -> impl Fn(StoreError) -> ApiError + '_ {
+    move |e| match e {
+        StoreError::NotFound(_) => ApiError::not_found(RESOURCE, id),
+        other => internal(other),
+    }
+}
+
+fn internal(e: StoreError) -> ApiError {
+    crate::service::internal(e)
+}
+
+pub(super) fn remove_dir_if_exists(dir: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,125 @@
+//! Running microVMs: the one in-memory map of live VMs, their state
+//! machine, idle timers, and the proxy's way into them.
+//!
+//! The store is the source of truth for what the API reports; each live
+//! VM also has an [`Instance`] here that mirrors its state and holds its
+//! `Vm` handle while it runs. Every transition (run, suspend, resume,
+//! terminate) runs under the instance's transition lock, so an auto-resume
+//! triggered by twenty concurrent requests happens once and the rest wait
+//! for it.
+
+mod capacity;
+mod instance;
+mod lifecycle;
+pub mod logs;
+mod reaper;
+mod recovery;
+pub mod spec;
+mod upstream;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use ember_proxy::{Proxy, TokenKey};
+use ember_store::Store;
+use ember_vmm::Hypervisor;
+
+use crate::layout::DataDir;
+pub use capacity::Capacity;
+pub use instance::Instance;
+pub use lifecycle::RunPlan;
+pub use upstream::VmUpstream;
+
+/// How endpoints are addressed.
+#[derive(Debug, Clone)]
+pub enum EndpointMode {
+    /// Every VM gets its own listener (on the proxy's bind address):
+    /// `http://IP:PORT`. Works with curl and Python on a host with no DNS
+    /// set-up.
+    PerVmPort,
+    /// One shared listener; the VM is the first label of the `Host`:
+    /// `http://<id>.<domain>` (behind a wildcard DNS record).
+    Wildcard {
+        domain: String,
+        public_url_suffix: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct MicrovmsConfig {
+    /// The floor of `maxIdleDurationSeconds` (the model's is 60).
+    pub min_idle_seconds: u32,
+    pub endpoint: EndpointMode,
+    pub capacity: Capacity,
+}
+
+pub struct Microvms {
+    store: Arc<Store>,
+    layout: DataDir,
+    hv: Arc<dyn Hypervisor>,
+    proxy: Arc<Proxy>,
+    tokens: Arc<TokenKey>,
+    config: MicrovmsConfig,
+    live: Mutex<HashMap<String, Arc<Instance>>>,
+}
+
+impl Microvms {
+    pub fn new(
+        store: Arc<Store>,
+        layout: DataDir,
+        hv: Arc<dyn Hypervisor>,
+        proxy: Arc<Proxy>,
+        tokens: Arc<TokenKey>,
+        config: MicrovmsConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            layout,
+            hv,
+            proxy,
+            tokens,
+            config,
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &MicrovmsConfig {
+        &self.config
+    }
+
+    pub fn tokens(&self) -> &TokenKey {
+        &self.tokens
+    }
+
+    pub fn instance(&self, id: &str) -> Option<Arc<Instance>> {
+        self.live_map().get(id).cloned()
+    }
+
+    fn live_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Instance>>> {
+        // Entries are inserted and removed whole; a panic elsewhere cannot
+        // leave the map half-updated.
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn instances(&self) -> Vec<Arc<Instance>> {
+        self.live_map().values().cloned().collect()
+    }
+
+    /// Where a VM keeps what outlives its QEMU process: the suspended
+    /// snapshot.
+    pub fn vm_dir(&self, id: &str) -> PathBuf {
+        self.layout.microvm_dir(id)
+    }
+
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.layout.microvm_log(id)
+    }
+
+    /// Starts the idle reaper; call once.
+    pub fn start_background(self: &Arc<Self>) {
+        reaper::spawn(Arc::clone(self));
+    }
+}

@@ -1,0 +1,136 @@
+//! The proxy's way into a VM: a stream to a guest port through the
+//! agent, resuming the VM first when it is suspended and allowed to.
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use ember_api::model::MicrovmState;
+use ember_proxy::{AsyncStream, Upstream, UpstreamError};
+use ember_vmm::Vm;
+
+use super::instance::{Instance, StreamGuard};
+use super::Microvms;
+
+/// Set once the `Microvms` exists: the proxy is created first because
+/// the microVMs need it for their endpoints.
+#[derive(Default)]
+pub struct VmUpstream {
+    microvms: OnceLock<Weak<Microvms>>,
+}
+
+impl VmUpstream {
+    pub fn attach(&self, microvms: &Arc<Microvms>) {
+        let _ = self.microvms.set(Arc::downgrade(microvms));
+    }
+
+    fn microvms(&self) -> Result<Arc<Microvms>, UpstreamError> {
+        self.microvms
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| UpstreamError::Unavailable("emberd is starting or stopping".into()))
+    }
+}
+
+#[async_trait::async_trait]
+impl Upstream for VmUpstream {
+    async fn connect(
+        &self,
+        microvm_id: &str,
+        port: u16,
+    ) -> Result<Box<dyn AsyncStream>, UpstreamError> {
+        let microvms = self.microvms()?;
+        let inst = microvms
+            .instance(microvm_id)
+            .ok_or(UpstreamError::NotFound)?;
+        inst.touch();
+        let vm = microvms.serving_vm(&inst).await?;
+        let guard = inst.stream_opened();
+        let stream = vm
+            .agent()
+            .connect(port)
+            .await
+            .map_err(|e| UpstreamError::Refused(format!("guest port {port}: {e}")))?;
+        Ok(Box::new(Tracked {
+            inner: stream,
+            _guard: guard,
+        }))
+    }
+
+    fn touch(&self, microvm_id: &str) {
+        if let Ok(m) = self.microvms() {
+            if let Some(inst) = m.instance(microvm_id) {
+                inst.touch();
+            }
+        }
+    }
+}
+
+impl Microvms {
+    /// The VM to send a request to: the running one, or, after waiting for
+    /// the transition in progress, the one an auto-resume brings back.
+    /// Concurrent callers share one resume: they queue on the transition
+    /// lock and find the VM running.
+    pub(super) async fn serving_vm(
+        &self,
+        inst: &Arc<Instance>,
+    ) -> Result<Arc<dyn Vm>, UpstreamError> {
+        if inst.state() == MicrovmState::Running {
+            if let Some(vm) = inst.vm() {
+                return Ok(vm);
+            }
+        }
+        let _guard = inst.transition.lock().await;
+        match inst.state() {
+            MicrovmState::Running => inst
+                .vm()
+                .ok_or_else(|| UpstreamError::Unavailable("the microVM is not running".into())),
+            MicrovmState::Suspended if inst.spec.auto_resume() => self
+                .resume_locked(inst, "resumed by a request to its endpoint (autoResumeEnabled)")
+                .await
+                .map_err(UpstreamError::Unavailable),
+            MicrovmState::Suspended => Err(UpstreamError::Unavailable(
+                "the microVM is SUSPENDED and its idle policy does not auto-resume; call ResumeMicrovm"
+                    .into(),
+            )),
+            MicrovmState::Terminating | MicrovmState::Terminated => Err(UpstreamError::NotFound),
+            other => Err(UpstreamError::Unavailable(format!("the microVM is {other}"))),
+        }
+    }
+}
+
+/// A guest stream that counts as an open connection while it lives.
+struct Tracked<S> {
+    inner: S,
+    _guard: StreamGuard,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

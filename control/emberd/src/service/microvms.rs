@@ -1,0 +1,420 @@
+//! The eight microVM operations: validation and the API's shapes; the
+//! state machine itself is in `crate::microvms`.
+
+use ember_api::model::{
+    AuthToken, CreateMicrovmAuthTokenRequest, CreateMicrovmShellAuthTokenRequest, IdlePolicy,
+    ListMicrovmsRequest, ListMicrovmsResponse, Microvm, MicrovmImageBuildConfig,
+    MicrovmImageVersionState, MicrovmImageVersionStatus, MicrovmItem, MicrovmState,
+    PortSpecification, RunMicrovmRequest,
+};
+use ember_api::{page_size, ApiError, ErrorKind, PageToken};
+use ember_proxy::{Claims, PortRule, PortScope, TokenKind};
+use ember_store::{MicrovmRecord, StoreError, VersionRecord};
+
+use super::images::{token_after, ts, DEFAULT_MEMORY_MIB};
+use super::names::egress_from_connectors;
+use super::{internal, spec, Daemon};
+use crate::microvms::spec::{RunHooks, RunSpec, DEFAULT_MAX_DURATION_S, SHELL_INGRESS};
+use crate::microvms::RunPlan;
+
+const RESOURCE: &str = "Microvm";
+/// The header a token travels in, as the real service names it.
+pub const AUTH_HEADER: &str = "X-aws-proxy-auth";
+const MAX_TOKEN_MINUTES: i32 = 60;
+const INGRESS_CONNECTORS: &[&str] = &[SHELL_INGRESS];
+
+impl Daemon {
+    pub(super) async fn run_microvm(&self, r: RunMicrovmRequest) -> Result<Microvm, ApiError> {
+        let image = self.image_record(&r.image_identifier)?;
+        let version = self.runnable_version(&image.name, r.image_version.as_deref())?;
+        let build: MicrovmImageBuildConfig = spec::from_json(&version.spec)?;
+        let snapshot_dir = version.snapshot_dir.clone().ok_or_else(|| {
+            ApiError::conflict(
+                "MicrovmImageVersion",
+                &format!("{}:{}", image.name, version.version),
+                "this version has no snapshot to run",
+            )
+        })?;
+        if let Some(p) = &r.idle_policy {
+            self.check_idle_policy(p)?;
+        }
+        let egress = r.egress_network_connectors.clone().unwrap_or_default();
+        if egress_from_connectors(&egress).map_err(ApiError::validation)? {
+            return Err(ApiError::validation(
+                "egressNetworkConnectors: outbound internet for running microVMs is not available \
+                 in this Ember release (image builds can use \"internet\"); run without it",
+            ));
+        }
+        let ingress = r.ingress_network_connectors.clone().unwrap_or_default();
+        if let Some(bad) = ingress
+            .iter()
+            .find(|c| !INGRESS_CONNECTORS.contains(&c.as_str()))
+        {
+            return Err(ApiError::validation(format!(
+                "unknown ingress network connector {bad:?}: Ember understands {INGRESS_CONNECTORS:?} \
+                 (the endpoint itself needs no connector)"
+            )));
+        }
+        let memory_mib = match build.resources.as_deref() {
+            Some([r, ..]) => u32::try_from(r.minimum_memory_in_mib).unwrap_or(DEFAULT_MEMORY_MIB),
+            _ => DEFAULT_MEMORY_MIB,
+        };
+        let hooks = build.hooks.as_ref();
+        let spec = RunSpec {
+            idle_policy: r.idle_policy.clone(),
+            maximum_duration_s: r
+                .maximum_duration_in_seconds
+                .and_then(|s| u32::try_from(s).ok())
+                .unwrap_or(DEFAULT_MAX_DURATION_S),
+            execution_role_arn: r.execution_role_arn.clone(),
+            ingress,
+            egress,
+            logging: r.logging.clone(),
+            run_hook_payload: r.run_hook_payload.clone(),
+            hooks: RunHooks::from_model(
+                hooks.and_then(|h| h.port),
+                hooks.and_then(|h| h.microvm_hooks.as_ref()),
+            ),
+            memory_mib,
+            snapshot_dir: snapshot_dir.into(),
+        };
+        let record = self
+            .microvms
+            .run(RunPlan {
+                image: image.name.clone(),
+                version: version.version,
+                image_arn: image.arn.clone(),
+                spec,
+            })
+            .await?;
+        microvm_output(&record)
+    }
+
+    /// The named version, or the newest that can run.
+    fn runnable_version(
+        &self,
+        image: &str,
+        version: Option<&str>,
+    ) -> Result<VersionRecord, ApiError> {
+        let runnable = |v: &VersionRecord| {
+            v.state == MicrovmImageVersionState::Successful.as_str()
+                && v.status == MicrovmImageVersionStatus::Active.as_str()
+        };
+        if let Some(number) = version {
+            let id = format!("{image}:{number}");
+            let n: u32 = number
+                .parse()
+                .map_err(|_| ApiError::not_found("MicrovmImageVersion", &id))?;
+            let v = self.store.version(image, n).map_err(|e| match e {
+                StoreError::NotFound(_) => ApiError::not_found("MicrovmImageVersion", &id),
+                other => internal(other),
+            })?;
+            if !runnable(&v) {
+                return Err(ApiError::conflict(
+                    "MicrovmImageVersion",
+                    &id,
+                    format!(
+                        "version {n} of image {image} is {} and {}; only a SUCCESSFUL, ACTIVE version can run",
+                        v.state, v.status
+                    ),
+                ));
+            }
+            return Ok(v);
+        }
+        let mut newest = None;
+        let mut after = 0;
+        loop {
+            let (rows, next) = self
+                .store
+                .list_versions(image, after, 1000)
+                .map_err(internal)?;
+            newest = rows.into_iter().rfind(runnable).or(newest);
+            match next {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        newest.ok_or_else(|| {
+            ApiError::conflict(
+                "MicrovmImage",
+                image,
+                format!("image {image} has no SUCCESSFUL, ACTIVE version to run yet"),
+            )
+        })
+    }
+
+    fn check_idle_policy(&self, p: &IdlePolicy) -> Result<(), ApiError> {
+        let floor = self.microvms.config().min_idle_seconds;
+        if i64::from(p.max_idle_duration_seconds) < i64::from(floor) {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value {} at 'idlePolicy.maxIdleDurationSeconds' failed \
+                 to satisfy constraint: Member must have value greater than or equal to {floor}",
+                p.max_idle_duration_seconds
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn get_microvm(&self, id: &str) -> Result<Microvm, ApiError> {
+        microvm_output(&self.microvm_record(id)?)
+    }
+
+    pub(super) fn list_microvms(
+        &self,
+        r: ListMicrovmsRequest,
+    ) -> Result<ListMicrovmsResponse, ApiError> {
+        let image = match &r.image_identifier {
+            Some(i) => Some(self.image_name(i)),
+            None => None,
+        };
+        let version = match &r.image_version {
+            Some(v) => Some(v.parse::<u32>().map_err(|_| {
+                ApiError::validation(format!("imageVersion {v:?} is not a version number"))
+            })?),
+            None => None,
+        };
+        let scope = format!(
+            "ListMicrovms:{}:{}",
+            image.as_deref().unwrap_or(""),
+            version.map(|v| v.to_string()).unwrap_or_default()
+        );
+        let after = token_after(&scope, r.next_token.as_deref())?;
+        let (rows, next) = self
+            .store
+            .list_microvms(
+                after.as_deref(),
+                image.as_deref(),
+                version,
+                page_size(r.max_results),
+            )
+            .map_err(internal)?;
+        let items = rows
+            .iter()
+            .map(|m| {
+                Ok(MicrovmItem {
+                    microvm_id: m.id.clone(),
+                    state: parse_state(&m.state)?,
+                    image_arn: m.image_arn.clone(),
+                    image_version: m.version.to_string(),
+                    started_at: ts(m.started_at),
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        Ok(ListMicrovmsResponse {
+            next_token: next
+                .map(|k| PageToken::new(&scope, k).map(|t| t.encode()))
+                .transpose()?,
+            items,
+        })
+    }
+
+    pub(super) fn create_auth_token(
+        &self,
+        r: CreateMicrovmAuthTokenRequest,
+    ) -> Result<AuthToken, ApiError> {
+        let rec = self.tokenable(&r.microvm_identifier)?;
+        let ports = port_scope(&r.allowed_ports)?;
+        self.mint(&rec, ports, TokenKind::Endpoint, r.expiration_in_minutes)
+    }
+
+    pub(super) fn create_shell_token(
+        &self,
+        r: CreateMicrovmShellAuthTokenRequest,
+    ) -> Result<AuthToken, ApiError> {
+        let rec = self.tokenable(&r.microvm_identifier)?;
+        let spec = RunSpec::from_json(&rec.spec)
+            .map_err(|e| ApiError::internal(format!("stored run spec: {e}")))?;
+        if !spec.shell_allowed() {
+            return Err(ApiError::validation(format!(
+                "microVM {} was not run with the {SHELL_INGRESS} ingress network connector; \
+                 run it with --ingress-network-connectors {SHELL_INGRESS} to allow a shell",
+                rec.id
+            )));
+        }
+        self.mint(
+            &rec,
+            PortScope::All,
+            TokenKind::Shell,
+            r.expiration_in_minutes,
+        )
+    }
+
+    fn tokenable(&self, id: &str) -> Result<MicrovmRecord, ApiError> {
+        let rec = self.microvm_record(id)?;
+        if matches!(rec.state.as_str(), "TERMINATING" | "TERMINATED") {
+            return Err(ApiError::conflict(
+                RESOURCE,
+                id,
+                format!("microVM {id} is {}", rec.state),
+            ));
+        }
+        Ok(rec)
+    }
+
+    fn mint(
+        &self,
+        rec: &MicrovmRecord,
+        ports: PortScope,
+        kind: TokenKind,
+        minutes: i32,
+    ) -> Result<AuthToken, ApiError> {
+        if !(1..=MAX_TOKEN_MINUTES).contains(&minutes) {
+            return Err(ApiError::validation(format!(
+                "expirationInMinutes must be between 1 and {MAX_TOKEN_MINUTES}, got {minutes}"
+            )));
+        }
+        let now = crate::now() as u64;
+        let claims = Claims::new(
+            &rec.id,
+            ports,
+            kind,
+            now,
+            u64::from(minutes.unsigned_abs()) * 60,
+        );
+        let token = self
+            .microvms
+            .tokens()
+            .mint(&claims)
+            .map_err(|e| ApiError::validation(e.to_string()))?;
+        Ok(AuthToken {
+            auth_token: [(AUTH_HEADER.to_string(), token)].into_iter().collect(),
+        })
+    }
+
+    fn microvm_record(&self, id: &str) -> Result<MicrovmRecord, ApiError> {
+        self.store.microvm(id).map_err(|e| match e {
+            StoreError::NotFound(_) => ApiError::not_found(RESOURCE, id),
+            other => internal(other),
+        })
+    }
+
+    /// Images and versions that live microVMs run from cannot be deleted:
+    /// their snapshot disks back the VMs' disks.
+    pub(super) fn refuse_if_in_use(
+        &self,
+        image: &str,
+        version: Option<u32>,
+    ) -> Result<(), ApiError> {
+        let (rows, _) = self
+            .store
+            .list_microvms(None, Some(image), version, usize::MAX / 2)
+            .map_err(internal)?;
+        if let Some(vm) = rows.iter().find(|m| m.state != "TERMINATED") {
+            let what = match version {
+                Some(v) => format!("version {v} of image {image}"),
+                None => format!("image {image}"),
+            };
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{what} is in use by microVM {} ({}); terminate its microVMs first",
+                    vm.id, vm.state
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn port_scope(specs: &[PortSpecification]) -> Result<PortScope, ApiError> {
+    let port = |n: i32| {
+        u16::try_from(n).ok().filter(|p| *p > 0).ok_or_else(|| {
+            ApiError::validation(format!("allowedPorts: {n} is not a port (1-65535)"))
+        })
+    };
+    let mut rules = Vec::new();
+    for s in specs {
+        match (s.port, &s.range, &s.all_ports) {
+            (Some(p), None, None) => rules.push(PortRule::Port(port(p)?)),
+            (None, Some(r), None) => {
+                let (start, end) = (port(r.start_port)?, port(r.end_port)?);
+                if start > end {
+                    return Err(ApiError::validation(format!(
+                        "allowedPorts: range {start}-{end} ends before it starts"
+                    )));
+                }
+                rules.push(PortRule::Range { start, end });
+            }
+            (None, None, Some(_)) => return Ok(PortScope::All),
+            _ => {
+                return Err(ApiError::validation(
+                    "allowedPorts: each entry sets exactly one of port, range, allPorts",
+                ))
+            }
+        }
+    }
+    if rules.is_empty() {
+        return Err(ApiError::validation(
+            "allowedPorts must name at least one port",
+        ));
+    }
+    Ok(PortScope::Only(rules))
+}
+
+fn parse_state(s: &str) -> Result<MicrovmState, ApiError> {
+    s.parse()
+        .map_err(|e: String| ApiError::internal(format!("stored microVM state: {e}")))
+}
+
+fn microvm_output(m: &MicrovmRecord) -> Result<Microvm, ApiError> {
+    let spec = RunSpec::from_json(&m.spec)
+        .map_err(|e| ApiError::internal(format!("stored run spec: {e}")))?;
+    let none_if_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    Ok(Microvm {
+        microvm_id: m.id.clone(),
+        state: parse_state(&m.state)?,
+        endpoint: m.endpoint.clone(),
+        image_arn: m.image_arn.clone(),
+        image_version: m.version.to_string(),
+        execution_role_arn: spec.execution_role_arn.clone(),
+        idle_policy: spec.idle_policy.clone(),
+        maximum_duration_in_seconds: i32::try_from(spec.maximum_duration_s).unwrap_or(i32::MAX),
+        started_at: ts(m.started_at),
+        terminated_at: m.terminated_at.map(ts),
+        state_reason: m.state_reason.clone(),
+        ingress_network_connectors: none_if_empty(&spec.ingress),
+        egress_network_connectors: none_if_empty(&spec.egress),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ember_api::model::{Empty, PortRange};
+
+    #[test]
+    fn port_specifications_become_token_scopes() {
+        let one = PortSpecification {
+            port: Some(8080),
+            ..Default::default()
+        };
+        let range = PortSpecification {
+            range: Some(PortRange {
+                start_port: 9000,
+                end_port: 9010,
+            }),
+            ..Default::default()
+        };
+        let scope = port_scope(&[one.clone(), range]).unwrap();
+        assert!(scope.allows(8080) && scope.allows(9005) && !scope.allows(22));
+        let all = PortSpecification {
+            all_ports: Some(Empty {}),
+            ..Default::default()
+        };
+        assert_eq!(port_scope(&[one, all]).unwrap(), PortScope::All);
+        let backwards = PortSpecification {
+            range: Some(PortRange {
+                start_port: 10,
+                end_port: 5,
+            }),
+            ..Default::default()
+        };
+        assert!(port_scope(&[backwards]).is_err());
+        assert!(port_scope(&[PortSpecification {
+            port: Some(70000),
+            ..Default::default()
+        }])
+        .is_err());
+        assert!(port_scope(&[PortSpecification::default()]).is_err());
+    }
+}
