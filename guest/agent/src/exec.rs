@@ -13,7 +13,7 @@ use ember_agent_protocol::{ErrorKind, ExecRequest, FrameKind, GuestMessage, MAX_
 use crate::channel::{Failure, Sender};
 use crate::{reaper, spawn_thread};
 
-const DEFAULT_ENV: &[(&str, &str)] = &[
+pub const DEFAULT_ENV: &[(&str, &str)] = &[
     (
         "PATH",
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -38,6 +38,16 @@ pub struct ExecHandle {
 }
 
 impl ExecHandle {
+    /// A handle for `pid`, a tracked child of ours (see `reaper`).
+    pub fn new(pid: i32) -> Self {
+        Self {
+            pid,
+            exited: Mutex::new(false),
+            done: AtomicBool::new(false),
+            discard: AtomicBool::new(false),
+        }
+    }
+
     pub fn is_done(&self) -> bool {
         self.done.load(Ordering::SeqCst)
     }
@@ -110,7 +120,7 @@ fn build_command(req: &ExecRequest) -> Result<Command, Failure> {
     Ok(cmd)
 }
 
-fn spawn_failure(req: &ExecRequest, err: &io::Error) -> Failure {
+pub fn spawn_failure(req: &ExecRequest, err: &io::Error) -> Failure {
     let program = req.argv.first().map(String::as_str).unwrap_or("");
     let mut what = format!("cannot start {program:?}");
     if let Some(cwd) = &req.cwd {
@@ -142,12 +152,7 @@ pub fn start(
     let mut child = reaper::spawn_tracked(&mut cmd).map_err(|e| spawn_failure(&req, &e))?;
     let pid = reaper::pid_of(&child);
     sender.control(channel, &GuestMessage::Started { pid: pid as u32 });
-    let handle = Arc::new(ExecHandle {
-        pid,
-        exited: Mutex::new(false),
-        done: AtomicBool::new(false),
-        discard: AtomicBool::new(false),
-    });
+    let handle = Arc::new(ExecHandle::new(pid));
     if let Err(e) = supervise(&mut child, req.stdin, channel, sender, &handle) {
         // Not enough resources for the helper threads: kill it rather than
         // leave a process nobody reports on.
@@ -240,7 +245,7 @@ fn supervise(
 
 /// Waits for the process to exit, then reaps it with `exited` held so that
 /// `signal` never targets a pid that may have been recycled.
-fn reap(handle: &ExecHandle) -> Option<ExitStatus> {
+pub fn reap(handle: &ExecHandle) -> Option<ExitStatus> {
     if let Err(e) = reaper::wait_exited(handle.pid) {
         log!("waiting for process {}: {e}", handle.pid);
     }

@@ -27,6 +27,10 @@ mod files;
 mod health;
 mod init;
 mod net;
+mod pty;
+mod pty_spawn;
+#[cfg(test)]
+mod pty_tests;
 mod reaper;
 mod restore;
 mod session;

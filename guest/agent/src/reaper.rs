@@ -39,6 +39,16 @@ pub fn spawn_tracked(cmd: &mut Command) -> io::Result<Child> {
     Ok(child)
 }
 
+/// Like [`spawn_tracked`] for children started without `Command` (a fork
+/// that must make a controlling terminal): `spawn` returns the new pid.
+pub fn spawn_tracked_with(spawn: impl FnOnce() -> io::Result<i32>) -> io::Result<i32> {
+    let mut tracked = TRACKED.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = spawn()?;
+    tracked.insert(pid);
+    spawned();
+    Ok(pid)
+}
+
 /// Records that the agent started a child (tracked or not). New children
 /// only appear this way: orphans are re-parented from our own descendants,
 /// which keep the reaper's blocking wait busy while they exist.

@@ -12,8 +12,9 @@ use ember_agent_protocol::{
 use crate::channel::{Failure, Sender, Wire};
 use crate::exec::ExecHandle;
 use crate::files::Upload;
+use crate::pty::PtyHandle;
 use crate::streams::StreamHandle;
-use crate::{exec, files, health, restore, streams};
+use crate::{exec, files, health, pty, restore, streams};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
@@ -28,6 +29,7 @@ enum Channel {
     Exec(Arc<ExecHandle>),
     Upload(Upload),
     Stream(StreamHandle),
+    Pty(PtyHandle),
 }
 
 impl Channel {
@@ -36,16 +38,19 @@ impl Channel {
             Channel::Exec(h) => h.is_done(),
             Channel::Upload(_) => false,
             Channel::Stream(s) => s.is_done(),
+            Channel::Pty(p) => p.is_done(),
         }
     }
 
     /// Ends the channel without telling the host (the session is over or
-    /// the host reset it). Running processes are left alone.
+    /// the host reset it). Running processes are left alone, except that a
+    /// terminal hangs up (its session gets SIGHUP), as when a window closes.
     fn abandon(self) {
         match self {
             Channel::Exec(h) => h.discard_output(),
             Channel::Upload(_) => {}
             Channel::Stream(mut s) => s.close(),
+            Channel::Pty(p) => p.close(),
         }
     }
 }
@@ -158,6 +163,10 @@ impl Agent {
         let sender = &self.sender;
         let result: Result<Option<Channel>, Failure> = match msg {
             HostMessage::Hello { .. } => Err(Failure::invalid("Hello belongs on channel 0")),
+            HostMessage::Exec(req) if req.tty.is_some() => {
+                let size = req.tty.unwrap_or_default();
+                pty::start(req, size, channel, sender).map(|p| Some(Channel::Pty(p)))
+            }
             HostMessage::Exec(req) => exec::start(req, channel, sender, self.config.reaper_running)
                 .map(|h| h.map(Channel::Exec)),
             HostMessage::WriteFile { path, mode } => {
@@ -204,6 +213,7 @@ impl Agent {
     fn signal(&self, target: u32, signal: i32) -> Result<(), Failure> {
         match self.channels.get(&target) {
             Some(Channel::Exec(h)) => h.signal(signal),
+            Some(Channel::Pty(p)) => p.signal(signal),
             _ => Err(Failure::new(
                 proto::ErrorKind::NotFound,
                 format!("no running process on channel {target}"),
@@ -211,11 +221,14 @@ impl Agent {
         }
     }
 
-    fn resize(&self, target: u32, _rows: u16, _cols: u16) -> Result<(), Failure> {
-        Err(Failure::new(
-            proto::ErrorKind::NotFound,
-            format!("no terminal on channel {target}"),
-        ))
+    fn resize(&self, target: u32, rows: u16, cols: u16) -> Result<(), Failure> {
+        match self.channels.get(&target) {
+            Some(Channel::Pty(p)) => p.resize(proto::TtySize { rows, cols }),
+            _ => Err(Failure::new(
+                proto::ErrorKind::NotFound,
+                format!("no terminal on channel {target}"),
+            )),
+        }
     }
 
     /// Data, Eof, Window and Reset frames for an open channel.
@@ -259,6 +272,23 @@ impl Agent {
             }
             (Channel::Stream(s), FrameKind::Window) => {
                 s.grant(frame.window_credit());
+                false
+            }
+            (Channel::Pty(p), FrameKind::Data) => {
+                if p.host_data(frame.payload) {
+                    false
+                } else {
+                    log!("host overran the window on channel {channel}; resetting");
+                    self.sender.reset(channel);
+                    true
+                }
+            }
+            (Channel::Pty(p), FrameKind::Eof) => {
+                p.host_eof();
+                false
+            }
+            (Channel::Pty(p), FrameKind::Window) => {
+                p.grant(frame.window_credit());
                 false
             }
             _ => false,

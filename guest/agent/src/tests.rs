@@ -18,7 +18,7 @@ use crate::session::{Agent, Config};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-struct Host {
+pub(crate) struct Host {
     sock: UnixStream,
     decoder: FrameDecoder,
     agent: Option<thread::JoinHandle<()>>,
@@ -46,7 +46,7 @@ impl Host {
     }
 
     /// Says Hello to a fresh agent.
-    fn connect() -> Self {
+    pub(crate) fn connect() -> Self {
         let mut h = Self::start();
         h.hello(7);
         h
@@ -72,11 +72,11 @@ impl Host {
         }
     }
 
-    fn send(&mut self, frame: Frame) {
+    pub(crate) fn send(&mut self, frame: Frame) {
         self.sock.write_all(&frame.encode().unwrap()).unwrap();
     }
 
-    fn control(&mut self, channel: u32, msg: &HostMessage) {
+    pub(crate) fn control(&mut self, channel: u32, msg: &HostMessage) {
         self.send(Frame::new(
             FrameKind::Control,
             channel,
@@ -85,7 +85,7 @@ impl Host {
     }
 
     /// The next frame, or `None` if nothing arrives within `wait`.
-    fn try_recv(&mut self, wait: Duration) -> Option<Frame> {
+    pub(crate) fn try_recv(&mut self, wait: Duration) -> Option<Frame> {
         let deadline = Instant::now() + wait;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -108,12 +108,12 @@ impl Host {
         }
     }
 
-    fn recv(&mut self) -> Frame {
+    pub(crate) fn recv(&mut self) -> Frame {
         self.try_recv(TIMEOUT)
             .expect("timed out waiting for a frame")
     }
 
-    fn recv_control(&mut self, channel: u32) -> GuestMessage {
+    pub(crate) fn recv_control(&mut self, channel: u32) -> GuestMessage {
         let f = self.recv();
         assert_eq!((f.kind, f.channel), (FrameKind::Control, channel), "{f:?}");
         proto::decode(&f.payload).unwrap()
