@@ -124,6 +124,17 @@ pub struct VmStats {
     pub cpu_ms: u64,
 }
 
+/// Which optional isolation measures are in force for a VM. Backends or
+/// hosts without a capability run VMs without it; this says which ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Isolation {
+    /// The VM's process runs in its own cgroup, with memory, CPU and
+    /// process-count limits.
+    pub cgroup: bool,
+    /// The uid and gid the VM's process runs as, when not the caller's.
+    pub run_as: Option<(u32, u32)>,
+}
+
 /// Creates VMs. One per host; cheap to share.
 #[async_trait]
 pub trait Hypervisor: Send + Sync {
@@ -199,6 +210,11 @@ pub trait Vm: Send + Sync {
     async fn suspend(&self, dir: &Path) -> Result<SnapshotInfo, VmmError>;
 
     fn stats(&self) -> Result<VmStats, VmmError>;
+
+    /// The isolation measures in force for this VM.
+    fn isolation(&self) -> Isolation {
+        Isolation::default()
+    }
 
     /// Freezes the VM's writable disk layer and hard-links it to `dest`
     /// (which must not exist, on the same filesystem); writes continue in a

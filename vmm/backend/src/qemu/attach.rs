@@ -42,6 +42,9 @@ pub(super) async fn attach(hv: &QemuHypervisor, name: &str) -> Result<QemuVm, Vm
     };
     let Some(pidfd) = live_process(&record, &dir) else {
         remove_dir(&dir);
+        if let Some(c) = &record.cgroup {
+            c.remove().await;
+        }
         return Err(not_running(&format!(
             "its QEMU process {} is gone (removed its runtime files)",
             record.pid
@@ -63,6 +66,9 @@ pub(super) async fn attach(hv: &QemuHypervisor, name: &str) -> Result<QemuVm, Vm
             let other = other.unwrap_or("unknown").to_string();
             process.kill().await;
             remove_dir(&dir);
+            if let Some(c) = &record.cgroup {
+                c.remove().await;
+            }
             return Err(not_running(&format!(
                 "QEMU was in state {other:?} (killed it and removed its runtime files)"
             )));
@@ -91,6 +97,7 @@ pub(super) async fn attach(hv: &QemuHypervisor, name: &str) -> Result<QemuVm, Vm
         process: Mutex::new(Some(process)),
         state: Mutex::new(state),
         keep_on_drop: !hv.config.die_with_parent,
+        cgroup: record.cgroup,
         checkpoints: Mutex::new(record.checkpoints),
         config: record.vm,
     })

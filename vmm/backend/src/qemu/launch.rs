@@ -11,6 +11,7 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
+use super::cgroup::VmCgroup;
 use super::command::{
     self, LaunchSpec, RamBacking, AGENT_SOCKET, CONSOLE_LOG, DISK, MEMORY, QMP_SOCKET,
 };
@@ -35,22 +36,58 @@ const INCOMING_FD: i32 = 3;
 pub(super) struct LaunchGuard {
     pub(super) dir: PathBuf,
     pub(super) child: Option<Child>,
+    pub(super) cgroup: Option<VmCgroup>,
 }
 
 impl LaunchGuard {
-    pub(super) fn defuse(mut self) -> Option<Child> {
+    pub(super) fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            child: None,
+            cgroup: None,
+        }
+    }
+
+    pub(super) fn defuse(mut self) -> (Option<Child>, Option<VmCgroup>) {
         self.dir = PathBuf::new();
-        self.child.take()
+        (self.child.take(), self.cgroup.take())
     }
 }
 
 impl Drop for LaunchGuard {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
+        let cgroup = self.cgroup.take();
+        match self.child.take() {
+            Some(child) => end_in_background(QemuProcess::Child(child), cgroup),
+            None => {
+                if let Some(c) = cgroup {
+                    c.remove_now();
+                }
+            }
         }
         if !self.dir.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Kills a VM's process where nothing can wait for it (`Drop`), and
+/// removes its cgroup once it is gone.
+pub(super) fn end_in_background(mut process: QemuProcess, cgroup: Option<VmCgroup>) {
+    process.start_kill();
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async move {
+                process.kill().await;
+                if let Some(c) = cgroup {
+                    c.remove().await;
+                }
+            });
+        }
+        Err(_) => {
+            if let Some(c) = cgroup {
+                c.remove_now();
+            }
         }
     }
 }
@@ -60,10 +97,7 @@ pub(super) async fn boot(
     config: VmConfig,
     dir: PathBuf,
 ) -> Result<QemuVm, VmmError> {
-    let mut guard = LaunchGuard {
-        dir: dir.clone(),
-        child: None,
-    };
+    let mut guard = LaunchGuard::new(dir.clone());
     let format = qcow2::detect_format(&config.rootfs)?;
     qcow2::create_overlay(&config.rootfs, format, &dir.join(DISK))?;
     let mem_path = dir.join(MEMORY);
@@ -79,10 +113,19 @@ pub(super) async fn boot(
         incoming: false,
         boot_files_override: None,
     };
-    let child = spawn(hv, &dir, &spec, None)?;
+    guard.cgroup = vm_cgroup(hv, &config);
+    let child = spawn(hv, &dir, &spec, None, guard.cgroup.as_ref())?;
     let pid = child.id().unwrap_or(0);
     guard.child = Some(child);
-    write_record(hv, &config, &dir, pid, Memory::OwnFile)?;
+    check_cgroup(&mut guard, pid);
+    write_record(
+        hv,
+        &config,
+        &dir,
+        pid,
+        Memory::OwnFile,
+        guard.cgroup.clone(),
+    )?;
     let booted = async {
         let qmp = connect_qmp(&dir, &mut guard).await?;
         let agent = connect_agent(
@@ -118,6 +161,7 @@ fn write_record(
     dir: &Path,
     pid: u32,
     memory: Memory,
+    cgroup: Option<VmCgroup>,
 ) -> Result<(), VmmError> {
     let record = RuntimeRecord {
         pid,
@@ -131,6 +175,7 @@ fn write_record(
         qemu_version: hv.qemu_version.clone(),
         started_unix_ms: unix_ms_now(),
         checkpoints: Vec::new(),
+        cgroup,
     };
     record.write(dir).map_err(VmmError::Record)
 }
@@ -144,8 +189,9 @@ fn running_vm(
     (qmp, agent): (Qmp, AgentClient),
     guard: LaunchGuard,
 ) -> QemuVm {
-    let child = guard.defuse();
+    let (child, cgroup) = guard.defuse();
     QemuVm {
+        cgroup,
         keep_on_drop: !hv.config.die_with_parent,
         name: config.name.clone(),
         dir,
@@ -172,10 +218,7 @@ pub(super) async fn restore(
 ) -> Result<QemuVm, VmmError> {
     let t0 = Instant::now();
     let phase = |what: &str| tracing::debug!(vm = %name, ms = t0.elapsed().as_secs_f64() * 1e3, "restore: {what}");
-    let mut guard = LaunchGuard {
-        dir: dir.clone(),
-        child: None,
-    };
+    let mut guard = LaunchGuard::new(dir.clone());
     let mut config = manifest.vm.clone();
     config.name = name.to_string();
     let resolve = |rec: &FileRecord| {
@@ -221,11 +264,13 @@ pub(super) async fn restore(
     };
     let state_file =
         std::fs::File::open(&state).map_err(VmmError::io(format!("open {}", state.display())))?;
-    let child = spawn(hv, &dir, &spec, Some(&state_file))?;
+    guard.cgroup = vm_cgroup(hv, &config);
+    let child = spawn(hv, &dir, &spec, Some(&state_file), guard.cgroup.as_ref())?;
     drop(state_file);
     let pid = child.id().unwrap_or(0);
     guard.child = Some(child);
-    write_record(hv, &config, &dir, pid, memory.clone())?;
+    check_cgroup(&mut guard, pid);
+    write_record(hv, &config, &dir, pid, memory.clone(), guard.cgroup.clone())?;
     let consumed = (mode == RestoreMemory::Consume).then_some(snapshot_dir);
     let (qmp, agent) = match resume_incoming(
         hv,
@@ -305,11 +350,36 @@ async fn explain(err: VmmError, dir: &Path, guard: &mut LaunchGuard) -> VmmError
     exited(dir, guard).unwrap_or(err)
 }
 
+/// The VM's cgroup, when the backend places VMs in cgroups and it could be
+/// made; a VM without one still runs.
+fn vm_cgroup(hv: &QemuHypervisor, config: &VmConfig) -> Option<VmCgroup> {
+    let cgroups = hv.cgroups.as_ref()?;
+    match cgroups.create(&config.name, config.mem_mib) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(vm = %config.name, "running without a cgroup: {e}");
+            None
+        }
+    }
+}
+
+/// The child joins its cgroup itself and cannot report a failure to: look.
+fn check_cgroup(guard: &mut LaunchGuard, pid: u32) {
+    if let Some(c) = &guard.cgroup {
+        if !c.contains(pid) {
+            tracing::warn!(pid, cgroup = ?c.dirs, "QEMU did not join its cgroup; running without");
+            c.remove_now();
+            guard.cgroup = None;
+        }
+    }
+}
+
 fn spawn(
     hv: &QemuHypervisor,
     dir: &Path,
     spec: &LaunchSpec<'_>,
     incoming: Option<&std::fs::File>,
+    cgroup: Option<&VmCgroup>,
 ) -> Result<Child, VmmError> {
     let mut cmd = Command::new(&hv.config.qemu_binary);
     match (hv.guard, spec.config.network) {
@@ -339,10 +409,22 @@ fn spawn(
         .kill_on_drop(false);
     let incoming_fd = incoming.map(|f| f.as_raw_fd());
     let die_with_parent = hv.config.die_with_parent;
+    let cgroup_procs = cgroup.map(VmCgroup::procs_files).unwrap_or_default();
     // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe calls (prctl, fcntl, dup2) on values copied in.
+    // async-signal-safe calls (open, write, close, prctl, fcntl, dup2) on
+    // values prepared before the fork; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // "0" is the writing process: QEMU is in its cgroup before it
+            // runs, so none of its threads ever starts outside. A failure
+            // is noticed by the parent (`check_cgroup`).
+            for procs in &cgroup_procs {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
             if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

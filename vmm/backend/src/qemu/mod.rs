@@ -2,6 +2,7 @@
 //! controlled over QMP, one process and one runtime directory per VM.
 
 mod attach;
+mod cgroup;
 mod command;
 mod egress_guard;
 mod files;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use cgroup::{CgroupConfig, CgroupError, CgroupVersion};
 pub use host::{detect_accel, tsc_khz};
 pub use qmp::QmpError;
 pub use runtime_record::RecordError;
@@ -54,6 +56,10 @@ pub struct QemuConfig {
     /// cannot be installed: not root, no nft) VMs asking for
     /// `Network::Internet` are refused.
     pub egress_guard: bool,
+    /// Put each VM's QEMU in its own cgroup with these limits. When the
+    /// host has no usable cgroup hierarchy (or it cannot be written), VMs
+    /// run without one and a warning is logged; `Vm::isolation` tells.
+    pub cgroup: Option<CgroupConfig>,
 }
 
 impl QemuConfig {
@@ -67,6 +73,7 @@ impl QemuConfig {
             tcg_tb_size_mib: 64,
             die_with_parent: true,
             egress_guard: true,
+            cgroup: None,
         }
     }
 }
@@ -81,6 +88,8 @@ pub struct QemuHypervisor {
     /// In place when `config.egress_guard` asked for it and it could be
     /// installed.
     guard: Option<egress_guard::EgressGuard>,
+    /// In place when `config.cgroup` asked for it and the host has one.
+    cgroups: Option<cgroup::Cgroups>,
 }
 
 impl QemuHypervisor {
@@ -126,8 +135,19 @@ impl QemuHypervisor {
         } else {
             None
         };
-        tracing::info!(accel = accel.as_str(), %qemu_version, "QEMU backend ready");
+        let cgroups = config
+            .cgroup
+            .clone()
+            .and_then(|c| match cgroup::Cgroups::prepare(c) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!("VMs will run without cgroup limits: {e}");
+                    None
+                }
+            });
+        tracing::info!(accel = accel.as_str(), %qemu_version, cgroups = ?cgroups.as_ref().map(|c| c.version()), "QEMU backend ready");
         Ok(Self {
+            cgroups,
             guard,
             accel,
             tsc_khz: host::tsc_khz(),
@@ -139,6 +159,11 @@ impl QemuHypervisor {
 
     pub fn qemu_version(&self) -> &str {
         &self.qemu_version
+    }
+
+    /// The cgroup hierarchy VMs are placed in, if any.
+    pub fn cgroup_version(&self) -> Option<CgroupVersion> {
+        self.cgroups.as_ref().map(|c| c.version())
     }
 
     /// The runtime directory a VM of this name uses.

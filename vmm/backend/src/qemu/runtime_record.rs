@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::cgroup::VmCgroup;
 use super::vm::Memory;
 use crate::backend::{Accel, VmConfig};
 use crate::framed::{self, FramedError};
@@ -42,6 +43,9 @@ pub(super) struct RuntimeRecord {
     /// Disk layers frozen by `checkpoint_disk`, oldest first.
     #[serde(default)]
     pub checkpoints: Vec<PathBuf>,
+    /// The VM's cgroup, removed when the VM ends.
+    #[serde(default)]
+    pub cgroup: Option<VmCgroup>,
 }
 
 impl RuntimeRecord {
@@ -132,6 +136,7 @@ mod tests {
             qemu_version: "QEMU 7.2".into(),
             started_unix_ms: 1,
             checkpoints: vec![PathBuf::from("/l1")],
+            cgroup: None,
         };
         rec.write(dir.path()).unwrap();
         assert_eq!(RuntimeRecord::load(dir.path()).unwrap(), rec);

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Mutex;
 
+use super::cgroup::VmCgroup;
 use super::command::{CONSOLE_LOG, DISK, MEMORY};
 use super::files;
 use super::launch::LaunchGuard;
@@ -18,7 +19,7 @@ use super::process::QemuProcess;
 use super::qmp::Qmp;
 use super::runtime_record::RuntimeRecord;
 use crate::agent::AgentClient;
-use crate::backend::{Accel, Vm, VmConfig, VmStats};
+use crate::backend::{Accel, Isolation, Vm, VmConfig, VmStats};
 use crate::snapshot::{FileRecord, MemoryImage, SnapshotInfo, SnapshotManifest};
 use crate::VmmError;
 
@@ -57,6 +58,8 @@ pub struct QemuVm {
     /// Dropping the handle leaves the VM running, for a later `attach`
     /// (the backend's `die_with_parent` is off).
     pub(super) keep_on_drop: bool,
+    /// Removed once the process is gone.
+    pub(super) cgroup: Option<VmCgroup>,
     /// Disk layers frozen by `checkpoint_disk`; once any exist, the disk is
     /// a chain inside the runtime folder that snapshots cannot carry.
     pub(super) checkpoints: Mutex<Vec<PathBuf>>,
@@ -109,10 +112,7 @@ impl QemuVm {
         self.qmp
             .execute("migrate", json!({"uri": format!("fd:{STATE_FD_NAME}")}))
             .await?;
-        let mut guard = LaunchGuard {
-            dir: PathBuf::new(),
-            child: None,
-        };
+        let mut guard = LaunchGuard::new(PathBuf::new());
         let res = wait_migration(
             &self.qmp,
             &self.dir,
@@ -222,6 +222,9 @@ impl QemuVm {
             if !p.wait_exit(Duration::from_secs(5)).await {
                 p.kill().await;
             }
+            if let Some(c) = &self.cgroup {
+                c.remove().await;
+            }
         }
         *state = RunState::Stopped;
         Ok(())
@@ -310,6 +313,13 @@ impl Vm for QemuVm {
             .map_err(VmmError::io(format!("remove {}", self.dir.display())))?;
         tracing::info!(vm = %self.name, snapshot = %dir.display(), "suspended");
         Ok(info)
+    }
+
+    fn isolation(&self) -> Isolation {
+        Isolation {
+            cgroup: self.cgroup.is_some(),
+            run_as: None,
+        }
     }
 
     fn stats(&self) -> Result<VmStats, VmmError> {
@@ -408,8 +418,8 @@ impl Drop for QemuVm {
             return;
         }
         if let Ok(mut process) = self.process.try_lock() {
-            if let Some(p) = process.as_mut() {
-                p.start_kill();
+            if let Some(p) = process.take() {
+                super::launch::end_in_background(p, self.cgroup.take());
                 let _ = std::fs::remove_dir_all(&self.dir);
             }
         }
