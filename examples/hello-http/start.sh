@@ -7,5 +7,7 @@ mkdir -p /run/hello
 rm -f /run/hello/requests
 mkfifo /run/hello/requests
 sh /app/counter.sh &
-# -f: stay in the foreground, so the app is the process Ember watches.
-exec httpd -f -p 8080 -h /www
+echo "hello-http: serving on port 8080"
+# -f: stay in the foreground, so the app is the process Ember watches;
+# -v: log each request to stderr, which is the app log (`ember logs`).
+exec httpd -f -v -p 8080 -h /www

@@ -312,7 +312,7 @@ async fn stream_log(
     Ok(())
 }
 
-fn timestamp(v: &Value) -> String {
+pub fn timestamp(v: &Value) -> String {
     match v.as_f64() {
         Some(secs) if secs >= 0.0 => humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + Duration::from_secs(secs as u64),

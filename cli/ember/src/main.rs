@@ -3,6 +3,7 @@
 mod api_client;
 mod demo;
 mod image;
+mod microvm;
 
 use std::path::PathBuf;
 
@@ -56,6 +57,43 @@ enum Command {
     /// Build and manage microVM images through a running emberd.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Run a microVM from an image (restored from its snapshot).
+    Run(microvm::RunArgs),
+    /// List microVMs.
+    Ls {
+        /// Include TERMINATED ones.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Show one microVM.
+    Get { microvm: String },
+    /// Suspend a microVM (memory and disk kept on disk, no process).
+    Suspend {
+        microvm: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Resume a suspended microVM.
+    Resume {
+        microvm: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Terminate a microVM and remove its files.
+    Rm {
+        microvm: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// One HTTP request to a microVM's endpoint, with a fresh token.
+    Curl(microvm::CurlArgs),
+    /// The app's stdout and stderr.
+    Logs {
+        microvm: String,
+        /// Keep printing until the microVM is terminated.
+        #[arg(short, long)]
+        follow: bool,
+    },
 }
 
 #[tokio::main]
@@ -88,14 +126,36 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Demo => demo::run(&cli.data_dir, &cli.agent, accel).await?,
-        Command::Image(cmd) => {
+        command => {
             let client = api_client::ApiClient::from_data_dir(
                 &cli.data_dir,
                 cli.endpoint.as_deref(),
                 &cli.region,
             )?;
-            image::run(&client, cmd).await?
+            api_command(&client, command).await?
         }
     }
     Ok(())
+}
+
+async fn api_command(client: &api_client::ApiClient, command: Command) -> anyhow::Result<()> {
+    use microvm::Transition;
+    match command {
+        Command::Image(cmd) => image::run(client, cmd).await,
+        Command::Run(a) => microvm::run(client, a).await,
+        Command::Ls { all } => microvm::list(client, all).await,
+        Command::Get { microvm } => microvm::show(client, &microvm).await,
+        Command::Suspend { microvm, no_wait } => {
+            microvm::transition(client, &microvm, Transition::Suspend, !no_wait).await
+        }
+        Command::Resume { microvm, no_wait } => {
+            microvm::transition(client, &microvm, Transition::Resume, !no_wait).await
+        }
+        Command::Rm { microvm, no_wait } => {
+            microvm::transition(client, &microvm, Transition::Terminate, !no_wait).await
+        }
+        Command::Curl(a) => microvm::curl(client, a).await,
+        Command::Logs { microvm, follow } => microvm::logs(client, &microvm, follow).await,
+        Command::Setup { .. } | Command::Demo => Ok(()),
+    }
 }
