@@ -186,28 +186,33 @@ impl ClientConnection {
         microvm_id: &str,
         port: u16,
     ) -> Result<SendRequest<Incoming>, Response<ProxyBody>> {
-        let stream = self
-            .shared
-            .upstream
-            .connect(microvm_id, port)
+        let connecting = self.shared.upstream.connect(microvm_id, port);
+        let connected = tokio::time::timeout(self.shared.config.connect_timeout, connecting)
             .await
-            .map_err(|e| match e {
-                UpstreamError::NotFound => error(StatusCode::NOT_FOUND, "no such microVM"),
-                UpstreamError::Unavailable(reason) => {
-                    debug!(microvm_id, %reason, "microVM unavailable");
-                    error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("the microVM cannot serve requests now: {reason}"),
-                    )
-                }
-                UpstreamError::Refused(reason) => {
-                    debug!(microvm_id, port, %reason, "guest refused the connection");
-                    error(
-                        StatusCode::BAD_GATEWAY,
-                        "nothing in the microVM accepts connections on that port",
-                    )
-                }
+            .map_err(|_| {
+                warn!(microvm_id, port, "connecting to the guest timed out");
+                error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the microVM did not accept the connection in time",
+                )
             })?;
+        let stream = connected.map_err(|e| match e {
+            UpstreamError::NotFound => error(StatusCode::NOT_FOUND, "no such microVM"),
+            UpstreamError::Unavailable(reason) => {
+                debug!(microvm_id, %reason, "microVM unavailable");
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("the microVM cannot serve requests now: {reason}"),
+                )
+            }
+            UpstreamError::Refused(reason) => {
+                debug!(microvm_id, port, %reason, "guest refused the connection");
+                error(
+                    StatusCode::BAD_GATEWAY,
+                    "nothing in the microVM accepts connections on that port",
+                )
+            }
+        })?;
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

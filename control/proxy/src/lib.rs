@@ -8,7 +8,8 @@
 //! or a port outside the token's scope), 400 (no or malformed port when the
 //! token allows more than one), 404 (unknown microVM or host name), 503
 //! (microVM cannot serve now), 502 (nothing listens on the guest port, or
-//! the guest broke HTTP).
+//! the guest broke HTTP), 504 (connecting took longer than
+//! `ProxyConfig::connect_timeout`).
 
 mod auth;
 mod forward;

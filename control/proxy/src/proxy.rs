@@ -49,6 +49,9 @@ pub struct ProxyConfig {
     pub bind_ip: IpAddr,
     /// A client that has not sent a full request head by then is dropped.
     pub header_read_timeout: Duration,
+    /// How long `Upstream::connect` (which may resume a suspended VM) and
+    /// the HTTP handshake may take before the client gets a 504.
+    pub connect_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -56,6 +59,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             header_read_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(60),
         }
     }
 }

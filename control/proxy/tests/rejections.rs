@@ -147,3 +147,21 @@ async fn upstream_failures_map_to_404_503_502() {
         assert_eq!(h.upstream.touches(vm), 1, "{vm}");
     }
 }
+
+#[tokio::test]
+async fn a_guest_that_never_accepts_is_504() {
+    let config = ember_proxy::ProxyConfig {
+        connect_timeout: std::time::Duration::from_millis(200),
+        ..Default::default()
+    };
+    let h = Harness::with_config(config).await;
+    let addr = h.proxy.bind_vm("vm-hangs").await.unwrap();
+    let token = h.endpoint_token("vm-hangs");
+    expect(
+        &h,
+        addr,
+        &[("x-aws-proxy-auth", &token), ("x-aws-proxy-port", "8080")],
+        504,
+    )
+    .await;
+}

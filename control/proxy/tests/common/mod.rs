@@ -248,6 +248,10 @@ impl Upstream for TcpUpstream {
         match microvm_id {
             "vm-a" | "vm-b" => {}
             "vm-asleep" => return Err(UpstreamError::Unavailable("it is suspended".into())),
+            "vm-hangs" => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return Err(UpstreamError::NotFound);
+            }
             _ => return Err(UpstreamError::NotFound),
         }
         let addr = match port {
@@ -280,6 +284,10 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new() -> Self {
+        Self::with_config(ProxyConfig::default()).await
+    }
+
+    pub async fn with_config(config: ProxyConfig) -> Self {
         let (app, app_stats) = start_app().await;
         // A port that was free a moment ago: connecting to it is refused.
         let closed = TcpListener::bind("127.0.0.1:0")
@@ -293,7 +301,7 @@ impl Harness {
             touches: Mutex::default(),
         });
         let key = Arc::new(TokenKey::generate());
-        let proxy = Proxy::new(key.clone(), upstream.clone(), ProxyConfig::default());
+        let proxy = Proxy::new(key.clone(), upstream.clone(), config);
         Harness {
             proxy,
             key,
