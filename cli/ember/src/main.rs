@@ -87,6 +87,12 @@ enum Command {
     },
     /// One HTTP request to a microVM's endpoint, with a fresh token.
     Curl(microvm::CurlArgs),
+    /// Mint an endpoint token (10 minutes) and print it.
+    Token {
+        microvm: String,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
     /// The app's stdout and stderr.
     Logs {
         microvm: String,
@@ -155,6 +161,10 @@ async fn api_command(client: &api_client::ApiClient, command: Command) -> anyhow
             microvm::transition(client, &microvm, Transition::Terminate, !no_wait).await
         }
         Command::Curl(a) => microvm::curl(client, a).await,
+        Command::Token { microvm, port } => {
+            println!("{}", microvm::token(client, &microvm, port).await?);
+            Ok(())
+        }
         Command::Logs { microvm, follow } => microvm::logs(client, &microvm, follow).await,
         Command::Setup { .. } | Command::Demo => Ok(()),
     }
