@@ -14,6 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use ember_agent_protocol::{ErrorKind, ExecRequest, FrameKind, GuestMessage, TtySize};
 
@@ -24,6 +25,11 @@ use crate::{pty_spawn, spawn_thread};
 
 /// A master read returns at most a few KiB; this only caps one syscall.
 const READ_CHUNK: usize = 64 * 1024;
+/// How long output is still collected after the process exited. What it
+/// wrote itself is in kernel buffers and takes one read; a background job
+/// that keeps the terminal open and keeps writing must not hold the exit
+/// report back forever.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// Typed on the host's `Eof` when the terminal's own VEOF is unreadable.
 const CTRL_D: u8 = 4;
 
@@ -232,6 +238,7 @@ enum Step {
 fn pump(shared: &Shared, master: RawFd, channel: u32, sender: &Sender) {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut slave_gone = false;
+    let mut exit_seen: Option<Instant> = None;
     let status = loop {
         let (budget, want_write, exit, closed) = {
             let st = shared.lock();
@@ -244,7 +251,8 @@ fn pump(shared: &Shared, master: RawFd, channel: u32, sender: &Sender) {
         if let Some(status) = exit {
             // Reading until EAGAIN flushes the kernel's pending terminal
             // buffers first, so everything the process wrote is collected.
-            if slave_gone {
+            let since = *exit_seen.get_or_insert_with(Instant::now);
+            if slave_gone || since.elapsed() > DRAIN_LIMIT {
                 break Some(status);
             }
             if budget > 0 {

@@ -247,3 +247,32 @@ fn a_flood_of_terminal_output_waits_for_credit() {
         }
     );
 }
+
+#[test]
+fn a_background_job_that_keeps_writing_does_not_hold_the_exit_back() {
+    let mut host = Host::connect();
+    // `yes` ignores the hangup but dies of EIO once the terminal is gone.
+    let script = "(trap '' HUP; exec yes) & sleep 0.2; exit 5";
+    host.control(SHELL, &tty_exec(&["sh", "-c", script], TtySize::default()));
+    assert!(matches!(
+        host.recv_control(SHELL),
+        GuestMessage::Started { .. }
+    ));
+    let started = std::time::Instant::now();
+    loop {
+        let f = host.recv();
+        match f.kind {
+            FrameKind::Data => host.send(Frame::window(SHELL, f.payload.len() as u32)),
+            FrameKind::Eof => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        host.recv_control(SHELL),
+        GuestMessage::Exited {
+            code: Some(5),
+            signal: None
+        }
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
