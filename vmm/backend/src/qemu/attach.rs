@@ -98,6 +98,7 @@ pub(super) async fn attach(hv: &QemuHypervisor, name: &str) -> Result<QemuVm, Vm
         state: Mutex::new(state),
         keep_on_drop: !hv.config.die_with_parent,
         cgroup: record.cgroup,
+        run_as: record.run_as,
         checkpoints: Mutex::new(record.checkpoints),
         config: record.vm,
     })

@@ -64,13 +64,17 @@ fn tool(tool: &'static str, message: String) -> VmmError {
     VmmError::Tool { tool, message }
 }
 
-fn group_gid(name: &str) -> Option<u32> {
+pub(super) fn group_gid(name: &str) -> Option<u32> {
     let out = Command::new("getent").args(["group", name]).output().ok()?;
     let line = String::from_utf8_lossy(&out.stdout).into_owned();
     line.trim().split(':').nth(2)?.parse().ok()
 }
 
-fn run(program: &'static str, args: &[&str], stdin: Option<&str>) -> Result<(), VmmError> {
+pub(super) fn run(
+    program: &'static str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<(), VmmError> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() {

@@ -21,7 +21,7 @@ use super::qmp::Qmp;
 use super::runtime_record::{process_start_ticks, unix_ms_now, RuntimeRecord};
 use super::vm::{Memory, QemuVm, RunState};
 use super::QemuHypervisor;
-use super::{files, qcow2};
+use super::{files, qcow2, unprivileged};
 use crate::agent::AgentClient;
 use crate::backend::{RestoreMemory, VmConfig};
 use crate::snapshot::{FileRecord, MemoryImage, SnapshotManifest};
@@ -114,18 +114,16 @@ pub(super) async fn boot(
         boot_files_override: None,
     };
     guard.cgroup = vm_cgroup(hv, &config);
-    let child = spawn(hv, &dir, &spec, None, guard.cgroup.as_ref())?;
+    let run_as = hv.run_as;
+    if let Some(ids) = run_as {
+        unprivileged::hand_over(&dir, &[MEMORY, DISK], ids)?;
+    }
+    let child = spawn(hv, &dir, &spec, None, guard.cgroup.as_ref(), run_as)?;
     let pid = child.id().unwrap_or(0);
     guard.child = Some(child);
     check_cgroup(&mut guard, pid);
-    write_record(
-        hv,
-        &config,
-        &dir,
-        pid,
-        Memory::OwnFile,
-        guard.cgroup.clone(),
-    )?;
+    let isolation = (guard.cgroup.clone(), run_as);
+    write_record(hv, &config, &dir, pid, Memory::OwnFile, isolation)?;
     let booted = async {
         let qmp = connect_qmp(&dir, &mut guard).await?;
         let agent = connect_agent(
@@ -150,6 +148,7 @@ pub(super) async fn boot(
         Memory::OwnFile,
         (qmp, agent),
         guard,
+        run_as,
     ))
 }
 
@@ -161,7 +160,7 @@ fn write_record(
     dir: &Path,
     pid: u32,
     memory: Memory,
-    cgroup: Option<VmCgroup>,
+    (cgroup, run_as): (Option<VmCgroup>, Option<(u32, u32)>),
 ) -> Result<(), VmmError> {
     let record = RuntimeRecord {
         pid,
@@ -176,6 +175,7 @@ fn write_record(
         started_unix_ms: unix_ms_now(),
         checkpoints: Vec::new(),
         cgroup,
+        run_as,
     };
     record.write(dir).map_err(VmmError::Record)
 }
@@ -188,10 +188,12 @@ fn running_vm(
     memory: Memory,
     (qmp, agent): (Qmp, AgentClient),
     guard: LaunchGuard,
+    run_as: Option<(u32, u32)>,
 ) -> QemuVm {
     let (child, cgroup) = guard.defuse();
     QemuVm {
         cgroup,
+        run_as,
         keep_on_drop: !hv.config.die_with_parent,
         name: config.name.clone(),
         dir,
@@ -265,12 +267,28 @@ pub(super) async fn restore(
     let state_file =
         std::fs::File::open(&state).map_err(VmmError::io(format!("open {}", state.display())))?;
     guard.cgroup = vm_cgroup(hv, &config);
-    let child = spawn(hv, &dir, &spec, Some(&state_file), guard.cgroup.as_ref())?;
+    // See `unprivileged` for why a privately mapped snapshot image keeps
+    // QEMU root.
+    let run_as = hv
+        .run_as
+        .filter(|_| !matches!(spec.ram, RamBacking::PrivateFile(_)));
+    if let Some(ids) = run_as {
+        unprivileged::hand_over(&dir, &[MEMORY, DISK], ids)?;
+    }
+    let child = spawn(
+        hv,
+        &dir,
+        &spec,
+        Some(&state_file),
+        guard.cgroup.as_ref(),
+        run_as,
+    )?;
     drop(state_file);
     let pid = child.id().unwrap_or(0);
     guard.child = Some(child);
     check_cgroup(&mut guard, pid);
-    write_record(hv, &config, &dir, pid, memory.clone(), guard.cgroup.clone())?;
+    let isolation = (guard.cgroup.clone(), run_as);
+    write_record(hv, &config, &dir, pid, memory.clone(), isolation)?;
     let consumed = (mode == RestoreMemory::Consume).then_some(snapshot_dir);
     let (qmp, agent) = match resume_incoming(
         hv,
@@ -291,7 +309,15 @@ pub(super) async fn restore(
         let _ = std::fs::remove_dir_all(consumed);
     }
     tracing::info!(vm = %name, pid, snapshot = %snapshot_dir.display(), "restored");
-    Ok(running_vm(hv, config, dir, memory, (qmp, agent), guard))
+    Ok(running_vm(
+        hv,
+        config,
+        dir,
+        memory,
+        (qmp, agent),
+        guard,
+        run_as,
+    ))
 }
 
 /// Loads the device state into a QEMU started with `-incoming defer`,
@@ -380,11 +406,17 @@ fn spawn(
     spec: &LaunchSpec<'_>,
     incoming: Option<&std::fs::File>,
     cgroup: Option<&VmCgroup>,
+    run_as: Option<(u32, u32)>,
 ) -> Result<Child, VmmError> {
     let mut cmd = Command::new(&hv.config.qemu_binary);
+    // The egress guard matches the group of QEMU's sockets, so its group
+    // wins over the one `run_as` names.
+    let credentials = run_as.map(|(uid, gid)| (uid, hv.guard.map_or(gid, |g| g.gid)));
     match (hv.guard, spec.config.network) {
         (Some(guard), _) => {
-            cmd.gid(guard.gid);
+            if credentials.is_none() {
+                cmd.gid(guard.gid);
+            }
         }
         (None, crate::backend::Network::Internet) => {
             return Err(VmmError::Tool {
@@ -423,6 +455,16 @@ fn spawn(
                 if fd >= 0 {
                     libc::write(fd, b"0".as_ptr().cast(), 1);
                     libc::close(fd);
+                }
+            }
+            // Drop root after joining the cgroup (which needs it) and
+            // before anything of QEMU runs.
+            if let Some((uid, gid)) = credentials {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
                 }
             }
             if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {

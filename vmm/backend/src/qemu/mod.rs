@@ -15,6 +15,7 @@ mod qcow2;
 mod qmp;
 mod runtime_record;
 mod stub_kernel;
+mod unprivileged;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ pub use cgroup::{CgroupConfig, CgroupError, CgroupVersion};
 pub use host::{detect_accel, tsc_khz};
 pub use qmp::QmpError;
 pub use runtime_record::RecordError;
+pub use unprivileged::{ensure_vm_user, USER as VM_USER};
 pub use vm::QemuVm;
 
 use crate::backend::{
@@ -60,6 +62,12 @@ pub struct QemuConfig {
     /// host has no usable cgroup hierarchy (or it cannot be written), VMs
     /// run without one and a warning is logged; `Vm::isolation` tells.
     pub cgroup: Option<CgroupConfig>,
+    /// Run QEMU as this uid and gid instead of root (see `ensure_vm_user`).
+    /// The gid is replaced by the egress guard's group when the guard is in
+    /// place. Needs the state directory's parents to be searchable by other
+    /// users; without that, QEMU runs as root and a warning is logged.
+    /// Clone restores always run as root (see `unprivileged`).
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl QemuConfig {
@@ -74,6 +82,7 @@ impl QemuConfig {
             die_with_parent: true,
             egress_guard: true,
             cgroup: None,
+            run_as: None,
         }
     }
 }
@@ -90,6 +99,8 @@ pub struct QemuHypervisor {
     guard: Option<egress_guard::EgressGuard>,
     /// In place when `config.cgroup` asked for it and the host has one.
     cgroups: Option<cgroup::Cgroups>,
+    /// `config.run_as`, when the state directory allows it.
+    run_as: Option<(u32, u32)>,
 }
 
 impl QemuHypervisor {
@@ -146,7 +157,18 @@ impl QemuHypervisor {
                 }
             });
         tracing::info!(accel = accel.as_str(), %qemu_version, cgroups = ?cgroups.as_ref().map(|c| c.version()), "QEMU backend ready");
+        let run_as =
+            config.run_as.and_then(
+                |ids| match unprivileged::open_state_dir(&config.state_dir) {
+                    Ok(()) => Some(ids),
+                    Err(e) => {
+                        tracing::warn!("QEMU will run as root: {e}");
+                        None
+                    }
+                },
+            );
         Ok(Self {
+            run_as,
             cgroups,
             guard,
             accel,

@@ -46,6 +46,9 @@ pub(super) struct RuntimeRecord {
     /// The VM's cgroup, removed when the VM ends.
     #[serde(default)]
     pub cgroup: Option<VmCgroup>,
+    /// The uid and gid QEMU runs as, when not root.
+    #[serde(default)]
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl RuntimeRecord {
@@ -137,6 +140,7 @@ mod tests {
             started_unix_ms: 1,
             checkpoints: vec![PathBuf::from("/l1")],
             cgroup: None,
+            run_as: Some((5, 6)),
         };
         rec.write(dir.path()).unwrap();
         assert_eq!(RuntimeRecord::load(dir.path()).unwrap(), rec);

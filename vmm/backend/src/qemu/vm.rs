@@ -60,6 +60,7 @@ pub struct QemuVm {
     pub(super) keep_on_drop: bool,
     /// Removed once the process is gone.
     pub(super) cgroup: Option<VmCgroup>,
+    pub(super) run_as: Option<(u32, u32)>,
     /// Disk layers frozen by `checkpoint_disk`; once any exist, the disk is
     /// a chain inside the runtime folder that snapshots cannot carry.
     pub(super) checkpoints: Mutex<Vec<PathBuf>>,
@@ -318,7 +319,7 @@ impl Vm for QemuVm {
     fn isolation(&self) -> Isolation {
         Isolation {
             cgroup: self.cgroup.is_some(),
-            run_as: None,
+            run_as: self.run_as,
         }
     }
 
