@@ -3,6 +3,8 @@ lambda-microvms contract through AWS_DATA_PATH, and images shared between
 tests (builds run under TCG here, so each one costs tens of seconds)."""
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +27,9 @@ os.environ.setdefault(
     "EMBER_AGENT_BIN", str(REPO / "target" / "x86_64-unknown-linux-gnu" / "guest" / "ember-agent"))
 
 
+SESSION_EMBERD_ARGS = ("--min-idle-seconds", "2")
+
+
 def _binary(env, default):
     path = Path(os.environ.get(env, REPO / default))
     return path if path.is_absolute() else REPO / path
@@ -43,7 +48,9 @@ def ember(tmp_path_factory):
     # emberd writes its credentials in shared-credentials format: the
     # clients read them straight from there.
     os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(data_dir / "credentials")
-    daemon = Emberd(binary, data_dir, base / "emberd.log")
+    # A low idle floor so the microVM tests can watch idle suspends in
+    # seconds (the model's floor is 60).
+    daemon = Emberd(binary, data_dir, base / "emberd.log", extra_args=SESSION_EMBERD_ARGS)
     daemon.start()
     yield daemon
     daemon.end_all()
@@ -88,3 +95,30 @@ def hello_http(ember, hello_zip):
     if image["state"] != "CREATED":
         pytest.fail(f"hello-http is {image['state']}: {version.get('stateReason')}\n{ember.log_tail()}")
     return {"created": created, "image": image, "version": version}
+
+
+@pytest.fixture
+def separate_emberd(ember):
+    """Starts emberds of the test's own on fresh data dirs (they share the
+    session's credentials, so the usual clients work): `make(*args)`. All
+    of them, and the guests they left behind, are ended after the test."""
+    made = []
+    # Short paths: VM sockets live under the data dir and a unix socket
+    # path must fit in 108 bytes, which pytest's tmp_path does not.
+    root = Path(tempfile.mkdtemp(prefix="emb-"))
+
+    def make(*extra_args):
+        base = root / str(len(made))
+        data_dir = base / "data"
+        data_dir.mkdir(parents=True)
+        credentials = data_dir / "credentials"
+        credentials.write_bytes((ember.data_dir / "credentials").read_bytes())
+        credentials.chmod(0o600)
+        daemon = Emberd(ember.binary, data_dir, base / "emberd.log", extra_args=extra_args)
+        made.append(daemon)
+        return daemon.start()
+
+    yield make
+    for daemon in made:
+        daemon.end_all()
+    shutil.rmtree(root, ignore_errors=True)

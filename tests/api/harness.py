@@ -5,11 +5,14 @@ CLI and boto3, using the contract model in tests/api/models); nothing is
 mocked.
 """
 
+import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -38,8 +41,11 @@ def image_arn(name):
 class Emberd:
     """One emberd process on a data dir; restartable on the same dir and port."""
 
-    def __init__(self, binary, data_dir, log_path):
+    def __init__(self, binary, data_dir, log_path, extra_args=()):
         self.binary = Path(binary)
+        # Flags beyond the data dir and address (e.g. --min-idle-seconds),
+        # given again on every restart.
+        self.extra_args = list(extra_args)
         self.data_dir = Path(data_dir)
         self.log_path = Path(log_path)
         self.proc = None
@@ -61,7 +67,7 @@ class Emberd:
         self.proc = subprocess.Popen(
             [str(self.binary), "--data-dir", str(self.data_dir),
              "--listen", f"127.0.0.1:{self.port}",
-             "--region", REGION, "--account", ACCOUNT],
+             "--region", REGION, "--account", ACCOUNT, *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -145,14 +151,16 @@ class Emberd:
         )
 
 
-def aws(emberd, *args, check=True):
-    """Runs the AWS CLI from the venv against emberd; returns parsed JSON."""
+def aws(emberd, *args, check=True, env=None):
+    """Runs the AWS CLI from the venv against emberd; returns parsed JSON.
+    `env` adds to (or overrides) the environment, e.g. AWS_CONFIG_FILE."""
     cli = Path(os.environ.get("VIRTUAL_ENV", "")) / "bin" / "aws"
     if not cli.exists():
         cli = Path(os.sys.executable).parent / "aws"
     result = subprocess.run(
         [str(cli), "lambda-microvms", *args, "--endpoint-url", emberd.url, "--output", "json"],
         capture_output=True, text=True, timeout=120,
+        env={**os.environ, **(env or {})},
     )
     if check and result.returncode != 0:
         raise AssertionError(f"aws {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
@@ -229,3 +237,83 @@ def create_and_wait(client, name, zip_path, base=BUSYBOX_ARN, timeout=300, **ext
     version = client.get_microvm_image_version(
         imageIdentifier=name, imageVersion=created["imageVersion"])
     return image, version
+
+
+# --- microVMs -------------------------------------------------------------
+
+MICROVM_PORT = 8080
+COUNTER_LINE = re.compile(r"hello from ember: request (\d+)")
+
+
+def wait_microvm(client, microvm_id, want, timeout=120, interval=0.5):
+    """Polls GetMicrovm until the state is one of `want`; fails early when
+    the VM ends up TERMINATED without that being asked for."""
+    want = {want} if isinstance(want, str) else set(want)
+    deadline = time.monotonic() + timeout
+    seen = []
+    while True:
+        vm = client.get_microvm(microvmIdentifier=microvm_id)
+        if not seen or seen[-1] != vm["state"]:
+            seen.append(vm["state"])
+        if vm["state"] in want:
+            return vm
+        if vm["state"] == "TERMINATED":
+            raise AssertionError(
+                f"microVM {microvm_id} TERMINATED while waiting for {sorted(want)}: "
+                f"{vm.get('stateReason')} (states seen: {seen})")
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"microVM {microvm_id} still {vm['state']} after {timeout}s, wanted {sorted(want)} "
+                f"(states seen: {seen}, reason: {vm.get('stateReason')})")
+        time.sleep(interval)
+
+
+def endpoint_request(endpoint, token=None, port=None, path="/", headers=None, timeout=90,
+                     method="GET"):
+    """One HTTP request through a microVM endpoint (like curl):
+    (status, body text, headers with lower-case names)."""
+    url = urllib.parse.urlsplit(endpoint)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+    sent = {}
+    if token is not None:
+        sent["X-aws-proxy-auth"] = token
+    if port is not None:
+        sent["X-aws-proxy-port"] = str(port)
+    sent.update(headers or {})
+    try:
+        conn.request(method, path, headers=sent)
+        resp = conn.getresponse()
+        body = resp.read().decode(errors="replace")
+        return resp.status, body, {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+
+
+def counter(endpoint, token, port=MICROVM_PORT, timeout=90):
+    """hello-http's request counter: GET / and the N of its answer."""
+    status, body, _ = endpoint_request(endpoint, token, port, timeout=timeout)
+    assert status == 200, f"GET / through {endpoint} answered {status}: {body}"
+    match = COUNTER_LINE.search(body)
+    assert match, f"not hello-http's answer: {body!r}"
+    return int(match.group(1))
+
+
+def endpoint_token(client, microvm_id, port=MICROVM_PORT, minutes=10):
+    """A token for the VM's endpoint (`X-aws-proxy-auth`), `port` only."""
+    answer = client.create_microvm_auth_token(
+        microvmIdentifier=microvm_id, expirationInMinutes=minutes,
+        allowedPorts=[{"port": port}])
+    return answer["authToken"]["X-aws-proxy-auth"]
+
+
+def terminate_quietly(client, *microvm_ids):
+    """Test clean-up: terminate, ignoring VMs that are already gone."""
+    for microvm_id in microvm_ids:
+        try:
+            client.terminate_microvm(microvmIdentifier=microvm_id)
+        except ClientError:
+            pass
+
+
+def microvm_dir(emberd, microvm_id):
+    return emberd.data_dir / "microvms" / microvm_id

@@ -1,0 +1,75 @@
+"""emberd SIGKILLed with one microVM RUNNING and one SUSPENDED, then started
+again on the same data dir: the running VM is re-attached (same endpoint,
+same process, so its in-memory counter goes on), the suspended one still
+wakes with its memory, tokens minted before still work, idle timers still
+fire and the quota still counts both. Runs on an emberd of its own so the
+kill cannot disturb the other tests."""
+
+import pytest
+from botocore.exceptions import ClientError
+
+from harness import (counter, create_and_wait, endpoint_token, error_code, microvm_dir,
+                     terminate_quietly, wait_microvm)
+
+MAX_IDLE = 8
+
+
+def test_sigkill_and_restart_keeps_microvms(separate_emberd, hello_zip):
+    ember = separate_emberd("--min-idle-seconds", "2", "--max-microvms", "2")
+    client, raw = ember.client(), ember.client(validate=False)
+    image, version = create_and_wait(client, "hello-http", hello_zip)
+    assert image["state"] == "CREATED", version.get("stateReason")
+
+    awake = raw.run_microvm(imageIdentifier="hello-http", idlePolicy={
+        "maxIdleDurationSeconds": MAX_IDLE, "suspendedDurationSeconds": 600,
+        "autoResumeEnabled": True})
+    asleep = client.run_microvm(imageIdentifier="hello-http", idlePolicy={
+        "maxIdleDurationSeconds": 600, "suspendedDurationSeconds": 600,
+        "autoResumeEnabled": True})
+    ids = [awake["microvmId"], asleep["microvmId"]]
+    try:
+        for vm_id in ids:
+            wait_microvm(client, vm_id, "RUNNING", timeout=90)
+        awake_token = endpoint_token(client, awake["microvmId"])
+        asleep_token = endpoint_token(client, asleep["microvmId"])
+        assert [counter(asleep["endpoint"], asleep_token) for _ in range(2)] == [1, 2]
+        client.suspend_microvm(microvmIdentifier=asleep["microvmId"])
+        wait_microvm(client, asleep["microvmId"], "SUSPENDED", timeout=90)
+        assert [counter(awake["endpoint"], awake_token) for _ in range(2)] == [1, 2]
+        assert client.get_microvm(microvmIdentifier=awake["microvmId"])["state"] == "RUNNING"
+
+        ember.kill9()
+        ember.start()
+
+        got = client.get_microvm(microvmIdentifier=awake["microvmId"])
+        assert got["state"] == "RUNNING", (
+            f"the RUNNING microVM was not re-attached after the restart: {got['state']} "
+            f"({got.get('stateReason')})\n{ember.log_tail()}")
+        assert got["endpoint"] == awake["endpoint"], "the endpoint moved with the restart"
+        assert counter(awake["endpoint"], awake_token) == 3, \
+            "the re-attached VM lost its memory (the app was restarted)"
+
+        slept = client.get_microvm(microvmIdentifier=asleep["microvmId"])
+        assert slept["state"] == "SUSPENDED", slept
+        assert slept["endpoint"] == asleep["endpoint"]
+        assert (microvm_dir(ember, asleep["microvmId"]) / "suspended").is_dir()
+        assert counter(asleep["endpoint"], asleep_token) == 3, \
+            "the suspended VM did not wake with its memory after the restart"
+
+        # The quota still counts the two recovered VMs.
+        with pytest.raises(ClientError) as info:
+            client.run_microvm(imageIdentifier="hello-http")
+        assert error_code(info.value) == "ServiceQuotaExceededException"
+
+        # The re-attached VM's idle timer still runs.
+        idle = wait_microvm(client, awake["microvmId"], "SUSPENDED", timeout=60)
+        assert "maxIdleDurationSeconds" in idle.get("stateReason", ""), idle
+        assert counter(awake["endpoint"], awake_token) == 4
+
+        for vm_id in ids:
+            client.terminate_microvm(microvmIdentifier=vm_id)
+        for vm_id in ids:
+            wait_microvm(client, vm_id, "TERMINATED", timeout=60)
+            assert not microvm_dir(ember, vm_id).exists()
+    finally:
+        terminate_quietly(client, *ids)
