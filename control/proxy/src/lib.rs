@@ -17,6 +17,7 @@ mod headers;
 pub mod proxy;
 mod response;
 mod routing;
+pub mod scope;
 pub mod token;
 pub mod upstream;
 

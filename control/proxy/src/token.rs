@@ -15,15 +15,14 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+pub use crate::scope::{PortRule, PortScope};
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Longest token `verify` looks at; anything longer is refused unread.
 pub const MAX_TOKEN_LEN: usize = 4096;
 /// Longest lifetime a token may have (the API's `expirationInMinutes` max).
 pub const MAX_TOKEN_LIFETIME_SECS: u64 = 60 * 60;
-/// Most port rules one token carries, so every token stays far below
-/// `MAX_TOKEN_LEN`.
-pub const MAX_PORT_RULES: usize = 64;
 
 const KEY_LEN: usize = 32;
 const MAC_LEN: usize = 32;
@@ -59,77 +58,6 @@ pub enum TokenKind {
     /// `CreateMicrovmShellAuthToken`: the shell; never accepted by the
     /// endpoint proxy.
     Shell,
-}
-
-/// One allowed entry: a port or an inclusive range.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PortRule {
-    Port(u16),
-    Range { start: u16, end: u16 },
-}
-
-impl PortRule {
-    fn contains(self, port: u16) -> bool {
-        match self {
-            PortRule::Port(p) => p == port,
-            PortRule::Range { start, end } => (start..=end).contains(&port),
-        }
-    }
-}
-
-/// The ports a token grants.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PortScope {
-    All,
-    Only(Vec<PortRule>),
-}
-
-impl PortScope {
-    pub fn allows(&self, port: u16) -> bool {
-        match self {
-            PortScope::All => true,
-            PortScope::Only(rules) => rules.iter().any(|r| r.contains(port)),
-        }
-    }
-
-    /// The port a request may omit `X-aws-proxy-port` for: only when the
-    /// scope names exactly one port, so a missing header is never a guess.
-    pub fn sole_port(&self) -> Option<u16> {
-        match self {
-            PortScope::Only(rules) if rules.len() == 1 => match rules[0] {
-                PortRule::Port(p) => Some(p),
-                PortRule::Range { start, end } if start == end => Some(start),
-                PortRule::Range { .. } => None,
-            },
-            _ => None,
-        }
-    }
-
-    fn validate(&self) -> Result<(), TokenError> {
-        let PortScope::Only(rules) = self else {
-            return Ok(());
-        };
-        if rules.is_empty() {
-            return Err(TokenError::BadClaims("the port list is empty"));
-        }
-        if rules.len() > MAX_PORT_RULES {
-            return Err(TokenError::BadClaims("more than 64 port rules"));
-        }
-        for rule in rules {
-            match *rule {
-                PortRule::Port(0) => return Err(TokenError::BadClaims("port 0")),
-                PortRule::Range { start, end } if start == 0 || start > end => {
-                    return Err(TokenError::BadClaims(
-                        "a port range starts at 0 or after its end",
-                    ))
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
 }
 
 /// What a token says. Field names are short: they ride in every request.
@@ -427,19 +355,6 @@ mod tests {
         assert!(key.mint(&c).is_err());
         c.ports = PortScope::Only(vec![PortRule::Range { start: 10, end: 9 }]);
         assert!(key.mint(&c).is_err());
-    }
-
-    #[test]
-    fn scope_rules() {
-        let scope = claims(0).ports;
-        assert!(scope.allows(8080) && scope.allows(9000) && scope.allows(9010));
-        assert!(!scope.allows(8081) && !scope.allows(9011));
-        assert_eq!(scope.sole_port(), None);
-        assert_eq!(
-            PortScope::Only(vec![PortRule::Port(80)]).sole_port(),
-            Some(80)
-        );
-        assert_eq!(PortScope::All.sole_port(), None);
     }
 
     #[test]
