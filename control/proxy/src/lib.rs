@@ -2,6 +2,21 @@
 //! the proxy that checks them and forwards HTTP and WebSocket traffic to a
 //! guest port through an [`Upstream`] that emberd provides.
 //!
+//! emberd's part:
+//! - `TokenKey::load_or_create(data_dir/"proxy.key")` once; on
+//!   `CreateMicrovmAuthToken`, `key.mint(&Claims::new(id, scope,
+//!   TokenKind::Endpoint, now, minutes * 60))` and answer
+//!   `{"X-aws-proxy-auth": token}`.
+//! - `Proxy::new(key, upstream, ProxyConfig::default())`; `bind_vm(id)` when
+//!   a microVM starts (store the address; `bind_vm_at` after a restart),
+//!   `unbind_vm(id)` when it is deleted; optionally `serve_shared` for
+//!   `<id>.<domain>` behind wildcard DNS.
+//!
+//! Clients send `X-aws-proxy-auth: <token>` and `X-aws-proxy-port: <port>`
+//! (the port may be left out when the token allows exactly one port), or
+//! for WebSockets `Sec-WebSocket-Protocol: lambda-microvms,
+//! lambda-microvms.authentication.<token>, lambda-microvms.port.<port>`.
+//!
 //! Status codes the proxy answers itself, all with a JSON
 //! `{"message": ...}` body: 401 (token missing, malformed, expired, or
 //! not signed by this host), 403 (token for another microVM, a shell token,
