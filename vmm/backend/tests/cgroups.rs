@@ -46,6 +46,7 @@ async fn vm_runs_in_its_own_limited_cgroup_until_it_stops() {
         cg.cpu_max_percent = 50;
         cg.memory_overhead_mib = 200;
         cfg.cgroup = Some(cg);
+        cfg.die_with_parent = false;
     })
     .await;
     let Some(version) = env.hv.cgroup_version() else {
@@ -97,6 +98,23 @@ async fn vm_runs_in_its_own_limited_cgroup_until_it_stops() {
     assert_eq!(common::sh(&*vm, "cat /tmp/x").await.trim(), "hello");
     vm.stop().await.unwrap();
     assert!(!memory.exists() && !cpu.exists() && !pids.exists());
+
+    // A VM that died while nobody held it: attach removes its cgroup too.
+    let vm = env.boot("dies").await;
+    let pid = vm.stats().unwrap().pid;
+    let dead_memory = cgroup_dir(pid, version, "memory");
+    drop(vm);
+    // SAFETY: signalling a QEMU process this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    while !env.live_qemus("dies").is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(dead_memory.exists());
+    assert!(matches!(
+        env.hv.attach("dies").await,
+        Err(ember_vmm::VmmError::NotRunning { .. })
+    ));
+    assert!(!dead_memory.exists());
     for dir in [&memory, &cpu, &pids] {
         let _ = std::fs::remove_dir(dir.parent().unwrap());
     }
