@@ -10,6 +10,7 @@ pub mod agent;
 mod backend;
 mod error;
 mod framed;
+pub mod memory_delta;
 pub mod qemu;
 pub mod snapshot;
 
