@@ -3,6 +3,8 @@
 //! in the same run, so their ratio survives a noisy machine.
 
 mod image_build;
+mod microvm;
+mod proxy_overhead;
 mod restore;
 
 use std::path::PathBuf;
@@ -25,13 +27,20 @@ struct Args {
     /// Repetitions per figure; medians are reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Idle running microVMs the microvm bench starts at once.
+    #[arg(long, default_value_t = 50)]
+    running_vms: usize,
+    /// Suspended microVMs the microvm bench fills the host with.
+    #[arg(long, default_value_t = 1000)]
+    suspended_vms: usize,
     /// Which benchmarks to run (default: all).
-    #[arg(value_parser = ["restore", "image_build"])]
+    #[arg(value_parser = ["restore", "image_build", "microvm"])]
     only: Vec<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    ember::api_client::install_crypto();
     let args = Args::parse();
     let accel = args.accel.parse().map_err(|e: String| anyhow::anyhow!(e))?;
     let wants = |b: &str| args.only.is_empty() || args.only.iter().any(|o| o == b);
@@ -44,6 +53,16 @@ async fn main() -> anyhow::Result<()> {
             let line = image_build::run(&args.data_dir, &args.agent, accel, example).await?;
             println!("{line}");
         }
+    }
+    if wants("microvm") {
+        let opts = microvm::Opts {
+            runs: args.runs.max(1),
+            running_vms: args.running_vms,
+            suspended_vms: args.suspended_vms,
+            accel: args.accel.clone(),
+        };
+        let line = microvm::run(&args.data_dir, &args.agent, &opts).await?;
+        println!("{line}");
     }
     Ok(())
 }

@@ -9,5 +9,5 @@ mkfifo /run/hello/requests
 sh /app/counter.sh &
 echo "hello-http: serving on port 8080"
 # -f: stay in the foreground, so the app is the process Ember watches;
-# -v: log each request to stderr, which is the app log (`ember logs`).
-exec httpd -f -v -p 8080 -h /www
+# -vv: log each request to stderr, which is the app log (`ember logs`).
+exec httpd -f -vv -p 8080 -h /www

@@ -11,6 +11,13 @@ use aws_sigv4::sign::v4;
 use reqwest::Method;
 use serde_json::Value;
 
+/// reqwest is built without a default TLS backend (the workspace picks
+/// ring); call before building any HTTP client. Installing fails only if
+/// one is installed already, which is fine.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub struct ApiClient {
     endpoint: url::Url,
     access_key_id: String,

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::api_client::ApiClient;
+use ember::api_client::ApiClient;
 
 const IMAGES: &str = "/2025-09-09/microvm-images";
 

@@ -1,6 +1,6 @@
 //! `ember`: the operator's command-line tool.
 
-mod api_client;
+use ember::api_client;
 mod demo;
 mod image;
 mod microvm;
@@ -111,9 +111,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    // reqwest is built without a default TLS backend (the workspace picks
-    // ring); installing fails only if one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    api_client::install_crypto();
     let cli = Cli::parse();
     let accel = cli
         .accel

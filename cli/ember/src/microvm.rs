@@ -9,8 +9,8 @@ use clap::Args;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::api_client::ApiClient;
 use crate::image::timestamp;
+use ember::api_client::ApiClient;
 
 const MICROVMS: &str = "/2025-09-09/microvms";
 /// What `ember curl` and `ember shell` mint: short-lived tokens.

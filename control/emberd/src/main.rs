@@ -22,7 +22,7 @@ use ember_assets::AssetStore;
 use ember_builder::{Builder, BuilderConfig};
 use ember_proxy::{Proxy, ProxyConfig, TokenKey};
 use ember_store::Store;
-use ember_vmm::qemu::{QemuConfig, QemuHypervisor};
+use ember_vmm::qemu::{CgroupConfig, QemuConfig, QemuHypervisor};
 use ember_vmm::Hypervisor;
 
 use crate::builds::Builds;
@@ -82,6 +82,9 @@ struct Args {
     /// RAM fits into what is available beyond this.
     #[arg(long, default_value_t = 1024)]
     memory_reserve_mib: u64,
+    /// CPU a microVM may use, in percent of one host core (its cgroup).
+    #[arg(long, default_value_t = 100)]
+    vm_cpu_percent: u32,
     /// The address per-VM endpoint listeners bind to.
     #[arg(long, default_value = "127.0.0.1")]
     endpoint_ip: std::net::IpAddr,
@@ -141,6 +144,20 @@ async fn main() -> anyhow::Result<()> {
     let hv: Arc<dyn Hypervisor> = Arc::new(QemuHypervisor::new(qemu.clone()).await?);
     let mut vm_qemu = qemu;
     vm_qemu.die_with_parent = false;
+    vm_qemu.cgroup = Some(CgroupConfig {
+        nest_in_own_cgroup: true,
+        cpu_max_percent: args.vm_cpu_percent,
+        ..CgroupConfig::new("ember")
+    });
+    // An unprivileged QEMU where the host allows it (root creates the
+    // system user); otherwise it runs as emberd's user, said in the log.
+    vm_qemu.run_as = match ember_vmm::qemu::ensure_vm_user() {
+        Ok(ids) => Some(ids),
+        Err(e) => {
+            tracing::warn!("microVMs run QEMU as emberd's own user: {e}");
+            None
+        }
+    };
     let vm_hv: Arc<dyn Hypervisor> = Arc::new(QemuHypervisor::new(vm_qemu).await?);
     let builder = Builder::new(
         Arc::clone(&hv),

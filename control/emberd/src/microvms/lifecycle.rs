@@ -37,7 +37,7 @@ impl Microvms {
         let live = self.store.count_live_microvms().map_err(internal)?;
         self.config
             .capacity
-            .admit_run(live, self.running_count(), plan.spec.memory_mib)?;
+            .admit_run(live, self.running_count(None), plan.spec.memory_mib)?;
         let id = crate::service::names::new_id();
         let (endpoint, proxy_addr) = self.bind_endpoint(&id, None).await?;
         let t = now();
@@ -116,8 +116,17 @@ impl Microvms {
         }
     }
 
-    fn running_count(&self) -> u64 {
-        self.instances().iter().filter(|i| i.vm().is_some()).count() as u64
+    /// VMs that have or are about to have a QEMU process: a PENDING run
+    /// or resume counts, so two quick runs cannot both pass the limit.
+    fn running_count(&self, except: Option<&str>) -> u64 {
+        self.instances()
+            .iter()
+            .filter(|i| Some(i.id.as_str()) != except)
+            .filter(|i| {
+                i.vm().is_some()
+                    || matches!(i.state(), MicrovmState::Pending | MicrovmState::Running)
+            })
+            .count() as u64
     }
 
     async fn start(self: Arc<Self>, inst: Arc<Instance>, _guard: OwnedMutexGuard<()>) {
@@ -234,7 +243,7 @@ impl Microvms {
         }
         self.config
             .capacity
-            .admit_start(self.running_count(), inst.spec.memory_mib)?;
+            .admit_start(self.running_count(Some(&inst.id)), inst.spec.memory_mib)?;
         self.set_state(
             &inst,
             MicrovmState::Pending,
@@ -268,7 +277,7 @@ impl Microvms {
         if let Err(e) = self
             .config
             .capacity
-            .admit_start(self.running_count(), inst.spec.memory_mib)
+            .admit_start(self.running_count(Some(&inst.id)), inst.spec.memory_mib)
         {
             let reason = format!("could not resume: {}", e.message());
             self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);

@@ -1,0 +1,527 @@
+//! `{"bench":"microvm"}`: a real emberd on its own data folder, driven
+//! through its API like a user would: run and auto-resume timed to the
+//! first byte of the app's answer, suspend, proxy overhead, and how many
+//! idle running and suspended microVMs this host holds.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ember::api_client::ApiClient;
+use ember_vmm::qemu::{QemuConfig, QemuHypervisor};
+use ember_vmm::{AccelChoice, Hypervisor, VmConfig};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::median;
+
+const IMAGE: &str = "hello-http";
+const PORT: u16 = 8080;
+const MICROVMS: &str = "/2025-09-09/microvms";
+/// VMs started or suspended at once while filling the host.
+const PARALLEL: usize = 4;
+
+pub struct Opts {
+    pub runs: usize,
+    pub running_vms: usize,
+    pub suspended_vms: usize,
+    pub accel: String,
+}
+
+pub async fn run(data_dir: &Path, agent: &Path, opts: &Opts) -> anyhow::Result<Value> {
+    let root = std::path::absolute(data_dir)?;
+    let dir = root.join("bench-microvm");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut daemon = Emberd::start(&dir, &root.join("assets"), agent, opts).await?;
+    let result = measure(&dir, &root, agent, opts, &daemon).await;
+    daemon.stop(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn measure(
+    dir: &Path,
+    root: &Path,
+    agent: &Path,
+    opts: &Opts,
+    daemon: &Emberd,
+) -> anyhow::Result<Value> {
+    let api = Arc::new(ApiClient::from_data_dir(dir, None, "us-east-1")?);
+    build_image(&api).await?;
+    let cold = cold_boot_to_answer(dir, root, agent, opts).await?;
+
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let mut run_ms = Vec::new();
+    let mut kept = None;
+    for _ in 0..opts.runs {
+        let t = Instant::now();
+        let vm = run_vm(&api, None).await?;
+        let token = token(&api, &vm.id).await?;
+        get(&http, &vm.endpoint, &token).await?;
+        run_ms.push(ms(t));
+        match kept {
+            None => kept = Some((vm, token)),
+            Some(_) => terminate(&api, &vm.id).await?,
+        }
+    }
+    let (vm, token) = kept.context("no run")?;
+    let mut steady = Vec::new();
+    for _ in 0..100 {
+        let t = Instant::now();
+        get(&http, &vm.endpoint, &token).await?;
+        steady.push(ms(t));
+    }
+    let (mut suspend_ms, mut resume_ms) = (Vec::new(), Vec::new());
+    for _ in 0..opts.runs {
+        let t = Instant::now();
+        api.call(
+            Method::POST,
+            &format!("{MICROVMS}/{}/suspend", vm.id),
+            &[],
+            None,
+        )
+        .await?;
+        wait_state(&api, &vm.id, "SUSPENDED", Duration::from_millis(5)).await?;
+        suspend_ms.push(ms(t));
+        let t = Instant::now();
+        get(&http, &vm.endpoint, &token).await?;
+        resume_ms.push(ms(t));
+    }
+    terminate(&api, &vm.id).await?;
+
+    let proxy = crate::proxy_overhead::measure().await?;
+    let fill = fill_host(&api, &http, dir, opts, daemon).await?;
+
+    let cold_ms = median(cold);
+    let resume = median(resume_ms);
+    Ok(json!({
+        "bench": "microvm",
+        "example": IMAGE,
+        "runs": opts.runs,
+        "cold_boot_to_first_answer_ms": cold_ms,
+        "run_to_first_answer_ms": median(run_ms),
+        "resume_to_first_answer_ms": resume,
+        "resume_pct_of_cold_boot": (resume / cold_ms * 1000.0).round() / 10.0,
+        "suspend_ms": median(suspend_ms),
+        "endpoint_p50_ms": median(steady),
+        "proxy_direct_p50_ms": round3(proxy.direct_p50_ms),
+        "proxy_overhead_p50_ms": round3(proxy.proxied_p50_ms - proxy.direct_p50_ms),
+        "proxy_rps": proxy.proxied_rps.round(),
+        "running_idle_vms_max": fill.running,
+        "running_idle_rss_mib_per_vm": fill.rss_mib_per_vm,
+        "running_idle_cpu_pct_of_core_total": fill.idle_cpu_pct,
+        "suspended_vms": fill.suspended,
+        "suspended_disk_mib_per_vm": fill.disk_mib_per_suspended,
+        "suspended_resume_check": fill.resume_check,
+        "fill_seconds": fill.seconds,
+    }))
+}
+
+struct Emberd {
+    child: tokio::process::Child,
+}
+
+impl Emberd {
+    async fn start(dir: &Path, assets: &Path, agent: &Path, opts: &Opts) -> anyhow::Result<Self> {
+        let bin = std::env::var_os("EMBER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "target/release/emberd".into());
+        let log = std::fs::File::create(dir.join("emberd.log"))?;
+        let child = tokio::process::Command::new(&bin)
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0", "--min-idle-seconds", "1"])
+            .args(["--accel", &opts.accel])
+            .arg("--agent")
+            .arg(agent)
+            .arg("--max-running-microvms")
+            .arg((opts.running_vms + 8).to_string())
+            .arg("--max-microvms")
+            .arg((opts.suspended_vms + opts.running_vms + 8).to_string())
+            .args(["--memory-reserve-mib", "512"])
+            .env("EMBER_ASSETS_DIR", assets)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !dir.join("endpoint").exists() {
+            if Instant::now() > deadline {
+                bail!(
+                    "emberd did not start; see {}",
+                    dir.join("emberd.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Self { child })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills emberd and every VM it left (they outlive it by design).
+    fn stop(&mut self, dir: &Path) {
+        let _ = self.child.start_kill();
+        for pid in qemu_pids(dir) {
+            // SAFETY: kill(2) with a pid read from /proc; no memory involved.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+async fn build_image(api: &ApiClient) -> anyhow::Result<()> {
+    let code = std::path::absolute("examples/hello-http")?;
+    let body = json!({
+        "name": IMAGE,
+        "codeArtifact": {"uri": format!("file://{}", code.display())},
+        "baseImageArn": "busybox",
+        "buildRoleArn": "arn:aws:iam::123456789012:role/ember-build",
+    });
+    api.call(Method::POST, "/2025-09-09/microvm-images", &[], Some(&body))
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let v = api
+            .call(
+                Method::GET,
+                &format!("/2025-09-09/microvm-images/{IMAGE}/versions/1"),
+                &[],
+                None,
+            )
+            .await?;
+        match v["state"].as_str() {
+            Some("SUCCESSFUL") => return Ok(()),
+            Some("FAILED") => bail!("the bench image failed to build: {}", v["stateReason"]),
+            _ if Instant::now() > deadline => bail!("the bench image did not build in time"),
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// The same image booted from its disk with no snapshot: kernel boot,
+/// app start, first answer. What a platform without snapshots pays.
+async fn cold_boot_to_answer(
+    dir: &Path,
+    root: &Path,
+    agent: &Path,
+    opts: &Opts,
+) -> anyhow::Result<Vec<f64>> {
+    let assets = ember_assets::AssetStore::new(root.join("assets"));
+    let guest = {
+        let agent = agent.to_path_buf();
+        tokio::task::spawn_blocking(move || assets.ensure_guest(&agent)).await??
+    };
+    let mut cfg = QemuConfig::new(dir.join("cold"));
+    cfg.accel = opts
+        .accel
+        .parse::<AccelChoice>()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let hv = QemuHypervisor::new(cfg).await?;
+    let disk = dir.join(format!("images/{IMAGE}/1/snapshot/disk.qcow2"));
+    let mut out = Vec::new();
+    for i in 0..opts.runs {
+        let overlay = dir.join(format!("cold-{i}.qcow2"));
+        let status = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&disk)
+            .arg(&overlay)
+            .status()?;
+        anyhow::ensure!(status.success(), "qemu-img create failed");
+        let mut c = VmConfig::new(
+            format!("cold{i}"),
+            &guest.kernel,
+            &guest.initramfs,
+            &overlay,
+        );
+        c.mem_mib = 256;
+        let t = Instant::now();
+        let vm = hv.boot(c).await?;
+        vm.agent()
+            .spawn_detached(ember_vmm::agent::ExecRequest {
+                argv: vec!["/bin/sh".into(), "/app/start.sh".into()],
+                log_path: Some("/var/log/ember-app.log".into()),
+                ..Default::default()
+            })
+            .await?;
+        loop {
+            let answer = ember_builder::guest_http::request(
+                vm.agent(),
+                PORT,
+                "GET",
+                "/",
+                Default::default(),
+                Duration::from_secs(5),
+            )
+            .await;
+            if matches!(answer, Ok(a) if a.status == 200) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                bail!("the cold-booted app never answered");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        out.push(ms(t));
+        vm.stop().await?;
+        let _ = std::fs::remove_file(&overlay);
+    }
+    Ok(out)
+}
+
+struct RunningVm {
+    id: String,
+    endpoint: String,
+}
+
+async fn run_vm(api: &ApiClient, idle: Option<u32>) -> anyhow::Result<RunningVm> {
+    let mut body = json!({"imageIdentifier": IMAGE});
+    if let Some(s) = idle {
+        body["idlePolicy"] = json!({"maxIdleDurationSeconds": s, "suspendedDurationSeconds": 86400, "autoResumeEnabled": true});
+    }
+    let out = api.call(Method::POST, MICROVMS, &[], Some(&body)).await?;
+    Ok(RunningVm {
+        id: out["microvmId"].as_str().context("no id")?.to_string(),
+        endpoint: out["endpoint"].as_str().context("no endpoint")?.to_string(),
+    })
+}
+
+async fn token(api: &ApiClient, id: &str) -> anyhow::Result<String> {
+    let body = json!({"expirationInMinutes": 60, "allowedPorts": [{"port": PORT}]});
+    let out = api
+        .call(
+            Method::POST,
+            &format!("{MICROVMS}/{id}/auth-token"),
+            &[],
+            Some(&body),
+        )
+        .await?;
+    Ok(out["authToken"]["X-aws-proxy-auth"]
+        .as_str()
+        .context("no token")?
+        .to_string())
+}
+
+/// One request through the endpoint; returns once the answer's first
+/// bytes (status and headers) arrived, and reads the rest.
+async fn get(http: &reqwest::Client, endpoint: &str, token: &str) -> anyhow::Result<String> {
+    let r = http
+        .get(format!("{endpoint}/"))
+        .header("X-aws-proxy-auth", token)
+        .header("X-aws-proxy-port", PORT.to_string())
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "endpoint answered {}", r.status());
+    Ok(r.text().await?)
+}
+
+async fn wait_state(api: &ApiClient, id: &str, want: &str, poll: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let vm = api
+            .call(Method::GET, &format!("{MICROVMS}/{id}"), &[], None)
+            .await?;
+        let state = vm["state"].as_str().unwrap_or("?");
+        if state == want {
+            return Ok(());
+        }
+        if state == "TERMINATED" || Instant::now() > deadline {
+            bail!(
+                "microVM {id} is {state}, waiting for {want}: {}",
+                vm["stateReason"]
+            );
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+async fn terminate(api: &ApiClient, id: &str) -> anyhow::Result<()> {
+    api.call(Method::DELETE, &format!("{MICROVMS}/{id}"), &[], None)
+        .await?;
+    wait_state(api, id, "TERMINATED", Duration::from_millis(50))
+        .await
+        .or_else(|e| {
+            if e.to_string().contains("is TERMINATED") {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+}
+
+struct Fill {
+    running: usize,
+    rss_mib_per_vm: f64,
+    idle_cpu_pct: f64,
+    suspended: usize,
+    disk_mib_per_suspended: f64,
+    resume_check: bool,
+    seconds: f64,
+}
+
+/// Runs `running_vms` idle VMs and measures them; then suspends them and
+/// adds run-then-suspend VMs until `suspended_vms` are suspended.
+async fn fill_host(
+    api: &Arc<ApiClient>,
+    http: &reqwest::Client,
+    dir: &Path,
+    opts: &Opts,
+    daemon: &Emberd,
+) -> anyhow::Result<Fill> {
+    let t0 = Instant::now();
+    let started = parallel(opts.running_vms, |_| {
+        let (api, http) = (Arc::clone(api), http.clone());
+        async move {
+            let vm = run_vm(&api, None).await?;
+            let token = token(&api, &vm.id).await?;
+            get(&http, &vm.endpoint, &token).await?;
+            anyhow::Ok((vm, token))
+        }
+    })
+    .await;
+    let running: Vec<_> = started.into_iter().filter_map(Result::ok).collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pids = qemu_pids(dir);
+    let rss: u64 = pids.iter().filter_map(|p| rss_bytes(*p)).sum();
+    let window = Duration::from_secs(10);
+    let before: u64 = pids.iter().filter_map(|p| cpu_ticks(*p)).sum();
+    tokio::time::sleep(window).await;
+    let after: u64 = pids.iter().filter_map(|p| cpu_ticks(*p)).sum();
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let idle_cpu_pct = (after.saturating_sub(before)) as f64 / hz / window.as_secs_f64() * 100.0;
+    let n_running = running.len();
+
+    // Suspend them all, then top up with run-and-suspend VMs.
+    let suspended_now = parallel(running.len(), |i| {
+        let api = Arc::clone(api);
+        let id = running[i].0.id.clone();
+        async move { suspend(&api, &id).await }
+    })
+    .await;
+    let mut suspended = suspended_now.iter().filter(|r| r.is_ok()).count();
+    let more = opts.suspended_vms.saturating_sub(suspended);
+    let extra = parallel(more, |_| {
+        let api = Arc::clone(api);
+        async move {
+            let vm = run_vm(&api, None).await?;
+            wait_state(&api, &vm.id, "RUNNING", Duration::from_millis(100)).await?;
+            suspend(&api, &vm.id).await
+        }
+    })
+    .await;
+    suspended += extra.iter().filter(|r| r.is_ok()).count();
+    if let Some(Err(e)) = extra.iter().find(|r| r.is_err()) {
+        eprintln!("bench: some run-and-suspend failed: {e}");
+    }
+    let disk = dir_allocated(&dir.join("microvms"));
+    // A suspended VM from the first batch still has its memory: its
+    // counter continues at 2 (one request was served before).
+    let resume_check = match running.first() {
+        Some((vm, token)) => get(http, &vm.endpoint, token)
+            .await
+            .map(|body| body.contains("request 2"))
+            .unwrap_or(false),
+        None => false,
+    };
+    let _ = daemon.pid();
+    Ok(Fill {
+        running: n_running,
+        rss_mib_per_vm: round3(rss as f64 / (1 << 20) as f64 / n_running.max(1) as f64),
+        idle_cpu_pct: round3(idle_cpu_pct),
+        suspended,
+        disk_mib_per_suspended: round3(disk as f64 / (1 << 20) as f64 / suspended.max(1) as f64),
+        resume_check,
+        seconds: (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    })
+}
+
+async fn suspend(api: &ApiClient, id: &str) -> anyhow::Result<()> {
+    api.call(Method::POST, &format!("{MICROVMS}/{id}/suspend"), &[], None)
+        .await?;
+    wait_state(api, id, "SUSPENDED", Duration::from_millis(100)).await
+}
+
+/// Runs `n` jobs, `PARALLEL` at a time; results in order.
+async fn parallel<F, Fut, T>(n: usize, job: F) -> Vec<anyhow::Result<T>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    use futures_util::stream::{self, StreamExt};
+    stream::iter((0..n).map(job))
+        .buffered(PARALLEL)
+        .collect()
+        .await
+}
+
+/// QEMU processes whose command line names `dir` (this bench's VMs).
+fn qemu_pids(dir: &Path) -> Vec<u32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.starts_with(b"qemu-system") && c.windows(needle.len()).any(|w| w == needle)
+            })
+        })
+        .collect()
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th fields of the whole line.
+    let rest = s.rsplit_once(") ")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Bytes allocated on disk under `dir` (sparse files count what they use).
+fn dir_allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.blocks() * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+fn ms(t: Instant) -> f64 {
+    round3(t.elapsed().as_secs_f64() * 1e3)
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
