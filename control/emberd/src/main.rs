@@ -82,6 +82,11 @@ struct Args {
     /// RAM fits into what is available beyond this.
     #[arg(long, default_value_t = 1024)]
     memory_reserve_mib: u64,
+    /// After this many seconds suspended, a microVM's memory is stored as
+    /// a difference from its image's (a few MiB instead of its RAM); a
+    /// resume then rebuilds it first.
+    #[arg(long, default_value_t = 60)]
+    compact_after_seconds: u32,
     /// CPU a microVM may use, in percent of one host core (its cgroup).
     #[arg(long, default_value_t = 100)]
     vm_cpu_percent: u32,
@@ -250,6 +255,7 @@ async fn start_microvms(
         tokens,
         microvms::MicrovmsConfig {
             min_idle_seconds: args.min_idle_seconds,
+            compact_after_seconds: args.compact_after_seconds,
             endpoint,
             capacity: microvms::Capacity {
                 max_live: args.max_microvms,

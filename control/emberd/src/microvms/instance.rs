@@ -36,6 +36,8 @@ pub struct Instance {
     /// Set by TerminateMicrovm: a transition that finishes afterwards must
     /// not report the VM as running again.
     doomed: AtomicBool,
+    /// Set once the suspended memory was (or is being) compacted.
+    pub compaction: AtomicBool,
     /// One copy of the app log at a time, so no line is copied twice.
     pub log_sync: tokio::sync::Mutex<()>,
 }
@@ -64,6 +66,7 @@ impl Instance {
             flushed_active_ms: AtomicU64::new(ms),
             open_streams: AtomicUsize::new(0),
             doomed: AtomicBool::new(false),
+            compaction: AtomicBool::new(false),
             log_sync: tokio::sync::Mutex::new(()),
         }
     }

@@ -284,6 +284,11 @@ impl Microvms {
             return Err(reason);
         }
         let dir = self.suspended_dir(&inst.id);
+        if let Err(reason) = self.expand_suspended(inst).await {
+            tracing::error!(microvm = %inst.id, "{reason}");
+            self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);
+            return Err(reason);
+        }
         match self
             .hv
             .restore_with(&inst.id, &dir, RestoreMemory::Consume)

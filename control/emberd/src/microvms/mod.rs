@@ -9,6 +9,7 @@
 //! for it.
 
 mod capacity;
+mod compaction;
 mod instance;
 mod lifecycle;
 pub mod logs;
@@ -50,6 +51,9 @@ pub enum EndpointMode {
 pub struct MicrovmsConfig {
     /// The floor of `maxIdleDurationSeconds` (the model's is 60).
     pub min_idle_seconds: u32,
+    /// A VM suspended this long has its memory stored as a difference
+    /// from its image's.
+    pub compact_after_seconds: u32,
     pub endpoint: EndpointMode,
     pub capacity: Capacity,
 }

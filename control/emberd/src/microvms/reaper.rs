@@ -50,6 +50,11 @@ impl Microvms {
             );
             return;
         }
+        if status.state == MicrovmState::Suspended
+            && t - status.suspended_at.unwrap_or(t) >= f64::from(self.config.compact_after_seconds)
+        {
+            self.compact_suspended(inst);
+        }
         let Some(policy) = inst.spec.idle_policy.clone() else {
             return;
         };
