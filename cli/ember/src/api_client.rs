@@ -64,6 +64,11 @@ impl ApiClient {
         })
     }
 
+    /// emberd's URL.
+    pub fn endpoint(&self) -> &url::Url {
+        &self.endpoint
+    }
+
     /// Calls an API operation; an error answer becomes an error naming
     /// its type and message.
     pub async fn call(

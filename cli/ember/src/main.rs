@@ -4,6 +4,7 @@ use ember::api_client;
 mod demo;
 mod image;
 mod microvm;
+mod shell;
 
 use std::path::PathBuf;
 
@@ -93,6 +94,9 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// An interactive shell in a microVM run with --shell (SHELL_INGRESS).
+    /// Exits with the shell's exit code.
+    Shell { microvm: String },
     /// The app's stdout and stderr.
     Logs {
         microvm: String,
@@ -164,6 +168,10 @@ async fn api_command(client: &api_client::ApiClient, command: Command) -> anyhow
             Ok(())
         }
         Command::Logs { microvm, follow } => microvm::logs(client, &microvm, follow).await,
+        Command::Shell { microvm } => {
+            let code = shell::run(client, &microvm).await?;
+            std::process::exit(code);
+        }
         Command::Setup { .. } | Command::Demo => Ok(()),
     }
 }

@@ -9,6 +9,7 @@ mod layout;
 mod microvm_logs;
 mod microvms;
 mod service;
+mod shell;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -69,6 +69,16 @@ impl Upstream for VmUpstream {
 }
 
 impl Microvms {
+    /// The VM a shell session runs in (resumed first like an endpoint
+    /// request would).
+    pub async fn shell_vm(&self, id: &str) -> Result<Arc<dyn Vm>, String> {
+        let inst = self
+            .instance(id)
+            .ok_or_else(|| format!("microVM {id} is not running"))?;
+        inst.touch();
+        self.serving_vm(&inst).await.map_err(|e| e.to_string())
+    }
+
     /// The VM to send a request to: the running one, or, after waiting for
     /// the transition in progress, the one an auto-resume brings back.
     /// Concurrent callers share one resume: they queue on the transition
