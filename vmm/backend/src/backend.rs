@@ -87,6 +87,30 @@ pub enum Network {
     /// guest can reach services listening on the host's loopback through
     /// 10.0.2.2. To be closed by moving to a tap device with nftables rules.
     Internet,
+    /// The same network card and guest addressing as [`Network::Internet`],
+    /// plugged into nothing: every frame the guest sends is dropped and
+    /// none arrive. The guest sees exactly the devices an `Internet` VM
+    /// sees, so a snapshot of either restores as either (see
+    /// [`RestoreOptions::network`]): images are snapshotted isolated and
+    /// get internet only when a microVM asks for it.
+    Isolated,
+}
+
+impl Network {
+    /// Whether the guest has a network card. Device state only loads into
+    /// a VM with the same devices, so this must match between a snapshot
+    /// and its restore; the variants with a card are interchangeable.
+    pub fn has_card(self) -> bool {
+        !matches!(self, Self::None)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Internet => "internet",
+            Self::Isolated => "isolated",
+        }
+    }
 }
 
 /// The guest's address under [`Network::Internet`] (slirp's default).
@@ -146,13 +170,33 @@ pub trait Hypervisor: Send + Sync {
     /// Starts a new VM named `name` from a snapshot directory written by
     /// [`Vm::snapshot`] or [`Vm::suspend`], and returns once its agent
     /// answers and has been told it was restored (clock stepped, RNG
-    /// reseeded). `memory` says what happens to the snapshot's RAM image.
+    /// reseeded). `options` says what happens to the snapshot's RAM image
+    /// and which network the VM gets.
+    async fn restore_with_options(
+        &self,
+        name: &str,
+        snapshot_dir: &Path,
+        options: RestoreOptions,
+    ) -> Result<Arc<dyn Vm>, VmmError>;
+
+    /// [`Hypervisor::restore_with_options`] on the network the snapshot was
+    /// taken with.
     async fn restore_with(
         &self,
         name: &str,
         snapshot_dir: &Path,
         memory: RestoreMemory,
-    ) -> Result<Arc<dyn Vm>, VmmError>;
+    ) -> Result<Arc<dyn Vm>, VmmError> {
+        self.restore_with_options(
+            name,
+            snapshot_dir,
+            RestoreOptions {
+                memory,
+                network: None,
+            },
+        )
+        .await
+    }
 
     /// An independent clone: [`RestoreMemory::Clone`].
     async fn restore(&self, name: &str, snapshot_dir: &Path) -> Result<Arc<dyn Vm>, VmmError> {
@@ -167,6 +211,20 @@ pub trait Hypervisor: Send + Sync {
     /// A VM whose process is gone is cleaned up and reported as
     /// [`VmmError::NotRunning`].
     async fn attach(&self, name: &str) -> Result<Arc<dyn Vm>, VmmError>;
+}
+
+/// How a snapshot is restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RestoreOptions {
+    pub memory: RestoreMemory,
+    /// The restored VM's network, in place of the one the snapshot was
+    /// taken with; `None` keeps that one. Only switches between
+    /// [`Network::Internet`] and [`Network::Isolated`]: the snapshot's
+    /// device state loads only into a VM with the same devices, so asking
+    /// for a card the snapshot lacks, or for none when it has one, is a
+    /// [`VmmError::NetworkMismatch`]. A later snapshot or suspend of the
+    /// restored VM records the network it runs with.
+    pub network: Option<Network>,
 }
 
 /// What a restore does with the snapshot's memory image.
@@ -275,6 +333,17 @@ mod tests {
         let json = serde_json::to_string(&cfg).unwrap();
         assert!(json.contains(r#""network":"internet""#), "{json}");
         assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), cfg);
+        cfg.network = Network::Isolated;
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(json.contains(r#""network":"isolated""#), "{json}");
+        assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), cfg);
+    }
+
+    #[test]
+    fn only_networks_with_a_card_have_one() {
+        assert!(!Network::None.has_card());
+        assert!(Network::Internet.has_card());
+        assert!(Network::Isolated.has_card());
     }
 
     #[test]

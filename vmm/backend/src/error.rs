@@ -49,6 +49,17 @@ pub enum VmmError {
     WrongState(&'static str),
     #[error("VM runtime record: {0}")]
     Record(#[from] RecordError),
+    #[error(
+        "snapshot {snapshot} was taken {}, so it cannot be restored with network {}: \
+         its device state only loads into a VM with the same devices",
+        if *snapshot_has_card { "with a network card" } else { "without a network card" },
+        requested.as_str()
+    )]
+    NetworkMismatch {
+        snapshot: PathBuf,
+        snapshot_has_card: bool,
+        requested: crate::Network,
+    },
     #[error("no running VM named {name:?} to attach to: {reason}")]
     NotRunning { name: String, reason: String },
 }

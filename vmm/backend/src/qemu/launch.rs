@@ -427,7 +427,8 @@ fn spawn(
                     .into(),
             })
         }
-        (None, crate::backend::Network::None) => {}
+        // Neither opens a host socket: nothing for the guard to police.
+        (None, crate::backend::Network::None | crate::backend::Network::Isolated) => {}
     }
     cmd.args(command::qemu_args(spec))
         .current_dir(dir)

@@ -32,7 +32,7 @@ pub use unprivileged::{ensure_vm_user, USER as VM_USER};
 pub use vm::QemuVm;
 
 use crate::backend::{
-    validate_vm_name, Accel, AccelChoice, Hypervisor, RestoreMemory, Vm, VmConfig,
+    validate_vm_name, Accel, AccelChoice, Hypervisor, RestoreOptions, Vm, VmConfig,
 };
 use crate::snapshot::SnapshotError;
 use crate::VmmError;
@@ -249,15 +249,28 @@ impl Hypervisor for QemuHypervisor {
         Ok(Arc::new(vm))
     }
 
-    async fn restore_with(
+    async fn restore_with_options(
         &self,
         name: &str,
         snapshot_dir: &Path,
-        memory: RestoreMemory,
+        options: RestoreOptions,
     ) -> Result<Arc<dyn Vm>, VmmError> {
         validate_vm_name(name)?;
         let snapshot_dir = absolute(snapshot_dir)?;
-        let manifest = crate::SnapshotManifest::load(&snapshot_dir)?;
+        let mut manifest = crate::SnapshotManifest::load(&snapshot_dir)?;
+        if let Some(network) = options.network {
+            let has_card = manifest.vm.network.has_card();
+            if network.has_card() != has_card {
+                return Err(VmmError::NetworkMismatch {
+                    snapshot: snapshot_dir,
+                    snapshot_has_card: has_card,
+                    requested: network,
+                });
+            }
+            // The restored VM's own config (runtime record, later
+            // snapshots) names the network it really runs with.
+            manifest.vm.network = network;
+        }
         // Device state only loads into the VMM and accelerator that wrote it.
         let incompatible = |reason: String| {
             VmmError::Snapshot(SnapshotError::Incompatible {
@@ -279,7 +292,7 @@ impl Hypervisor for QemuHypervisor {
             )));
         }
         let dir = self.claim_dir(name)?;
-        let vm = launch::restore(self, name, manifest, &snapshot_dir, dir, memory).await?;
+        let vm = launch::restore(self, name, manifest, &snapshot_dir, dir, options.memory).await?;
         Ok(Arc::new(vm))
     }
 

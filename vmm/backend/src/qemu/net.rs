@@ -5,28 +5,36 @@ use crate::backend::{
     Network, VmConfig, DNS_ADDRESS, GATEWAY_ADDRESS, GUEST_ADDRESS, GUEST_PREFIX_LEN,
 };
 
-/// QEMU arguments for the VM's network card; empty without one.
+/// QEMU arguments for the VM's network card; empty without one. The
+/// card itself (`-device`) is the same for every network, so device state
+/// moves between them; only the backend it is plugged into (`-netdev`,
+/// which is host-side and not part of the migrated state) differs.
 pub fn qemu_args(config: &VmConfig) -> Vec<String> {
-    match config.network {
-        Network::None => Vec::new(),
+    let netdev = match config.network {
+        Network::None => return Vec::new(),
         // Addresses are spelled out (they are slirp's defaults) so the
         // guest's `ember.net=` and the constants callers see cannot drift
         // from what slirp serves. No hostfwd: nothing connects in. IPv6 is
         // off because nothing configures or tests it: a guest would get a
         // SLAAC address and prefer AAAA answers the host may not route.
-        Network::Internet => vec![
-            "-netdev".into(),
-            format!(
-                "user,id=net0,net={GATEWAY_ADDRESS}/{GUEST_PREFIX_LEN},host={GATEWAY_ADDRESS},\
-                 dhcpstart={GUEST_ADDRESS},dns={DNS_ADDRESS},ipv6=off"
-            ),
-            "-device".into(),
-            format!(
-                "virtio-net-device,netdev=net0,mac={}",
-                mac_for(&config.name)
-            ),
-        ],
-    }
+        Network::Internet => format!(
+            "user,id=net0,net={GATEWAY_ADDRESS}/{GUEST_PREFIX_LEN},host={GATEWAY_ADDRESS},\
+             dhcpstart={GUEST_ADDRESS},dns={DNS_ADDRESS},ipv6=off"
+        ),
+        // A port alone on its hub: what the card sends reaches no other
+        // port and is dropped, and nothing is ever delivered to it. QEMU
+        // warns "hub 0 is not connected to host network"; that is the point.
+        Network::Isolated => "hubport,id=net0,hubid=0".to_string(),
+    };
+    vec![
+        "-netdev".into(),
+        netdev,
+        "-device".into(),
+        format!(
+            "virtio-net-device,netdev=net0,mac={}",
+            mac_for(&config.name)
+        ),
+    ]
 }
 
 /// The kernel command line option telling the agent how to set up the
@@ -34,7 +42,9 @@ pub fn qemu_args(config: &VmConfig) -> Vec<String> {
 pub fn cmdline_option(network: Network) -> Option<String> {
     match network {
         Network::None => None,
-        Network::Internet => Some(format!(
+        // Isolated too: the guest is set up the same, so it finds the
+        // gateway and DNS the moment a restore plugs it into the internet.
+        Network::Internet | Network::Isolated => Some(format!(
             "ember.net={GUEST_ADDRESS}/{GUEST_PREFIX_LEN},{GATEWAY_ADDRESS}"
         )),
     }
@@ -87,5 +97,18 @@ mod tests {
             cmdline_option(cfg.network).as_deref(),
             Some("ember.net=10.0.2.15/24,10.0.2.2")
         );
+    }
+
+    #[test]
+    fn isolated_has_the_same_card_and_cmdline_plugged_into_nothing() {
+        let mut cfg = VmConfig::new("t", Path::new("/k"), Path::new("/i"), Path::new("/r"));
+        cfg.network = Network::Internet;
+        let internet = qemu_args(&cfg);
+        let internet_cmdline = cmdline_option(cfg.network);
+        cfg.network = Network::Isolated;
+        let isolated = qemu_args(&cfg);
+        assert_eq!(isolated[1], "hubport,id=net0,hubid=0");
+        assert_eq!(isolated[2..], internet[2..], "same -device");
+        assert_eq!(cmdline_option(cfg.network), internet_cmdline);
     }
 }
