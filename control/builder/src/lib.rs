@@ -226,6 +226,9 @@ impl Builder {
         finish_key.add(&serde_json::to_string(&plan.config).unwrap_or_default());
         finish_key.add(&serde_json::to_string(&spec.environment).unwrap_or_default());
         finish_key.add(&format!("{:?} {}", spec.hooks, spec.memory_mib));
+        // What the image VM is, beyond the filesystem: snapshots taken
+        // before it had an (isolated) network card cannot get internet.
+        finish_key.add(IMAGE_VM_SHAPE);
         let finish_key = finish_key.hex();
         let snapshot_reused = self
             .snapshot(spec, &plan.config, &rootfs, &finish_key, log)
@@ -326,7 +329,7 @@ impl Builder {
         if spec.egress {
             // The guest resolves through the user-mode network's DNS relay.
             agent
-                .write_file("/etc/resolv.conf", b"nameserver 10.0.2.3\n", 0o644)
+                .write_file("/etc/resolv.conf", SLIRP_RESOLV_CONF, 0o644)
                 .await
                 .map_err(|e| BuildError::new("network set-up", e.to_string()))?;
         }
@@ -381,12 +384,23 @@ impl Builder {
             rootfs,
         );
         vm_config.mem_mib = spec.memory_mib;
+        // Isolated, but with the card an internet VM has: a microVM
+        // restored from the snapshot gets internet only when it asks.
+        vm_config.network = Network::Isolated;
         let vm = self
             .hv
             .boot(vm_config)
             .await
             .map_err(|e| BuildError::new("boot image", e.to_string()))?;
-        let ready = finish::start_and_wait(vm.as_ref(), spec, config, log).await;
+        let ready = async {
+            // For when a restore plugs the card in; harmless while isolated.
+            vm.agent()
+                .write_file("/etc/resolv.conf", SLIRP_RESOLV_CONF, 0o644)
+                .await
+                .map_err(|e| BuildError::new("network set-up", e.to_string()))?;
+            finish::start_and_wait(vm.as_ref(), spec, config, log).await
+        }
+        .await;
         if let Err(e) = ready {
             let _ = vm.stop().await;
             return Err(e);
@@ -407,6 +421,13 @@ impl Builder {
         Ok(false)
     }
 }
+
+/// Points the guest at the user-mode network's DNS relay.
+const SLIRP_RESOLV_CONF: &[u8] = b"nameserver 10.0.2.3\n";
+
+/// Part of the snapshot cache key: change it when the image VM's devices
+/// or set-up change, so no older snapshot is reused.
+const IMAGE_VM_SHAPE: &str = "image vm: isolated virtio-net, resolv.conf to slirp dns";
 
 fn check_base(plan: &BuildPlan, base: &BaseRootfs) -> Result<(), BuildError> {
     if plan.base.name != base.name {

@@ -9,7 +9,7 @@ use ember_artifact::ArtifactSource;
 use ember_assets::AssetStore;
 use ember_builder::{BuildLog, BuildSpec, Builder, BuilderConfig, ImageHooks};
 use ember_vmm::qemu::{QemuConfig, QemuHypervisor};
-use ember_vmm::Hypervisor;
+use ember_vmm::{Hypervisor, Network, RestoreMemory, RestoreOptions};
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -364,5 +364,53 @@ async fn ready_and_validate_hooks_gate_the_snapshot() {
     assert!(reason.starts_with("validate hook"), "{reason}");
     assert!(reason.contains("500"), "{reason}");
     assert!(!failing.output_dir.exists());
+    assert_eq!(env.vm_dirs(), 0);
+}
+
+/// The image VM has a network card plugged into nothing: its snapshot
+/// restores isolated by default, and with internet when asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_snapshot_restores_isolated_or_with_internet() {
+    let env = env().await;
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM busybox\nCMD [\"sleep\", \"1000000\"]\n",
+    );
+    let spec = env.spec("online", ctx.path());
+    let out = match env.builder.build(&spec, &env.log("online")).await {
+        Ok(out) => out,
+        Err(e) => panic!("build failed: {}", e.reason()),
+    };
+    let manifest = ember_vmm::SnapshotManifest::load(&out.snapshot_dir).unwrap();
+    assert_eq!(manifest.vm.network, Network::Isolated);
+
+    let vm = env
+        .hv
+        .restore_with_options(
+            "online-check",
+            &out.snapshot_dir,
+            RestoreOptions {
+                memory: RestoreMemory::Clone,
+                network: Some(Network::Internet),
+            },
+        )
+        .await
+        .unwrap();
+    // Retried: a slow TCG guest or a slow mirror may need a second go.
+    // `timeout`, not wget's -T, which crashes busybox 1.35's wget.
+    let o = vm
+        .agent()
+        .sh("cat /etc/resolv.conf; for i in 1 2 3; do \
+               timeout 30 wget -q -O - http://deb.debian.org/debian/dists/bookworm/Release \
+               | head -c 100 | grep Origin && exit 0; sleep 1; done; exit 1")
+        .await
+        .unwrap();
+    let text = o.stdout_str();
+    assert!(o.success(), "{text}\n{}", o.stderr_str());
+    assert!(text.contains("nameserver 10.0.2.3"), "{text}");
+    assert!(text.contains("Origin: Debian"), "{text}");
+    vm.stop().await.unwrap();
     assert_eq!(env.vm_dirs(), 0);
 }
