@@ -77,9 +77,8 @@ fn follow(
                         Err(e) => Some((Err(e), (sent, true))),
                     };
                 }
-                if microvms.instance(&id).is_none() {
-                    return None;
-                }
+                // The VM is gone and everything it wrote was sent.
+                microvms.instance(&id)?;
                 tokio::time::sleep(POLL).await;
                 microvms.refresh_logs(&id).await;
             }

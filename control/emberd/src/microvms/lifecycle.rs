@@ -289,6 +289,7 @@ impl Microvms {
             self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);
             return Err(reason);
         }
+        let restore_started = std::time::Instant::now();
         match self
             .hv
             .restore_with(&inst.id, &dir, RestoreMemory::Consume)
@@ -308,7 +309,11 @@ impl Microvms {
                 if !inst.is_doomed() {
                     self.set_state(inst, MicrovmState::Running, Some(&reason), Some(None));
                 }
-                tracing::info!(microvm = %inst.id, "resumed: {why}");
+                tracing::info!(
+                    microvm = %inst.id,
+                    restore_ms = restore_started.elapsed().as_millis() as u64,
+                    "resumed: {why}"
+                );
                 Ok(vm)
             }
             Err(e) => {

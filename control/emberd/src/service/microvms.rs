@@ -163,10 +163,7 @@ impl Daemon {
         &self,
         r: ListMicrovmsRequest,
     ) -> Result<ListMicrovmsResponse, ApiError> {
-        let image = match &r.image_identifier {
-            Some(i) => Some(self.image_name(i)),
-            None => None,
-        };
+        let image = r.image_identifier.as_ref().map(|i| self.image_name(i));
         let version = match &r.image_version {
             Some(v) => Some(v.parse::<u32>().map_err(|_| {
                 ApiError::validation(format!("imageVersion {v:?} is not a version number"))
