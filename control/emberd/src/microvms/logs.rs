@@ -15,6 +15,8 @@ use super::Microvms;
 
 /// The host copy stops growing here; a note says so.
 pub const MAX_LOG_BYTES: u64 = 64 << 20;
+/// How long one copy may take.
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most copied in one go; the rest comes with the next read.
 const CHUNK_BYTES: u64 = 4 << 20;
 
@@ -24,8 +26,11 @@ impl Microvms {
     pub async fn sync_logs(&self, inst: &Instance, vm: &dyn Vm) {
         let _one_at_a_time = inst.log_sync.lock().await;
         let path = self.log_path(&inst.id);
-        if let Err(e) = copy_new(vm, &path).await {
-            tracing::debug!(microvm = %inst.id, "copying the app log: {e}");
+        // A guest that does not answer must not hold up a suspend.
+        match tokio::time::timeout(SYNC_TIMEOUT, copy_new(vm, &path)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(microvm = %inst.id, "copying the app log: {e}"),
+            Err(_) => tracing::warn!(microvm = %inst.id, "copying the app log timed out"),
         }
     }
 
