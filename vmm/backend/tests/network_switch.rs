@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use ember_vmm::qemu::{QemuConfig, QemuHypervisor};
 use ember_vmm::snapshot::{FileRecord, MemoryImage};
 use ember_vmm::{
     Accel, Hypervisor, Network, RestoreMemory, RestoreOptions, SnapshotManifest, Vm, VmmError,
@@ -61,6 +62,22 @@ async fn http_by_address(vm: &dyn Vm, ip: &str) -> String {
         .await
         .unwrap();
     out.stdout_str()
+}
+
+/// The effective gid of a process, from /proc.
+fn process_gid(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Gid:")).unwrap();
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+fn ember_vm_gid() -> u32 {
+    let out = std::process::Command::new("getent")
+        .args(["group", "ember-vm"])
+        .output()
+        .unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    line.trim().split(':').nth(2).unwrap().parse().unwrap()
 }
 
 async fn mirror_ipv4() -> String {
@@ -131,6 +148,11 @@ async fn isolated_snapshot_restores_with_internet_or_isolated() {
     assert!(
         direct.contains("HTTP/1.1"),
         "the probe itself works: {direct}"
+    );
+    assert_eq!(
+        process_gid(online.stats().unwrap().pid),
+        ember_vm_gid(),
+        "the egress guard polices the restored VM's sockets"
     );
 
     // The same snapshot isolated: no DNS, no mirror by address, no host.
@@ -256,4 +278,42 @@ async fn a_network_card_cannot_be_added_or_removed_at_restore() {
         assert!(!env.hv.vm_dir(&name).exists(), "nothing left behind");
         assert!(snap.join(ember_vmm::snapshot::MANIFEST_FILE).exists());
     }
+}
+
+/// A daemon restart between the restore and the suspend: the runtime
+/// record `attach` reads carries the network the VM was restored with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reattached_vm_keeps_the_network_it_was_restored_with() {
+    let keep_running = |cfg: &mut QemuConfig| cfg.die_with_parent = false;
+    let env = common::env_with(keep_running).await;
+    let mut config = env.config("sw-kept-origin");
+    config.network = Network::Isolated;
+    let origin = env.hv.boot(config).await.expect("boot isolated");
+    let snap = env.state.path().join("kept-snap");
+    origin.snapshot(&snap).await.unwrap();
+    origin.stop().await.unwrap();
+    let vm = env
+        .hv
+        .restore_with_options(
+            "sw-kept",
+            &snap,
+            options(RestoreMemory::Copy, Some(Network::Internet)),
+        )
+        .await
+        .unwrap();
+    drop(vm);
+
+    let mut cfg = QemuConfig::new(env.state.path());
+    if let Ok(a) = std::env::var("EMBER_ACCEL") {
+        cfg.accel = a.parse().unwrap();
+    }
+    keep_running(&mut cfg);
+    let hv = QemuHypervisor::new(cfg).await.unwrap();
+    let vm = hv.attach("sw-kept").await.unwrap();
+    let suspended = env.state.path().join("kept-suspended");
+    vm.suspend(&suspended).await.unwrap();
+    assert_eq!(
+        SnapshotManifest::load(&suspended).unwrap().vm.network,
+        Network::Internet
+    );
 }
