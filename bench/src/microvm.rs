@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ember::api_client::ApiClient;
+use ember::microvm_api::{self, MICROVMS};
 use ember_vmm::qemu::{QemuConfig, QemuHypervisor};
 use ember_vmm::{AccelChoice, Hypervisor, VmConfig};
 use reqwest::Method;
@@ -19,7 +20,9 @@ use crate::median;
 
 const IMAGE: &str = "hello-http";
 const PORT: u16 = 8080;
-const MICROVMS: &str = "/2025-09-09/microvms";
+/// Polling while a figure is being timed, and while filling the host.
+const FAST_POLL: Duration = Duration::from_millis(5);
+const SLOW_POLL: Duration = Duration::from_millis(100);
 /// emberd's `--compact-after-seconds` here: resumes timed right after a
 /// suspend take the whole-memory path, the ones after a wait the
 /// compacted one.
@@ -88,14 +91,7 @@ async fn measure(
     let (mut suspend_ms, mut resume_ms) = (Vec::new(), Vec::new());
     for _ in 0..opts.runs {
         let t = Instant::now();
-        api.call(
-            Method::POST,
-            &format!("{MICROVMS}/{}/suspend", vm.id),
-            &[],
-            None,
-        )
-        .await?;
-        wait_state(&api, &vm.id, "SUSPENDED", Duration::from_millis(5)).await?;
+        suspend(&api, &vm.id, FAST_POLL).await?;
         suspend_ms.push(ms(t));
         let t = Instant::now();
         get(&http, &vm.endpoint, &token).await?;
@@ -103,14 +99,7 @@ async fn measure(
     }
     let mut compacted_resume_ms = Vec::new();
     for _ in 0..opts.runs {
-        api.call(
-            Method::POST,
-            &format!("{MICROVMS}/{}/suspend", vm.id),
-            &[],
-            None,
-        )
-        .await?;
-        wait_state(&api, &vm.id, "SUSPENDED", Duration::from_millis(5)).await?;
+        suspend(&api, &vm.id, FAST_POLL).await?;
         wait_compacted(dir, &vm.id, 1).await?;
         let t = Instant::now();
         get(&http, &vm.endpoint, &token).await?;
@@ -323,19 +312,7 @@ async fn run_vm(api: &ApiClient, idle: Option<u32>) -> anyhow::Result<RunningVm>
 }
 
 async fn token(api: &ApiClient, id: &str) -> anyhow::Result<String> {
-    let body = json!({"expirationInMinutes": 60, "allowedPorts": [{"port": PORT}]});
-    let out = api
-        .call(
-            Method::POST,
-            &format!("{MICROVMS}/{id}/auth-token"),
-            &[],
-            Some(&body),
-        )
-        .await?;
-    Ok(out["authToken"]["X-aws-proxy-auth"]
-        .as_str()
-        .context("no token")?
-        .to_string())
+    microvm_api::token(api, id, PORT, 60).await
 }
 
 /// One request through the endpoint; returns once the answer's first
@@ -352,37 +329,15 @@ async fn get(http: &reqwest::Client, endpoint: &str, token: &str) -> anyhow::Res
 }
 
 async fn wait_state(api: &ApiClient, id: &str, want: &str, poll: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let vm = api
-            .call(Method::GET, &format!("{MICROVMS}/{id}"), &[], None)
-            .await?;
-        let state = vm["state"].as_str().unwrap_or("?");
-        if state == want {
-            return Ok(());
-        }
-        if state == "TERMINATED" || Instant::now() > deadline {
-            bail!(
-                "microVM {id} is {state}, waiting for {want}: {}",
-                vm["stateReason"]
-            );
-        }
-        tokio::time::sleep(poll).await;
-    }
+    microvm_api::wait_state(api, id, want, poll, Duration::from_secs(300))
+        .await
+        .map(drop)
 }
 
 async fn terminate(api: &ApiClient, id: &str) -> anyhow::Result<()> {
     api.call(Method::DELETE, &format!("{MICROVMS}/{id}"), &[], None)
         .await?;
-    wait_state(api, id, "TERMINATED", Duration::from_millis(50))
-        .await
-        .or_else(|e| {
-            if e.to_string().contains("is TERMINATED") {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
+    wait_state(api, id, "TERMINATED", SLOW_POLL).await
 }
 
 struct Fill {
@@ -432,7 +387,7 @@ async fn fill_host(
     let suspended_now = parallel(running.len(), |i| {
         let api = Arc::clone(api);
         let id = running[i].0.id.clone();
-        async move { suspend(&api, &id).await }
+        async move { suspend(&api, &id, SLOW_POLL).await }
     })
     .await;
     let mut suspended = suspended_now.iter().filter(|r| r.is_ok()).count();
@@ -441,8 +396,8 @@ async fn fill_host(
         let api = Arc::clone(api);
         async move {
             let vm = run_vm(&api, None).await?;
-            wait_state(&api, &vm.id, "RUNNING", Duration::from_millis(100)).await?;
-            suspend(&api, &vm.id).await
+            wait_state(&api, &vm.id, "RUNNING", SLOW_POLL).await?;
+            suspend(&api, &vm.id, SLOW_POLL).await
         }
     })
     .await;
@@ -493,10 +448,10 @@ async fn wait_compacted(dir: &Path, prefix: &str, count: usize) -> anyhow::Resul
     }
 }
 
-async fn suspend(api: &ApiClient, id: &str) -> anyhow::Result<()> {
-    api.call(Method::POST, &format!("{MICROVMS}/{id}/suspend"), &[], None)
-        .await?;
-    wait_state(api, id, "SUSPENDED", Duration::from_millis(100)).await
+/// Suspends and waits for SUSPENDED, polling every `poll`.
+async fn suspend(api: &ApiClient, id: &str, poll: Duration) -> anyhow::Result<()> {
+    microvm_api::suspend(api, id).await?;
+    wait_state(api, id, "SUSPENDED", poll).await
 }
 
 /// Runs `n` jobs, `PARALLEL` at a time; results in order.

@@ -2,3 +2,4 @@
 //! API (the benchmarks drive emberd through it too).
 
 pub mod api_client;
+pub mod microvm_api;

@@ -2,18 +2,20 @@
 //! microVMs through a running emberd.
 
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::image::timestamp;
 use ember::api_client::ApiClient;
+use ember::microvm_api::{get, wait_state, MICROVMS};
 
-const MICROVMS: &str = "/2025-09-09/microvms";
-/// What `ember curl` and `ember shell` mint: short-lived tokens.
+/// How often waits ask for the state.
+const POLL: Duration = Duration::from_millis(200);
+/// What `ember curl` and `ember token` mint: short-lived tokens.
 const TOKEN_MINUTES: u32 = 10;
 
 #[derive(Args)]
@@ -77,44 +79,10 @@ pub async fn run(client: &ApiClient, a: RunArgs) -> anyhow::Result<()> {
     let vm = if a.no_wait {
         out
     } else {
-        wait_state(client, &id, "RUNNING", Duration::from_secs(120)).await?
+        wait_state(client, &id, "RUNNING", POLL, Duration::from_secs(120)).await?
     };
     println!("{}", serde_json::to_string_pretty(&vm)?);
     Ok(())
-}
-
-/// Polls until the VM reaches `want`; a TERMINATED VM is an error with its
-/// reason.
-async fn wait_state(
-    client: &ApiClient,
-    id: &str,
-    want: &str,
-    timeout: Duration,
-) -> anyhow::Result<Value> {
-    let start = Instant::now();
-    loop {
-        let vm = get(client, id).await?;
-        let state = vm["state"].as_str().unwrap_or("?");
-        if state == want {
-            return Ok(vm);
-        }
-        if state == "TERMINATED" {
-            bail!(
-                "microVM {id} was terminated: {}",
-                vm["stateReason"].as_str().unwrap_or("no reason given")
-            );
-        }
-        if start.elapsed() > timeout {
-            bail!("microVM {id} is still {state} after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn get(client: &ApiClient, id: &str) -> anyhow::Result<Value> {
-    client
-        .call(Method::GET, &format!("{MICROVMS}/{id}"), &[], None)
-        .await
 }
 
 pub async fn list(client: &ApiClient, all: bool) -> anyhow::Result<()> {
@@ -181,11 +149,7 @@ pub async fn transition(
     };
     client.call(method, &path, &[], None).await?;
     if wait {
-        let vm = if done == "TERMINATED" {
-            wait_terminated(client, id).await?
-        } else {
-            wait_state(client, id, done, Duration::from_secs(120)).await?
-        };
+        let vm = wait_state(client, id, done, POLL, Duration::from_secs(120)).await?;
         println!(
             "{id}: {}{}",
             vm["state"].as_str().unwrap_or("?"),
@@ -204,32 +168,9 @@ pub enum Transition {
     Terminate,
 }
 
-async fn wait_terminated(client: &ApiClient, id: &str) -> anyhow::Result<Value> {
-    let start = Instant::now();
-    loop {
-        let vm = get(client, id).await?;
-        if vm["state"] == "TERMINATED" || start.elapsed() > Duration::from_secs(60) {
-            return Ok(vm);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Mints an endpoint token for `port`.
 pub async fn token(client: &ApiClient, id: &str, port: u16) -> anyhow::Result<String> {
-    let body = json!({"expirationInMinutes": TOKEN_MINUTES, "allowedPorts": [{"port": port}]});
-    let out = client
-        .call(
-            Method::POST,
-            &format!("{MICROVMS}/{id}/auth-token"),
-            &[],
-            Some(&body),
-        )
-        .await?;
-    out["authToken"]["X-aws-proxy-auth"]
-        .as_str()
-        .map(str::to_string)
-        .context("CreateMicrovmAuthToken answered without X-aws-proxy-auth")
+    ember::microvm_api::token(client, id, port, TOKEN_MINUTES).await
 }
 
 #[derive(Args)]
