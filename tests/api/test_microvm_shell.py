@@ -104,3 +104,55 @@ def test_logs_and_curl_through_the_cli(ember, shell_vm):
     # hello-http prints a start line and httpd logs each request.
     assert "hello-http: serving on port 8080" in logs.stdout, logs.stdout
     assert "url:/" in logs.stdout, logs.stdout
+
+
+# `timeout`, not wget's -T, which crashes busybox 1.35's wget.
+FETCH = ("timeout 60 wget -q -O - http://deb.debian.org/debian/dists/bookworm/Release "
+         "| head -c 40; echo; echo fetched=$?\n")
+HOST_PROBE = "timeout 10 wget -q -O - http://10.0.2.2:{port}/ ; echo host=$?\n"
+
+
+def test_egress_connector_gives_internet_and_nothing_else(ember, hello_http):
+    """One image, two VMs: with egressNetworkConnectors ["internet"] the
+    guest reaches Debian's mirror but not a server on the host's loopback;
+    without it, it reaches nothing."""
+    import http.server
+    import threading
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"host-secret")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    client = ember.client()
+    online = client.run_microvm(imageIdentifier="hello-http", egressNetworkConnectors=["internet"],
+                                ingressNetworkConnectors=["SHELL_INGRESS"])
+    offline = client.run_microvm(imageIdentifier="hello-http",
+                                 ingressNetworkConnectors=["SHELL_INGRESS"])
+    try:
+        got = wait_microvm(client, online["microvmId"], "RUNNING", timeout=90)
+        assert got["egressNetworkConnectors"] == ["internet"], got
+        wait_microvm(client, offline["microvmId"], "RUNNING", timeout=90)
+        out = ember_cli(ember, "shell", online["microvmId"],
+                        stdin=FETCH + HOST_PROBE.format(port=port) + "exit\n", timeout=180)
+        text = out.stdout.replace("\r", "")
+        assert "Origin: Debian" in text, text
+        assert "host-secret" not in text, text
+        out = ember_cli(ember, "shell", offline["microvmId"],
+                        stdin=FETCH + HOST_PROBE.format(port=port) + "exit\n", timeout=180)
+        text = out.stdout.replace("\r", "")
+        assert "Origin: Debian" not in text, text
+        assert "host-secret" not in text, text
+        assert hits == [], f"a guest reached the host's loopback server: {hits}"
+    finally:
+        server.shutdown()
+        terminate_quietly(client, online["microvmId"], offline["microvmId"])

@@ -44,10 +44,10 @@ def test_run_unknown_image_or_version(raw_client, hello_http, args):
     {"maximumDurationInSeconds": 0},
     {"maximumDurationInSeconds": 28801},
     {"ingressNetworkConnectors": ["NO_SUCH_CONNECTOR"]},
-    {"egressNetworkConnectors": ["internet"]},
+    {"egressNetworkConnectors": ["vpc-0123456789"]},
     {"runHookPayload": "x" * 4097},
     {"idlePolicy": {"maxIdleDurationSeconds": 60}},
-], ids=["idle-below-floor", "duration-0", "duration-28801", "unknown-ingress", "egress",
+], ids=["idle-below-floor", "duration-0", "duration-28801", "unknown-ingress", "unknown-egress",
         "hook-payload-4097", "idle-policy-incomplete"])
 def test_run_bad_input(client, raw_client, hello_http, args):
     before = {i["microvmId"] for i in client.list_microvms()["items"]}

@@ -11,7 +11,7 @@ use tokio::sync::OwnedMutexGuard;
 use ember_api::model::MicrovmState;
 use ember_api::{ApiError, ErrorKind};
 use ember_store::{MicrovmRecord, MicrovmUpdate, StoreError};
-use ember_vmm::{RestoreMemory, Vm};
+use ember_vmm::{Network, RestoreMemory, RestoreOptions, Vm};
 
 use super::instance::{Instance, Status};
 use super::spec::{Hook, RunSpec};
@@ -131,9 +131,16 @@ impl Microvms {
 
     async fn start(self: Arc<Self>, inst: Arc<Instance>, _guard: OwnedMutexGuard<()>) {
         let spec = &inst.spec;
+        // Image snapshots have an unconnected network card; egress plugs
+        // it into user-mode networking behind the egress guard. Without
+        // egress the snapshot's own (isolated) network stays.
+        let options = RestoreOptions {
+            memory: RestoreMemory::Copy,
+            network: spec.internet().then_some(Network::Internet),
+        };
         let restored = self
             .hv
-            .restore_with(&inst.id, &spec.snapshot_dir, RestoreMemory::Copy)
+            .restore_with_options(&inst.id, &spec.snapshot_dir, options)
             .await;
         let vm = match restored {
             Ok(vm) => vm,

@@ -108,6 +108,11 @@ impl RunSpec {
         self.ingress.iter().any(|c| c == SHELL_INGRESS)
     }
 
+    /// Outbound internet (the connectors were validated at run time).
+    pub fn internet(&self) -> bool {
+        !self.egress.is_empty()
+    }
+
     pub fn auto_resume(&self) -> bool {
         self.idle_policy
             .as_ref()

@@ -39,12 +39,8 @@ impl Daemon {
             self.check_idle_policy(p)?;
         }
         let egress = r.egress_network_connectors.clone().unwrap_or_default();
-        if egress_from_connectors(&egress).map_err(ApiError::validation)? {
-            return Err(ApiError::validation(
-                "egressNetworkConnectors: outbound internet for running microVMs is not available \
-                 in this Ember release (image builds can use \"internet\"); run without it",
-            ));
-        }
+        // Validated here; the VM gets outbound internet when it is non-empty.
+        egress_from_connectors(&egress).map_err(ApiError::validation)?;
         let ingress = r.ingress_network_connectors.clone().unwrap_or_default();
         if let Some(bad) = ingress
             .iter()
