@@ -4,6 +4,7 @@
 
 mod image_build;
 mod microvm;
+mod procfs;
 mod proxy_overhead;
 mod restore;
 
