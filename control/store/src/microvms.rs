@@ -147,6 +147,25 @@ impl Store {
         Ok(rows)
     }
 
+    /// A microVM not yet TERMINATED that runs from `image` (and
+    /// `version`), if any: what keeps them from being deleted.
+    pub fn first_live_microvm(
+        &self,
+        image: &str,
+        version: Option<u32>,
+    ) -> Result<Option<MicrovmRecord>, StoreError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {} FROM microvms
+             WHERE image = ?1 AND (?2 IS NULL OR version = ?2) AND state <> 'TERMINATED'
+             ORDER BY seq LIMIT 1",
+            MicrovmRecord::COLUMNS
+        );
+        Ok(conn
+            .query_row(&sql, params![image, version], MicrovmRecord::from_row)
+            .optional()?)
+    }
+
     pub fn count_live_microvms(&self) -> Result<u64, StoreError> {
         let n: i64 = self.conn().query_row(
             "SELECT COUNT(*) FROM microvms WHERE state <> 'TERMINATED'",
@@ -282,5 +301,28 @@ mod tests {
         assert_eq!(m.terminated_at, Some(9.0));
         assert_eq!(store.live_microvms().unwrap().len(), 0);
         assert!(store.update_microvm("nope", &u).is_err());
+    }
+
+    #[test]
+    fn the_first_live_microvm_of_an_image_or_version() {
+        let store = Store::open_in_memory().unwrap();
+        store.insert_microvm(&record("old", "a", 1)).unwrap();
+        store.insert_microvm(&record("new", "a", 2)).unwrap();
+        let done = MicrovmUpdate {
+            state: "TERMINATED",
+            now: 2.0,
+            ..Default::default()
+        };
+        store.update_microvm("old", &done).unwrap();
+        assert!(store.first_live_microvm("a", Some(1)).unwrap().is_none());
+        assert_eq!(
+            store.first_live_microvm("a", None).unwrap().unwrap().id,
+            "new"
+        );
+        assert_eq!(
+            store.first_live_microvm("a", Some(2)).unwrap().unwrap().id,
+            "new"
+        );
+        assert!(store.first_live_microvm("b", None).unwrap().is_none());
     }
 }

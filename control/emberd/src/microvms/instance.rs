@@ -127,8 +127,10 @@ impl Instance {
         self.open_streams.load(Ordering::Relaxed)
     }
 
-    pub fn doom(&self) {
-        self.doomed.store(true, Ordering::Relaxed);
+    /// Marks the VM for termination; true if it already was, so only one
+    /// caller starts the termination.
+    pub fn doom(&self) -> bool {
+        self.doomed.swap(true, Ordering::Relaxed)
     }
 
     pub fn is_doomed(&self) -> bool {

@@ -19,6 +19,8 @@ use super::{EndpointMode, Microvms};
 use crate::now;
 
 const RESOURCE: &str = "Microvm";
+/// The state reason of a VM ended by `TerminateMicrovm`.
+pub(super) const TERMINATED_BY_API: &str = "terminated by TerminateMicrovm";
 /// Where the guest finds its own microVM id.
 const IDENTITY_FILE: &str = "/run/ember-microvm-id";
 
@@ -199,13 +201,7 @@ impl Microvms {
         let Some(vm) = inst.vm() else {
             return;
         };
-        let mut reason = why.to_string();
-        if let Some(failed) = self
-            .call_hook(inst, vm.as_ref(), Hook::Suspend, Bytes::new())
-            .await
-        {
-            reason = format!("{reason}; {failed}");
-        }
+        let reason = self.hook_then(inst, vm.as_ref(), Hook::Suspend, why).await;
         self.sync_logs(inst, vm.as_ref()).await;
         let dir = self.suspended_dir(&inst.id);
         if let Err(e) = remove_dir_if_exists(&dir) {
@@ -305,13 +301,7 @@ impl Microvms {
             Ok(vm) => {
                 inst.set_vm(Some(Arc::clone(&vm)));
                 let _ = remove_dir_if_exists(&dir);
-                let mut reason = why.to_string();
-                if let Some(failed) = self
-                    .call_hook(inst, vm.as_ref(), Hook::Resume, Bytes::new())
-                    .await
-                {
-                    reason = format!("{reason}; {failed}");
-                }
+                let reason = self.hook_then(inst, vm.as_ref(), Hook::Resume, why).await;
                 inst.touch();
                 if !inst.is_doomed() {
                     self.set_state(inst, MicrovmState::Running, Some(&reason), Some(None));
@@ -349,29 +339,25 @@ impl Microvms {
         ) {
             return Ok(());
         }
-        self.terminate(inst, "terminated by TerminateMicrovm".into());
+        self.terminate(inst, TERMINATED_BY_API.into());
         Ok(())
     }
 
     /// Marks the VM TERMINATING and ends it once the transition in
     /// progress, if any, is done.
     pub(super) fn terminate(self: &Arc<Self>, inst: Arc<Instance>, why: String) {
-        if inst.is_doomed() {
+        if inst.doom() {
             return;
         }
-        inst.doom();
         self.set_state(&inst, MicrovmState::Terminating, Some(&why), None);
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let _guard = inst.transition.lock().await;
             let mut reason = why;
             if let Some(vm) = inst.vm() {
-                if let Some(failed) = this
-                    .call_hook(&inst, vm.as_ref(), Hook::Terminate, Bytes::new())
-                    .await
-                {
-                    reason = format!("{reason}; {failed}");
-                }
+                reason = this
+                    .hook_then(&inst, vm.as_ref(), Hook::Terminate, &reason)
+                    .await;
                 this.sync_logs(&inst, vm.as_ref()).await;
             }
             this.finish_termination(&inst, &reason).await;
@@ -426,6 +412,15 @@ impl Microvms {
         };
         if let Err(e) = self.store.update_microvm(&inst.id, &update) {
             tracing::error!(microvm = %inst.id, "recording state {state}: {e}");
+        }
+    }
+
+    /// Calls a body-less hook and returns the state reason `why`, with
+    /// the hook's failure added when it failed.
+    async fn hook_then(&self, inst: &Instance, vm: &dyn Vm, hook: Hook, why: &str) -> String {
+        match self.call_hook(inst, vm, hook, Bytes::new()).await {
+            Some(failed) => format!("{why}; {failed}"),
+            None => why.to_string(),
         }
     }
 

@@ -8,6 +8,7 @@ use ember_api::model::MicrovmState;
 use ember_store::MicrovmRecord;
 
 use super::instance::{Instance, Status};
+use super::lifecycle::TERMINATED_BY_API;
 use super::spec::RunSpec;
 use super::Microvms;
 
@@ -75,7 +76,7 @@ impl Microvms {
                 inst.set_vm(Some(vm));
                 match state {
                     MicrovmState::Terminating => {
-                        self.terminate(Arc::clone(&inst), "terminated by TerminateMicrovm".into());
+                        self.terminate(Arc::clone(&inst), TERMINATED_BY_API.into());
                     }
                     MicrovmState::Running => {}
                     // A start, resume or suspend was cut short but the VM
@@ -104,7 +105,7 @@ impl Microvms {
             }
             Err(e) => {
                 let reason = if state == MicrovmState::Terminating {
-                    "terminated by TerminateMicrovm".to_string()
+                    TERMINATED_BY_API.to_string()
                 } else {
                     format!("its VM process was gone when emberd restarted: {e}")
                 };

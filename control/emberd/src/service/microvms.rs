@@ -234,7 +234,10 @@ impl Daemon {
 
     fn tokenable(&self, id: &str) -> Result<MicrovmRecord, ApiError> {
         let rec = self.microvm_record(id)?;
-        if matches!(rec.state.as_str(), "TERMINATING" | "TERMINATED") {
+        if [MicrovmState::Terminating, MicrovmState::Terminated]
+            .iter()
+            .any(|s| s.as_str() == rec.state)
+        {
             return Err(ApiError::conflict(
                 RESOURCE,
                 id,
@@ -288,11 +291,11 @@ impl Daemon {
         image: &str,
         version: Option<u32>,
     ) -> Result<(), ApiError> {
-        let (rows, _) = self
+        let in_use = self
             .store
-            .list_microvms(None, Some(image), version, usize::MAX / 2)
+            .first_live_microvm(image, version)
             .map_err(internal)?;
-        if let Some(vm) = rows.iter().find(|m| m.state != "TERMINATED") {
+        if let Some(vm) = in_use {
             let what = match version {
                 Some(v) => format!("version {v} of image {image}"),
                 None => format!("image {image}"),
@@ -310,23 +313,17 @@ impl Daemon {
 }
 
 fn port_scope(specs: &[PortSpecification]) -> Result<PortScope, ApiError> {
-    let port = |n: i32| {
-        u16::try_from(n).ok().filter(|p| *p > 0).ok_or_else(|| {
-            ApiError::validation(format!("allowedPorts: {n} is not a port (1-65535)"))
-        })
+    // The proxy's constructors check the numbers (1..=65535, ordered
+    // ranges); this only maps the union and names the entry.
+    let bad = |i: usize, e: ember_proxy::TokenError| {
+        ApiError::validation(format!("allowedPorts entry {}: {e}", i + 1))
     };
     let mut rules = Vec::new();
-    for s in specs {
+    for (i, s) in specs.iter().enumerate() {
         match (s.port, &s.range, &s.all_ports) {
-            (Some(p), None, None) => rules.push(PortRule::Port(port(p)?)),
+            (Some(p), None, None) => rules.push(PortRule::port(p).map_err(|e| bad(i, e))?),
             (None, Some(r), None) => {
-                let (start, end) = (port(r.start_port)?, port(r.end_port)?);
-                if start > end {
-                    return Err(ApiError::validation(format!(
-                        "allowedPorts: range {start}-{end} ends before it starts"
-                    )));
-                }
-                rules.push(PortRule::Range { start, end });
+                rules.push(PortRule::range(r.start_port, r.end_port).map_err(|e| bad(i, e))?)
             }
             (None, None, Some(_)) => return Ok(PortScope::All),
             _ => {
