@@ -18,15 +18,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use ember_proxy::TokenKind;
 use ember_vmm::agent::{ExecRequest, TtySize};
 
 use crate::microvms::Microvms;
 
 pub const ROUTE: &str = "/ember/v1/microvms/{id}/shell";
-const AUTH_HEADER: &str = "x-aws-proxy-auth";
+/// Named in the 101 when the client offered it (as the endpoint does).
 const SUBPROTOCOL: &str = "lambda-microvms";
-const SUBPROTOCOL_TOKEN: &str = "lambda-microvms.authentication.";
 /// The largest control message a client may send.
 const MAX_CONTROL: usize = 1024;
 
@@ -54,23 +52,11 @@ pub async fn shell(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let Some(token) = token_from(&headers) else {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "missing shell token: send it in X-aws-proxy-auth",
-        );
-    };
-    let now = crate::now() as u64;
-    let claims = match microvms.tokens().verify(&token, now) {
-        Ok(c) => c,
-        Err(e) => return refuse(StatusCode::UNAUTHORIZED, &format!("shell token: {e}")),
-    };
-    if claims.kind != TokenKind::Shell || claims.microvm_id != id {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "the token is not a shell token for this microVM (CreateMicrovmShellAuthToken)",
-        );
-    }
+    let grant =
+        match ember_proxy::authorize_shell(microvms.tokens(), &headers, &id, crate::now() as u64) {
+            Ok(g) => g,
+            Err(r) => return refuse(r.status, r.message),
+        };
     let vm = match microvms.shell_vm(&id).await {
         Ok(vm) => vm,
         Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &e),
@@ -98,13 +84,7 @@ pub async fn shell(
         }
     };
     let guard = microvms.instance(&id).map(|i| i.stream_opened());
-    let offered_subprotocol = headers
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == SUBPROTOCOL);
-    let ws = if offered_subprotocol {
+    let ws = if grant.answer_subprotocol {
         ws.protocols([SUBPROTOCOL])
     } else {
         ws
@@ -153,18 +133,6 @@ async fn pump(mut socket: WebSocket, session: ember_vmm::agent::PtySession) {
     };
     let _ = socket.send(Message::Text(exit.to_string().into())).await;
     let _ = socket.send(Message::Close(None)).await;
-}
-
-fn token_from(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get(AUTH_HEADER).and_then(|v| v.to_str().ok()) {
-        return Some(v.trim().to_string());
-    }
-    headers
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|p| p.trim().strip_prefix(SUBPROTOCOL_TOKEN).map(str::to_string))
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {

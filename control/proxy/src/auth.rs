@@ -12,7 +12,7 @@
 use http::header::{HeaderName, SEC_WEBSOCKET_PROTOCOL};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use crate::token::{TokenError, TokenKey, TokenKind};
+use crate::token::{Claims, TokenError, TokenKey, TokenKind};
 
 pub(crate) static AUTH_HEADER: HeaderName = HeaderName::from_static("x-aws-proxy-auth");
 pub(crate) static PORT_HEADER: HeaderName = HeaderName::from_static("x-aws-proxy-port");
@@ -33,13 +33,20 @@ pub(crate) struct Grant {
 
 /// Why a request is turned away before it reaches a guest.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Rejection {
+pub struct Rejection {
     pub status: StatusCode,
     pub message: &'static str,
 }
 
 const fn reject(status: StatusCode, message: &'static str) -> Rejection {
     Rejection { status, message }
+}
+
+/// A shell session that may start (emberd's shell endpoint).
+#[derive(Debug, Clone, Copy)]
+pub struct ShellGrant {
+    /// The client offered `lambda-microvms`; the 101 must name it.
+    pub answer_subprotocol: bool,
 }
 
 /// Checks the request's credentials for `microvm_id` at `now`.
@@ -50,6 +57,58 @@ pub(crate) fn authorize(
     now: u64,
 ) -> Result<Grant, Rejection> {
     let offered = Subprotocols::parse(headers);
+    let claims = verified(key, headers, &offered, microvm_id, TokenKind::Endpoint, now)?;
+    let port_text = match headers.get(&PORT_HEADER) {
+        Some(value) => Some(value.to_str().unwrap_or("")),
+        None => offered.port,
+    };
+    let port = match port_text {
+        Some(text) => parse_port(text).ok_or(reject(
+            StatusCode::BAD_REQUEST,
+            "the port must be a number from 1 to 65535",
+        ))?,
+        None => claims.ports.sole_port().ok_or(reject(
+            StatusCode::BAD_REQUEST,
+            "missing port: send it in the X-aws-proxy-port header",
+        ))?,
+    };
+    if !claims.ports.allows(port) {
+        return Err(reject(
+            StatusCode::FORBIDDEN,
+            "the authentication token does not allow this port",
+        ));
+    }
+    Ok(Grant {
+        port,
+        answer_subprotocol: offered.ours,
+    })
+}
+
+/// Checks a shell request's credentials (a `CreateMicrovmShellAuthToken`
+/// token, sent like an endpoint token) for `microvm_id` at `now`.
+pub fn authorize_shell(
+    key: &TokenKey,
+    headers: &HeaderMap,
+    microvm_id: &str,
+    now: u64,
+) -> Result<ShellGrant, Rejection> {
+    let offered = Subprotocols::parse(headers);
+    verified(key, headers, &offered, microvm_id, TokenKind::Shell, now)?;
+    Ok(ShellGrant {
+        answer_subprotocol: offered.ours,
+    })
+}
+
+/// The request's token (header first, else subprotocol), verified and
+/// checked to be of `kind` for `microvm_id`.
+fn verified(
+    key: &TokenKey,
+    headers: &HeaderMap,
+    offered: &Subprotocols<'_>,
+    microvm_id: &str,
+    kind: TokenKind,
+    now: u64,
+) -> Result<Claims, Rejection> {
     let token = match headers.get(&AUTH_HEADER) {
         Some(value) => value.to_str().map_err(|_| {
             reject(
@@ -75,36 +134,16 @@ pub(crate) fn authorize(
             "the authentication token is for another microVM",
         ));
     }
-    if claims.kind != TokenKind::Endpoint {
+    if claims.kind != kind {
         return Err(reject(
             StatusCode::FORBIDDEN,
-            "a shell token does not open the microVM endpoint",
+            match kind {
+                TokenKind::Endpoint => "a shell token does not open the microVM endpoint",
+                TokenKind::Shell => "an endpoint token does not open the shell",
+            },
         ));
     }
-    let port_text = match headers.get(&PORT_HEADER) {
-        Some(value) => Some(value.to_str().unwrap_or("")),
-        None => offered.port,
-    };
-    let port = match port_text {
-        Some(text) => parse_port(text).ok_or(reject(
-            StatusCode::BAD_REQUEST,
-            "the port must be a number from 1 to 65535",
-        ))?,
-        None => claims.ports.sole_port().ok_or(reject(
-            StatusCode::BAD_REQUEST,
-            "missing port: send it in the X-aws-proxy-port header",
-        ))?,
-    };
-    if !claims.ports.allows(port) {
-        return Err(reject(
-            StatusCode::FORBIDDEN,
-            "the authentication token does not allow this port",
-        ));
-    }
-    Ok(Grant {
-        port,
-        answer_subprotocol: offered.ours,
-    })
+    Ok(claims)
 }
 
 fn parse_port(text: &str) -> Option<u16> {
@@ -215,6 +254,53 @@ mod tests {
             let err = authorize(&key, &h, "vm-a", 100).unwrap_err();
             assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
         }
+    }
+
+    #[test]
+    fn shell_requests_need_a_shell_token_for_that_vm() {
+        let key = TokenKey::generate();
+        let shell = key
+            .mint(&Claims::new(
+                "vm-a",
+                PortScope::All,
+                TokenKind::Shell,
+                100,
+                60,
+            ))
+            .unwrap();
+        let h = headers(&[("x-aws-proxy-auth", &shell)]);
+        assert!(
+            !authorize_shell(&key, &h, "vm-a", 100)
+                .unwrap()
+                .answer_subprotocol
+        );
+        assert_eq!(
+            authorize_shell(&key, &h, "vm-b", 100).unwrap_err().status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            authorize_shell(&key, &h, "vm-a", 160).unwrap_err().status,
+            StatusCode::UNAUTHORIZED
+        );
+        let offer = format!("lambda-microvms, lambda-microvms.authentication.{shell}");
+        let by_subprotocol = headers(&[("sec-websocket-protocol", &offer)]);
+        assert!(
+            authorize_shell(&key, &by_subprotocol, "vm-a", 100)
+                .unwrap()
+                .answer_subprotocol
+        );
+        let endpoint = token(&key, PortScope::All);
+        let h = headers(&[("x-aws-proxy-auth", &endpoint)]);
+        assert_eq!(
+            authorize_shell(&key, &h, "vm-a", 100).unwrap_err().status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            authorize_shell(&key, &HeaderMap::new(), "vm-a", 100)
+                .unwrap_err()
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     #[test]

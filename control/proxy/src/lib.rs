@@ -36,6 +36,7 @@ pub mod scope;
 pub mod token;
 pub mod upstream;
 
+pub use auth::{authorize_shell, Rejection, ShellGrant};
 pub use proxy::{Proxy, ProxyConfig, ProxyError};
 pub use token::{Claims, PortRule, PortScope, TokenError, TokenKey, TokenKind};
 pub use upstream::{AsyncStream, Upstream, UpstreamError};
