@@ -486,7 +486,11 @@ impl Daemon {
         }
     }
 
-    fn version_record(&self, image: &str, version: &str) -> Result<VersionRecord, ApiError> {
+    pub(super) fn version_record(
+        &self,
+        image: &str,
+        version: &str,
+    ) -> Result<VersionRecord, ApiError> {
         let not_found =
             || ApiError::not_found("MicrovmImageVersion", &format!("{image}:{version}"));
         let number: u32 = version.parse().map_err(|_| not_found())?;
@@ -526,7 +530,10 @@ impl Daemon {
     }
 
     /// (latest ACTIVE successful version, latest failed version).
-    fn latest_versions(&self, image: &str) -> Result<(Option<String>, Option<String>), ApiError> {
+    pub(super) fn latest_versions(
+        &self,
+        image: &str,
+    ) -> Result<(Option<String>, Option<String>), ApiError> {
         let mut active = None;
         let mut failed = None;
         let mut after = 0;

@@ -92,51 +92,30 @@ impl Daemon {
         image: &str,
         version: Option<&str>,
     ) -> Result<VersionRecord, ApiError> {
-        let runnable = |v: &VersionRecord| {
-            v.state == MicrovmImageVersionState::Successful.as_str()
-                && v.status == MicrovmImageVersionStatus::Active.as_str()
+        let number = match version {
+            Some(v) => v.to_string(),
+            None => self.latest_versions(image)?.0.ok_or_else(|| {
+                ApiError::conflict(
+                    "MicrovmImage",
+                    image,
+                    format!("image {image} has no SUCCESSFUL, ACTIVE version to run yet"),
+                )
+            })?,
         };
-        if let Some(number) = version {
-            let id = format!("{image}:{number}");
-            let n: u32 = number
-                .parse()
-                .map_err(|_| ApiError::not_found("MicrovmImageVersion", &id))?;
-            let v = self.store.version(image, n).map_err(|e| match e {
-                StoreError::NotFound(_) => ApiError::not_found("MicrovmImageVersion", &id),
-                other => internal(other),
-            })?;
-            if !runnable(&v) {
-                return Err(ApiError::conflict(
-                    "MicrovmImageVersion",
-                    &id,
-                    format!(
-                        "version {n} of image {image} is {} and {}; only a SUCCESSFUL, ACTIVE version can run",
-                        v.state, v.status
-                    ),
-                ));
-            }
-            return Ok(v);
+        let v = self.version_record(image, &number)?;
+        let runnable = v.state == MicrovmImageVersionState::Successful.as_str()
+            && v.status == MicrovmImageVersionStatus::Active.as_str();
+        if !runnable {
+            return Err(ApiError::conflict(
+                "MicrovmImageVersion",
+                &format!("{image}:{number}"),
+                format!(
+                    "version {number} of image {image} is {} and {}; only a SUCCESSFUL, ACTIVE version can run",
+                    v.state, v.status
+                ),
+            ));
         }
-        let mut newest = None;
-        let mut after = 0;
-        loop {
-            let (rows, next) = self
-                .store
-                .list_versions(image, after, 1000)
-                .map_err(internal)?;
-            newest = rows.into_iter().rfind(runnable).or(newest);
-            match next {
-                Some(n) => after = n,
-                None => break,
-            }
-        }
-        newest.ok_or_else(|| {
-            ApiError::conflict(
-                "MicrovmImage",
-                image,
-                format!("image {image} has no SUCCESSFUL, ACTIVE version to run yet"),
-            )
-        })
+        Ok(v)
     }
 
     fn check_idle_policy(&self, p: &IdlePolicy) -> Result<(), ApiError> {
