@@ -45,7 +45,8 @@ impl Upstream for VmUpstream {
         let inst = microvms
             .instance(microvm_id)
             .ok_or(UpstreamError::NotFound)?;
-        inst.touch();
+        // No touch here: the proxy calls `touch` on every request before
+        // it connects.
         let vm = microvms.serving_vm(&inst).await?;
         let guard = inst.stream_opened();
         let stream = vm
