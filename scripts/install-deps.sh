@@ -1,26 +1,95 @@
 #!/usr/bin/env bash
-# Installs the host packages Ember needs on Debian 12, idempotently: a run
-# on a machine that has them all makes no network call.
+# Installs the host tools Ember and its tests run, on Debian 12,
+# idempotently: a run on a machine that has them all makes no network call.
+# Every program the code starts (`grep -rn 'Command::new(' --include=*.rs`)
+# is listed here with the package that provides it, and checked again after
+# installing, so a fresh machine fails here, naming the tool, rather than
+# deep inside a test.
 set -euo pipefail
 
-need_pkgs=()
-have() { command -v "$1" >/dev/null 2>&1; }
-have qemu-system-x86_64 || need_pkgs+=(qemu-system-x86)
-have qemu-img || need_pkgs+=(qemu-utils)
-have mkfs.ext4 || need_pkgs+=(e2fsprogs)
-have dpkg-deb || need_pkgs+=(dpkg)
-# The debian12-minimal base rootfs; it lives in /usr/sbin, off a user's PATH.
-have nft || [[ -x /usr/sbin/nft ]] || need_pkgs+=(nftables)
-have debootstrap || [[ -x /usr/sbin/debootstrap ]] || need_pkgs+=(debootstrap)
-have python3 || need_pkgs+=(python3)
-python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
+# tool → Debian package. Tools in /usr/sbin are found there too (root's
+# PATH may lack it when run through sudo or make).
+tools=(
+    qemu-system-x86_64:qemu-system-x86
+    # qemu-system-x86 conflicts with a newer, backported qemu-utils that
+    # some images ship: apt removes it, so qemu-img is checked after
+    # qemu-system-x86 is in place and reinstalled at the matching version.
+    qemu-img:qemu-utils
+    mkfs.ext4:e2fsprogs
+    e2fsck:e2fsprogs
+    debugfs:e2fsprogs
+    dpkg-deb:dpkg
+    dpkg-query:dpkg
+    apt-get:apt
+    cpio:cpio
+    tar:tar
+    nft:nftables
+    debootstrap:debootstrap
+    getent:libc-bin
+    hostname:hostname
+    mkfifo:coreutils
+    sleep:coreutils
+    curl:curl
+    python3:python3
+    # The jail: own uid per VM, mount/PID/IPC/UTS namespaces.
+    unshare:util-linux
+)
 
-if ((${#need_pkgs[@]})); then
-    echo "installing: ${need_pkgs[*]}" >&2
+have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]; }
+python_ok() { python3 -c 'import venv, ensurepip' 2>/dev/null; }
+
+missing_pkgs() {
+    local entry tool pkg
+    local -A seen=()
+    for entry in "${tools[@]}"; do
+        tool=${entry%%:*}
+        pkg=${entry#*:}
+        if ! have "$tool" && [[ -z ${seen[$pkg]:-} ]]; then
+            seen[$pkg]=1
+            echo "$pkg"
+        fi
+    done
+    if have python3 && ! python_ok; then
+        echo python3-venv
+    fi
+}
+
+install_round() {
+    local -a pkgs
+    mapfile -t pkgs < <(missing_pkgs)
+    ((${#pkgs[@]})) || return 0
+    echo "installing: ${pkgs[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+    if [[ -z ${apt_updated:-} ]]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+}
+
+# Two rounds: the first may remove a tool (see qemu-img above) that the
+# second puts back.
+install_round
+install_round
+
+failed=0
+for entry in "${tools[@]}"; do
+    tool=${entry%%:*}
+    if ! have "$tool"; then
+        echo "error: $tool is still missing after installing ${entry#*:}" >&2
+        failed=1
+    fi
+done
+if ! python_ok; then
+    echo "error: python3's venv/ensurepip are missing after installing python3-venv" >&2
+    failed=1
 fi
+# qemu-img must run (a half-removed package leaves a binary without libs).
+if have qemu-img && ! qemu-img --version >/dev/null 2>&1; then
+    echo "error: qemu-img is installed but does not run: $(qemu-img --version 2>&1 | head -1)" >&2
+    failed=1
+fi
+((failed == 0)) || exit 1
 
 if ! have cargo; then
     echo "error: cargo not found; Ember needs a Rust toolchain (1.80 or newer, e.g. from rustup)" >&2
