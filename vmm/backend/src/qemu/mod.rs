@@ -7,6 +7,7 @@ mod command;
 mod egress_guard;
 mod files;
 mod host;
+pub mod jail;
 mod launch;
 mod migration;
 mod net;
