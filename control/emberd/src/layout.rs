@@ -14,8 +14,20 @@ impl DataDir {
         }
     }
 
-    /// Creates the folders emberd writes into.
+    /// Creates the folders emberd writes into, and makes the data folder
+    /// root's alone: it holds the database (environment variables, which
+    /// the model marks sensitive), credentials, keys and every VM's memory.
+    /// Files written by an older emberd with looser modes are tightened.
     pub fn create(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&self.root)?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))?;
+        for file in [self.database(), self.credentials(), self.token_key()] {
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
         for dir in [
             self.root.clone(),
             self.root.join("images"),

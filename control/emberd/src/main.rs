@@ -23,7 +23,7 @@ use ember_assets::AssetStore;
 use ember_builder::{Builder, BuilderConfig};
 use ember_proxy::{Proxy, ProxyConfig, TokenKey};
 use ember_store::Store;
-use ember_vmm::qemu::{CgroupConfig, QemuConfig, QemuHypervisor};
+use ember_vmm::qemu::{CgroupConfig, IdRange, JailConfig, QemuConfig, QemuHypervisor};
 use ember_vmm::Hypervisor;
 
 use crate::builds::Builds;
@@ -94,6 +94,11 @@ struct Args {
     /// The address per-VM endpoint listeners bind to.
     #[arg(long, default_value = "127.0.0.1")]
     endpoint_ip: std::net::IpAddr,
+    /// uids and gids for VMs' jails, one of each per running VM (build VMs
+    /// take the lower half, microVMs the upper). No account of this host
+    /// may use one of them; emberd refuses to start otherwise.
+    #[arg(long, default_value_t = IdRange::DEFAULT)]
+    vm_id_range: IdRange,
     /// Serve endpoints as `http://<id>.DOMAIN` on one shared listener
     /// (`--endpoint-listen`) behind a wildcard DNS record, instead of one
     /// port per microVM.
@@ -115,6 +120,11 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     validate_args(&args)?;
+    // Everything emberd creates is its own alone unless it says otherwise
+    // (the shared read-only images VMs' jails bind in are made readable
+    // where they are handed over).
+    // SAFETY: umask only sets this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     let data_dir = std::path::absolute(&args.data_dir).context("--data-dir")?;
     let layout = DataDir::new(&data_dir);
     layout
@@ -144,27 +154,45 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e: String| anyhow::anyhow!(e))
         .context("--accel")?;
     // Build VMs die with emberd (a restart marks their builds FAILED);
-    // microVMs outlive it and are re-attached.
+    // microVMs outlive it and are re-attached. Both are jailed, each VM in
+    // its own cgroup; a host that cannot do that stops emberd here.
+    let (build_ids, vm_ids) = split_ids(args.vm_id_range)?;
+    let mut image_roots = vec![data_dir.clone()];
+    if let Some(assets) = &args.assets_dir {
+        image_roots.push(std::path::absolute(assets).context("--assets-dir")?);
+    }
     let mut qemu = QemuConfig::new(layout.vm_state());
     qemu.accel = accel;
-    let hv: Arc<dyn Hypervisor> = Arc::new(QemuHypervisor::new(qemu.clone()).await?);
+    qemu.jail = JailConfig {
+        ids: build_ids,
+        image_roots: image_roots.clone(),
+    };
+    qemu.cgroup = Some(CgroupConfig {
+        nest_in_own_cgroup: true,
+        cpu_max_percent: 100 * u32::from(BUILD_VCPUS),
+        ..CgroupConfig::new("ember-builds")
+    });
+    let hv: Arc<dyn Hypervisor> = Arc::new(
+        QemuHypervisor::new(qemu.clone())
+            .await
+            .context("the VM backend (every VM runs jailed; see the README's requirements)")?,
+    );
     let mut vm_qemu = qemu;
     vm_qemu.die_with_parent = false;
+    vm_qemu.jail = JailConfig {
+        ids: vm_ids,
+        image_roots,
+    };
     vm_qemu.cgroup = Some(CgroupConfig {
         nest_in_own_cgroup: true,
         cpu_max_percent: args.vm_cpu_percent,
         ..CgroupConfig::new("ember")
     });
-    // An unprivileged QEMU where the host allows it (root creates the
-    // system user); otherwise it runs as emberd's user, said in the log.
-    vm_qemu.run_as = match ember_vmm::qemu::ensure_vm_user() {
-        Ok(ids) => Some(ids),
-        Err(e) => {
-            tracing::warn!("microVMs run QEMU as emberd's own user: {e}");
-            None
-        }
-    };
-    let vm_hv: Arc<dyn Hypervisor> = Arc::new(QemuHypervisor::new(vm_qemu).await?);
+    let vm_hv: Arc<dyn Hypervisor> = Arc::new(
+        QemuHypervisor::new(vm_qemu)
+            .await
+            .context("the microVM backend")?,
+    );
     let builder = Builder::new(
         Arc::clone(&hv),
         BuilderConfig {
@@ -173,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
             guest_version: guest_version(&guest)?,
             cache_dir: layout.build_cache(),
             build_memory_mib: args.build_memory_mib,
-            build_vcpus: 2,
+            build_vcpus: BUILD_VCPUS,
             limits: Default::default(),
             timeout: builds::BUILD_TIMEOUT,
         },
@@ -275,6 +303,29 @@ async fn start_microvms(
     }
     microvms.start_background();
     Ok(microvms)
+}
+
+/// vCPUs of a build VM; its cgroup allows that many cores.
+const BUILD_VCPUS: u8 = 2;
+
+/// The id range split between build VMs (lower half) and microVMs: two
+/// backends allocate from it, and must never hand out the same id.
+fn split_ids(range: IdRange) -> anyhow::Result<(IdRange, IdRange)> {
+    let span = u64::from(range.last) - u64::from(range.first) + 1;
+    if span < 4 {
+        anyhow::bail!("--vm-id-range {range} is too small (at least 4 ids)");
+    }
+    let mid = range.first + u32::try_from(span / 2).unwrap_or(u32::MAX / 2) - 1;
+    Ok((
+        IdRange {
+            first: range.first,
+            last: mid,
+        },
+        IdRange {
+            first: mid + 1,
+            last: range.last,
+        },
+    ))
 }
 
 fn validate_args(args: &Args) -> anyhow::Result<()> {

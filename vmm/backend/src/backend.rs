@@ -157,6 +157,9 @@ pub struct Isolation {
     pub cgroup: bool,
     /// The uid and gid the VM's process runs as, when not the caller's.
     pub run_as: Option<(u32, u32)>,
+    /// The process runs in its own jail: namespaces, a root holding only
+    /// its own files, no capabilities.
+    pub jailed: bool,
 }
 
 /// Creates VMs. One per host; cheap to share.

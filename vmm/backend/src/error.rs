@@ -62,6 +62,12 @@ pub enum VmmError {
     },
     #[error("no running VM named {name:?} to attach to: {reason}")]
     NotRunning { name: String, reason: String },
+    #[error("the VM's jail: {0}")]
+    Jail(#[from] crate::qemu::jail::JailError),
+    #[error("refusing {path}, a file of the VM's: it {reason}")]
+    UnsafeVmFile { path: PathBuf, reason: String },
+    #[error("the disk {path} names a backing file the VM may not read: {reason}")]
+    UnsafeBacking { path: PathBuf, reason: String },
 }
 
 impl VmmError {

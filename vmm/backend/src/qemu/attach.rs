@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
-use super::command::{AGENT_SOCKET, QMP_SOCKET};
+use super::command::{AGENT_SOCKET, JAIL_DIR, QMP_SOCKET};
 use super::process::{Pidfd, QemuProcess};
 use super::qmp::Qmp;
 use super::runtime_record::{process_start_ticks, RecordError, RuntimeRecord};
@@ -40,7 +40,24 @@ pub(super) async fn attach(hv: &QemuHypervisor, name: &str) -> Result<QemuVm, Vm
         }
         Err(e) => return Err(e.into()),
     };
-    let Some(pidfd) = live_process(&record, &dir) else {
+    let Some(ids) = record.run_as else {
+        // Launched by a backend from before every VM was jailed: its files
+        // and sockets are laid out for that one. End it rather than trust
+        // a QEMU that may have written its own runtime files.
+        if let Ok(pidfd) = Pidfd::open(record.pid) {
+            if process_start_ticks(record.pid) == Some(record.start_ticks) {
+                QemuProcess::adopted(pidfd).kill().await;
+            }
+        }
+        remove_dir(&dir);
+        if let Some(c) = &record.cgroup {
+            c.remove().await;
+        }
+        return Err(not_running(
+            "it was started without a jail by an older emberd (ended it and removed its files)",
+        ));
+    };
+    let Some(pidfd) = live_process(&record, &dir.join(JAIL_DIR)) else {
         remove_dir(&dir);
         if let Some(c) = &record.cgroup {
             c.remove().await;
@@ -50,7 +67,7 @@ pub(super) async fn attach(hv: &QemuHypervisor, name: &str) -> Result<QemuVm, Vm
             record.pid
         )));
     };
-    let mut process = QemuProcess::Adopted(pidfd);
+    let mut process = QemuProcess::adopted(pidfd);
     let qmp = tokio::time::timeout(MONITOR_TIMEOUT, Qmp::connect(&dir.join(QMP_SOCKET)))
         .await
         .map_err(|_| {
@@ -98,15 +115,17 @@ pub(super) async fn attach(hv: &QemuHypervisor, name: &str) -> Result<QemuVm, Vm
         state: Mutex::new(state),
         keep_on_drop: !hv.config.die_with_parent,
         cgroup: record.cgroup,
-        run_as: record.run_as,
+        ids,
+        _lease: hv.ids.adopt(ids.0),
         checkpoints: Mutex::new(record.checkpoints),
         config: record.vm,
     })
 }
 
-/// A pidfd for the recorded process if it still runs QEMU in `dir`: the
-/// start time rules out a recycled pid, the working directory any other
-/// process. Opened before the checks so the answer cannot go stale.
+/// A pidfd for the recorded process if it still runs QEMU in `dir` (its
+/// jail's working directory, which keeps its host path inside the jail):
+/// the start time rules out a recycled pid, the working directory any
+/// other process. Opened before the checks so the answer cannot go stale.
 fn live_process(record: &RuntimeRecord, dir: &Path) -> Option<Pidfd> {
     let pidfd = Pidfd::open(record.pid).ok()?;
     if process_start_ticks(record.pid)? != record.start_ticks {

@@ -6,8 +6,6 @@
 //! QEMU joins its cgroup in the child between fork and exec (it writes "0",
 //! meaning itself, to `cgroup.procs`), so no thread of it ever runs outside.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -216,11 +214,8 @@ pub struct VmCgroup {
 
 impl VmCgroup {
     /// The `cgroup.procs` files the child writes itself into before exec.
-    pub(super) fn procs_files(&self) -> Vec<CString> {
-        self.dirs
-            .iter()
-            .filter_map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).ok())
-            .collect()
+    pub(super) fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
     /// Whether process `pid` is in every one of the VM's cgroups.

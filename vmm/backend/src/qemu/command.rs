@@ -11,20 +11,28 @@ pub enum RamBacking<'a> {
     /// A file the VM owns and writes through (`share=on`): snapshotting it
     /// is a copy of the file, no RAM passes through the migration stream.
     SharedFile(&'a Path),
-    /// A snapshot's memory image mapped privately (`share=off`): pages load
-    /// on first touch, writes stay in this process, the image is untouched.
-    PrivateFile(&'a Path),
     /// Anonymous memory, filled from the migration stream on restore.
     Anonymous,
 }
 
-/// Runtime file names inside a VM's directory. QEMU runs with the VM
-/// directory as its working directory, so these stay relative.
+/// Runtime files in a VM's folder, which only the backend writes: the
+/// sockets QEMU serves (bound by the backend, inherited by QEMU) and the
+/// runtime record.
 pub const QMP_SOCKET: &str = "qmp.sock";
 pub const AGENT_SOCKET: &str = "agent.sock";
+/// The VM's writable folder inside its folder: the only place its QEMU
+/// may write, owned by the VM's uid. QEMU runs in it, so the names below
+/// stay relative.
+pub const JAIL_DIR: &str = "jail";
 pub const CONSOLE_LOG: &str = "console.log";
 pub const DISK: &str = "disk.qcow2";
 pub const MEMORY: &str = "memory.ram";
+
+/// Descriptors QEMU inherits: the device state to load, the monitor's and
+/// the agent channel's listening sockets.
+pub const INCOMING_FD: i32 = 3;
+pub const QMP_FD: i32 = 4;
+pub const AGENT_FD: i32 = 5;
 
 pub struct LaunchSpec<'a> {
     pub config: &'a VmConfig,
@@ -88,13 +96,6 @@ pub fn qemu_args(spec: &LaunchSpec<'_>) -> Vec<String> {
                 opt_escape(p)
             ),
         ]),
-        RamBacking::PrivateFile(p) => push(&[
-            "-object",
-            &format!(
-                "memory-backend-file,id=mem,size={mem},mem-path={},share=off",
-                opt_escape(p)
-            ),
-        ]),
         RamBacking::Anonymous => {
             push(&["-object", &format!("memory-backend-ram,id=mem,size={mem}")])
         }
@@ -124,11 +125,15 @@ pub fn qemu_args(spec: &LaunchSpec<'_>) -> Vec<String> {
         &format!("file,id=console,path={CONSOLE_LOG},append=on"),
     ]);
     push(&["-serial", "chardev:console"]);
-    push(&["-qmp", &format!("unix:{QMP_SOCKET},server=on,wait=off")]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=qmp,fd={QMP_FD},server=on,wait=off"),
+    ]);
+    push(&["-mon", "chardev=qmp,mode=control"]);
     push(&["-device", "virtio-serial-device"]);
     push(&[
         "-chardev",
-        &format!("socket,id=agent,path={AGENT_SOCKET},server=on,wait=off"),
+        &format!("socket,id=agent,fd={AGENT_FD},server=on,wait=off"),
     ]);
     push(&["-device", "virtserialport,chardev=agent,name=agent"]);
     push(&[
@@ -169,7 +174,7 @@ mod tests {
             boot_files_override: None,
         };
         let boot = qemu_args(&spec(RamBacking::SharedFile(Path::new("m")), false));
-        let restore = qemu_args(&spec(RamBacking::PrivateFile(Path::new("m")), true));
+        let restore = qemu_args(&spec(RamBacking::Anonymous, true));
         let devices = |a: &[String]| -> Vec<String> {
             a.windows(2)
                 .filter(|w| w[0] == "-device")

@@ -4,8 +4,8 @@
 //! connection becomes a socket QEMU opens on the host, and slirp maps the
 //! gateway address 10.0.2.2 to the host's loopback. Without a guard a
 //! hostile `RUN` step could reach every service listening on the host.
-//! QEMU therefore runs with the dedicated group `ember-vm`, and an
-//! nftables table drops what sockets of that group send to the host's own
+//! Every QEMU runs with a gid from the jail's id range (`jail::ids`), and
+//! an nftables table drops what sockets of those gids send to the host's own
 //! addresses, loopback, private, shared and link-local ranges (cloud
 //! metadata included), except DNS to the host's configured resolvers,
 //! which slirp's DNS relay needs. Public addresses stay reachable. The
@@ -15,59 +15,34 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
+use super::jail::IdRange;
 use crate::VmmError;
 
-/// The group every QEMU process runs with.
-pub const GROUP: &str = "ember-vm";
 const TABLE: &str = "ember_egress_guard";
 
-/// The installed guard: the gid QEMU runs with.
+/// The installed guard: the gids whose sockets it polices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EgressGuard {
-    pub gid: u32,
+    pub gids: IdRange,
 }
 
 impl EgressGuard {
-    /// Creates the group if missing and (re)installs the nftables table.
-    /// Idempotent; needs root and `nft`.
-    pub fn install() -> Result<Self, VmmError> {
-        let gid = match group_gid(GROUP) {
-            Some(gid) => gid,
-            None => {
-                // Another process may create it at the same moment; what
-                // counts is that it exists afterwards.
-                let created = run("groupadd", &["--system", GROUP], None);
-                match (group_gid(GROUP), created) {
-                    (Some(gid), _) => gid,
-                    (None, Err(e)) => return Err(e),
-                    (None, Ok(())) => {
-                        return Err(tool(
-                            "groupadd",
-                            format!("group {GROUP} missing after creating it"),
-                        ))
-                    }
-                }
-            }
-        };
+    /// (Re)installs the nftables table. Idempotent; needs root and `nft`.
+    pub fn install(gids: IdRange) -> Result<Self, VmmError> {
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        run(
-            "nft",
-            &["-f", "-"],
-            Some(&ruleset(gid, &resolvers(&resolv))),
-        )?;
-        tracing::info!(gid, "egress guard installed (nftables table inet {TABLE})");
-        Ok(Self { gid })
+        let nft = if std::path::Path::new("/usr/sbin/nft").is_file() {
+            "/usr/sbin/nft"
+        } else {
+            "nft"
+        };
+        run(nft, &["-f", "-"], Some(&ruleset(gids, &resolvers(&resolv))))?;
+        tracing::info!(%gids, "egress guard installed (nftables table inet {TABLE})");
+        Ok(Self { gids })
     }
 }
 
 fn tool(tool: &'static str, message: String) -> VmmError {
     VmmError::Tool { tool, message }
-}
-
-pub(super) fn group_gid(name: &str) -> Option<u32> {
-    let out = Command::new("getent").args(["group", name]).output().ok()?;
-    let line = String::from_utf8_lossy(&out.stdout).into_owned();
-    line.trim().split(':').nth(2)?.parse().ok()
 }
 
 pub(super) fn run(
@@ -121,7 +96,7 @@ fn resolvers(resolv_conf: &str) -> Vec<Ipv4Addr> {
 
 /// The whole table, replaced atomically (`nft -f` applies a file as one
 /// transaction).
-fn ruleset(gid: u32, resolvers: &[Ipv4Addr]) -> String {
+fn ruleset(gids: IdRange, resolvers: &[Ipv4Addr]) -> String {
     let dns = if resolvers.is_empty() {
         String::new()
     } else {
@@ -142,7 +117,7 @@ fn ruleset(gid: u32, resolvers: &[Ipv4Addr]) -> String {
          table inet {TABLE} {{\n\
          \x20   chain output {{\n\
          \x20       type filter hook output priority 0; policy accept;\n\
-         \x20       meta skgid {gid} jump guest_sockets\n\
+         \x20       meta skgid {first}-{last} jump guest_sockets\n\
          \x20   }}\n\
          \x20   chain guest_sockets {{\n\
          {dns}\
@@ -151,7 +126,9 @@ fn ruleset(gid: u32, resolvers: &[Ipv4Addr]) -> String {
          172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/3 }} counter drop\n\
          \x20       ip6 daddr {{ ::1, fc00::/7, fe80::/10, ff00::/8 }} counter drop\n\
          \x20   }}\n\
-         }}\n"
+         }}\n",
+        first = gids.first,
+        last = gids.last,
     )
 }
 
@@ -175,8 +152,11 @@ mod tests {
 
     #[test]
     fn ruleset_scopes_to_the_group_and_allows_only_dns_inward() {
-        let r = ruleset(4242, &["10.255.255.53".parse().unwrap()]);
-        assert!(r.contains("meta skgid 4242 jump guest_sockets"), "{r}");
+        let r = ruleset(
+            "4242-4300".parse().unwrap(),
+            &["10.255.255.53".parse().unwrap()],
+        );
+        assert!(r.contains("meta skgid 4242-4300 jump guest_sockets"), "{r}");
         assert!(
             !r.contains("skgid !="),
             "socketless packets must not be caught"
@@ -187,6 +167,6 @@ mod tests {
         let local = r.find("fib daddr type local counter drop").unwrap();
         assert!(dns < local, "DNS is allowed before the drops");
         assert!(r.contains("127.0.0.0/8") && r.contains("169.254.0.0/16"));
-        assert!(!ruleset(1, &[]).contains("dport 53"));
+        assert!(!ruleset(IdRange::DEFAULT, &[]).contains("dport 53"));
     }
 }

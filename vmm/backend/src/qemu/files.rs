@@ -1,6 +1,8 @@
 //! File plumbing: sparse copies of memory images, log tails.
 
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::VmmError;
@@ -20,13 +22,25 @@ const PAGE: usize = 4096;
 /// Copies `src` to `dst` (which must not exist), preserving holes, so a
 /// 256 MiB RAM image with 60 MiB touched costs 60 MiB of I/O and disk.
 /// Returns the bytes of data copied.
+///
+/// `src` may lie in a VM's folder: it is never opened through a symlink
+/// and must be a regular file.
 pub fn sparse_copy(src: &Path, dst: &Path, zeros: Zeros) -> Result<u64, VmmError> {
-    let input =
-        std::fs::File::open(src).map_err(VmmError::io(format!("open {}", src.display())))?;
-    let len = input
+    let input = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(src)
+        .map_err(VmmError::io(format!("open {}", src.display())))?;
+    let meta = input
         .metadata()
-        .map_err(VmmError::io(format!("stat {}", src.display())))?
-        .len();
+        .map_err(VmmError::io(format!("stat {}", src.display())))?;
+    if !meta.file_type().is_file() {
+        return Err(VmmError::UnsafeVmFile {
+            path: src.to_path_buf(),
+            reason: "is not a regular file".into(),
+        });
+    }
+    let len = meta.len();
     let output = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -134,11 +148,24 @@ pub fn allocated_bytes(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// The last `lines` lines of a log file, for error messages.
+/// The last `lines` lines of a log file, for error messages: from its last
+/// 16 KiB only (a guest writes the console log, as much as it likes), and
+/// never through a symlink (it lies in the VM's folder).
 pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let start = text.len().saturating_sub(16 * 1024);
-    let text = String::from_utf8_lossy(&text[start..]);
+    const WINDOW: u64 = 16 * 1024;
+    let mut text = Vec::new();
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        let regular = f.metadata().is_ok_and(|m| m.file_type().is_file());
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if regular && f.seek(SeekFrom::Start(len.saturating_sub(WINDOW))).is_ok() {
+            let _ = f.take(WINDOW).read_to_end(&mut text);
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -146,7 +173,7 @@ pub fn tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Seek, SeekFrom, Write};
+    use std::io::Write;
 
     #[test]
     fn sparse_copy_keeps_data_and_holes() {

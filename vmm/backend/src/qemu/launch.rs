@@ -1,42 +1,39 @@
 //! Starting QEMU: a cold boot, or a restore into a process waiting for
 //! incoming state. Every failure path leaves no process and no files.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::net::UnixStream;
-use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
 use super::cgroup::VmCgroup;
 use super::command::{
-    self, LaunchSpec, RamBacking, AGENT_SOCKET, CONSOLE_LOG, DISK, MEMORY, QMP_SOCKET,
+    LaunchSpec, RamBacking, AGENT_SOCKET, CONSOLE_LOG, DISK, JAIL_DIR, MEMORY, QMP_SOCKET,
 };
+use super::jail::IdLease;
 use super::migration::{set_migration_caps, wait_migration};
 use super::process::QemuProcess;
 use super::qmp::Qmp;
 use super::runtime_record::{process_start_ticks, unix_ms_now, RuntimeRecord};
+use super::spawn::spawn_qemu;
 use super::vm::{Memory, QemuVm, RunState};
 use super::QemuHypervisor;
-use super::{files, qcow2, unprivileged};
+use super::{files, qcow2, vm_files};
 use crate::agent::AgentClient;
 use crate::backend::{RestoreMemory, VmConfig};
 use crate::snapshot::{FileRecord, MemoryImage, SnapshotManifest};
 use crate::VmmError;
 
-/// The fd number the device-state file is inherited on by a restoring QEMU.
-const INCOMING_FD: i32 = 3;
-
 /// Owns a half-launched VM: on any error before `defuse`, kills the QEMU
 /// process and removes the runtime directory, so a failed boot or restore
-/// leaves nothing behind.
+/// leaves nothing behind (and its id is released after that).
 pub(super) struct LaunchGuard {
     pub(super) dir: PathBuf,
-    pub(super) child: Option<Child>,
+    pub(super) child: Option<QemuProcess>,
     pub(super) cgroup: Option<VmCgroup>,
+    pub(super) lease: Option<IdLease>,
 }
 
 impl LaunchGuard {
@@ -45,12 +42,13 @@ impl LaunchGuard {
             dir,
             child: None,
             cgroup: None,
+            lease: None,
         }
     }
 
-    pub(super) fn defuse(mut self) -> (Option<Child>, Option<VmCgroup>) {
+    pub(super) fn defuse(mut self) -> (Option<QemuProcess>, Option<VmCgroup>, Option<IdLease>) {
         self.dir = PathBuf::new();
-        (self.child.take(), self.cgroup.take())
+        (self.child.take(), self.cgroup.take(), self.lease.take())
     }
 }
 
@@ -58,7 +56,7 @@ impl Drop for LaunchGuard {
     fn drop(&mut self) {
         let cgroup = self.cgroup.take();
         match self.child.take() {
-            Some(child) => end_in_background(QemuProcess::Child(child), cgroup),
+            Some(child) => end_in_background(child, cgroup),
             None => {
                 if let Some(c) = cgroup {
                     c.remove_now();
@@ -98,12 +96,16 @@ pub(super) async fn boot(
     dir: PathBuf,
 ) -> Result<QemuVm, VmmError> {
     let mut guard = LaunchGuard::new(dir.clone());
+    let jail_dir = dir.join(JAIL_DIR);
+    let ids = lease_ids(hv, &mut guard)?;
     let format = qcow2::detect_format(&config.rootfs)?;
-    qcow2::create_overlay(&config.rootfs, format, &dir.join(DISK))?;
-    let mem_path = dir.join(MEMORY);
+    let disk = jail_dir.join(DISK);
+    qcow2::create_overlay(&config.rootfs, format, &disk)?;
+    let mem_path = jail_dir.join(MEMORY);
     std::fs::File::create(&mem_path)
         .and_then(|f| f.set_len(u64::from(config.mem_mib) << 20))
         .map_err(VmmError::io(format!("create {}", mem_path.display())))?;
+    vm_files::give(&[&jail_dir, &disk, &mem_path], ids)?;
     let spec = LaunchSpec {
         config: &config,
         accel: hv.accel,
@@ -113,16 +115,12 @@ pub(super) async fn boot(
         incoming: false,
         boot_files_override: None,
     };
-    guard.cgroup = vm_cgroup(hv, &config);
-    let run_as = hv.run_as;
-    if let Some(ids) = run_as {
-        unprivileged::hand_over(&dir, &[MEMORY, DISK], ids)?;
-    }
-    let child = spawn(hv, &dir, &spec, None, guard.cgroup.as_ref(), run_as)?;
-    let pid = child.id().unwrap_or(0);
-    guard.child = Some(child);
-    check_cgroup(&mut guard, pid);
-    let isolation = (guard.cgroup.clone(), run_as);
+    guard.cgroup = vm_cgroup(hv, &config)?;
+    let spawned = spawn_qemu(hv, &dir, &jail_dir, &spec, None, guard.cgroup.as_ref(), ids)?;
+    let pid = spawned.pid;
+    guard.child = Some(spawned.process);
+    check_cgroup(&guard, pid)?;
+    let isolation = (guard.cgroup.clone(), Some(ids));
     write_record(hv, &config, &dir, pid, Memory::OwnFile, isolation)?;
     let booted = async {
         let qmp = connect_qmp(&dir, &mut guard).await?;
@@ -145,11 +143,19 @@ pub(super) async fn boot(
         hv,
         config,
         dir,
-        Memory::OwnFile,
+        (pid, Memory::OwnFile),
         (qmp, agent),
         guard,
-        run_as,
+        ids,
     ))
+}
+
+/// A fresh id for the VM, held by the guard until the VM is running.
+fn lease_ids(hv: &QemuHypervisor, guard: &mut LaunchGuard) -> Result<(u32, u32), VmmError> {
+    let lease = hv.ids.allocate()?;
+    let ids = (lease.id(), lease.id());
+    guard.lease = Some(lease);
+    Ok(ids)
 }
 
 /// Leaves what `attach` needs to take the VM over in its runtime directory,
@@ -185,25 +191,26 @@ fn running_vm(
     hv: &QemuHypervisor,
     config: VmConfig,
     dir: PathBuf,
-    memory: Memory,
+    (pid, memory): (u32, Memory),
     (qmp, agent): (Qmp, AgentClient),
     guard: LaunchGuard,
-    run_as: Option<(u32, u32)>,
+    ids: (u32, u32),
 ) -> QemuVm {
-    let (child, cgroup) = guard.defuse();
+    let (child, cgroup, lease) = guard.defuse();
     QemuVm {
         cgroup,
-        run_as,
+        ids,
+        _lease: lease,
         keep_on_drop: !hv.config.die_with_parent,
         name: config.name.clone(),
         dir,
         accel: hv.accel,
         qemu_version: hv.qemu_version.clone(),
         memory,
-        pid: child.as_ref().and_then(Child::id).unwrap_or(0),
+        pid,
         qmp,
         agent,
-        process: Mutex::new(child.map(QemuProcess::Child)),
+        process: Mutex::new(child),
         state: Mutex::new(RunState::Running),
         checkpoints: Mutex::new(Vec::new()),
         config,
@@ -235,17 +242,23 @@ pub(super) async fn restore(
         MemoryImage::File(rec) => Some(resolve(rec)?),
         MemoryImage::InStream => None,
     };
+    let jail_dir = dir.join(JAIL_DIR);
+    let ids = lease_ids(hv, &mut guard)?;
     // Consume takes the snapshot's own files (hard links: on failure the
     // snapshot is untouched); the other modes leave the snapshot pristine.
-    let own_memory = dir.join(MEMORY);
+    let own_disk = jail_dir.join(DISK);
+    let own_memory = jail_dir.join(MEMORY);
     match mode {
-        RestoreMemory::Consume => take_file(&disk, &dir.join(DISK))?,
-        _ => qcow2::create_overlay(&disk, "qcow2", &dir.join(DISK))?,
+        RestoreMemory::Consume => take_file(&disk, &own_disk)?,
+        _ => qcow2::create_overlay(&disk, "qcow2", &own_disk)?,
     }
+    // A Clone would map the snapshot's image privately, but QEMU 7.2 opens
+    // even a private mapping's file read-write, which the VM's uid may not
+    // do to a file every clone shares: the jailed clone gets its own copy
+    // (sparse, so only the pages the snapshot holds are copied).
     let (ram, memory) = match (&memory_file, mode) {
         (None, _) => (RamBacking::Anonymous, Memory::Private),
-        (Some(image), RestoreMemory::Clone) => (RamBacking::PrivateFile(image), Memory::Private),
-        (Some(image), RestoreMemory::Copy) => {
+        (Some(image), RestoreMemory::Clone | RestoreMemory::Copy) => {
             files::sparse_copy(image, &own_memory, files::Zeros::Keep)?;
             (RamBacking::SharedFile(&own_memory), Memory::OwnFile)
         }
@@ -254,6 +267,11 @@ pub(super) async fn restore(
             (RamBacking::SharedFile(&own_memory), Memory::OwnFile)
         }
     };
+    let mut given: Vec<&Path> = vec![&jail_dir, &own_disk];
+    if memory == Memory::OwnFile {
+        given.push(&own_memory);
+    }
+    vm_files::give(&given, ids)?;
     phase("files in place");
     let spec = LaunchSpec {
         config: &config,
@@ -266,28 +284,21 @@ pub(super) async fn restore(
     };
     let state_file =
         std::fs::File::open(&state).map_err(VmmError::io(format!("open {}", state.display())))?;
-    guard.cgroup = vm_cgroup(hv, &config);
-    // See `unprivileged` for why a privately mapped snapshot image keeps
-    // QEMU root.
-    let run_as = hv
-        .run_as
-        .filter(|_| !matches!(spec.ram, RamBacking::PrivateFile(_)));
-    if let Some(ids) = run_as {
-        unprivileged::hand_over(&dir, &[MEMORY, DISK], ids)?;
-    }
-    let child = spawn(
+    guard.cgroup = vm_cgroup(hv, &config)?;
+    let spawned = spawn_qemu(
         hv,
         &dir,
+        &jail_dir,
         &spec,
         Some(&state_file),
         guard.cgroup.as_ref(),
-        run_as,
+        ids,
     )?;
     drop(state_file);
-    let pid = child.id().unwrap_or(0);
-    guard.child = Some(child);
-    check_cgroup(&mut guard, pid);
-    let isolation = (guard.cgroup.clone(), run_as);
+    let pid = spawned.pid;
+    guard.child = Some(spawned.process);
+    check_cgroup(&guard, pid)?;
+    let isolation = (guard.cgroup.clone(), Some(ids));
     write_record(hv, &config, &dir, pid, memory.clone(), isolation)?;
     let consumed = (mode == RestoreMemory::Consume).then_some(snapshot_dir);
     let (qmp, agent) = match resume_incoming(
@@ -313,10 +324,10 @@ pub(super) async fn restore(
         hv,
         config,
         dir,
-        memory,
+        (pid, memory),
         (qmp, agent),
         guard,
-        run_as,
+        ids,
     ))
 }
 
@@ -335,7 +346,7 @@ async fn resume_incoming(
     set_migration_caps(&qmp, ignore_shared).await?;
     qmp.execute(
         "migrate-incoming",
-        json!({"uri": format!("fd:{INCOMING_FD}")}),
+        json!({"uri": format!("fd:{}", super::command::INCOMING_FD)}),
     )
     .await?;
     wait_migration(
@@ -371,151 +382,60 @@ async fn resume_incoming(
 /// than a reset monitor socket does.
 async fn explain(err: VmmError, dir: &Path, guard: &mut LaunchGuard) -> VmmError {
     if let Some(child) = guard.child.as_mut() {
-        let _ = tokio::time::timeout(Duration::from_millis(500), child.wait()).await;
+        child.wait_exit(Duration::from_millis(500)).await;
     }
     exited(dir, guard).unwrap_or(err)
 }
 
-/// The VM's cgroup, when the backend places VMs in cgroups and it could be
-/// made; a VM without one still runs.
-fn vm_cgroup(hv: &QemuHypervisor, config: &VmConfig) -> Option<VmCgroup> {
-    let cgroups = hv.cgroups.as_ref()?;
-    match cgroups.create(&config.name, config.mem_mib) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(vm = %config.name, "running without a cgroup: {e}");
-            None
-        }
-    }
+/// The VM's cgroup, when the backend places VMs in cgroups; a VM whose
+/// cgroup cannot be made does not start.
+fn vm_cgroup(hv: &QemuHypervisor, config: &VmConfig) -> Result<Option<VmCgroup>, VmmError> {
+    let Some(cgroups) = hv.cgroups.as_ref() else {
+        return Ok(None);
+    };
+    cgroups
+        .create(&config.name, config.mem_mib)
+        .map(Some)
+        .map_err(|e| VmmError::Tool {
+            tool: "cgroup",
+            message: format!("could not give the VM its cgroup, so it does not start: {e}"),
+        })
 }
 
-/// The child joins its cgroup itself and cannot report a failure to: look.
-fn check_cgroup(guard: &mut LaunchGuard, pid: u32) {
-    if let Some(c) = &guard.cgroup {
-        if !c.contains(pid) {
-            tracing::warn!(pid, cgroup = ?c.dirs, "QEMU did not join its cgroup; running without");
-            c.remove_now();
-            guard.cgroup = None;
-        }
+/// The child joined its cgroup before anything else (or failed its
+/// launch); checked once more from outside.
+fn check_cgroup(guard: &LaunchGuard, pid: u32) -> Result<(), VmmError> {
+    match &guard.cgroup {
+        Some(c) if !c.contains(pid) => Err(VmmError::Tool {
+            tool: "cgroup",
+            message: format!("QEMU (pid {pid}) is not in its cgroup {:?}", c.dirs),
+        }),
+        _ => Ok(()),
     }
-}
-
-fn spawn(
-    hv: &QemuHypervisor,
-    dir: &Path,
-    spec: &LaunchSpec<'_>,
-    incoming: Option<&std::fs::File>,
-    cgroup: Option<&VmCgroup>,
-    run_as: Option<(u32, u32)>,
-) -> Result<Child, VmmError> {
-    let mut cmd = Command::new(&hv.config.qemu_binary);
-    // The egress guard matches the group of QEMU's sockets, so its group
-    // wins over the one `run_as` names.
-    let credentials = run_as.map(|(uid, gid)| (uid, hv.guard.map_or(gid, |g| g.gid)));
-    match (hv.guard, spec.config.network) {
-        (Some(guard), _) => {
-            if credentials.is_none() {
-                cmd.gid(guard.gid);
-            }
-        }
-        (None, crate::backend::Network::Internet) => {
-            return Err(VmmError::Tool {
-                tool: "nft",
-                message: "refusing outbound internet for this VM: the egress guard that keeps \
-                          guests off the host's own and private addresses is not in place \
-                          (it needs root and nftables)"
-                    .into(),
-            })
-        }
-        // Neither opens a host socket: nothing for the guard to police.
-        (None, crate::backend::Network::None | crate::backend::Network::Isolated) => {}
-    }
-    cmd.args(command::qemu_args(spec))
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(dir.join("qemu.stderr"))
-                .map(Stdio::from)
-                .unwrap_or_else(|_| Stdio::null()),
-        )
-        .kill_on_drop(false);
-    let incoming_fd = incoming.map(|f| f.as_raw_fd());
-    let die_with_parent = hv.config.die_with_parent;
-    let cgroup_procs = cgroup.map(VmCgroup::procs_files).unwrap_or_default();
-    // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe calls (open, write, close, prctl, fcntl, dup2) on
-    // values prepared before the fork; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            // "0" is the writing process: QEMU is in its cgroup before it
-            // runs, so none of its threads ever starts outside. A failure
-            // is noticed by the parent (`check_cgroup`).
-            for procs in &cgroup_procs {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd >= 0 {
-                    libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                }
-            }
-            // Drop root after joining the cgroup (which needs it) and
-            // before anything of QEMU runs.
-            if let Some((uid, gid)) = credentials {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // dup2 clears close-on-exec on the copy; when the file already
-            // sits on the target fd, dup2 is a no-op, so clear it directly.
-            let failed = match incoming_fd {
-                Some(fd) if fd == INCOMING_FD => libc::fcntl(fd, libc::F_SETFD, 0) < 0,
-                Some(fd) => libc::dup2(fd, INCOMING_FD) < 0,
-                None => false,
-            };
-            if failed {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().map_err(|source| VmmError::Spawn {
-        program: hv.config.qemu_binary.display().to_string(),
-        source,
-    })
 }
 
 /// Error for a QEMU that died during launch, with its last words.
 pub(super) fn exited(dir: &Path, guard: &mut LaunchGuard) -> Option<VmmError> {
-    let child = guard.child.as_mut()?;
-    match child.try_wait() {
-        Ok(Some(status)) => {
-            let stderr = files::tail(&dir.join("qemu.stderr"), 10);
-            let console = files::tail(&dir.join(CONSOLE_LOG), 20);
-            Some(VmmError::QemuExited {
-                status: status.to_string(),
-                console_tail: format!("{stderr}\n{console}").trim().to_string(),
-            })
-        }
-        _ => None,
-    }
+    let status = guard.child.as_mut()?.try_exit()?;
+    let stderr = files::tail(&dir.join("qemu.stderr"), 10);
+    let console = files::tail(&dir.join(JAIL_DIR).join(CONSOLE_LOG), 20);
+    Some(VmmError::QemuExited {
+        status,
+        console_tail: format!("{stderr}\n{console}").trim().to_string(),
+    })
 }
 
 async fn connect_qmp(dir: &Path, guard: &mut LaunchGuard) -> Result<Qmp, VmmError> {
     let path = dir.join(QMP_SOCKET);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if path.exists() {
-            match Qmp::connect(&path).await {
-                Ok(q) => return Ok(q),
-                Err(e) if Instant::now() >= deadline => return Err(e.into()),
-                Err(_) => {}
-            }
+        // The socket exists from the start (the backend bound it); the
+        // greeting comes once QEMU is up.
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, Qmp::connect(&path)).await {
+            Ok(Ok(q)) => return Ok(q),
+            Ok(Err(e)) if Instant::now() >= deadline => return Err(e.into()),
+            _ => {}
         }
         if let Some(e) = exited(dir, guard) {
             return Err(e);
@@ -549,7 +469,7 @@ pub(super) fn timeout(what: &'static str, limit: Duration, dir: &Path) -> VmmErr
     VmmError::Timeout {
         what,
         seconds: limit.as_secs(),
-        console_tail: files::tail(&dir.join(CONSOLE_LOG), 20),
+        console_tail: files::tail(&dir.join(JAIL_DIR).join(CONSOLE_LOG), 20),
     }
 }
 

@@ -15,9 +15,10 @@ mod process;
 mod qcow2;
 mod qmp;
 mod runtime_record;
+mod spawn;
 mod stub_kernel;
-mod unprivileged;
 mod vm;
+mod vm_files;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,9 +28,9 @@ use async_trait::async_trait;
 
 pub use cgroup::{CgroupConfig, CgroupError, CgroupVersion};
 pub use host::{detect_accel, tsc_khz};
+pub use jail::{IdRange, JailConfig, JailError};
 pub use qmp::QmpError;
 pub use runtime_record::RecordError;
-pub use unprivileged::{ensure_vm_user, USER as VM_USER};
 pub use vm::QemuVm;
 
 use crate::backend::{
@@ -53,22 +54,18 @@ pub struct QemuConfig {
     /// Kill QEMU when this process dies (tests, one-shot tools). A daemon
     /// that re-attaches to its VMs after a restart leaves this off.
     pub die_with_parent: bool,
-    /// Run QEMU with the `ember-vm` group and install the nftables guard
-    /// that keeps guests with outbound internet off the host's own and
-    /// private addresses (see `egress_guard`). Without it (or when it
-    /// cannot be installed: not root, no nft) VMs asking for
+    /// Install the nftables guard that keeps guests with outbound internet
+    /// off the host's own and private addresses (see `egress_guard`).
+    /// Without it (or when it cannot be installed: no nft) VMs asking for
     /// `Network::Internet` are refused.
     pub egress_guard: bool,
-    /// Put each VM's QEMU in its own cgroup with these limits. When the
-    /// host has no usable cgroup hierarchy (or it cannot be written), VMs
-    /// run without one and a warning is logged; `Vm::isolation` tells.
+    /// Put each VM's QEMU in its own cgroup with these limits. A host
+    /// without a usable cgroup hierarchy fails `QemuHypervisor::new`, and a
+    /// VM whose cgroup cannot be made does not start.
     pub cgroup: Option<CgroupConfig>,
-    /// Run QEMU as this uid and gid instead of root (see `ensure_vm_user`).
-    /// The gid is replaced by the egress guard's group when the guard is in
-    /// place. Needs the state directory's parents to be searchable by other
-    /// users; without that, QEMU runs as root and a warning is logged.
-    /// Clone restores always run as root (see `unprivileged`).
-    pub run_as: Option<(u32, u32)>,
+    /// The jail every QEMU runs in (see `jail`): always on; this says which
+    /// ids it hands out and which folders VMs may read images from.
+    pub jail: JailConfig,
 }
 
 impl QemuConfig {
@@ -83,7 +80,7 @@ impl QemuConfig {
             die_with_parent: true,
             egress_guard: true,
             cgroup: None,
-            run_as: None,
+            jail: JailConfig::default(),
         }
     }
 }
@@ -98,16 +95,24 @@ pub struct QemuHypervisor {
     /// In place when `config.egress_guard` asked for it and it could be
     /// installed.
     guard: Option<egress_guard::EgressGuard>,
-    /// In place when `config.cgroup` asked for it and the host has one.
+    /// In place when `config.cgroup` asked for it.
     cgroups: Option<cgroup::Cgroups>,
-    /// `config.run_as`, when the state directory allows it.
-    run_as: Option<(u32, u32)>,
+    /// Hands each VM its uid and gid.
+    ids: jail::IdAllocator,
+    /// QEMU's own files, bound into every jail.
+    runtime: jail::QemuRuntime,
+    /// The empty folder each jail mounts its root on (in its own mount
+    /// namespace, so all of them can share it).
+    jail_root: PathBuf,
+    /// `config.jail.image_roots`, resolved.
+    image_roots: Vec<PathBuf>,
 }
 
 impl QemuHypervisor {
     pub async fn new(mut config: QemuConfig) -> Result<Self, VmmError> {
         // QEMU runs inside each VM's directory; every path it gets is absolute.
         config.state_dir = absolute(&config.state_dir)?;
+        jail::check_host(&config.jail)?;
         let out = tokio::process::Command::new(&config.qemu_binary)
             .arg("--version")
             .output()
@@ -122,19 +127,27 @@ impl QemuHypervisor {
             .unwrap_or("unknown")
             .trim()
             .to_string();
-        std::fs::create_dir_all(config.state_dir.join("vms")).map_err(VmmError::io(format!(
-            "create {}",
-            config.state_dir.display()
-        )))?;
+        let runtime = jail::QemuRuntime::discover(&config.qemu_binary)?;
+        // Root's alone: VMs reach their own files through their jails only.
+        let jail_root = config.state_dir.join("jail-root");
+        for dir in [
+            config.state_dir.clone(),
+            config.state_dir.join("vms"),
+            jail_root.clone(),
+        ] {
+            private_dir(&dir)?;
+        }
         let restore_kernel = stub_kernel::install(&config.state_dir)?;
         let accel = host::resolve_accel(config.accel);
+        let ids = config.jail.ids;
         let guard = if config.egress_guard {
-            let installed = tokio::task::spawn_blocking(egress_guard::EgressGuard::install)
-                .await
-                .map_err(|e| VmmError::Tool {
-                    tool: "nft",
-                    message: e.to_string(),
-                })?;
+            let installed =
+                tokio::task::spawn_blocking(move || egress_guard::EgressGuard::install(ids))
+                    .await
+                    .map_err(|e| VmmError::Tool {
+                        tool: "nft",
+                        message: e.to_string(),
+                    })?;
             match installed {
                 Ok(g) => Some(g),
                 Err(e) => {
@@ -147,29 +160,30 @@ impl QemuHypervisor {
         } else {
             None
         };
-        let cgroups = config
-            .cgroup
-            .clone()
-            .and_then(|c| match cgroup::Cgroups::prepare(c) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::warn!("VMs will run without cgroup limits: {e}");
-                    None
-                }
-            });
-        tracing::info!(accel = accel.as_str(), %qemu_version, cgroups = ?cgroups.as_ref().map(|c| c.version()), "QEMU backend ready");
-        let run_as =
-            config.run_as.and_then(
-                |ids| match unprivileged::open_state_dir(&config.state_dir) {
-                    Ok(()) => Some(ids),
-                    Err(e) => {
-                        tracing::warn!("QEMU will run as root: {e}");
-                        None
-                    }
-                },
-            );
+        let cgroups = match config.cgroup.clone() {
+            Some(c) => Some(cgroup::Cgroups::prepare(c).map_err(|e| VmmError::Tool {
+                tool: "cgroup",
+                message: format!("VMs cannot get their own cgroups on this host: {e}"),
+            })?),
+            None => None,
+        };
+        let image_roots = config
+            .jail
+            .image_roots
+            .iter()
+            .map(|r| {
+                r.canonicalize().map_err(VmmError::io(format!(
+                    "resolve image folder {}",
+                    r.display()
+                )))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::info!(accel = accel.as_str(), %qemu_version, cgroups = ?cgroups.as_ref().map(|c| c.version()), ids = %config.jail.ids, "QEMU backend ready (every VM jailed)");
         Ok(Self {
-            run_as,
+            ids: jail::IdAllocator::new(config.jail.ids, config.state_dir.join("vms")),
+            runtime,
+            jail_root,
+            image_roots,
             cgroups,
             guard,
             accel,
@@ -204,7 +218,14 @@ impl QemuHypervisor {
             return Err(VmmError::SocketPathTooLong(dir));
         }
         match std::fs::create_dir(&dir) {
-            Ok(()) => Ok(dir),
+            Ok(()) => {
+                private_dir(&dir)?;
+                let jail = dir.join(command::JAIL_DIR);
+                std::fs::create_dir(&jail)
+                    .map_err(VmmError::io(format!("create {}", jail.display())))?;
+                private_dir(&jail)?;
+                Ok(dir)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 Err(VmmError::NameInUse(name.to_string()))
             }
@@ -214,6 +235,14 @@ impl QemuHypervisor {
             }),
         }
     }
+}
+
+/// Creates `dir` if needed and makes it root's alone (0700).
+fn private_dir(dir: &Path) -> Result<(), VmmError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(VmmError::io(format!("create {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(VmmError::io(format!("chmod {}", dir.display())))
 }
 
 fn require_file(what: &'static str, path: &Path) -> Result<(), VmmError> {

@@ -7,7 +7,8 @@
 //! refcount table, one refcount block, and an all-zero L1 table.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use crate::VmmError;
 
@@ -66,9 +67,11 @@ pub fn rebase_header(layer: &Path, backing: &Path) -> Result<(), VmmError> {
             backing.display()
         )));
     }
+    // The layer sits in a folder a VM writes: never through a symlink.
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(layer)
         .map_err(VmmError::io(ctx()))?;
     let mut h = [0u8; 24];
@@ -94,6 +97,73 @@ pub fn rebase_header(layer: &Path, backing: &Path) -> Result<(), VmmError> {
     f.write_all(&(name.len() as u32).to_be_bytes())
         .map_err(VmmError::io(ctx()))?;
     f.sync_all().map_err(VmmError::io(ctx()))
+}
+
+/// Longest backing chain followed; builds make one layer per step.
+const MAX_CHAIN: usize = 128;
+
+/// The files below `top` in its backing chain, nearest first. The names
+/// come from qcow2 headers a VM may have written, so only plain file
+/// names are accepted (no `json:` or protocol names), each at most once.
+pub fn backing_chain(top: &Path) -> Result<Vec<PathBuf>, VmmError> {
+    let mut chain: Vec<PathBuf> = Vec::new();
+    let mut current = top.to_path_buf();
+    loop {
+        let Some(name) = backing_name(&current)? else {
+            return Ok(chain);
+        };
+        let bad = |reason: &str| VmmError::UnsafeBacking {
+            path: current.clone(),
+            reason: format!("{reason}: {:?}", String::from_utf8_lossy(&name)),
+        };
+        let text = std::str::from_utf8(&name).map_err(|_| bad("not UTF-8"))?;
+        // QEMU reads "proto:..." (nbd:, json:, file:) as a protocol.
+        let before_slash = text.split('/').next().unwrap_or("");
+        if text.is_empty() || before_slash.contains(':') || text.contains('\0') {
+            return Err(bad("not a plain file name"));
+        }
+        let path = Path::new(text);
+        let next = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            current.parent().unwrap_or(Path::new("/")).join(path)
+        };
+        if chain.contains(&next) || next == top || chain.len() >= MAX_CHAIN {
+            return Err(bad("a loop or a chain too long"));
+        }
+        chain.push(next.clone());
+        current = next;
+    }
+}
+
+/// The backing file name in a qcow2 header, or `None` for a raw image or
+/// a qcow2 image without one.
+fn backing_name(path: &Path) -> Result<Option<Vec<u8>>, VmmError> {
+    use std::io::{Seek, SeekFrom};
+    let ctx = || format!("read {}", path.display());
+    let mut f = std::fs::File::open(path).map_err(VmmError::io(ctx()))?;
+    let mut h = [0u8; 20];
+    if f.read_exact(&mut h).is_err() || u32::from_be_bytes([h[0], h[1], h[2], h[3]]) != MAGIC {
+        return Ok(None);
+    }
+    let mut off = [0u8; 8];
+    off.copy_from_slice(&h[8..16]);
+    let offset = u64::from_be_bytes(off);
+    let len = u32::from_be_bytes([h[16], h[17], h[18], h[19]]) as usize;
+    if offset == 0 || len == 0 {
+        return Ok(None);
+    }
+    if len > MAX_BACKING_NAME {
+        return Err(VmmError::UnsafeBacking {
+            path: path.to_path_buf(),
+            reason: format!("a {len}-byte backing name"),
+        });
+    }
+    let mut name = vec![0u8; len];
+    f.seek(SeekFrom::Start(offset))
+        .and_then(|_| f.read_exact(&mut name))
+        .map_err(VmmError::io(ctx()))?;
+    Ok(Some(name))
 }
 
 /// "qcow2" when `path` starts with the qcow2 magic, else "raw": a root
@@ -208,6 +278,39 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn backing_chains_are_read_and_hostile_names_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        std::fs::write(&base, vec![1u8; 1 << 20]).unwrap();
+        let mid = dir.path().join("mid.qcow2");
+        create_overlay(&base, "raw", &mid).unwrap();
+        let top = dir.path().join("top.qcow2");
+        create_overlay(&mid, "qcow2", &top).unwrap();
+        assert_eq!(backing_chain(&top).unwrap(), [mid.clone(), base.clone()]);
+        assert!(backing_chain(&base).unwrap().is_empty());
+        // A VM that rewrote its layer's header to reach a host service or
+        // to loop.
+        let hostile = dir.path().join("hostile.qcow2");
+        create_overlay(&mid, "qcow2", &hostile).unwrap();
+        let mut bytes = std::fs::read(&hostile).unwrap();
+        let off = u64::from_be_bytes(bytes[8..16].try_into().unwrap()) as usize;
+        let name = b"json:{\"file\":{\"driver\":\"nbd\"}}";
+        bytes[off..off + name.len()].copy_from_slice(name);
+        bytes[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+        std::fs::write(&hostile, &bytes).unwrap();
+        assert!(matches!(
+            backing_chain(&hostile),
+            Err(VmmError::UnsafeBacking { .. })
+        ));
+        rebase_header(&mid, &top).unwrap();
+        rebase_header(&top, &mid).unwrap();
+        assert!(matches!(
+            backing_chain(&top),
+            Err(VmmError::UnsafeBacking { .. })
+        ));
     }
 
     #[test]

@@ -11,13 +11,14 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use super::cgroup::VmCgroup;
-use super::command::{CONSOLE_LOG, DISK, MEMORY};
-use super::files;
+use super::command::{CONSOLE_LOG, DISK, JAIL_DIR, MEMORY};
+use super::jail::IdLease;
 use super::launch::LaunchGuard;
 use super::migration::{set_migration_caps, wait_migration};
 use super::process::QemuProcess;
 use super::qmp::Qmp;
 use super::runtime_record::RuntimeRecord;
+use super::{files, vm_files};
 use crate::agent::AgentClient;
 use crate::backend::{Accel, Isolation, Vm, VmConfig, VmStats};
 use crate::snapshot::{FileRecord, MemoryImage, SnapshotInfo, SnapshotManifest};
@@ -60,7 +61,11 @@ pub struct QemuVm {
     pub(super) keep_on_drop: bool,
     /// Removed once the process is gone.
     pub(super) cgroup: Option<VmCgroup>,
-    pub(super) run_as: Option<(u32, u32)>,
+    /// The uid and gid its QEMU runs as, which own its writable folder.
+    pub(super) ids: (u32, u32),
+    /// Holds the id for this VM while the handle lives (an attached VM's
+    /// id is also held by its folder on disk).
+    pub(super) _lease: Option<IdLease>,
     /// Disk layers frozen by `checkpoint_disk`; once any exist, the disk is
     /// a chain inside the runtime folder that snapshots cannot carry.
     pub(super) checkpoints: Mutex<Vec<PathBuf>>,
@@ -73,6 +78,11 @@ impl QemuVm {
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The VM's writable folder, the only one its QEMU may write.
+    fn jail_dir(&self) -> PathBuf {
+        self.dir.join(JAIL_DIR)
     }
 
     /// Moves between running and paused; a no-op when already there.
@@ -139,23 +149,30 @@ impl QemuVm {
         out: &Path,
         transfer: Transfer,
     ) -> Result<(MemoryImage, FileRecord), VmmError> {
-        let place =
-            |name: &str, zeros: files::Zeros| -> Result<FileRecord, VmmError> {
-                let (src, dst) = (self.dir.join(name), out.join(name));
-                match transfer {
-                    Transfer::Copy => {
-                        files::sparse_copy(&src, &dst, zeros)?;
-                    }
-                    Transfer::Move => std::fs::rename(&src, &dst).map_err(VmmError::io(
-                        format!("move {} into {}", src.display(), out.display()),
-                    ))?,
+        let place = |name: &str, zeros: files::Zeros| -> Result<FileRecord, VmmError> {
+            let (src, dst) = (self.jail_dir().join(name), out.join(name));
+            match transfer {
+                // `sparse_copy` opens without following symlinks.
+                Transfer::Copy => {
+                    files::sparse_copy(&src, &dst, zeros)?;
                 }
-                Ok(FileRecord {
-                    name: name.into(),
-                    size: file_len(&dst)?,
-                    crc32: None,
-                })
-            };
+                // The process is gone: check what the VM left under
+                // that name, make it root's, then move it.
+                Transfer::Move => {
+                    vm_files::take_back(&src, self.ids.0)?;
+                    std::fs::rename(&src, &dst).map_err(VmmError::io(format!(
+                        "move {} into {}",
+                        src.display(),
+                        out.display()
+                    )))?
+                }
+            }
+            Ok(FileRecord {
+                name: name.into(),
+                size: file_len(&dst)?,
+                crc32: None,
+            })
+        };
         let memory = match self.memory {
             Memory::OwnFile => MemoryImage::File(place(MEMORY, files::Zeros::Skip)?),
             Memory::Private => MemoryImage::InStream,
@@ -265,7 +282,7 @@ impl Vm for QemuVm {
     }
 
     fn console_log(&self) -> PathBuf {
-        self.dir.join(CONSOLE_LOG)
+        self.jail_dir().join(CONSOLE_LOG)
     }
 
     async fn pause(&self) -> Result<(), VmmError> {
@@ -319,7 +336,8 @@ impl Vm for QemuVm {
     fn isolation(&self) -> Isolation {
         Isolation {
             cgroup: self.cgroup.is_some(),
-            run_as: self.run_as,
+            run_as: Some(self.ids),
+            jailed: true,
         }
     }
 
@@ -341,11 +359,12 @@ impl Vm for QemuVm {
         }
         let mut checkpoints = self.checkpoints.lock().await;
         let n = checkpoints.len();
+        let jail_dir = self.jail_dir();
         let frozen = match n {
-            0 => self.dir.join(DISK),
-            k => self.dir.join(format!("disk-{k}.qcow2")),
+            0 => jail_dir.join(DISK),
+            k => jail_dir.join(format!("disk-{k}.qcow2")),
         };
-        let next = self.dir.join(format!("disk-{}.qcow2", n + 1));
+        let next = jail_dir.join(format!("disk-{}.qcow2", n + 1));
         // QEMU drains and flushes the active layer, makes it the read-only
         // backing file of a new empty one, and writes go there from now on.
         self.qmp
@@ -360,14 +379,15 @@ impl Vm for QemuVm {
             .await?;
         // A layer QEMU created names the one below by its runtime path;
         // point it at where that one was kept, so the chain outlives us.
+        // The layer lies in the VM's folder: link the file checked, not the
+        // name, and make the kept layer root's, read-only to the VMs that
+        // will read it as a backing file.
+        let layer = vm_files::open_checked(&frozen, self.ids.0)?;
         if let Some(below) = checkpoints.last() {
             super::qcow2::rebase_header(&frozen, below)?;
         }
-        std::fs::hard_link(&frozen, dest).map_err(VmmError::io(format!(
-            "link {} to {}",
-            frozen.display(),
-            dest.display()
-        )))?;
+        vm_files::link_open(&layer, dest)?;
+        vm_files::own_as_root(&layer, dest, 0o644)?;
         checkpoints.push(dest.to_path_buf());
         self.update_record(|r| r.checkpoints = checkpoints.clone())
     }
@@ -385,7 +405,8 @@ impl Vm for QemuVm {
         }
         // `quit` closes the block devices, which flushes qcow2 metadata.
         self.end_process(&mut state).await?;
-        let disk = self.dir.join(DISK);
+        let disk = self.jail_dir().join(DISK);
+        vm_files::take_back(&disk, self.ids.0)?;
         std::fs::rename(&disk, dest).map_err(VmmError::io(format!(
             "move {} to {}",
             disk.display(),

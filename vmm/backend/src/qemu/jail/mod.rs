@@ -31,11 +31,11 @@ mod spawn;
 
 use std::path::{Path, PathBuf};
 
-pub(super) use ids::IdAllocator;
+pub(crate) use ids::IdAllocator;
 pub use ids::{IdLease, IdRange};
-pub(super) use plan::MountPlan;
-pub(super) use runtime::QemuRuntime;
-pub(super) use spawn::{spawn, JailedChild, SpawnSpec};
+pub(crate) use plan::{Access, MountPlan};
+pub(crate) use runtime::QemuRuntime;
+pub(crate) use spawn::{spawn, SpawnSpec};
 
 /// How the backend jails its QEMU processes (`QemuConfig::jail`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -137,7 +137,9 @@ struct Prepared {
 pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<JailedChild, JailError> {
     let (report_read, report_write) = pipe()?;
     let staged = stage_fds(&spec.fds)?;
-    let args: Vec<CString> = std::iter::once(spec.program.as_os_str())
+    // argv[0] is the program's own name, as a shell would give it.
+    let argv0 = spec.program.file_name().unwrap_or(spec.program.as_os_str());
+    let args: Vec<CString> = std::iter::once(argv0)
         .chain(spec.args.iter().map(OsStr::new))
         .map(c)
         .collect::<Result<_, _>>()?;
@@ -554,15 +556,23 @@ fn child_main(p: &Prepared) -> Result<Infallible, (u32, i32)> {
             let rc = libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
             check(rc.into(), Fixed::Capabilities as u32)?;
         }
-        check(
-            libc::setgroups(0, std::ptr::null()).into(),
-            Fixed::Groups as u32,
-        )?;
+        // Raw syscalls, not glibc's wrappers: those change the ids of every
+        // thread glibc believes the process has (signalling each and
+        // waiting for it), and this copy of a multi-threaded process has
+        // only one thread: they would wait forever.
+        let rc = libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
+        check(rc, Fixed::Groups as u32)?;
         let (uid, gid) = p.ids;
-        check(libc::setresgid(gid, gid, gid).into(), Fixed::Gid as u32)?;
+        check(
+            libc::syscall(libc::SYS_setresgid, gid, gid, gid),
+            Fixed::Gid as u32,
+        )?;
         // From root to a plain uid: the permitted, effective and ambient
         // capability sets are cleared by the kernel.
-        check(libc::setresuid(uid, uid, uid).into(), Fixed::Uid as u32)?;
+        check(
+            libc::syscall(libc::SYS_setresuid, uid, uid, uid),
+            Fixed::Uid as u32,
+        )?;
         check(
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into(),
             Fixed::NoNewPrivs as u32,
