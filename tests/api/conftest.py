@@ -97,28 +97,48 @@ def hello_http(ember, hello_zip):
     return {"created": created, "image": image, "version": version}
 
 
-@pytest.fixture
-def separate_emberd(ember):
-    """Starts emberds of the test's own on fresh data dirs (they share the
-    session's credentials, so the usual clients work): `make(*args)`. All
-    of them, and the guests they left behind, are ended after the test."""
-    made = []
-    # Short paths: VM sockets live under the data dir and a unix socket
-    # path must fit in 108 bytes, which pytest's tmp_path does not.
-    root = Path(tempfile.mkdtemp(prefix="emb-"))
+class SeparateEmberds:
+    """Emberds of a test's (or a module's) own on fresh data dirs: they
+    share the session's credentials, so the usual clients work."""
 
-    def make(*extra_args):
-        base = root / str(len(made))
+    def __init__(self, ember):
+        self.ember = ember
+        self.made = []
+        # Short paths: VM sockets live under the data dir and a unix socket
+        # path must fit in 108 bytes, which pytest's tmp_path does not.
+        self.root = Path(tempfile.mkdtemp(prefix="emb-"))
+
+    def __call__(self, *extra_args):
+        base = self.root / str(len(self.made))
         data_dir = base / "data"
         data_dir.mkdir(parents=True)
         credentials = data_dir / "credentials"
-        credentials.write_bytes((ember.data_dir / "credentials").read_bytes())
+        credentials.write_bytes((self.ember.data_dir / "credentials").read_bytes())
         credentials.chmod(0o600)
-        daemon = Emberd(ember.binary, data_dir, base / "emberd.log", extra_args=extra_args)
-        made.append(daemon)
+        daemon = Emberd(self.ember.binary, data_dir, base / "emberd.log", extra_args=extra_args)
+        self.made.append(daemon)
         return daemon.start()
 
-    yield make
-    for daemon in made:
-        daemon.end_all()
-    shutil.rmtree(root, ignore_errors=True)
+    def end_all(self):
+        """Ends all of them, and the guests they left behind."""
+        for daemon in self.made:
+            daemon.end_all()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def separate_emberd(ember):
+    """`make(*args)` starts an emberd of the test's own; all of them are
+    ended after the test."""
+    made = SeparateEmberds(ember)
+    yield made
+    made.end_all()
+
+
+@pytest.fixture(scope="module")
+def module_emberd(ember):
+    """Like `separate_emberd`, shared by one module's tests (so they can
+    share its images) and ended after the module."""
+    made = SeparateEmberds(ember)
+    yield made
+    made.end_all()

@@ -1,5 +1,13 @@
 //! The live build log: every line timestamped, appended to a file, and
 //! announced to followers as it is written.
+//!
+//! The file has a cap, so a step that prints forever (`RUN yes`) cannot
+//! fill the host's disk during the hour a build may take. Past the cap
+//! step output is discarded and the log says so once; a little room is
+//! kept under the cap so Ember's own lines (why the build failed) still
+//! reach the file. The step whose output hit the cap fails the build: a
+//! user gets the reason at once instead of an hour of output nobody can
+//! read.
 
 use std::fs::File;
 use std::io::Write;
@@ -16,6 +24,10 @@ use ember_vmm::agent::OutputStream;
 const MAX_LINE: usize = 16 * 1024;
 /// Lines quoted in a failure reason.
 pub const TAIL_LINES: usize = 10;
+/// The cap of a log made by [`BuildLog::create`].
+pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Kept under the cap for Ember's own lines once step output is cut off.
+const NARRATION_ROOM: u64 = 64 * 1024;
 
 /// Progress a follower can wait on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,10 +36,13 @@ pub struct LogProgress {
     pub len: u64,
     /// The build has ended; no more lines will come.
     pub done: bool,
+    /// Step output reached the cap and is being discarded.
+    pub truncated: bool,
 }
 
 pub struct BuildLog {
     path: PathBuf,
+    max_bytes: u64,
     inner: Mutex<Inner>,
     progress: watch::Sender<LogProgress>,
 }
@@ -35,6 +50,8 @@ pub struct BuildLog {
 struct Inner {
     file: File,
     len: u64,
+    max_bytes: u64,
+    truncated: bool,
     /// Output bytes not yet ended by a newline, per stream.
     partial: [Vec<u8>; 2],
     /// The last lines, for failure reasons.
@@ -42,23 +59,56 @@ struct Inner {
 }
 
 impl BuildLog {
+    /// A log capped at [`DEFAULT_MAX_BYTES`].
     pub fn create(path: &Path) -> std::io::Result<Self> {
+        Self::create_with_cap(path, DEFAULT_MAX_BYTES)
+    }
+
+    /// A log whose file never grows past `max_bytes`.
+    pub fn create_with_cap(path: &Path, max_bytes: u64) -> std::io::Result<Self> {
         let file = File::options().create(true).append(true).open(path)?;
         let len = file.metadata()?.len();
+        let progress = LogProgress {
+            len,
+            done: false,
+            truncated: false,
+        };
         Ok(Self {
             path: path.to_path_buf(),
+            max_bytes,
             inner: Mutex::new(Inner {
                 file,
                 len,
+                max_bytes,
+                truncated: false,
                 partial: [Vec::new(), Vec::new()],
                 tail: Default::default(),
             }),
-            progress: watch::channel(LogProgress { len, done: false }).0,
+            progress: watch::channel(progress).0,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// True once step output reached the cap.
+    pub fn is_truncated(&self) -> bool {
+        self.lock().truncated
+    }
+
+    /// Resolves once step output reaches the cap (at once if it has).
+    pub async fn truncated(&self) {
+        let mut rx = self.progress.subscribe();
+        // The sender lives as long as `self`, so this cannot fail while
+        // anyone awaits it; if it did, waiting forever is the safe answer.
+        if rx.wait_for(|p| p.truncated).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Logs one line of Ember's own narration.
@@ -80,14 +130,14 @@ impl BuildLog {
         let mut start = 0;
         while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
             let line = String::from_utf8_lossy(&buf[start..start + nl]).into_owned();
-            inner.write_line(line.trim_end_matches('\r'));
+            inner.write_output(line.trim_end_matches('\r'));
             start += nl + 1;
         }
         buf.drain(..start);
         while buf.len() > MAX_LINE {
             let rest = buf.split_off(MAX_LINE);
             let line = String::from_utf8_lossy(&buf).into_owned();
-            inner.write_line(&line);
+            inner.write_output(&line);
             buf = rest;
         }
         inner.partial[idx] = buf;
@@ -101,7 +151,7 @@ impl BuildLog {
             let buf = std::mem::take(&mut inner.partial[idx]);
             if !buf.is_empty() {
                 let line = String::from_utf8_lossy(&buf).into_owned();
-                inner.write_line(&line);
+                inner.write_output(&line);
             }
         }
         self.announce(&inner, false);
@@ -134,14 +184,37 @@ impl BuildLog {
         self.progress.send_replace(LogProgress {
             len: inner.len,
             done,
+            truncated: inner.truncated,
         });
     }
 }
 
 impl Inner {
+    /// A line of step output: dropped past the cap (less the room kept for
+    /// Ember's own lines), with one line saying so.
+    fn write_output(&mut self, text: &str) {
+        if self.truncated {
+            return;
+        }
+        let limit = self.max_bytes.saturating_sub(NARRATION_ROOM);
+        if self.len + stamped_len(text) > limit {
+            self.truncated = true;
+            self.write_line(&format!(
+                "build log truncated at {}; further output discarded",
+                describe_bytes(self.max_bytes)
+            ));
+            return;
+        }
+        self.write_line(text);
+    }
+
+    /// A line of Ember's own; past the cap itself it is dropped too.
     fn write_line(&mut self, text: &str) {
         let stamp = humantime::format_rfc3339_millis(SystemTime::now());
         let line = format!("{stamp} {text}\n");
+        if self.len + line.len() as u64 > self.max_bytes {
+            return;
+        }
         // A full disk must not fail the build over its log; the line still
         // reaches the tail used in failure reasons.
         if let Err(e) = self.file.write_all(line.as_bytes()) {
@@ -153,6 +226,22 @@ impl Inner {
             self.tail.pop_front();
         }
         self.tail.push_back(text.chars().take(512).collect());
+    }
+}
+
+/// Bytes a line takes in the file: the stamp is always 24 characters
+/// (RFC 3339, milliseconds, UTC), then a space, the text and a newline.
+fn stamped_len(text: &str) -> u64 {
+    24 + 1 + text.len() as u64 + 1
+}
+
+/// `64 MiB` for whole MiB, else bytes.
+pub fn describe_bytes(n: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    if n % MIB == 0 {
+        format!("{} MiB", n / MIB)
+    } else {
+        format!("{n} bytes")
     }
 }
 
@@ -180,5 +269,71 @@ mod tests {
         assert!(rx.borrow().done);
         assert_eq!(rx.borrow().len, text.len() as u64);
         assert_eq!(log.tail().last().map(String::as_str), Some("wor"));
+    }
+
+    #[test]
+    fn stamped_len_matches_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = BuildLog::create(&dir.path().join("log")).unwrap();
+        log.line("twelve chars");
+        let len = std::fs::metadata(log.path()).unwrap().len();
+        assert_eq!(len, stamped_len("twelve chars"));
+    }
+
+    #[tokio::test]
+    async fn output_past_the_cap_is_discarded_with_one_note_and_narration_still_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 256 * 1024;
+        let log = BuildLog::create_with_cap(&dir.path().join("log"), cap).unwrap();
+        log.line("step 1/1 RUN yes");
+        let chunk = "y\n".repeat(4096);
+        for _ in 0..200 {
+            log.output(OutputStream::Stdout, chunk.as_bytes());
+        }
+        // The cap was hit: waiters wake, whatever came first.
+        tokio::time::timeout(std::time::Duration::from_secs(5), log.truncated())
+            .await
+            .expect("truncated() resolves once the cap is hit");
+        assert!(log.is_truncated());
+        assert!(log.subscribe().borrow().truncated);
+        log.line("build FAILED: step 1/1: its output passed the cap");
+        log.finish();
+
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(text.len() as u64 <= cap, "{} > {cap}", text.len());
+        assert!(
+            text.len() as u64 > cap - 2 * NARRATION_ROOM,
+            "stopped early: {}",
+            text.len()
+        );
+        let notes = text
+            .lines()
+            .filter(|l| l.contains("build log truncated at"))
+            .count();
+        assert_eq!(notes, 1, "the truncation is said exactly once");
+        let last: Vec<_> = text.lines().rev().take(2).collect();
+        assert!(last[0].ends_with("build FAILED: step 1/1: its output passed the cap"));
+        assert!(last[1].ends_with("build log truncated at 262144 bytes; further output discarded"));
+        // The tail used in failure reasons is the end of the file.
+        let tail = log.tail();
+        assert_eq!(tail.len(), TAIL_LINES);
+        assert_eq!(
+            tail.last().map(String::as_str),
+            Some("build FAILED: step 1/1: its output passed the cap")
+        );
+        assert_eq!(tail[tail.len() - 3], "y");
+        assert_eq!(log.subscribe().borrow().len, text.len() as u64);
+    }
+
+    #[test]
+    fn a_log_under_its_cap_is_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = BuildLog::create_with_cap(&dir.path().join("log"), 1024 * 1024).unwrap();
+        log.output(OutputStream::Stdout, "y\n".repeat(1000).as_bytes());
+        log.finish();
+        assert!(!log.is_truncated());
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert_eq!(text.lines().count(), 1000);
+        assert_eq!(describe_bytes(64 * 1024 * 1024), "64 MiB");
     }
 }

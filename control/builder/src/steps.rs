@@ -17,6 +17,15 @@ const GUEST_TAR: &str = "/.ember-build-copy.tar";
 /// Docker's default for processes whose environment names no PATH.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Why a step whose output filled the build log failed.
+fn log_cap_reached(log: &BuildLog) -> String {
+    format!(
+        "its output passed the build log's cap of {} (--build-log-max-mib), so the step was \
+         stopped; send long output to a file instead of the log",
+        crate::log::describe_bytes(log.max_bytes())
+    )
+}
+
 /// Runs one step; the error is the reason, for the build's stateReason.
 pub async fn run_step(
     agent: &AgentClient,
@@ -41,11 +50,18 @@ pub async fn run_step(
                 gid: id.as_ref().map(|i| i.gid),
                 ..Default::default()
             };
-            let (code, signal) = agent
-                .exec_streaming(req, |stream, bytes| log.output(stream, bytes))
-                .await
-                .map_err(|e| format!("the build VM's agent failed: {e}"))?;
+            let exec = agent.exec_streaming(req, |stream, bytes| log.output(stream, bytes));
+            // A step whose output hits the log's cap is stopped there (the
+            // build VM goes with the failed build), not left running blind.
+            let exited = tokio::select! {
+                exited = exec => exited,
+                () = log.truncated() => return Err(log_cap_reached(log)),
+            };
             log.flush_output();
+            if log.is_truncated() {
+                return Err(log_cap_reached(log));
+            }
+            let (code, signal) = exited.map_err(|e| format!("the build VM's agent failed: {e}"))?;
             match (code, signal) {
                 (Some(0), _) => Ok(()),
                 (Some(c), _) => Err(format!("the command exited with code {c}")),

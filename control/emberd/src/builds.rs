@@ -13,6 +13,7 @@ use ember_store::Store;
 use tokio::sync::Semaphore;
 
 use crate::layout::DataDir;
+use crate::microvms::DiskReserve;
 use crate::now;
 
 /// What the service hands over once a version and its build are stored.
@@ -32,12 +33,23 @@ pub struct BuildJob {
     pub memory_mib: u32,
 }
 
+/// How many builds run at once, and what each may take from the host.
+pub struct BuildLimits {
+    pub concurrent: usize,
+    pub disk: DiskReserve,
+    pub log_max_bytes: u64,
+}
+
 pub struct Builds {
     store: Arc<Store>,
     builder: Arc<Builder>,
     assets: AssetStore,
     layout: DataDir,
     slots: Semaphore,
+    /// A build starts only with this much disk free.
+    disk: DiskReserve,
+    /// The cap of each build's log file.
+    log_max_bytes: u64,
     /// Builds queued or running: id → (image, log).
     live: Mutex<HashMap<String, (String, Arc<BuildLog>)>>,
 }
@@ -48,14 +60,16 @@ impl Builds {
         builder: Arc<Builder>,
         assets: AssetStore,
         layout: DataDir,
-        concurrent: usize,
+        limits: BuildLimits,
     ) -> Self {
         Self {
             store,
             builder,
             assets,
             layout,
-            slots: Semaphore::new(concurrent.max(1)),
+            slots: Semaphore::new(limits.concurrent.max(1)),
+            disk: limits.disk,
+            log_max_bytes: limits.log_max_bytes,
             live: Mutex::new(HashMap::new()),
         }
     }
@@ -81,7 +95,10 @@ impl Builds {
     /// Starts a build in the background. The log exists (and is followable)
     /// before this returns.
     pub fn start(self: &Arc<Self>, job: BuildJob) -> std::io::Result<()> {
-        let log = Arc::new(BuildLog::create(&self.layout.build_log(&job.build_id))?);
+        let log = Arc::new(BuildLog::create_with_cap(
+            &self.layout.build_log(&job.build_id),
+            self.log_max_bytes,
+        )?);
         log.line(&format!(
             "build {} of {} version {} queued",
             job.build_id, job.image, job.version
@@ -101,6 +118,18 @@ impl Builds {
             Ok(s) => s,
             Err(_) => return, // closed: the daemon is going down
         };
+        // Checked once the build may start, not when it was queued: the
+        // disk may have filled while it waited. The model has no capacity
+        // error for CreateMicrovmImage/UpdateMicrovmImage, so the build
+        // fails with the reason instead.
+        if let Some(shortage) = self.disk.shortage() {
+            let reason = format!("the build did not start: {shortage}");
+            log.line(&format!("build FAILED: {reason}"));
+            log.finish();
+            tracing::warn!(image = %job.image, version = job.version, "{reason}");
+            self.record(job, "FAILED", Some(&reason), None);
+            return;
+        }
         self.record(job, "IN_PROGRESS", None, None);
         let result = self.build(job, log).await;
         match result {

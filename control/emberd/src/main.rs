@@ -107,6 +107,18 @@ struct Args {
     /// The shared endpoint listener for `--endpoint-domain`.
     #[arg(long)]
     endpoint_listen: Option<SocketAddr>,
+    /// Free disk kept in the data dir, in MiB: a run, resume or build is
+    /// refused below it. 2048 leaves room for what is already admitted to
+    /// finish writing (a restore copies up to its VM's memory, a suspend
+    /// writes device state, a build freezes layers) and for SQLite's
+    /// journal, so a full disk never corrupts the store or a snapshot.
+    #[arg(long, default_value_t = 2048)]
+    disk_reserve_mib: u64,
+    /// The most a build's log may hold, in MiB. A step whose output passes
+    /// it is stopped and its build fails with the reason (the log says so
+    /// once and keeps Ember's lines): a runaway `RUN` cannot fill the disk.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    build_log_max_mib: u64,
 }
 
 #[tokio::main]
@@ -206,14 +218,22 @@ async fn main() -> anyhow::Result<()> {
             timeout: builds::BUILD_TIMEOUT,
         },
     )?;
+    let disk = microvms::DiskReserve {
+        dir: data_dir.clone(),
+        reserve_mib: args.disk_reserve_mib,
+    };
     let builds = Arc::new(Builds::new(
         Arc::clone(&store),
         Arc::new(builder),
         assets.clone(),
         layout.clone(),
-        args.max_builds,
+        builds::BuildLimits {
+            concurrent: args.max_builds,
+            disk: disk.clone(),
+            log_max_bytes: args.build_log_max_mib * 1024 * 1024,
+        },
     ));
-    let microvms = start_microvms(&args, &store, &layout, vm_hv).await?;
+    let microvms = start_microvms(&args, &store, &layout, vm_hv, disk).await?;
     let daemon = Arc::new(Daemon::new(
         store,
         builds,
@@ -245,6 +265,7 @@ async fn start_microvms(
     store: &Arc<Store>,
     layout: &DataDir,
     hv: Arc<dyn Hypervisor>,
+    disk: microvms::DiskReserve,
 ) -> anyhow::Result<Arc<microvms::Microvms>> {
     let tokens =
         Arc::new(TokenKey::load_or_create(&layout.token_key()).context("the endpoint token key")?);
@@ -290,6 +311,7 @@ async fn start_microvms(
                 max_live: args.max_microvms,
                 max_running: args.max_running_microvms,
                 memory_reserve_mib: args.memory_reserve_mib,
+                disk,
             },
         },
     );

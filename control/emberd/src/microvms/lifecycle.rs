@@ -36,12 +36,17 @@ impl Microvms {
     /// `RunMicrovm`: records the VM as PENDING with its endpoint and
     /// restores it in the background.
     pub async fn run(self: &Arc<Self>, plan: RunPlan) -> Result<MicrovmRecord, ApiError> {
-        let live = self.store.count_live_microvms().map_err(internal)?;
-        self.config
-            .capacity
-            .admit_run(live, self.running_count(None), plan.spec.memory_mib)?;
         let id = crate::service::names::new_id();
-        let (endpoint, proxy_addr) = self.bind_endpoint(&id, None).await?;
+        // The slot is taken before the first await, so parallel runs see
+        // each other; every way out before the start task gives it back.
+        self.admission.admit_run(&id, plan.spec.memory_mib)?;
+        let (endpoint, proxy_addr) = match self.bind_endpoint(&id, None).await {
+            Ok(bound) => bound,
+            Err(e) => {
+                self.admission.release(&id);
+                return Err(e);
+            }
+        };
         let t = now();
         let record = MicrovmRecord {
             id: id.clone(),
@@ -61,6 +66,7 @@ impl Microvms {
         };
         if let Err(e) = self.store.insert_microvm(&record) {
             self.proxy.unbind_vm(&id);
+            self.admission.release(&id);
             return Err(internal(e));
         }
         let inst = Arc::new(Instance::new(
@@ -118,19 +124,6 @@ impl Microvms {
         }
     }
 
-    /// VMs that have or are about to have a QEMU process: a PENDING run
-    /// or resume counts, so two quick runs cannot both pass the limit.
-    fn running_count(&self, except: Option<&str>) -> u64 {
-        self.instances()
-            .iter()
-            .filter(|i| Some(i.id.as_str()) != except)
-            .filter(|i| {
-                i.vm().is_some()
-                    || matches!(i.state(), MicrovmState::Pending | MicrovmState::Running)
-            })
-            .count() as u64
-    }
-
     async fn start(self: Arc<Self>, inst: Arc<Instance>, _guard: OwnedMutexGuard<()>) {
         let spec = &inst.spec;
         // Image snapshots have an unconnected network card; egress plugs
@@ -145,7 +138,10 @@ impl Microvms {
             .restore_with_options(&inst.id, &spec.snapshot_dir, options)
             .await;
         let vm = match restored {
-            Ok(vm) => vm,
+            Ok(vm) => {
+                self.admission.started(&inst.id);
+                vm
+            }
             Err(e) => {
                 let reason = format!(
                     "could not start from version {} of image {}: {e}",
@@ -244,9 +240,7 @@ impl Microvms {
         if state != MicrovmState::Suspended {
             return Err(forbidden(id, state, "resumed", "SUSPENDED"));
         }
-        self.config
-            .capacity
-            .admit_start(self.running_count(Some(&inst.id)), inst.spec.memory_mib)?;
+        self.admission.admit_start(&inst.id, inst.spec.memory_mib)?;
         self.set_state(
             &inst,
             MicrovmState::Pending,
@@ -277,11 +271,9 @@ impl Microvms {
         if !matches!(state, MicrovmState::Suspended | MicrovmState::Pending) || inst.is_doomed() {
             return Err(format!("the microVM is {state}"));
         }
-        if let Err(e) = self
-            .config
-            .capacity
-            .admit_start(self.running_count(Some(&inst.id)), inst.spec.memory_mib)
-        {
+        // A no-op after ResumeMicrovm, which took the slot already; an
+        // auto-resume takes it here.
+        if let Err(e) = self.admission.admit_start(&inst.id, inst.spec.memory_mib) {
             let reason = format!("could not resume: {}", e.message());
             self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);
             return Err(reason);
@@ -299,6 +291,7 @@ impl Microvms {
             .await
         {
             Ok(vm) => {
+                self.admission.started(&inst.id);
                 inst.set_vm(Some(Arc::clone(&vm)));
                 let _ = remove_dir_if_exists(&dir);
                 let reason = self.hook_then(inst, vm.as_ref(), Hook::Resume, why).await;
@@ -378,6 +371,7 @@ impl Microvms {
         }
         self.proxy.unbind_vm(&inst.id);
         self.live_map().remove(&inst.id);
+        self.admission.release(&inst.id);
         let t = now();
         inst.set_status(MicrovmState::Terminated, Some(None));
         let update = MicrovmUpdate {
@@ -403,6 +397,11 @@ impl Microvms {
         suspended_at: Option<Option<f64>>,
     ) {
         inst.set_status(state, suspended_at);
+        // Every way into SUSPENDED leaves the VM without a QEMU: a saved
+        // suspend, or a resume that failed or was refused.
+        if state == MicrovmState::Suspended {
+            self.admission.release_running(&inst.id);
+        }
         let update = MicrovmUpdate {
             state: state.as_str(),
             state_reason: Some(reason),

@@ -27,7 +27,8 @@ use ember_store::Store;
 use ember_vmm::Hypervisor;
 
 use crate::layout::DataDir;
-pub use capacity::Capacity;
+use capacity::Admission;
+pub use capacity::{Capacity, DiskReserve};
 pub use instance::Instance;
 pub use lifecycle::RunPlan;
 pub use upstream::VmUpstream;
@@ -65,6 +66,9 @@ pub struct Microvms {
     proxy: Arc<Proxy>,
     tokens: Arc<TokenKey>,
     config: MicrovmsConfig,
+    /// Running slots and the quota: taken before a VM starts, given back
+    /// when it suspends or ends.
+    admission: Admission,
     live: Mutex<HashMap<String, Arc<Instance>>>,
 }
 
@@ -78,6 +82,7 @@ impl Microvms {
         config: MicrovmsConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
+            admission: Admission::new(config.capacity.clone()),
             store,
             layout,
             hv,

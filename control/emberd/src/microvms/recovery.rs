@@ -48,6 +48,8 @@ impl Microvms {
             rec.last_active_at,
         ));
         self.live_map().insert(rec.id.clone(), Arc::clone(&inst));
+        // Counted whatever the limits say: it exists already.
+        self.admission.hold(&rec.id, None);
         let previous = rec.proxy_addr.as_deref().and_then(|a| a.parse().ok());
         match self.bind_endpoint(&rec.id, previous).await {
             Ok((endpoint, addr)) if endpoint != rec.endpoint => {
@@ -73,6 +75,7 @@ impl Microvms {
         }
         match self.hv.attach(&rec.id).await {
             Ok(vm) => {
+                self.admission.hold(&rec.id, Some(inst.spec.memory_mib));
                 inst.set_vm(Some(vm));
                 match state {
                     MicrovmState::Terminating => {
