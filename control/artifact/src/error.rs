@@ -7,6 +7,13 @@ use std::path::PathBuf;
 pub enum ArtifactError {
     #[error("invalid code artifact URI: {0}")]
     InvalidUri(String),
+    #[error(
+        "{uri}: artifacts are fetched from public addresses only, and this host is not one \
+         (emberd --allow-private-artifact-hosts lifts this)"
+    )]
+    RefusedHost { uri: String },
+    #[error("{uri} is not a file or folder under an artifact root (emberd --artifact-root)")]
+    OutsideArtifactRoots { uri: String },
     #[error("{0} is not a directory")]
     NotADirectory(PathBuf),
     #[error("destination {0} already exists")]

@@ -21,6 +21,7 @@ pub async fn fetch(
     let guard = RemoveOnDrop(Some(dest.to_path_buf()));
     let total = match source {
         ArtifactSource::ZipFile(path) => {
+            let path = &inside_roots(path, limits)?;
             let archive = File::open(path).map_err(|e| ArtifactError::io(path, e))?;
             unzip_blocking(archive, dest, limits).await?
         }
@@ -29,13 +30,21 @@ pub async fn fetch(
             unzip_blocking(archive, dest, limits).await?
         }
         ArtifactSource::Directory(path) => {
-            let (src, dest, limits) = (path.clone(), dest.to_path_buf(), limits.clone());
+            let src = inside_roots(path, limits)?;
+            let (dest, limits) = (dest.to_path_buf(), limits.clone());
             blocking(move || copy_dir::copy(&src, &dest, &limits)).await?
         }
     };
     let context = Context::unpacked(dest, total)?;
     guard.disarm();
     Ok(context)
+}
+
+/// The roots were checked when the request came in; a symlink swapped in
+/// since must not take the build elsewhere.
+fn inside_roots(path: &Path, limits: &Limits) -> Result<PathBuf, ArtifactError> {
+    let uri = format!("file://{}", path.display());
+    limits.sources.check_file(&uri, path)
 }
 
 async fn unzip_blocking(archive: File, dest: &Path, limits: &Limits) -> Result<u64, ArtifactError> {

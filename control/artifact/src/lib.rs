@@ -1,10 +1,12 @@
 //! Code artifacts: fetching and unpacking a build's (hostile) input, and
 //! turning Dockerfile `COPY`/`ADD` sources into tar streams for a build VM.
 //!
-//! [`validate_uri`] checks a `codeArtifact.uri` cheaply at the API edge;
+//! [`validate_uri`] checks a `codeArtifact.uri` at the API edge (syntax,
+//! file roots, the addresses an http host resolves to: [`SourcePolicy`]);
 //! [`fetch`] copies or unpacks it into a fresh directory under [`Limits`];
 //! [`Context`] then answers the builder's questions about that tree.
 
+mod address;
 mod context;
 mod copy_dir;
 mod copy_tar;
@@ -13,15 +15,18 @@ mod error;
 mod fetch;
 mod ignore;
 mod pattern;
+mod policy;
 mod source;
 mod tree_writer;
 mod unzip;
 
+pub use address::{classify, AddressClass};
 pub use context::{Context, Entry, EntryKind, Selected};
 pub use copy_tar::{Compression, CopyTar};
 pub use error::ArtifactError;
 pub use fetch::fetch;
-pub use source::{validate_uri, ArtifactSource, MAX_URI_LEN};
+pub use policy::SourcePolicy;
+pub use source::{parse_uri, validate_uri, ArtifactSource, HOST_LOOKUP_TIMEOUT, MAX_URI_LEN};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -43,6 +48,8 @@ pub struct Limits {
     pub max_path_len: usize,
     /// Components in an entry's relative path.
     pub max_depth: usize,
+    /// Where the artifact may come from, checked again at fetch time.
+    pub sources: SourcePolicy,
 }
 
 impl Default for Limits {
@@ -55,6 +62,7 @@ impl Default for Limits {
             max_ratio: 200,
             max_path_len: 4096,
             max_depth: 64,
+            sources: SourcePolicy::default(),
         }
     }
 }

@@ -1,11 +1,16 @@
 use std::path::PathBuf;
+use std::time::Duration;
 
 use url::Url;
 
-use crate::ArtifactError;
+use crate::{ArtifactError, SourcePolicy};
 
 /// Longest `codeArtifact.uri` accepted.
 pub const MAX_URI_LEN: usize = 2048;
+
+/// How long [`validate_uri`] waits for a host's addresses: a request
+/// should not hang on a slow resolver, and the download checks again.
+pub const HOST_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where a code artifact comes from, after [`validate_uri`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,10 +23,25 @@ pub enum ArtifactSource {
     Http(Url),
 }
 
-/// Cheap syntactic and existence check of a `codeArtifact.uri`, for request
-/// validation: scheme `file`, `http` or `https`; a `file` path must be
-/// absolute and exist; no NUL; at most [`MAX_URI_LEN`] bytes.
-pub fn validate_uri(uri: &str) -> Result<ArtifactSource, ArtifactError> {
+/// The request-time check of a `codeArtifact.uri`: [`parse_uri`], then, for
+/// `http(s)`, the addresses its host resolves to now must be ones `policy`
+/// permits (see [`SourcePolicy::check_host`]).
+pub async fn validate_uri(
+    uri: &str,
+    policy: &SourcePolicy,
+) -> Result<ArtifactSource, ArtifactError> {
+    let source = parse_uri(uri, policy)?;
+    if let ArtifactSource::Http(url) = &source {
+        policy.check_host(url, HOST_LOOKUP_TIMEOUT).await?;
+    }
+    Ok(source)
+}
+
+/// Syntactic and existence check of a `codeArtifact.uri`, without network:
+/// scheme `file`, `http` or `https`; no NUL; at most [`MAX_URI_LEN`] bytes;
+/// a `file` path must be absolute, exist and, when `policy` has roots,
+/// resolve inside one of them (the source then holds the real path).
+pub fn parse_uri(uri: &str, policy: &SourcePolicy) -> Result<ArtifactSource, ArtifactError> {
     let invalid = |reason: &str| ArtifactError::InvalidUri(format!("{reason}: {uri:.200}"));
     if uri.len() > MAX_URI_LEN {
         return Err(ArtifactError::InvalidUri(format!(
@@ -54,6 +74,7 @@ pub fn validate_uri(uri: &str) -> Result<ArtifactSource, ArtifactError> {
             if path.as_os_str().as_encoded_bytes().contains(&0) {
                 return Err(invalid("contains a NUL byte"));
             }
+            let path = policy.check_file(uri, &path)?;
             let meta = std::fs::metadata(&path)
                 .map_err(|e| invalid(&format!("cannot access {} ({e})", path.display())))?;
             if meta.is_dir() {
@@ -74,6 +95,10 @@ pub fn validate_uri(uri: &str) -> Result<ArtifactSource, ArtifactError> {
 mod tests {
     use super::*;
 
+    fn parse(uri: &str) -> Result<ArtifactSource, ArtifactError> {
+        parse_uri(uri, &SourcePolicy::default())
+    }
+
     #[test]
     fn accepts_the_three_schemes() {
         let dir = tempfile::tempdir().unwrap();
@@ -81,16 +106,16 @@ mod tests {
         std::fs::write(&zip, b"x").unwrap();
         let file_uri = format!("file://{}", zip.display());
         assert_eq!(
-            validate_uri(&file_uri).unwrap(),
+            parse(&file_uri).unwrap(),
             ArtifactSource::ZipFile(zip.clone())
         );
         let dir_uri = format!("file://{}", dir.path().display());
         assert_eq!(
-            validate_uri(&dir_uri).unwrap(),
+            parse(&dir_uri).unwrap(),
             ArtifactSource::Directory(dir.path().to_path_buf())
         );
         assert!(matches!(
-            validate_uri("https://example.com/a.zip").unwrap(),
+            parse("https://example.com/a.zip").unwrap(),
             ArtifactSource::Http(_)
         ));
     }
@@ -108,12 +133,12 @@ mod tests {
             "s3://bucket/key",
         ] {
             assert!(
-                matches!(validate_uri(bad), Err(ArtifactError::InvalidUri(_))),
+                matches!(parse(bad), Err(ArtifactError::InvalidUri(_))),
                 "{bad} accepted"
             );
         }
         let long = format!("https://example.com/{}", "a".repeat(MAX_URI_LEN));
-        assert!(validate_uri(&long).is_err());
-        assert!(validate_uri("file:///dev/null").is_err());
+        assert!(parse(&long).is_err());
+        assert!(parse("file:///dev/null").is_err());
     }
 }

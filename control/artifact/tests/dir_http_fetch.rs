@@ -5,7 +5,27 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 
 use common::{relative_files, serve, zip_bytes, Item, Response, Work};
-use ember_artifact::{fetch, validate_uri, ArtifactError, ArtifactSource, Limits};
+use ember_artifact::{fetch, parse_uri, ArtifactError, ArtifactSource, Limits, SourcePolicy};
+
+/// These tests serve artifacts from 127.0.0.1, which only a lab's policy
+/// lets through (`address_guard.rs` tests the refusal).
+fn lab() -> SourcePolicy {
+    SourcePolicy {
+        allow_private_hosts: true,
+        ..SourcePolicy::default()
+    }
+}
+
+fn lab_limits() -> Limits {
+    Limits {
+        sources: lab(),
+        ..Limits::default()
+    }
+}
+
+fn validate_uri(uri: &str) -> Result<ArtifactSource, ArtifactError> {
+    parse_uri(uri, &lab())
+}
 
 #[tokio::test]
 async fn a_directory_is_copied_not_referenced() {
@@ -119,14 +139,13 @@ async fn http_downloads_and_unpacks() {
         status: 200,
         body: zip,
         no_length: false,
+        location: None,
     }])
     .await;
     let source = validate_uri(&format!("{base}/app.zip")).unwrap();
     let work = Work::new();
     std::fs::create_dir_all(work.dir.path().join("work")).unwrap();
-    let ctx = fetch(&source, &work.dest(), &Limits::default())
-        .await
-        .unwrap();
+    let ctx = fetch(&source, &work.dest(), &lab_limits()).await.unwrap();
     assert_eq!(
         relative_files(ctx.root()),
         ["Dockerfile", "app", "app/main.py"]
@@ -141,7 +160,7 @@ async fn http_404_names_the_status() {
     let source = validate_uri(&format!("{base}/missing.zip")).unwrap();
     let work = Work::new();
     std::fs::create_dir_all(work.dir.path().join("work")).unwrap();
-    let err = fetch(&source, &work.dest(), &Limits::default())
+    let err = fetch(&source, &work.dest(), &lab_limits())
         .await
         .unwrap_err();
     assert!(
@@ -161,18 +180,20 @@ async fn http_download_over_the_cap_is_cut_off() {
             status: 200,
             body: body.clone(),
             no_length: false,
+            location: None,
         },
         Response {
             path: "/streamed.zip",
             status: 200,
             body,
             no_length: true,
+            location: None,
         },
     ])
     .await;
     let limits = Limits {
         max_download_bytes: 100 * 1024,
-        ..Limits::default()
+        ..lab_limits()
     };
     for path in ["/declared.zip", "/streamed.zip"] {
         let work = Work::new();
@@ -196,7 +217,7 @@ async fn http_connection_refused_is_an_error() {
     let source = validate_uri(&format!("http://{addr}/a.zip")).unwrap();
     let work = Work::new();
     std::fs::create_dir_all(work.dir.path().join("work")).unwrap();
-    let err = fetch(&source, &work.dest(), &Limits::default())
+    let err = fetch(&source, &work.dest(), &lab_limits())
         .await
         .unwrap_err();
     assert!(matches!(err, ArtifactError::Download { .. }), "{err}");

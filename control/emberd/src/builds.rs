@@ -74,6 +74,11 @@ impl Builds {
         }
     }
 
+    /// Where this emberd's builds may take artifacts from.
+    pub fn artifact_sources(&self) -> &ember_artifact::SourcePolicy {
+        &self.builder.limits().sources
+    }
+
     /// The log of a build that is still running, for followers.
     pub fn live_log(&self, build_id: &str) -> Option<Arc<BuildLog>> {
         self.lock_live()

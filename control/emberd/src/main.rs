@@ -119,6 +119,19 @@ struct Args {
     /// once and keeps Ember's lines): a runaway `RUN` cannot fill the disk.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     build_log_max_mib: u64,
+    /// Let http(s) artifacts come from loopback, private, link-local,
+    /// metadata and other non-public addresses (labs, local test servers).
+    /// Without it they are refused on every connection, redirects included.
+    #[arg(long)]
+    allow_private_artifact_hosts: bool,
+    /// One non-public address http(s) artifacts may still come from (an
+    /// internal mirror); repeatable.
+    #[arg(long = "allow-artifact-address", value_name = "IP")]
+    allow_artifact_addresses: Vec<std::net::IpAddr>,
+    /// A folder file:// artifacts must resolve into, symlinks followed;
+    /// repeatable. Without it, any path emberd can read.
+    #[arg(long = "artifact-root", value_name = "DIR")]
+    artifact_roots: Vec<PathBuf>,
 }
 
 #[tokio::main]
@@ -214,7 +227,7 @@ async fn main() -> anyhow::Result<()> {
             cache_dir: layout.build_cache(),
             build_memory_mib: args.build_memory_mib,
             build_vcpus: BUILD_VCPUS,
-            limits: Default::default(),
+            limits: artifact_limits(&args)?,
             timeout: builds::BUILD_TIMEOUT,
         },
     )?;
@@ -366,6 +379,25 @@ fn validate_args(args: &Args) -> anyhow::Result<()> {
         anyhow::bail!("--build-memory-mib must be 256..=16384");
     }
     Ok(())
+}
+
+/// Where artifacts may come from (`--allow-private-artifact-hosts`,
+/// `--allow-artifact-address`, `--artifact-root`).
+fn artifact_limits(args: &Args) -> anyhow::Result<ember_artifact::Limits> {
+    let sources = ember_artifact::SourcePolicy {
+        allow_private_hosts: args.allow_private_artifact_hosts,
+        allowed_addresses: args.allow_artifact_addresses.clone(),
+        file_roots: Vec::new(),
+    }
+    .with_file_roots(&args.artifact_roots)
+    .context("--artifact-root")?;
+    if sources.allow_private_hosts {
+        tracing::warn!("--allow-private-artifact-hosts: artifacts may be fetched from this host's own and private addresses");
+    }
+    Ok(ember_artifact::Limits {
+        sources,
+        ..Default::default()
+    })
 }
 
 /// Kernel package and initramfs content: a change to either (a new agent)

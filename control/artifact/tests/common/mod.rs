@@ -119,19 +119,66 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Omit Content-Length and end the body by closing the connection.
     pub no_length: bool,
+    /// A `Location` header (for redirects).
+    pub location: Option<String>,
 }
 
-/// Serves the given responses (anything else: 404) on a real socket until
-/// the test ends. Returns the base URL.
+impl Response {
+    pub fn ok(path: &'static str, body: Vec<u8>) -> Response {
+        Response {
+            path,
+            status: 200,
+            body,
+            no_length: false,
+            location: None,
+        }
+    }
+
+    pub fn redirect(path: &'static str, location: String) -> Response {
+        Response {
+            path,
+            status: 302,
+            body: Vec::new(),
+            no_length: false,
+            location: Some(location),
+        }
+    }
+}
+
+/// A server on a real socket, counting the connections it accepted: a
+/// refused download must not have reached it at all.
+pub struct Server {
+    /// `http://ip:port`
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Server {
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Serves the given responses (anything else: 404) on 127.0.0.1 until the
+/// test ends. Returns the base URL.
 pub async fn serve(responses: Vec<Response>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on("127.0.0.1", responses).await.base
+}
+
+/// Serves the given responses on `ip` (any port).
+pub async fn serve_on(ip: &str, responses: Vec<Response>) -> Server {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let responses = std::sync::Arc::new(responses);
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = connections.clone();
     tokio::spawn(async move {
         loop {
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let responses = responses.clone();
             tokio::spawn(async move {
                 let mut request = Vec::new();
@@ -145,13 +192,21 @@ pub async fn serve(responses: Vec<Response>) -> String {
                 let line = String::from_utf8_lossy(&request);
                 let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
                 let found = responses.iter().find(|r| r.path == path);
-                let (status, body, no_length) = match found {
-                    Some(r) => (r.status, r.body.as_slice(), r.no_length),
-                    None => (404, b"not found".as_slice(), false),
+                let (status, body, no_length, location) = match found {
+                    Some(r) => (
+                        r.status,
+                        r.body.as_slice(),
+                        r.no_length,
+                        r.location.as_deref(),
+                    ),
+                    None => (404, b"not found".as_slice(), false, None),
                 };
                 let mut head = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
                 if !no_length {
                     head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+                }
+                if let Some(location) = location {
+                    head.push_str(&format!("Location: {location}\r\n"));
                 }
                 head.push_str("\r\n");
                 let _ = socket.write_all(head.as_bytes()).await;
@@ -160,5 +215,9 @@ pub async fn serve(responses: Vec<Response>) -> String {
             });
         }
     });
-    format!("http://{addr}")
+    Server {
+        base: format!("http://{addr}"),
+        addr,
+        connections,
+    }
 }

@@ -41,7 +41,7 @@ struct CheckedSpec {
 }
 
 impl Daemon {
-    fn check_spec(&self, spec: &MicrovmImageBuildConfig) -> Result<CheckedSpec, ApiError> {
+    async fn check_spec(&self, spec: &MicrovmImageBuildConfig) -> Result<CheckedSpec, ApiError> {
         let base = self.arns.managed_base(&spec.base_image_arn).ok_or_else(|| {
             ApiError::validation(format!(
                 "baseImageArn {:?} is not a managed base image; ListManagedMicrovmImages lists them \
@@ -63,7 +63,11 @@ impl Daemon {
             .uri
             .as_deref()
             .ok_or_else(|| ApiError::validation("codeArtifact.uri is required"))?;
-        let artifact = ember_artifact::validate_uri(uri)
+        // A refused host or a file outside the artifact roots is decided
+        // here, before a build is queued; the fetch checks every connection
+        // again.
+        let artifact = ember_artifact::validate_uri(uri, self.builds.artifact_sources())
+            .await
             .map_err(|e| ApiError::validation(format!("codeArtifact.uri: {e}")))?;
         let egress =
             egress_from_connectors(spec.egress_network_connectors.as_deref().unwrap_or(&[]))
@@ -159,12 +163,12 @@ impl Daemon {
         (build_id, version)
     }
 
-    pub(super) fn create_image(
+    pub(super) async fn create_image(
         &self,
         r: CreateMicrovmImageRequest,
     ) -> Result<MicrovmImageWithVersion, ApiError> {
         let spec = r.config.clone();
-        let checked = self.check_spec(&spec)?;
+        let checked = self.check_spec(&spec).await?;
         let tags = r.tags.clone().unwrap_or_default();
         if tags.len() > MAX_TAGS {
             return Err(ApiError::validation(format!(
@@ -200,10 +204,14 @@ impl Daemon {
         ))
     }
 
-    pub(super) fn update_image(
+    pub(super) async fn update_image(
         &self,
         r: UpdateMicrovmImageRequest,
     ) -> Result<MicrovmImageWithVersion, ApiError> {
+        // Checked first: it may wait on a DNS lookup, and nothing may
+        // await between the in-progress check and recording the version.
+        let spec = r.config.clone();
+        let checked = self.check_spec(&spec).await?;
         let image = self.image_record(&r.image_identifier)?;
         if self.builds.building(&image.name) {
             return Err(ApiError::conflict(
@@ -215,8 +223,6 @@ impl Daemon {
                 ),
             ));
         }
-        let spec = r.config.clone();
-        let checked = self.check_spec(&spec)?;
         let (build_id, version) = self.new_version(&spec);
         let t = version.now;
         let number = self

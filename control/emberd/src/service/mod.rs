@@ -127,8 +127,8 @@ impl ember_api::Service for Daemon {
 impl Daemon {
     async fn dispatch(&self, action: Action) -> Result<Reply, ApiError> {
         Ok(match action {
-            Action::CreateMicrovmImage(r) => Reply::CreateMicrovmImage(self.create_image(r)?),
-            Action::UpdateMicrovmImage(r) => Reply::UpdateMicrovmImage(self.update_image(r)?),
+            Action::CreateMicrovmImage(r) => Reply::CreateMicrovmImage(self.create_image(r).await?),
+            Action::UpdateMicrovmImage(r) => Reply::UpdateMicrovmImage(self.update_image(r).await?),
             Action::GetMicrovmImage(r) => {
                 Reply::GetMicrovmImage(self.get_image(&r.image_identifier)?)
             }
