@@ -26,6 +26,7 @@ tools=(
     nft:nftables
     debootstrap:debootstrap
     getent:libc-bin
+    ldd:libc-bin
     hostname:hostname
     mkfifo:coreutils
     sleep:coreutils

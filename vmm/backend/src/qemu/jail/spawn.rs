@@ -417,6 +417,10 @@ fn child_main(p: &Prepared) -> Result<Infallible, (u32, i32)> {
                 return Err((Fixed::Cgroup as u32, saved));
             }
         }
+        // The jail's folders are made with exactly the modes asked for,
+        // whatever mask the caller runs with (emberd: 077, which would
+        // lock QEMU out of them).
+        libc::umask(0o022);
         // Nothing mounted here may propagate back to the host.
         let rc = libc::mount(
             null,
@@ -512,6 +516,8 @@ fn child_main(p: &Prepared) -> Result<Infallible, (u32, i32)> {
         let rc = libc::sethostname(p.hostname.as_ptr(), p.hostname.as_bytes().len());
         check(rc.into(), Fixed::Hostname as u32)?;
         check(libc::chdir(p.cwd.as_ptr()).into(), Fixed::WorkDir as u32)?;
+        // What QEMU creates (its console log, disk layers) is the VM's alone.
+        libc::umask(0o077);
 
         let no_core = libc::rlimit {
             rlim_cur: 0,

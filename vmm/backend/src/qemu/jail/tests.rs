@@ -157,3 +157,18 @@ fn a_step_that_cannot_be_done_stops_the_launch_with_its_name() {
         "the program ran despite the failed step"
     );
 }
+
+#[test]
+fn a_strict_umask_in_the_parent_does_not_lock_the_program_out() {
+    let (j, root, plan) = setup();
+    // emberd runs with umask 077; the jail's folders must still be 0755.
+    // SAFETY: umask only swaps this process's creation mask.
+    let old = unsafe { libc::umask(0o077) };
+    let result = run(&j, &root, &plan, "echo ok; echo made > f", &[]);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let (status, out) = result.unwrap();
+    assert_eq!((status, out.as_str()), (0, "ok\n"));
+    let mode = j.vm_dir.join("f").metadata().unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o600, "what the program makes is its own alone");
+}
