@@ -23,7 +23,7 @@ use ember_assets::AssetStore;
 use ember_builder::{Builder, BuilderConfig};
 use ember_proxy::{Proxy, ProxyConfig, TokenKey};
 use ember_store::Store;
-use ember_vmm::qemu::{CgroupConfig, IdRange, JailConfig, QemuConfig, QemuHypervisor};
+use ember_vmm::qemu::{CgroupConfig, IdRange, IoLimits, JailConfig, QemuConfig, QemuHypervisor};
 use ember_vmm::Hypervisor;
 
 use crate::builds::Builds;
@@ -94,6 +94,15 @@ struct Args {
     /// The address per-VM endpoint listeners bind to.
     #[arg(long, default_value = "127.0.0.1")]
     endpoint_ip: std::net::IpAddr,
+    /// Block I/O a VM (build or microVM) may do on the data dir's disk, in
+    /// MiB/s each way; 0 leaves it unthrottled (needed when the data dir
+    /// has no block device of its own: tmpfs, overlayfs, btrfs).
+    #[arg(long, default_value_t = 256)]
+    vm_io_mbps: u64,
+    /// Block I/O operations per second a VM may do each way (with
+    /// `--vm-io-mbps`).
+    #[arg(long, default_value_t = 4000)]
+    vm_io_iops: u64,
     /// uids and gids for VMs' jails, one of each per running VM (build VMs
     /// take the lower half, microVMs the upper). No account of this host
     /// may use one of them; emberd refuses to start otherwise.
@@ -186,6 +195,13 @@ async fn main() -> anyhow::Result<()> {
     if let Some(assets) = &args.assets_dir {
         image_roots.push(std::path::absolute(assets).context("--assets-dir")?);
     }
+    let io = match args.vm_io_mbps {
+        0 => None,
+        mbps => Some(
+            IoLimits::for_path(&data_dir, mbps << 20, args.vm_io_iops)
+                .context("--vm-io-mbps (pass --vm-io-mbps 0 to run VMs without a block I/O cap)")?,
+        ),
+    };
     let mut qemu = QemuConfig::new(layout.vm_state());
     qemu.accel = accel;
     qemu.jail = JailConfig {
@@ -195,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
     qemu.cgroup = Some(CgroupConfig {
         nest_in_own_cgroup: true,
         cpu_max_percent: 100 * u32::from(BUILD_VCPUS),
+        io: io.clone(),
         ..CgroupConfig::new("ember-builds")
     });
     let hv: Arc<dyn Hypervisor> = Arc::new(
@@ -211,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
     vm_qemu.cgroup = Some(CgroupConfig {
         nest_in_own_cgroup: true,
         cpu_max_percent: args.vm_cpu_percent,
+        io,
         ..CgroupConfig::new("ember")
     });
     let vm_hv: Arc<dyn Hypervisor> = Arc::new(

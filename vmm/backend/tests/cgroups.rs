@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use ember_vmm::qemu::{CgroupConfig, CgroupVersion};
+use ember_vmm::qemu::{CgroupConfig, CgroupVersion, IoLimits};
 use ember_vmm::{Hypervisor, RestoreMemory};
 
 /// The directory of `pid`'s cgroup in the hierarchy holding `controller`.
@@ -45,6 +45,7 @@ async fn vm_runs_in_its_own_limited_cgroup_until_it_stops() {
         cg.nest_in_own_cgroup = true;
         cg.cpu_max_percent = 50;
         cg.memory_overhead_mib = 200;
+        cg.io = Some(IoLimits::for_path(std::path::Path::new("/tmp"), 64 << 20, 1000).unwrap());
         cfg.cgroup = Some(cg);
         cfg.die_with_parent = false;
     })
@@ -71,10 +72,19 @@ async fn vm_runs_in_its_own_limited_cgroup_until_it_stops() {
             assert_eq!(read(&memory, "memory.limit_in_bytes"), want_memory);
             assert_eq!(read(&cpu, "cpu.cfs_quota_us"), "50000");
             assert_eq!(read(&cpu, "cpu.cfs_period_us"), "100000");
+            let blkio = cgroup_dir(pid, version, "blkio");
+            let bps = read(&blkio, "blkio.throttle.write_bps_device");
+            assert!(bps.ends_with(" 67108864"), "{bps}");
+            assert!(read(&blkio, "blkio.throttle.read_iops_device").ends_with(" 1000"));
         }
         CgroupVersion::V2 => {
             assert_eq!(read(&memory, "memory.max"), want_memory);
             assert_eq!(read(&cpu, "cpu.max"), "50000 100000");
+            let io = read(&memory, "io.max");
+            assert!(
+                io.contains("wbps=67108864") && io.contains("riops=1000"),
+                "{io}"
+            );
         }
     }
     assert_eq!(read(&pids, "pids.max"), "128");

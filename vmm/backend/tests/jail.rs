@@ -207,3 +207,28 @@ async fn a_symlink_left_by_a_vm_is_refused_at_suspend() {
     );
     let _ = vm.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_fills_its_disk_gets_enospc_and_the_host_keeps_its_space() {
+    let env = common::env().await;
+    let vm = env.boot("jail-fill").await;
+    let out = vm
+        .agent()
+        .sh("dd if=/dev/zero of=/root/fill bs=1M 2>&1; sync; df -k / | tail -1")
+        .await
+        .unwrap();
+    let text = out.stdout_str();
+    assert!(text.contains("No space left on device"), "{text}");
+    // The VM lives on, its disk full.
+    assert_eq!(common::sh(&*vm, "echo alive").await.trim(), "alive");
+    let disk = env.hv.vm_dir("jail-fill").join("jail/disk.qcow2");
+    let written = std::fs::metadata(&disk).unwrap().len();
+    let virtual_size = std::fs::metadata(&env.rootfs).unwrap().len();
+    assert!(
+        written <= virtual_size + (256 << 20),
+        "the writable layer grew to {written} bytes on a {virtual_size}-byte disk"
+    );
+    // Freeing space in the guest works again (the disk discards).
+    common::sh(&*vm, "rm /root/fill; sync; echo ok > /root/after").await;
+    vm.stop().await.unwrap();
+}

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 /// Where the controllers live.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// cgroup v1 hierarchies used, each mounted at `CGROUP_ROOT/<name>`.
-const V1_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+/// cgroup v1 hierarchies used, each mounted at `CGROUP_ROOT/<name>`, in
+/// the order of a `VmCgroup`'s folders.
+const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "blkio"];
 /// The CPU bandwidth period; the quota is a share of it.
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -36,6 +37,43 @@ pub struct CgroupConfig {
     /// Threads and processes. QEMU under TCG runs about a dozen threads, and
     /// its block layer's worker pool grows to 64 under load.
     pub pids_max: u32,
+    /// Block I/O on the disk holding the VMs' files; `None` leaves I/O
+    /// unthrottled.
+    pub io: Option<IoLimits>,
+}
+
+/// A VM's share of one block device (cgroup v2 `io.max`, v1
+/// `blkio.throttle.*`). cgroup v1 throttles only I/O that reaches the
+/// device under the VM's cgroup: reads and direct writes, not the page
+/// cache's writeback, which v2 also charges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoLimits {
+    /// `MAJOR:MINOR` of the whole disk (not a partition).
+    pub device: String,
+    pub bytes_per_second: u64,
+    pub ops_per_second: u64,
+}
+
+impl IoLimits {
+    /// Limits on the disk that holds `path`. Fails on a filesystem with
+    /// no block device of its own (tmpfs, overlayfs, btrfs subvolumes):
+    /// there is nothing to throttle there, and the caller must decide.
+    pub fn for_path(
+        path: &Path,
+        bytes_per_second: u64,
+        ops_per_second: u64,
+    ) -> Result<Self, CgroupError> {
+        Ok(Self {
+            device: super::host::block_device_of(path).map_err(|reason| {
+                CgroupError::NoBlockDevice {
+                    path: path.to_path_buf(),
+                    reason,
+                }
+            })?,
+            bytes_per_second,
+            ops_per_second,
+        })
+    }
 }
 
 impl CgroupConfig {
@@ -46,6 +84,7 @@ impl CgroupConfig {
             cpu_max_percent: 100,
             memory_overhead_mib: 256,
             pids_max: 128,
+            io: None,
         }
     }
 }
@@ -68,6 +107,8 @@ pub enum CgroupError {
     },
     #[error("cannot find this process's cgroup for {controller} in /proc/self/cgroup")]
     OwnCgroupUnknown { controller: String },
+    #[error("cannot cap VMs' block I/O: {path} {reason}")]
+    NoBlockDevice { path: PathBuf, reason: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
@@ -179,9 +220,24 @@ impl Cgroups {
                     write_if_present(&dir.join("memory.swap.max"), "0")?;
                     write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
                     write(&dir.join("pids.max"), &pids)?;
+                    if let Some(io) = &self.config.io {
+                        let (d, b, n) = (&io.device, io.bytes_per_second, io.ops_per_second);
+                        write(
+                            &dir.join("io.max"),
+                            &format!("{d} rbps={b} wbps={b} riops={n} wiops={n}"),
+                        )?;
+                    }
                 }
                 CgroupVersion::V1 => {
-                    let (mem, cpu, pid) = (&dirs[0], &dirs[1], &dirs[2]);
+                    let (mem, cpu, pid, blk) = (&dirs[0], &dirs[1], &dirs[2], &dirs[3]);
+                    if let Some(io) = &self.config.io {
+                        let bytes = format!("{} {}", io.device, io.bytes_per_second);
+                        let ops = format!("{} {}", io.device, io.ops_per_second);
+                        write(&blk.join("blkio.throttle.read_bps_device"), &bytes)?;
+                        write(&blk.join("blkio.throttle.write_bps_device"), &bytes)?;
+                        write(&blk.join("blkio.throttle.read_iops_device"), &ops)?;
+                        write(&blk.join("blkio.throttle.write_iops_device"), &ops)?;
+                    }
                     write(&mem.join("memory.limit_in_bytes"), &memory.to_string())?;
                     // memory+swap: the same bound, so swap adds nothing.
                     write_if_present(
@@ -278,7 +334,7 @@ fn own_cgroup<'a>(text: &'a str, controller: &str) -> Option<&'a str> {
 fn enable_v2_controllers(dir: &Path) -> Result<(), CgroupError> {
     let available_path = dir.join("cgroup.controllers");
     let available = std::fs::read_to_string(&available_path).map_err(io(&available_path))?;
-    let wanted: Vec<String> = ["memory", "cpu", "pids"]
+    let wanted: Vec<String> = ["memory", "cpu", "pids", "io"]
         .into_iter()
         .filter(|c| available.split_whitespace().any(|a| a == *c))
         .map(|c| format!("+{c}"))
@@ -323,6 +379,11 @@ mod tests {
         }
         let mut config = CgroupConfig::new("ember");
         config.cpu_max_percent = 50;
+        config.io = Some(IoLimits {
+            device: "253:0".into(),
+            bytes_per_second: 1000,
+            ops_per_second: 10,
+        });
         let cgroups = Cgroups::prepare_at(root.path(), config).unwrap();
         assert_eq!(cgroups.version(), CgroupVersion::V1);
         let vm = cgroups.create("vm1", 256).unwrap();
@@ -333,7 +394,15 @@ mod tests {
         );
         assert_eq!(read("cpu/ember/vm1/cpu.cfs_quota_us"), "50000");
         assert_eq!(read("pids/ember/vm1/pids.max"), "128");
-        assert_eq!(vm.procs_files().len(), 3);
+        assert_eq!(
+            read("blkio/ember/vm1/blkio.throttle.write_bps_device"),
+            "253:0 1000"
+        );
+        assert_eq!(
+            read("blkio/ember/vm1/blkio.throttle.read_iops_device"),
+            "253:0 10"
+        );
+        assert_eq!(vm.procs_files().len(), 4);
     }
 
     #[test]
@@ -346,12 +415,22 @@ mod tests {
             "cpu memory pids",
         )
         .unwrap();
-        let cgroups = Cgroups::prepare_at(root.path(), CgroupConfig::new("ember")).unwrap();
+        let mut config = CgroupConfig::new("ember");
+        config.io = Some(IoLimits {
+            device: "8:0".into(),
+            bytes_per_second: 5,
+            ops_per_second: 7,
+        });
+        let cgroups = Cgroups::prepare_at(root.path(), config).unwrap();
         assert_eq!(cgroups.version(), CgroupVersion::V2);
         let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
-        assert_eq!(read("cgroup.subtree_control"), "+memory +cpu +pids");
+        assert_eq!(read("cgroup.subtree_control"), "+memory +cpu +pids +io");
         cgroups.create("vm1", 128).unwrap();
         assert_eq!(read("ember/vm1/memory.max"), (384u64 << 20).to_string());
         assert_eq!(read("ember/vm1/cpu.max"), "100000 100000");
+        assert_eq!(
+            read("ember/vm1/io.max"),
+            "8:0 rbps=5 wbps=5 riops=7 wiops=7"
+        );
     }
 }

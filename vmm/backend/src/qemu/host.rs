@@ -1,6 +1,6 @@
 //! Facts about the host that pick QEMU's accelerator and timing flags.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::backend::{Accel, AccelChoice};
 
@@ -59,6 +59,33 @@ fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
 /// Resident memory of a process, from /proc: all of it, and the part
 /// that is private to it (anonymous pages). Pages mapped from a snapshot's
 /// memory image count in the first only, and are shared by every clone.
+/// `MAJOR:MINOR` of the whole disk holding `path` (a partition's parent
+/// disk: throttling applies to disks), or why there is none.
+pub fn block_device_of(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path)
+        .map_err(|e| format!("cannot be read: {e}"))?
+        .dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    if !sys.exists() {
+        return Err(format!(
+            "lies on a filesystem without a block device of its own (device {major}:{minor}: tmpfs, overlayfs, btrfs?)"
+        ));
+    }
+    if !sys.join("partition").exists() {
+        return Ok(format!("{major}:{minor}"));
+    }
+    let parent = sys
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("dev")));
+    parent
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .ok_or_else(|| format!("is on partition {major}:{minor}, whose disk was not found"))
+}
+
 pub fn rss_bytes(pid: u32) -> std::io::Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| {
@@ -98,6 +125,16 @@ fn clock_ticks_per_sec() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_disk_under_a_path_is_found_and_tmpfs_has_none() {
+        // The root filesystem of a test host sits on a disk; /dev is a
+        // devtmpfs and /proc has no device at all.
+        let disk = block_device_of(Path::new("/")).unwrap();
+        let sys = PathBuf::from(format!("/sys/dev/block/{disk}"));
+        assert!(sys.exists() && !sys.join("partition").exists(), "{disk}");
+        assert!(block_device_of(Path::new("/proc/self")).is_err());
+    }
 
     #[test]
     fn parses_cpuinfo() {

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use cgroup::{CgroupConfig, CgroupError, CgroupVersion};
+pub use cgroup::{CgroupConfig, CgroupError, CgroupVersion, IoLimits};
 pub use host::{detect_accel, tsc_khz};
 pub use jail::{IdRange, JailConfig, JailError};
 pub use qmp::QmpError;
