@@ -83,17 +83,23 @@ impl BuildCache {
         self.root.join("tmp").join(name)
     }
 
-    /// Where a new layer for `key` goes: its lookup name, unless another
-    /// build already put one there (layers are immutable once written, and
-    /// layers above ours refer to ours by path, so a name is never reused).
+    /// Where a build freezes its layer for `key`: a name of its own, found
+    /// by no other build until [`Self::publish_layer`] (the VM that writes
+    /// it could still change it until it is gone). Layers above refer to
+    /// it by this path, so it is never reused.
     pub fn new_layer_path(&self, key: &str, build_id: &str) -> PathBuf {
-        let main = self.layer_path(key);
-        if main.exists() {
-            self.root
-                .join("layers")
-                .join(format!("{key}.{build_id}.qcow2"))
-        } else {
-            main
+        self.root
+            .join("layers")
+            .join(format!("{key}.{build_id}.qcow2"))
+    }
+
+    /// Makes a layer frozen by a build whose VM has ended findable under
+    /// its key. Two builds of the same step may both get here: the first
+    /// one's layer is kept, and either is as good.
+    pub fn publish_layer(&self, key: &str, layer: &Path) -> std::io::Result<()> {
+        match std::fs::hard_link(layer, self.layer_path(key)) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+            _ => Ok(()),
         }
     }
 

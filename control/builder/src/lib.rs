@@ -305,10 +305,22 @@ impl Builder {
             .boot(vm_config)
             .await
             .map_err(|e| BuildError::new("boot build VM", e.to_string()))?;
+        let mut frozen = Vec::new();
         let result = self
-            .run_steps(vm.as_ref(), spec, plan, context, step_keys, done, log)
+            .run_steps(vm.as_ref(), spec, plan, context, (step_keys, done), &mut frozen, log)
             .await;
-        let _ = vm.stop().await;
+        // Only a layer whose VM is gone is final: then other builds may
+        // find it (kept for the steps that succeeded, whatever came after).
+        match vm.stop().await {
+            Ok(()) => {
+                for (key, layer) in &frozen {
+                    self.cache
+                        .publish_layer(key, layer)
+                        .map_err(|e| BuildError::new("save layer", e.to_string()))?;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "build VM did not stop; its layers stay private"),
+        }
         result.map(|top| (top, done))
     }
 
@@ -321,8 +333,8 @@ impl Builder {
         spec: &BuildSpec,
         plan: &BuildPlan,
         context: &Context,
-        step_keys: &[String],
-        first: usize,
+        (step_keys, first): (&[String], usize),
+        frozen: &mut Vec<(String, PathBuf)>,
         log: &BuildLog,
     ) -> Result<PathBuf, BuildError> {
         let agent = vm.agent();
@@ -347,6 +359,7 @@ impl Builder {
             vm.checkpoint_disk(&dest)
                 .await
                 .map_err(|e| save(e.to_string()))?;
+            frozen.push((step_keys[i].clone(), dest.clone()));
             top = dest;
             log.line(&format!(
                 "step {}/{total} done in {:.1} s",
