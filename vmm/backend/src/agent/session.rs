@@ -10,7 +10,7 @@
 //! owner catches up. Anything a correct agent never sends ends the session
 //! with a [`ProtocolViolation`]; pending requests fail with it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -35,6 +35,10 @@ const OUTBOUND_QUEUE: usize = 256;
 const REPLY_QUEUE: usize = 8;
 const BULK_QUEUE: usize = 32;
 const CREDITED_QUEUE: usize = 4096;
+/// Closed streams whose window is still enforced: a guest may finish what
+/// it was granted after the host hung up, but no more. The oldest are
+/// forgotten (their late frames then only cost the reader's time).
+const CLOSED_STREAMS: usize = 256;
 pub(super) const READ_CHUNK: usize = 64 * 1024;
 
 /// What a channel carries, which decides its bound.
@@ -84,9 +88,33 @@ struct Route {
     credit: Option<Arc<Credit>>,
 }
 
+#[derive(Default)]
+struct Routes {
+    open: HashMap<u32, Route>,
+    closed_streams: HashMap<u32, Arc<Credit>>,
+    closed_order: VecDeque<u32>,
+}
+
+impl Routes {
+    fn remove(&mut self, channel: u32) {
+        let Some(route) = self.open.remove(&channel) else {
+            return;
+        };
+        if let Some(credit) = route.credit {
+            if self.closed_order.len() >= CLOSED_STREAMS {
+                if let Some(oldest) = self.closed_order.pop_front() {
+                    self.closed_streams.remove(&oldest);
+                }
+            }
+            self.closed_streams.insert(channel, credit);
+            self.closed_order.push_back(channel);
+        }
+    }
+}
+
 pub(super) struct Session {
     outbound: mpsc::Sender<Frame>,
-    routes: Mutex<HashMap<u32, Route>>,
+    routes: Mutex<Routes>,
     next_channel: AtomicU32,
     end: watch::Sender<Option<SessionEnd>>,
 }
@@ -153,7 +181,7 @@ impl Session {
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let session = Arc::new(Session {
             outbound,
-            routes: Mutex::new(HashMap::new()),
+            routes: Mutex::new(Routes::default()),
             next_channel: AtomicU32::new(HANDSHAKE_CHANNEL + 1),
             end: watch::Sender::new(None),
         });
@@ -172,7 +200,7 @@ impl Session {
         (session, tasks)
     }
 
-    fn routes(&self) -> MutexGuard<'_, HashMap<u32, Route>> {
+    fn routes(&self) -> MutexGuard<'_, Routes> {
         self.routes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -208,7 +236,7 @@ impl Session {
             *slot = Some(end);
             true
         });
-        self.routes().clear();
+        self.routes().open.clear();
     }
 
     pub(super) fn open_channel(
@@ -225,7 +253,7 @@ impl Session {
                 return Err(self.end_error());
             }
             let channel = self.next_channel.fetch_add(1, Ordering::Relaxed);
-            routes.insert(
+            routes.open.insert(
                 channel,
                 Route {
                     tx,
@@ -244,7 +272,7 @@ impl Session {
     }
 
     pub(super) fn close_channel(&self, channel: u32) {
-        self.routes().remove(&channel);
+        self.routes().remove(channel);
     }
 
     pub(super) async fn send(&self, frame: Frame) -> Result<(), AgentError> {
@@ -278,24 +306,22 @@ impl Session {
             check_control(&frame)?;
         }
         let channel = frame.channel;
+        let is_data = matches!(frame.kind, FrameKind::Data | FrameKind::Stderr);
         let (tx, flow) = {
             let routes = self.routes();
-            match routes.get(&channel) {
+            match routes.open.get(&channel) {
                 Some(route) => {
-                    if let (Some(credit), FrameKind::Data | FrameKind::Stderr) =
-                        (&route.credit, frame.kind)
-                    {
+                    if let (Some(credit), true) = (&route.credit, is_data) {
                         credit.take(channel, frame.payload.len())?;
                     }
                     (route.tx.clone(), route.flow)
                 }
-                // The host allocates ids in order; a larger one was never
-                // handed out. Smaller ones are requests the host has since
-                // forgotten: their late frames are dropped.
-                None if channel >= self.next_channel.load(Ordering::Relaxed) => {
-                    return Err(ProtocolViolation::UnknownChannel { channel });
+                None => {
+                    if let (Some(credit), true) = (routes.closed_streams.get(&channel), is_data) {
+                        credit.take(channel, frame.payload.len())?;
+                    }
+                    return self.unrouted(channel);
                 }
-                None => return Ok(()),
             }
         };
         match flow {
@@ -312,6 +338,18 @@ impl Session {
                 _ => Ok(()),
             },
         }
+    }
+}
+
+impl Session {
+    /// A frame for no open channel. The host allocates ids in order, so a
+    /// larger one was never handed out; smaller ones are requests the host
+    /// has since forgotten, whose late frames are dropped.
+    fn unrouted(&self, channel: u32) -> Result<(), ProtocolViolation> {
+        if channel >= self.next_channel.load(Ordering::Relaxed) {
+            return Err(ProtocolViolation::UnknownChannel { channel });
+        }
+        Ok(())
     }
 }
 

@@ -275,3 +275,31 @@ async fn unflow_controlled_output_waits_for_its_reader() {
     let _guest = writer.await.unwrap();
     assert_eq!(client.ended(), None, "output is not a violation");
 }
+
+#[tokio::test]
+async fn a_stream_the_host_closed_keeps_its_window() {
+    let (client, mut guest) = connected().await;
+    let connect = tokio::spawn({
+        let client = client.clone();
+        async move { client.connect(80).await }
+    });
+    let (channel, _) = guest.request().await;
+    guest.reply(channel, &GuestMessage::Connected).await;
+    drop(connect.await.unwrap().unwrap());
+    // Hanging up is no licence to send more than was granted.
+    let chunk = Frame::new(FrameKind::Data, channel, vec![7u8; MAX_PAYLOAD])
+        .encode()
+        .unwrap();
+    tokio::spawn(async move {
+        for _ in 0..(2 * INITIAL_WINDOW as usize / MAX_PAYLOAD) {
+            if guest.io.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        guest
+    });
+    assert_ended(&client, |v| {
+        matches!(v, ProtocolViolation::BeyondWindow { .. })
+    })
+    .await;
+}
