@@ -16,7 +16,7 @@ pub enum SessionEnd {
 /// What a guest did that a well-behaved agent never does.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolViolation {
-    #[error("sent {bytes} bytes of stream data on channel {channel} with {credit} bytes of its window left")]
+    #[error("sent stream data beyond its window on channel {channel}: {bytes} bytes with {credit} bytes of credit left")]
     BeyondWindow {
         channel: u32,
         bytes: usize,
