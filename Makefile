@@ -32,7 +32,7 @@ test: lint setup bins hostile-agent
 	scripts/run-tests.sh
 
 ## bench: print one JSON object per benchmark result
-bench: setup
+bench: setup hostile-agent
 	cargo run --quiet --release -p ember-bench
 
 deps:

@@ -120,8 +120,10 @@ def test_hostile_vms_are_terminated_and_spare_emberd(separate_emberd, hello_zip,
             peak = max(peak, rss_kib(pid))
             time.sleep(0.2)
 
+        print(f"slowest API call {slowest:.3f} s; emberd RSS {baseline} -> peak {peak} KiB")
         for attack, vm in ended.items():
             reason = vm.get("stateReason", "")
+            print(f"{attack}: {reason}")
             assert "the guest broke the agent protocol" in reason, f"{attack}: {reason}"
             assert ATTACKS[attack] in reason, f"{attack}: {reason}"
         assert slowest < API_ANSWER_BOUND_S, f"an API call took {slowest:.2f} s during the attacks"
