@@ -55,6 +55,7 @@ setup: agent
 lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --quiet --release --workspace --all-targets -- -D warnings
+	cargo clippy --quiet --release -p ember-agent --all-targets --features hostile -- -D warnings
 
 clean:
 	rm -rf build target
