@@ -1,7 +1,7 @@
-//! The session multiplexer (the handshake that starts it is in
-//! `handshake.rs`): the reader task that routes the
-//! guest's frames to per-request channels, the writer task, and the bounds
-//! that keep a hostile guest from taking more than its share of the host.
+//! The session multiplexer: the reader task that routes the guest's frames
+//! to per-request channels, the writer task, and the bounds that keep a
+//! hostile guest from taking more than its share of the host. The
+//! handshake that starts a session is in `handshake.rs`.
 //!
 //! Every channel's queue is bounded. What happens at the bound depends on
 //! what the channel carries ([`Flow`]): stream data must stay within the
