@@ -6,12 +6,16 @@ SHELL := /bin/bash
 DATA_DIR ?= build/data
 AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT := target/$(AGENT_TARGET)/guest/ember-agent
+# The test-only agent that attacks its host (guest/agent/src/hostile.rs),
+# in a target dir of its own so it never replaces the real one.
+HOSTILE_AGENT := target/hostile/$(AGENT_TARGET)/guest/ember-agent
 
 export EMBER_DATA_DIR := $(abspath $(DATA_DIR))
 export EMBER_ASSETS_DIR := $(EMBER_DATA_DIR)/assets
 export EMBER_AGENT_BIN := $(abspath $(AGENT))
+export EMBER_HOSTILE_AGENT_BIN := $(abspath $(HOSTILE_AGENT))
 
-.PHONY: run demo-vm test bench deps agent bins setup lint unit-test vm-test clean
+.PHONY: run demo-vm test bench deps agent hostile-agent bins setup lint unit-test vm-test clean
 
 ## run: start emberd, build examples/hello-http through the API (live
 ## build log), show the image
@@ -24,11 +28,11 @@ demo-vm: setup
 
 ## test: lint, unit tests, the tests that boot real guests, and the API
 ## tests (AWS CLI and boto3 against a real emberd)
-test: lint setup bins
+test: lint setup bins hostile-agent
 	scripts/run-tests.sh
 
 ## bench: print one JSON object per benchmark result
-bench: setup
+bench: setup hostile-agent
 	cargo run --quiet --release -p ember-bench
 
 deps:
@@ -37,6 +41,9 @@ deps:
 # The agent is PID 1 in a guest with no libc: link it statically.
 agent: deps
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile guest -p ember-agent --target $(AGENT_TARGET)
+
+hostile-agent: deps
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile guest -p ember-agent --features hostile --target $(AGENT_TARGET) --target-dir target/hostile
 
 # emberd and the ember CLI, which the API tests run as real processes.
 bins: deps
@@ -48,6 +55,7 @@ setup: agent
 lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --quiet --release --workspace --all-targets -- -D warnings
+	cargo clippy --quiet --release -p ember-agent --all-targets --features hostile -- -D warnings
 
 clean:
 	rm -rf build target

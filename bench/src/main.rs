@@ -2,6 +2,7 @@
 //! per result. Figures that are compared (cold boot vs restore) are taken
 //! in the same run, so their ratio survives a noisy machine.
 
+mod hostile_guest;
 mod image_build;
 mod microvm;
 mod procfs;
@@ -23,6 +24,13 @@ struct Args {
         default_value = "target/x86_64-unknown-linux-gnu/guest/ember-agent"
     )]
     agent: PathBuf,
+    /// The test-only agent that attacks its host (`make hostile-agent`).
+    #[arg(
+        long,
+        env = "EMBER_HOSTILE_AGENT_BIN",
+        default_value = "target/hostile/x86_64-unknown-linux-gnu/guest/ember-agent"
+    )]
+    hostile_agent: PathBuf,
     #[arg(long, env = "EMBER_ACCEL", default_value = "auto")]
     accel: String,
     /// Repetitions per figure; medians are reported.
@@ -35,7 +43,7 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     suspended_vms: usize,
     /// Which benchmarks to run (default: all).
-    #[arg(value_parser = ["restore", "image_build", "microvm"])]
+    #[arg(value_parser = ["restore", "image_build", "microvm", "hostile_guest"])]
     only: Vec<String>,
 }
 
@@ -63,6 +71,10 @@ async fn main() -> anyhow::Result<()> {
             accel: args.accel.clone(),
         };
         let line = microvm::run(&args.data_dir, &args.agent, &opts).await?;
+        println!("{line}");
+    }
+    if wants("hostile_guest") {
+        let line = hostile_guest::run(&args.data_dir, &args.hostile_agent, &args.accel).await?;
         println!("{line}");
     }
     Ok(())

@@ -137,12 +137,17 @@ async fn measure(
     }))
 }
 
-struct Emberd {
+pub(crate) struct Emberd {
     child: tokio::process::Child,
 }
 
 impl Emberd {
-    async fn start(dir: &Path, assets: &Path, agent: &Path, opts: &Opts) -> anyhow::Result<Self> {
+    pub(crate) async fn start(
+        dir: &Path,
+        assets: &Path,
+        agent: &Path,
+        opts: &Opts,
+    ) -> anyhow::Result<Self> {
         let bin = std::env::var_os("EMBER_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| "target/release/emberd".into());
@@ -179,12 +184,12 @@ impl Emberd {
         Ok(Self { child })
     }
 
-    fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()
     }
 
     /// Kills emberd and every VM it left (they outlive it by design).
-    fn stop(&mut self, dir: &Path) {
+    pub(crate) fn stop(&mut self, dir: &Path) {
         let _ = self.child.start_kill();
         for pid in qemu_pids(dir) {
             // SAFETY: kill(2) with a pid read from /proc; no memory involved.

@@ -98,6 +98,17 @@ impl Sender {
         }
     }
 
+    /// Writes bytes as they are, frames or not (the hostile agent's way of
+    /// breaking the protocol).
+    #[cfg(feature = "hostile")]
+    pub fn raw(&self, bytes: &[u8]) -> bool {
+        let mut out = self.wire.out.lock().unwrap_or_else(|e| e.into_inner());
+        if self.wire.epoch.load(Ordering::SeqCst) != self.epoch {
+            return false;
+        }
+        out.write_all(bytes).and_then(|()| out.flush()).is_ok()
+    }
+
     pub fn control(&self, channel: u32, msg: &GuestMessage) -> bool {
         match proto::encode(msg) {
             Ok(payload) => self.frame(&Frame::new(FrameKind::Control, channel, payload)),

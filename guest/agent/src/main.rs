@@ -25,6 +25,8 @@ mod channel;
 mod exec;
 mod files;
 mod health;
+#[cfg(feature = "hostile")]
+mod hostile;
 mod init;
 mod net;
 mod pty;

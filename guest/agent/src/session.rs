@@ -61,6 +61,8 @@ pub struct Agent {
     session: Option<u64>,
     channels: HashMap<u32, Channel>,
     config: Config,
+    #[cfg(feature = "hostile")]
+    hostile: crate::hostile::Trigger,
 }
 
 impl Agent {
@@ -71,6 +73,8 @@ impl Agent {
             session: None,
             channels: HashMap::new(),
             config,
+            #[cfg(feature = "hostile")]
+            hostile: Default::default(),
         }
     }
 
@@ -160,6 +164,17 @@ impl Agent {
                 return;
             }
         };
+        #[cfg(feature = "hostile")]
+        match &msg {
+            HostMessage::Restored { .. } => self.hostile.arm(),
+            HostMessage::Connect { .. } => {
+                if let Some(attack) = self.hostile.fire() {
+                    crate::hostile::start(attack, channel, &self.sender);
+                    return;
+                }
+            }
+            _ => {}
+        }
         let sender = &self.sender;
         let result: Result<Option<Channel>, Failure> = match msg {
             HostMessage::Hello { .. } => Err(Failure::invalid("Hello belongs on channel 0")),

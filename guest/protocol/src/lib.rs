@@ -15,11 +15,13 @@
 mod frame;
 mod messages;
 
-pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, MAGIC, MAX_PAYLOAD};
+pub use frame::{
+    encode_raw, Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN, MAGIC, MAX_PAYLOAD,
+};
 pub use messages::*;
 
 /// Bumped on any incompatible change to frames or messages.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Bytes a sender may have in flight on one stream channel before the
 /// receiver grants more with a `Window` frame.

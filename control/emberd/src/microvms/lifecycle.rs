@@ -347,7 +347,8 @@ impl Microvms {
         tokio::spawn(async move {
             let _guard = inst.transition.lock().await;
             let mut reason = why;
-            if let Some(vm) = inst.vm() {
+            // No hooks or logs through an agent session that has ended.
+            if let Some(vm) = inst.vm().filter(|vm| !vm.agent().is_closed()) {
                 reason = this
                     .hook_then(&inst, vm.as_ref(), Hook::Terminate, &reason)
                     .await;

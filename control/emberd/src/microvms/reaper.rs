@@ -1,5 +1,6 @@
 //! The timers: idle suspend, suspended-too-long and maximum-duration
-//! termination, and the idle clock's persistence. One task ticks every
+//! termination, the end of VMs whose guest broke the agent protocol, and
+//! the idle clock's persistence. One task ticks every
 //! second; each VM's work is spawned so a slow suspend never delays
 //! another VM's timer.
 
@@ -39,6 +40,15 @@ impl Microvms {
             return;
         }
         self.flush_activity(inst);
+        // The host ended the guest's agent session: its control plane is
+        // gone, so is the VM.
+        if let Some(violation) = inst.vm().and_then(|vm| vm.agent().violation()) {
+            self.terminate(
+                Arc::clone(inst),
+                format!("the guest broke the agent protocol: {violation}; terminated"),
+            );
+            return;
+        }
         let max = f64::from(inst.spec.maximum_duration_s);
         if t - inst.started_at >= max {
             self.terminate(

@@ -11,7 +11,8 @@ use ember_agent_protocol::{self as proto, ErrorKind, Frame, GuestMessage, HostMe
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
-use super::client::{AgentClient, ChannelRx, Inner};
+use super::client::AgentClient;
+use super::session::{ChannelRx, Session};
 use super::stream::{self, AgentStream};
 use super::AgentError;
 
@@ -56,13 +57,13 @@ pub struct PtyControl {
 
 pub(super) fn start(
     client: AgentClient,
-    inner: Arc<Inner>,
+    session: Arc<Session>,
     channel: u32,
     rx: ChannelRx,
     pid: u32,
 ) -> PtySession {
     let (exit_tx, exit) = watch::channel(None);
-    let stream = stream::start_with_control(inner, channel, rx, move |frame: &Frame| {
+    let stream = stream::start_with_control(session, channel, rx, move |frame: &Frame| {
         let outcome = match proto::decode::<GuestMessage>(&frame.payload) {
             Ok(GuestMessage::Exited { code, signal }) => Outcome::Exited(PtyExit { code, signal }),
             Ok(GuestMessage::Error { kind, message }) => Outcome::Failed { kind, message },
@@ -147,13 +148,13 @@ impl PtyControl {
         let outcome = exit
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| AgentError::Disconnected)?
+            .map_err(|_| self.client.session.end_error())?
             .clone();
         match outcome {
             Some(Outcome::Exited(e)) => Ok(e),
             Some(Outcome::Failed { kind, message }) => Err(AgentError::Guest { kind, message }),
             Some(Outcome::Garbled(m)) => Err(AgentError::Protocol(m)),
-            None => Err(AgentError::Disconnected),
+            None => Err(self.client.session.end_error()),
         }
     }
 

@@ -8,7 +8,7 @@ use ember_agent_protocol::{Frame, FrameKind, INITIAL_WINDOW, MAX_PAYLOAD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
-use super::client::{ChannelRx, Inner};
+use super::session::{ChannelRx, Session};
 
 /// Bytes buffered between the caller and the pump tasks, per direction.
 const PIPE_BUFFER: usize = 256 * 1024;
@@ -23,8 +23,8 @@ struct Credit {
     more: Notify,
 }
 
-pub(super) fn start(inner: Arc<Inner>, channel: u32, rx: ChannelRx) -> AgentStream {
-    start_with_control(inner, channel, rx, |_| {})
+pub(super) fn start(session: Arc<Session>, channel: u32, rx: ChannelRx) -> AgentStream {
+    start_with_control(session, channel, rx, |_| {})
 }
 
 /// Like [`start`], handing the channel's `Control` frames (which a TCP
@@ -33,7 +33,7 @@ pub(super) fn start(inner: Arc<Inner>, channel: u32, rx: ChannelRx) -> AgentStre
 /// for the caller when `on_control` sees it. `on_control` is dropped when
 /// the channel ends.
 pub(super) fn start_with_control<F>(
-    inner: Arc<Inner>,
+    session: Arc<Session>,
     channel: u32,
     rx: ChannelRx,
     on_control: F,
@@ -49,41 +49,48 @@ where
         more: Notify::new(),
     });
     let inbound = tokio::spawn(guest_to_host(
-        Arc::clone(&inner),
+        Arc::clone(&session),
         channel,
         rx,
         pump_wr,
         Arc::clone(&credit),
         on_control,
     ));
-    let outbound = tokio::spawn(host_to_guest(Arc::clone(&inner), channel, pump_rd, credit));
+    let outbound = tokio::spawn(host_to_guest(
+        Arc::clone(&session),
+        channel,
+        pump_rd,
+        credit,
+    ));
     tokio::spawn(async move {
         let _ = inbound.await;
         let _ = outbound.await;
-        inner.close_channel(channel);
+        session.close_channel(channel);
     });
     user
 }
 
 async fn guest_to_host(
-    inner: Arc<Inner>,
+    session: Arc<Session>,
     channel: u32,
     mut rx: ChannelRx,
     mut to_user: WriteHalf<DuplexStream>,
     credit: Arc<Credit>,
     mut on_control: impl FnMut(&Frame),
 ) {
-    while let Some(frame) = rx.recv().await {
+    while let Ok(frame) = rx.recv().await {
         match frame.kind {
             FrameKind::Data => {
                 let n = frame.payload.len() as u32;
                 if to_user.write_all(&frame.payload).await.is_err() {
                     // The caller dropped its end: tell the guest to hang up.
                     // After a Reset the guest sends nothing more here.
-                    inner.try_send(Frame::new(FrameKind::Reset, channel, Vec::new()));
+                    session.try_send(Frame::new(FrameKind::Reset, channel, Vec::new()));
                     break;
                 }
-                if inner.send(Frame::window(channel, n)).await.is_err() {
+                // Granted before the guest can know, so it is never early.
+                rx.grant(n);
+                if session.send(Frame::window(channel, n)).await.is_err() {
                     break;
                 }
             }
@@ -108,7 +115,7 @@ async fn guest_to_host(
 }
 
 async fn host_to_guest(
-    inner: Arc<Inner>,
+    session: Arc<Session>,
     channel: u32,
     mut from_user: ReadHalf<DuplexStream>,
     credit: Arc<Credit>,
@@ -131,14 +138,14 @@ async fn host_to_guest(
         // A read error on our own pipe ends the stream like EOF.
         let n = from_user.read(&mut buf[..want]).await.unwrap_or_default();
         if n == 0 {
-            let _ = inner
+            let _ = session
                 .send(Frame::new(FrameKind::Eof, channel, Vec::new()))
                 .await;
             return;
         }
         // Only this task subtracts, and it read at least `n` above.
         credit.bytes.fetch_sub(n as u64, Ordering::AcqRel);
-        if inner
+        if session
             .send(Frame::new(FrameKind::Data, channel, buf[..n].to_vec()))
             .await
             .is_err()

@@ -32,6 +32,16 @@ fn agent_binary() -> PathBuf {
         })
 }
 
+/// The test-only agent that attacks its host once triggered, built by
+/// `make hostile-agent` (which `make test` runs first).
+pub fn hostile_agent_binary() -> PathBuf {
+    std::env::var_os("EMBER_HOSTILE_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace_root().join("target/hostile/x86_64-unknown-linux-gnu/guest/ember-agent")
+        })
+}
+
 /// The shared asset cache (built once per machine).
 pub fn assets_dir() -> PathBuf {
     std::env::var_os("EMBER_ASSETS_DIR")
@@ -45,7 +55,11 @@ pub async fn env() -> TestEnv {
 
 /// Like [`env`], with the backend's configuration adjusted first.
 pub async fn env_with(adjust: impl FnOnce(&mut QemuConfig)) -> TestEnv {
-    let agent = agent_binary();
+    env_with_agent(agent_binary(), adjust).await
+}
+
+/// Like [`env_with`], with guests whose PID 1 is `agent`.
+pub async fn env_with_agent(agent: PathBuf, adjust: impl FnOnce(&mut QemuConfig)) -> TestEnv {
     assert!(
         agent.is_file(),
         "guest agent not built at {} — run the tests with `make test`",
