@@ -307,7 +307,15 @@ impl Builder {
             .map_err(|e| BuildError::new("boot build VM", e.to_string()))?;
         let mut frozen = Vec::new();
         let result = self
-            .run_steps(vm.as_ref(), spec, plan, context, (step_keys, done), &mut frozen, log)
+            .run_steps(
+                vm.as_ref(),
+                spec,
+                plan,
+                context,
+                (step_keys, done),
+                &mut frozen,
+                log,
+            )
             .await;
         // Only a layer whose VM is gone is final: then other builds may
         // find it (kept for the steps that succeeded, whatever came after).
