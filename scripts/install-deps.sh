@@ -32,8 +32,6 @@ tools=(
     sleep:coreutils
     curl:curl
     python3:python3
-    # The jail: own uid per VM, mount/PID/IPC/UTS namespaces.
-    unshare:util-linux
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]; }
