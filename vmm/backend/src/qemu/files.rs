@@ -2,7 +2,6 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::VmmError;
@@ -26,20 +25,7 @@ const PAGE: usize = 4096;
 /// `src` may lie in a VM's folder: it is never opened through a symlink
 /// and must be a regular file.
 pub fn sparse_copy(src: &Path, dst: &Path, zeros: Zeros) -> Result<u64, VmmError> {
-    let input = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(src)
-        .map_err(VmmError::io(format!("open {}", src.display())))?;
-    let meta = input
-        .metadata()
-        .map_err(VmmError::io(format!("stat {}", src.display())))?;
-    if !meta.file_type().is_file() {
-        return Err(VmmError::UnsafeVmFile {
-            path: src.to_path_buf(),
-            reason: "is not a regular file".into(),
-        });
-    }
+    let (input, meta) = super::vm_files::open_regular(src, false)?;
     let len = meta.len();
     let output = std::fs::OpenOptions::new()
         .write(true)
@@ -154,14 +140,10 @@ pub fn allocated_bytes(path: &Path) -> u64 {
 pub fn tail(path: &Path, lines: usize) -> String {
     const WINDOW: u64 = 16 * 1024;
     let mut text = Vec::new();
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    {
-        let regular = f.metadata().is_ok_and(|m| m.file_type().is_file());
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        if regular && f.seek(SeekFrom::Start(len.saturating_sub(WINDOW))).is_ok() {
+    if let Ok((mut f, meta)) = super::vm_files::open_regular(path, false) {
+        if f.seek(SeekFrom::Start(meta.len().saturating_sub(WINDOW)))
+            .is_ok()
+        {
             let _ = f.take(WINDOW).read_to_end(&mut text);
         }
     }

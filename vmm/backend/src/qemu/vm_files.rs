@@ -32,6 +32,22 @@ pub(super) fn open_checked(path: &Path, owner: u32) -> Result<File, VmmError> {
 }
 
 fn open_checked_with(path: &Path, owner: u32, write: bool) -> Result<File, VmmError> {
+    let (file, meta) = open_regular(path, write)?;
+    if meta.uid() != owner && meta.uid() != 0 {
+        return Err(refused(
+            path,
+            &format!("belongs to uid {}, not the VM's {owner}", meta.uid()),
+        ));
+    }
+    Ok(file)
+}
+
+/// Opens `path` if it is a regular file, never through a symlink (and
+/// without blocking on a FIFO put in its place).
+pub(super) fn open_regular(
+    path: &Path,
+    write: bool,
+) -> Result<(File, std::fs::Metadata), VmmError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(write)
@@ -50,13 +66,7 @@ fn open_checked_with(path: &Path, owner: u32, write: bool) -> Result<File, VmmEr
     if !meta.file_type().is_file() {
         return Err(refused(path, "is not a regular file"));
     }
-    if meta.uid() != owner && meta.uid() != 0 {
-        return Err(refused(
-            path,
-            &format!("belongs to uid {}, not the VM's {owner}", meta.uid()),
-        ));
-    }
-    Ok(file)
+    Ok((file, meta))
 }
 
 /// Takes a file of a VM whose process has ended back for root: checks it
@@ -117,17 +127,7 @@ pub(super) fn link_open(file: &File, dest: &Path) -> Result<(), VmmError> {
 /// an image's snapshot disk) that a jail binds in read-only. The folders
 /// above it stay root's alone: no host user reaches it by path.
 pub(super) fn make_world_readable(path: &Path) -> Result<(), VmmError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(VmmError::io(format!("open {}", path.display())))?;
-    let meta = file
-        .metadata()
-        .map_err(VmmError::io(format!("stat {}", path.display())))?;
-    if !meta.file_type().is_file() {
-        return Err(refused(path, "is not a regular file"));
-    }
+    let (file, meta) = open_regular(path, false)?;
     let mode = meta.mode() & 0o7777;
     if mode & 0o444 != 0o444 || mode & 0o7022 != 0 {
         // Readable by all, writable by root only, no set-id bits.
