@@ -257,7 +257,8 @@ async fn cold_boot_to_answer(
             .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
             .arg(&disk)
             .arg(&overlay)
-            .status()?;
+            .status()
+            .context("running qemu-img (from qemu-utils; `make deps` installs it)")?;
         anyhow::ensure!(status.success(), "qemu-img create failed");
         let mut c = VmConfig::new(
             format!("cold{i}"),
