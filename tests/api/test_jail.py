@@ -131,3 +131,33 @@ def test_builds_and_microvms_run_jailed_under_a_private_data_dir(separate_emberd
         assert opened_as(NOBODY, ["/etc/passwd"]) == ["/etc/passwd"]
     finally:
         terminate_quietly(client, *ids)
+
+
+def test_a_vm_whose_jail_cannot_be_set_up_does_not_start_and_says_why(separate_emberd, hello_zip):
+    # Four ids: two for build VMs, two for microVMs; a third microVM finds
+    # no free uid, and must not run without one.
+    ember = separate_emberd("--vm-id-range", "1900100000-1900100003")
+    client = ember.client()
+    image, version = create_and_wait(client, "jailed-few", hello_zip)
+    assert image["state"] == "CREATED", version.get("stateReason")
+    ids = []
+    try:
+        for _ in range(2):
+            vm = client.run_microvm(imageIdentifier="jailed-few", idlePolicy=IDLE)
+            ids.append(vm["microvmId"])
+            wait_microvm(client, vm["microvmId"], "RUNNING")
+        third = client.run_microvm(imageIdentifier="jailed-few", idlePolicy=IDLE)
+        ids.append(third["microvmId"])
+        vm = wait_microvm(client, third["microvmId"], "TERMINATED")
+        assert "no free uid" in vm["stateReason"], vm["stateReason"]
+        assert len(qemus_under(ember.data_dir)) == 2
+        # The others are untouched, and a freed id is handed out again.
+        client.terminate_microvm(microvmIdentifier=ids[0])
+        wait_microvm(client, ids[0], "TERMINATED")
+        again = client.run_microvm(imageIdentifier="jailed-few", idlePolicy=IDLE)
+        ids.append(again["microvmId"])
+        wait_microvm(client, again["microvmId"], "RUNNING")
+        uids = sorted(uid for uid, _ in qemus_under(ember.data_dir).values())
+        assert uids == [1900100002, 1900100003], uids
+    finally:
+        terminate_quietly(client, *ids)
