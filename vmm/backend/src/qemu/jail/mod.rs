@@ -24,6 +24,7 @@
 //! closed: if any of it cannot be done the process never runs QEMU and the
 //! launch fails with the step that broke ([`JailError`]).
 
+mod child;
 mod ids;
 mod plan;
 mod runtime;
