@@ -55,6 +55,7 @@ pub(crate) struct JailedChild {
 }
 
 pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<JailedChild, JailError> {
+    let started = std::time::Instant::now();
     let (report_read, report_write) = pipe()?;
     let staged = stage_fds(&spec.fds)?;
     // argv[0] is the program's own name, as a shell would give it.
@@ -137,7 +138,15 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> Result<JailedChild, JailError> {
         pidfd,
     };
     match read_report(&report_read) {
-        None => Ok(child),
+        None => {
+            tracing::debug!(
+                pid = child.pid,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                steps = spec.plan.steps().len(),
+                "jailed process exec'd"
+            );
+            Ok(child)
+        }
         Some((step, errno)) => {
             reap(&child.pidfd);
             Err(JailError::Setup {
