@@ -4,7 +4,9 @@ no two share a uid, each has a mount namespace of its own; and nothing in
 the data dir can be read by another user of the host."""
 
 import os
+import re
 import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -99,6 +101,12 @@ def test_builds_and_microvms_run_jailed_under_a_private_data_dir(separate_emberd
     # is free again once its VM is gone; two at once never share one.
     assert not shared, f"QEMUs running at once shared a uid: {shared}"
     assert all(mnt != host_mnt for _, mnt in seen.values()), seen
+    # The egress guard polices the build VMs' sockets too (both of emberd's
+    # backends install it; it must cover every id either hands out).
+    rules = subprocess.run(["/usr/sbin/nft", "list", "table", "inet", "ember_egress_guard"],
+                           check=True, capture_output=True, text=True).stdout
+    first, last = map(int, re.search(r"meta skgid (\d+)-(\d+) jump", rules).groups())
+    assert all(first <= uid <= last for uid in build_uids), (build_uids, rules)
 
     ids = []
     try:
@@ -134,9 +142,9 @@ def test_builds_and_microvms_run_jailed_under_a_private_data_dir(separate_emberd
 
 
 def test_a_vm_whose_jail_cannot_be_set_up_does_not_start_and_says_why(separate_emberd, hello_zip):
-    # Four ids: two for build VMs, two for microVMs; a third microVM finds
-    # no free uid, and must not run without one.
-    ember = separate_emberd("--vm-id-range", "1900100000-1900100003")
+    # Two ids, shared by the build's VMs (one at a time) and the microVMs:
+    # a third microVM finds no free uid, and must not run without one.
+    ember = separate_emberd("--vm-id-range", "1900100000-1900100001")
     client = ember.client()
     image, version = create_and_wait(client, "jailed-few", hello_zip)
     assert image["state"] == "CREATED", version.get("stateReason")
@@ -158,6 +166,6 @@ def test_a_vm_whose_jail_cannot_be_set_up_does_not_start_and_says_why(separate_e
         ids.append(again["microvmId"])
         wait_microvm(client, again["microvmId"], "RUNNING")
         uids = sorted(uid for uid, _ in qemus_under(ember.data_dir).values())
-        assert uids == [1900100002, 1900100003], uids
+        assert uids == [1900100000, 1900100001], uids
     finally:
         terminate_quietly(client, *ids)

@@ -103,9 +103,9 @@ struct Args {
     /// `--vm-io-mbps`).
     #[arg(long, default_value_t = 4000)]
     vm_io_iops: u64,
-    /// uids and gids for VMs' jails, one of each per running VM (build VMs
-    /// take the lower half, microVMs the upper). No account of this host
-    /// may use one of them; emberd refuses to start otherwise.
+    /// uids and gids for VMs' jails, one of each per running VM, builds and
+    /// microVMs alike. No account of this host may use one of them; emberd
+    /// refuses to start otherwise.
     #[arg(long, default_value_t = IdRange::DEFAULT)]
     vm_id_range: IdRange,
     /// Serve endpoints as `http://<id>.DOMAIN` on one shared listener
@@ -189,8 +189,9 @@ async fn main() -> anyhow::Result<()> {
         .context("--accel")?;
     // Build VMs die with emberd (a restart marks their builds FAILED);
     // microVMs outlive it and are re-attached. Both are jailed, each VM in
-    // its own cgroup; a host that cannot do that stops emberd here.
-    let (build_ids, vm_ids) = split_ids(args.vm_id_range)?;
+    // its own cgroup; a host that cannot do that stops emberd here. Both
+    // backends take ids from one range (each sees the other's VMs' folders)
+    // so the egress guard, which both install, polices all of them.
     let mut image_roots = vec![data_dir.clone()];
     if let Some(assets) = &args.assets_dir {
         image_roots.push(std::path::absolute(assets).context("--assets-dir")?);
@@ -205,8 +206,8 @@ async fn main() -> anyhow::Result<()> {
     let mut qemu = QemuConfig::new(layout.vm_state());
     qemu.accel = accel;
     qemu.jail = JailConfig {
-        ids: build_ids,
-        image_roots: image_roots.clone(),
+        ids: args.vm_id_range,
+        image_roots,
     };
     qemu.cgroup = Some(CgroupConfig {
         nest_in_own_cgroup: true,
@@ -221,10 +222,6 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut vm_qemu = qemu;
     vm_qemu.die_with_parent = false;
-    vm_qemu.jail = JailConfig {
-        ids: vm_ids,
-        image_roots,
-    };
     vm_qemu.cgroup = Some(CgroupConfig {
         nest_in_own_cgroup: true,
         cpu_max_percent: args.vm_cpu_percent,
@@ -360,26 +357,6 @@ async fn start_microvms(
 
 /// vCPUs of a build VM; its cgroup allows that many cores.
 const BUILD_VCPUS: u8 = 2;
-
-/// The id range split between build VMs (lower half) and microVMs: two
-/// backends allocate from it, and must never hand out the same id.
-fn split_ids(range: IdRange) -> anyhow::Result<(IdRange, IdRange)> {
-    let span = u64::from(range.last) - u64::from(range.first) + 1;
-    if span < 4 {
-        anyhow::bail!("--vm-id-range {range} is too small (at least 4 ids)");
-    }
-    let mid = range.first + u32::try_from(span / 2).unwrap_or(u32::MAX / 2) - 1;
-    Ok((
-        IdRange {
-            first: range.first,
-            last: mid,
-        },
-        IdRange {
-            first: mid + 1,
-            last: range.last,
-        },
-    ))
-}
 
 fn validate_args(args: &Args) -> anyhow::Result<()> {
     if args.account.len() != 12 || !args.account.bytes().all(|b| b.is_ascii_digit()) {

@@ -116,7 +116,6 @@ pub(super) async fn attach(hv: &QemuHypervisor, name: &str) -> Result<QemuVm, Vm
         keep_on_drop: !hv.config.die_with_parent,
         cgroup: record.cgroup,
         ids,
-        _lease: hv.ids.adopt(ids.0),
         checkpoints: Mutex::new(record.checkpoints),
         config: record.vm,
     })

@@ -12,7 +12,6 @@ use super::cgroup::VmCgroup;
 use super::command::{
     LaunchSpec, RamBacking, AGENT_SOCKET, CONSOLE_LOG, DISK, JAIL_DIR, MEMORY, QMP_SOCKET,
 };
-use super::jail::IdLease;
 use super::migration::{set_migration_caps, wait_migration};
 use super::process::QemuProcess;
 use super::qmp::Qmp;
@@ -28,12 +27,11 @@ use crate::VmmError;
 
 /// Owns a half-launched VM: on any error before `defuse`, kills the QEMU
 /// process and removes the runtime directory, so a failed boot or restore
-/// leaves nothing behind (and its id is released after that).
+/// leaves nothing behind (and its id is free again with its folder gone).
 pub(super) struct LaunchGuard {
     pub(super) dir: PathBuf,
     pub(super) child: Option<QemuProcess>,
     pub(super) cgroup: Option<VmCgroup>,
-    pub(super) lease: Option<IdLease>,
 }
 
 impl LaunchGuard {
@@ -42,13 +40,12 @@ impl LaunchGuard {
             dir,
             child: None,
             cgroup: None,
-            lease: None,
         }
     }
 
-    pub(super) fn defuse(mut self) -> (Option<QemuProcess>, Option<VmCgroup>, Option<IdLease>) {
+    pub(super) fn defuse(mut self) -> (Option<QemuProcess>, Option<VmCgroup>) {
         self.dir = PathBuf::new();
-        (self.child.take(), self.cgroup.take(), self.lease.take())
+        (self.child.take(), self.cgroup.take())
     }
 }
 
@@ -97,7 +94,7 @@ pub(super) async fn boot(
 ) -> Result<QemuVm, VmmError> {
     let mut guard = LaunchGuard::new(dir.clone());
     let jail_dir = dir.join(JAIL_DIR);
-    let ids = lease_ids(hv, &mut guard)?;
+    let ids = claim_ids(hv, &jail_dir)?;
     let format = qcow2::detect_format(&config.rootfs)?;
     let disk = jail_dir.join(DISK);
     qcow2::create_overlay(&config.rootfs, format, &disk)?;
@@ -105,7 +102,7 @@ pub(super) async fn boot(
     std::fs::File::create(&mem_path)
         .and_then(|f| f.set_len(u64::from(config.mem_mib) << 20))
         .map_err(VmmError::io(format!("create {}", mem_path.display())))?;
-    vm_files::give(&[&jail_dir, &disk, &mem_path], ids)?;
+    vm_files::give(&[&disk, &mem_path], ids)?;
     let spec = LaunchSpec {
         config: &config,
         accel: hv.accel,
@@ -150,12 +147,10 @@ pub(super) async fn boot(
     ))
 }
 
-/// A fresh id for the VM, held by the guard until the VM is running.
-fn lease_ids(hv: &QemuHypervisor, guard: &mut LaunchGuard) -> Result<(u32, u32), VmmError> {
-    let lease = hv.ids.allocate()?;
-    let ids = (lease.id(), lease.id());
-    guard.lease = Some(lease);
-    Ok(ids)
+/// A fresh uid and gid for the VM, which now own its writable folder.
+fn claim_ids(hv: &QemuHypervisor, jail_dir: &Path) -> Result<(u32, u32), VmmError> {
+    let id = hv.ids.claim(jail_dir)?;
+    Ok((id, id))
 }
 
 /// Leaves what `attach` needs to take the VM over in its runtime directory,
@@ -196,11 +191,10 @@ fn running_vm(
     guard: LaunchGuard,
     ids: (u32, u32),
 ) -> QemuVm {
-    let (child, cgroup, lease) = guard.defuse();
+    let (child, cgroup) = guard.defuse();
     QemuVm {
         cgroup,
         ids,
-        _lease: lease,
         keep_on_drop: !hv.config.die_with_parent,
         name: config.name.clone(),
         dir,
@@ -243,7 +237,7 @@ pub(super) async fn restore(
         MemoryImage::InStream => None,
     };
     let jail_dir = dir.join(JAIL_DIR);
-    let ids = lease_ids(hv, &mut guard)?;
+    let ids = claim_ids(hv, &jail_dir)?;
     // Consume takes the snapshot's own files (hard links: on failure the
     // snapshot is untouched); the other modes leave the snapshot pristine.
     let own_disk = jail_dir.join(DISK);
@@ -267,7 +261,7 @@ pub(super) async fn restore(
             (RamBacking::SharedFile(&own_memory), Memory::OwnFile)
         }
     };
-    let mut given: Vec<&Path> = vec![&jail_dir, &own_disk];
+    let mut given: Vec<&Path> = vec![&own_disk];
     if memory == Memory::OwnFile {
         given.push(&own_memory);
     }

@@ -12,7 +12,6 @@ use tokio::sync::Mutex;
 
 use super::cgroup::VmCgroup;
 use super::command::{CONSOLE_LOG, DISK, JAIL_DIR, MEMORY};
-use super::jail::IdLease;
 use super::launch::LaunchGuard;
 use super::migration::{set_migration_caps, wait_migration};
 use super::process::QemuProcess;
@@ -61,11 +60,9 @@ pub struct QemuVm {
     pub(super) keep_on_drop: bool,
     /// Removed once the process is gone.
     pub(super) cgroup: Option<VmCgroup>,
-    /// The uid and gid its QEMU runs as, which own its writable folder.
+    /// The uid and gid its QEMU runs as, which own its writable folder
+    /// (and so are held for it until that folder is gone).
     pub(super) ids: (u32, u32),
-    /// Holds the id for this VM while the handle lives (an attached VM's
-    /// id is also held by its folder on disk).
-    pub(super) _lease: Option<IdLease>,
     /// Disk layers frozen by `checkpoint_disk`; once any exist, the disk is
     /// a chain inside the runtime folder that snapshots cannot carry.
     pub(super) checkpoints: Mutex<Vec<PathBuf>>,

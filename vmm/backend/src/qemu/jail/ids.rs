@@ -1,17 +1,19 @@
 //! One uid (and the gid of the same number) per live VM.
 //!
-//! An id is held from the launch until the VM's process is gone and its
-//! folder removed: a live VM's writable folder is owned by its id, so the
-//! ids in use are those folders' owners (which also covers VMs a previous
-//! backend instance launched and a restarted one has not attached yet)
-//! plus the leases of launches in flight.
+//! A live VM's writable folder is owned by its id, and that ownership is
+//! the only record: an id is taken by giving a new VM's folder to it, under
+//! a lock on the folder all VMs live in, so every backend on that folder
+//! (emberd runs one for builds and one for microVMs, a restarted emberd
+//! finds VMs an earlier one launched) sees the same ids in use. An id is
+//! free again once its VM's folder is gone, which happens only after its
+//! process has ended.
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
 
 use super::JailError;
 
@@ -60,76 +62,40 @@ impl FromStr for IdRange {
     }
 }
 
-/// Hands out ids; cheap to share.
+/// Hands out ids from a range to VMs' folders under one folder.
 #[derive(Debug)]
 pub(crate) struct IdAllocator {
     range: IdRange,
     /// `<state_dir>/vms`: each live VM's folder holds its writable folder.
     vms_dir: PathBuf,
-    /// Ids leased by this process and not yet released.
-    leased: Arc<Mutex<BTreeSet<u32>>>,
-}
-
-/// An id held for one VM; released when dropped, by which time the VM's
-/// folder (the other record of the id) must be gone.
-#[derive(Debug)]
-pub struct IdLease {
-    id: u32,
-    leased: Arc<Mutex<BTreeSet<u32>>>,
-}
-
-impl IdLease {
-    pub fn id(&self) -> u32 {
-        self.id
-    }
-}
-
-impl Drop for IdLease {
-    fn drop(&mut self) {
-        if let Ok(mut leased) = self.leased.lock() {
-            leased.remove(&self.id);
-        }
-    }
 }
 
 impl IdAllocator {
     pub fn new(range: IdRange, vms_dir: PathBuf) -> Self {
-        Self {
-            range,
-            vms_dir,
-            leased: Arc::default(),
-        }
+        Self { range, vms_dir }
     }
 
-    /// The lowest id neither leased nor owning a VM folder on disk.
-    pub fn allocate(&self) -> Result<IdLease, JailError> {
-        let mut leased = self
-            .leased
-            .lock()
-            .map_err(|_| JailError::Prerequisite("the id allocator's lock is poisoned".into()))?;
-        let on_disk = owners_on_disk(&self.vms_dir, self.range)?;
+    /// Gives `jail_dir` (a new VM's writable folder, inside its folder
+    /// under `vms_dir`) the lowest id of the range no VM's folder owns,
+    /// and returns it.
+    pub fn claim(&self, jail_dir: &Path) -> Result<u32, JailError> {
+        let lock = std::fs::File::open(&self.vms_dir)
+            .map_err(JailError::io(format!("open {}", self.vms_dir.display())))?;
+        // SAFETY: flock on a descriptor we own; released when it closes.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(JailError::io(format!("lock {}", self.vms_dir.display()))(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let taken = owners_on_disk(&self.vms_dir, self.range)?;
         let id = (self.range.first..=self.range.last)
-            .find(|id| !leased.contains(id) && !on_disk.contains(id))
+            .find(|id| !taken.contains(id))
             .ok_or(JailError::NoFreeId(self.range))?;
-        leased.insert(id);
-        Ok(IdLease {
-            id,
-            leased: Arc::clone(&self.leased),
-        })
-    }
-
-    /// Records the id of a VM taken over from an earlier instance, so it
-    /// stays held after that VM's folder is gone until the handle drops.
-    pub fn adopt(&self, id: u32) -> Option<IdLease> {
-        if !self.range.contains(id) {
-            return None;
-        }
-        let mut leased = self.leased.lock().ok()?;
-        leased.insert(id);
-        Some(IdLease {
-            id,
-            leased: Arc::clone(&self.leased),
-        })
+        std::os::unix::fs::lchown(jail_dir, Some(id), Some(id)).map_err(JailError::io(format!(
+            "give {} to uid {id}",
+            jail_dir.display()
+        )))?;
+        Ok(id)
     }
 }
 
@@ -195,17 +161,32 @@ mod tests {
         assert_eq!(IdRange::DEFAULT.to_string().parse(), Ok(IdRange::DEFAULT));
     }
 
+    /// A new VM's folder, as `claim_dir` makes it.
+    fn vm_folder(vms: &Path, name: &str) -> PathBuf {
+        let jail = vms.join(name).join("jail");
+        std::fs::create_dir_all(&jail).unwrap();
+        jail
+    }
+
     #[test]
-    fn leases_are_distinct_and_released_on_drop() {
+    fn claims_are_distinct_and_an_id_is_free_once_its_folder_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         let ids = IdAllocator::new("500-502".parse().unwrap(), dir.path().into());
-        let a = ids.allocate().unwrap();
-        let b = ids.allocate().unwrap();
-        let c = ids.allocate().unwrap();
-        assert_eq!([a.id(), b.id(), c.id()], [500, 501, 502]);
-        assert!(matches!(ids.allocate(), Err(JailError::NoFreeId(_))));
-        drop(b);
-        assert_eq!(ids.allocate().unwrap().id(), 501);
+        let claimed: Vec<u32> = ["a", "b", "c"]
+            .iter()
+            .map(|n| ids.claim(&vm_folder(dir.path(), n)).unwrap())
+            .collect();
+        assert_eq!(claimed, [500, 501, 502]);
+        let owner = std::fs::metadata(dir.path().join("b/jail")).unwrap();
+        assert_eq!((owner.uid(), owner.gid()), (501, 501));
+        let full = ids.claim(&vm_folder(dir.path(), "d"));
+        assert!(matches!(full, Err(JailError::NoFreeId(_))));
+        std::fs::remove_dir_all(dir.path().join("b")).unwrap();
+        assert_eq!(ids.claim(&vm_folder(dir.path(), "d")).unwrap(), 501);
+        // Another backend on the same folder (emberd's other one, or a
+        // restarted emberd) sees the same ids in use.
+        let other = IdAllocator::new("500-503".parse().unwrap(), dir.path().into());
+        assert_eq!(other.claim(&vm_folder(dir.path(), "e")).unwrap(), 503);
     }
 
     #[test]
@@ -215,7 +196,7 @@ mod tests {
         std::fs::create_dir_all(&jail).unwrap();
         std::os::unix::fs::chown(&jail, Some(600), Some(600)).unwrap();
         let ids = IdAllocator::new("600-601".parse().unwrap(), dir.path().into());
-        assert_eq!(ids.allocate().unwrap().id(), 601);
+        assert_eq!(ids.claim(&vm_folder(dir.path(), "vm-b")).unwrap(), 601);
     }
 
     #[test]

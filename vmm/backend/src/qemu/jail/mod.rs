@@ -5,7 +5,7 @@
 //! before QEMU reads a byte of guest input, the way Firecracker's jailer
 //! does it:
 //! - its own uid and gid, allocated per VM from a configured range
-//!   ([`ids`]), never shared by two live VMs;
+//!   (`ids.rs`), never shared by two live VMs;
 //! - its own mount namespace whose root is a fresh read-only tmpfs that
 //!   holds only QEMU's program files (read-only), the files this VM reads
 //!   (kernel, initramfs, the disk's backing chain: read-only), a minimal
@@ -33,7 +33,7 @@ mod spawn;
 use std::path::{Path, PathBuf};
 
 pub(crate) use ids::IdAllocator;
-pub use ids::{IdLease, IdRange};
+pub use ids::IdRange;
 pub(crate) use plan::{Access, MountPlan};
 pub(crate) use runtime::QemuRuntime;
 pub(crate) use spawn::{spawn, SpawnSpec};
