@@ -15,7 +15,8 @@ use ember::microvm_api::{self, MICROVMS};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::microvm::{Emberd, Opts};
+use crate::image_build::copy_tree;
+use crate::microvm::{end_run, round3, Emberd, Opts};
 use crate::procfs::rss_bytes;
 
 const ATTACKS: [&str; 4] = ["flood", "garbage", "oversized", "channels"];
@@ -42,14 +43,7 @@ pub async fn run(data_dir: &Path, hostile_agent: &Path, accel: &str) -> anyhow::
     };
     let mut daemon = Emberd::start(&dir, &root.join("assets"), hostile_agent, &opts).await?;
     let result = measure(&dir, &daemon).await;
-    daemon.stop(&dir);
-    match &result {
-        Ok(_) => {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        Err(e) => eprintln!("bench hostile_guest failed ({e}); see {}", dir.display()),
-    }
-    result
+    end_run(&mut daemon, &dir, "hostile_guest", result)
 }
 
 async fn measure(dir: &Path, daemon: &Emberd) -> anyhow::Result<Value> {
@@ -133,14 +127,7 @@ async fn measure(dir: &Path, daemon: &Emberd) -> anyhow::Result<Value> {
 /// hello-http with a build step that makes it hostile at run time.
 fn hostile_source(dir: &Path, attack: &str) -> anyhow::Result<std::path::PathBuf> {
     let src = dir.join(format!("src-{attack}"));
-    std::fs::create_dir_all(&src)?;
-    let example = Path::new("examples/hello-http");
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(example.join("."))
-        .arg(&src)
-        .status()?;
-    anyhow::ensure!(status.success(), "copying {}", example.display());
+    copy_tree(Path::new("examples/hello-http"), &src)?;
     let dockerfile = src.join("Dockerfile");
     let mut text = std::fs::read_to_string(&dockerfile)?;
     text.push_str(&format!("RUN echo {attack} > /ember-hostile\n"));
@@ -227,8 +214,4 @@ fn p99(mut v: Vec<f64>) -> f64 {
 
 fn mib(bytes: u64) -> f64 {
     round3(bytes as f64 / f64::from(1 << 20))
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }

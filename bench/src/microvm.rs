@@ -45,13 +45,23 @@ pub async fn run(data_dir: &Path, agent: &Path, opts: &Opts) -> anyhow::Result<V
     std::fs::create_dir_all(&dir)?;
     let mut daemon = Emberd::start(&dir, &root.join("assets"), agent, opts).await?;
     let result = measure(&dir, &root, agent, opts, &daemon).await;
-    daemon.stop(&dir);
+    end_run(&mut daemon, &dir, "microvm", result)
+}
+
+/// Stops a bench's emberd and removes its folder, or keeps the folder (for
+/// its emberd.log) when the bench failed.
+pub(crate) fn end_run(
+    daemon: &mut Emberd,
+    dir: &Path,
+    bench: &str,
+    result: anyhow::Result<Value>,
+) -> anyhow::Result<Value> {
+    daemon.stop(dir);
     match &result {
         Ok(_) => {
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(dir);
         }
-        // Kept for its emberd.log.
-        Err(e) => eprintln!("bench microvm failed ({e}); see {}", dir.display()),
+        Err(e) => eprintln!("bench {bench} failed ({e}); see {}", dir.display()),
     }
     result
 }
@@ -482,6 +492,6 @@ fn med(v: Vec<f64>) -> f64 {
     round3(median(v))
 }
 
-fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
