@@ -99,8 +99,10 @@ pub struct QemuHypervisor {
     cgroups: Option<cgroup::Cgroups>,
     /// Hands each VM its uid and gid.
     ids: jail::IdAllocator,
-    /// QEMU's own files, bound into every jail.
-    runtime: jail::QemuRuntime,
+    /// QEMU's binary, as jails exec it.
+    qemu_program: PathBuf,
+    /// What every jail holds (QEMU's own files, the devices), planned once.
+    base_plan: jail::MountPlan,
     /// The empty folder each jail mounts its root on (in its own mount
     /// namespace, so all of them can share it).
     jail_root: PathBuf,
@@ -127,7 +129,6 @@ impl QemuHypervisor {
             .unwrap_or("unknown")
             .trim()
             .to_string();
-        let runtime = jail::QemuRuntime::discover(&config.qemu_binary)?;
         // Root's alone: VMs reach their own files through their jails only.
         let jail_root = config.state_dir.join("jail-root");
         for dir in [
@@ -139,6 +140,8 @@ impl QemuHypervisor {
         }
         let restore_kernel = stub_kernel::install(&config.state_dir)?;
         let accel = host::resolve_accel(config.accel);
+        let runtime = jail::QemuRuntime::discover(&config.qemu_binary)?;
+        let base_plan = spawn::base_plan(&runtime, accel)?;
         let ids = config.jail.ids;
         let guard = if config.egress_guard {
             let installed =
@@ -181,7 +184,8 @@ impl QemuHypervisor {
         tracing::info!(accel = accel.as_str(), %qemu_version, cgroups = ?cgroups.as_ref().map(|c| c.version()), ids = %config.jail.ids, "QEMU backend ready (every VM jailed)");
         Ok(Self {
             ids: jail::IdAllocator::new(config.jail.ids, config.state_dir.join("vms")),
-            runtime,
+            qemu_program: runtime.binary,
+            base_plan,
             jail_root,
             image_roots,
             cgroups,
@@ -219,11 +223,12 @@ impl QemuHypervisor {
         }
         match std::fs::create_dir(&dir) {
             Ok(()) => {
-                private_dir(&dir)?;
-                let jail = dir.join(command::JAIL_DIR);
-                std::fs::create_dir(&jail)
-                    .map_err(VmmError::io(format!("create {}", jail.display())))?;
-                private_dir(&jail)?;
+                let made =
+                    private_dir(&dir).and_then(|()| private_dir(&dir.join(command::JAIL_DIR)));
+                if let Err(e) = made {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
                 Ok(dir)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

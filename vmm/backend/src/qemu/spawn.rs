@@ -11,7 +11,7 @@ use super::cgroup::VmCgroup;
 use super::command::{
     self, LaunchSpec, AGENT_FD, AGENT_SOCKET, DISK, INCOMING_FD, QMP_FD, QMP_SOCKET,
 };
-use super::jail::{self, Access, MountPlan, SpawnSpec};
+use super::jail::{self, Access, MountPlan, QemuRuntime, SpawnSpec};
 use super::process::QemuProcess;
 use super::{qcow2, vm_files, QemuHypervisor};
 use crate::backend::{Accel, Network};
@@ -69,7 +69,7 @@ pub(super) fn spawn_qemu(
     let args = command::qemu_args(spec);
     let procs = cgroup.map(VmCgroup::procs_files).unwrap_or_default();
     let child = jail::spawn(&SpawnSpec {
-        program: &hv.runtime.binary,
+        program: &hv.qemu_program,
         args: &args,
         root_mount: &hv.jail_root,
         plan: &plan,
@@ -96,22 +96,29 @@ fn listen(path: &Path) -> Result<UnixListener, VmmError> {
     UnixListener::bind(path).map_err(VmmError::io(format!("listen on {}", path.display())))
 }
 
-fn plan(
-    hv: &QemuHypervisor,
-    jail_dir: &Path,
-    spec: &LaunchSpec<'_>,
-) -> Result<MountPlan, VmmError> {
+/// What every jail of this backend holds: QEMU's program files and the
+/// devices it opens. Planned once (it walks every path's components).
+pub(super) fn base_plan(runtime: &QemuRuntime, accel: Accel) -> Result<MountPlan, VmmError> {
     let mut plan = MountPlan::default();
-    for path in &hv.runtime.read_only {
+    for path in &runtime.read_only {
         plan.add(path, Access::Program)?;
     }
     let mut devices = vec![Path::new("/dev/null"), Path::new("/dev/urandom")];
-    if spec.accel == Accel::Kvm {
+    if accel == Accel::Kvm {
         devices.push(Path::new("/dev/kvm"));
     }
     for dev in devices {
         plan.add(dev, Access::Device)?;
     }
+    Ok(plan)
+}
+
+fn plan(
+    hv: &QemuHypervisor,
+    jail_dir: &Path,
+    spec: &LaunchSpec<'_>,
+) -> Result<MountPlan, VmmError> {
+    let mut plan = hv.base_plan.clone();
     let (kernel, initrd) = spec
         .boot_files_override
         .unwrap_or((&spec.config.kernel, &spec.config.initramfs));
