@@ -25,7 +25,7 @@ const PAGE: usize = 4096;
 /// `src` may lie in a VM's folder: it is never opened through a symlink
 /// and must be a regular file.
 pub fn sparse_copy(src: &Path, dst: &Path, zeros: Zeros) -> Result<u64, VmmError> {
-    let (input, meta) = super::vm_files::open_regular(src, false)?;
+    let (input, meta) = super::vm_files::open_regular(src)?;
     let len = meta.len();
     let output = std::fs::OpenOptions::new()
         .write(true)
@@ -140,7 +140,7 @@ pub fn allocated_bytes(path: &Path) -> u64 {
 pub fn tail(path: &Path, lines: usize) -> String {
     const WINDOW: u64 = 16 * 1024;
     let mut text = Vec::new();
-    if let Ok((mut f, meta)) = super::vm_files::open_regular(path, false) {
+    if let Ok((mut f, meta)) = super::vm_files::open_regular(path) {
         if f.seek(SeekFrom::Start(meta.len().saturating_sub(WINDOW)))
             .is_ok()
         {

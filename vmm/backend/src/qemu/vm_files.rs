@@ -28,11 +28,7 @@ pub(super) fn give(paths: &[&Path], (uid, gid): (u32, u32)) -> Result<(), VmmErr
 /// Opens `path` for reading if it is a regular file owned by `owner` (or
 /// by root), never through a symlink.
 pub(super) fn open_checked(path: &Path, owner: u32) -> Result<File, VmmError> {
-    open_checked_with(path, owner, false)
-}
-
-fn open_checked_with(path: &Path, owner: u32, write: bool) -> Result<File, VmmError> {
-    let (file, meta) = open_regular(path, write)?;
+    let (file, meta) = open_regular(path)?;
     if meta.uid() != owner && meta.uid() != 0 {
         return Err(refused(
             path,
@@ -44,13 +40,9 @@ fn open_checked_with(path: &Path, owner: u32, write: bool) -> Result<File, VmmEr
 
 /// Opens `path` if it is a regular file, never through a symlink (and
 /// without blocking on a FIFO put in its place).
-pub(super) fn open_regular(
-    path: &Path,
-    write: bool,
-) -> Result<(File, std::fs::Metadata), VmmError> {
+pub(super) fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata), VmmError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .write(write)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| {
@@ -127,7 +119,7 @@ pub(super) fn link_open(file: &File, dest: &Path) -> Result<(), VmmError> {
 /// an image's snapshot disk) that a jail binds in read-only. The folders
 /// above it stay root's alone: no host user reaches it by path.
 pub(super) fn make_world_readable(path: &Path) -> Result<(), VmmError> {
-    let (file, meta) = open_regular(path, false)?;
+    let (file, meta) = open_regular(path)?;
     let mode = meta.mode() & 0o7777;
     if mode & 0o444 != 0o444 || mode & 0o7022 != 0 {
         // Readable by all, writable by root only, no set-id bits.
