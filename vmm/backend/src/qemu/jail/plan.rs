@@ -7,7 +7,6 @@
 //! that runs through symlinks on the host (`/lib -> usr/lib`) gets the same
 //! symlinks in the jail, and only its final target is bound.
 
-use std::collections::BTreeSet;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -54,10 +53,8 @@ impl Step {
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MountPlan {
+    /// In the order the child replays them: folders before what is in them.
     steps: Vec<Step>,
-    /// Folders bound whole: what lies below them is the host's already.
-    bound_dirs: BTreeSet<PathBuf>,
-    made: BTreeSet<PathBuf>,
 }
 
 impl MountPlan {
@@ -96,7 +93,7 @@ impl MountPlan {
             if meta.file_type().is_symlink() {
                 let target = std::fs::read_link(&host)
                     .map_err(JailError::io(format!("jail: read link {}", host.display())))?;
-                if !covered && self.made.insert(host.clone()) {
+                if !covered && !self.has(&host) {
                     self.steps.push(Step::Symlink {
                         link: host.clone(),
                         target: target.clone(),
@@ -122,7 +119,7 @@ impl MountPlan {
             if !meta.is_dir() {
                 return Err(unsafe_path(&host, "is not a folder"));
             }
-            if !covered && self.made.insert(host.clone()) {
+            if !covered && !self.has(&host) {
                 self.steps.push(Step::Dir(host.clone()));
             }
         }
@@ -154,27 +151,27 @@ impl MountPlan {
             }
             _ => {}
         }
-        if is_dir {
-            // What was planned below it would be hidden by the bind.
-            self.steps
-                .retain(|s| !s.path().starts_with(path) || s.path() == path);
-            self.made.retain(|p| !p.starts_with(path) || p == path);
-            self.bound_dirs.insert(path.to_path_buf());
-        }
-        self.steps.retain(|s| s.path() != path);
+        // The bind replaces whatever was planned at that path and, for a
+        // folder, below it (the bind would hide it).
+        self.steps
+            .retain(|s| !(s.path() == path || is_dir && s.path().starts_with(path)));
         self.steps.push(Step::Bind {
             path: path.to_path_buf(),
             is_dir,
             access,
         });
-        self.made.insert(path.to_path_buf());
         Ok(())
     }
 
+    fn has(&self, path: &Path) -> bool {
+        self.steps.iter().any(|s| s.path() == path)
+    }
+
+    /// Below a folder bound whole: the host's own content is there already.
     fn covered(&self, path: &Path) -> bool {
-        self.bound_dirs
-            .iter()
-            .any(|d| path.starts_with(d) && path != d)
+        self.steps.iter().any(|s| {
+            matches!(s, Step::Bind { path: d, is_dir: true, .. } if path.starts_with(d) && path != d)
+        })
     }
 }
 
