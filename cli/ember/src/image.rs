@@ -22,7 +22,7 @@ pub struct BuildArgs {
     /// Managed base image (must agree with the Dockerfile's FROM).
     #[arg(long, default_value = "busybox")]
     base: String,
-    /// Grant RUN steps outbound internet ("internet").
+    /// Egress connector for RUN steps: INTERNET_EGRESS grants outbound internet.
     #[arg(long)]
     egress: Option<String>,
     /// KEY=VALUE for the app's environment; repeatable.

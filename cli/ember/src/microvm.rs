@@ -37,10 +37,10 @@ pub struct RunArgs {
     /// Terminate after this many seconds (maximumDurationInSeconds).
     #[arg(long)]
     pub max_duration: Option<u32>,
-    /// Allow `ember shell` (the SHELL_INGRESS connector).
+    /// Allow `ember shell` (the HTTP_INGRESS and SHELL_INGRESS connectors).
     #[arg(long)]
     pub shell: bool,
-    /// Body of the app's /run hook.
+    /// The runHookPayload the /run hook receives.
     #[arg(long)]
     pub payload: Option<String>,
     /// Return at once (PENDING) instead of waiting for RUNNING.
@@ -64,7 +64,7 @@ pub async fn run(client: &ApiClient, a: RunArgs) -> anyhow::Result<()> {
         body["maximumDurationInSeconds"] = json!(d);
     }
     if a.shell {
-        body["ingressNetworkConnectors"] = json!(["SHELL_INGRESS"]);
+        body["ingressNetworkConnectors"] = json!(["HTTP_INGRESS", "SHELL_INGRESS"]);
     }
     if let Some(p) = &a.payload {
         body["runHookPayload"] = json!(p);

@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use ember_dockerfile::ImageConfig;
 use ember_vmm::agent::ExecRequest;
 use ember_vmm::Vm;
 
 use crate::guest_http;
+use crate::hooks::{self, Hook, Poll};
 use crate::log::BuildLog;
 use crate::steps::{guest_sh, process_env};
 use crate::users::Accounts;
@@ -67,9 +67,10 @@ pub async fn start_and_wait(
     match (hooks.ready, hooks.port) {
         (Some(timeout), Some(port)) => {
             log.line(&format!(
-                "waiting for POST /ready on port {port} to answer 200"
+                "waiting for POST {} on port {port} to answer 200",
+                Hook::Ready.path()
             ));
-            wait_ready_hook(vm, port, timeout, pid).await?
+            run_build_hook(vm, port, Hook::Ready, timeout, pid).await?
         }
         _ => match config.exposed_ports.first() {
             Some(&port) => {
@@ -88,48 +89,42 @@ pub async fn start_and_wait(
     ));
 
     if let (Some(timeout), Some(port)) = (hooks.validate, hooks.port) {
-        log.line(&format!("calling the validate hook on port {port}"));
-        let answer = guest_http::request(agent, port, "POST", "/validate", Bytes::new(), timeout)
-            .await
-            .map_err(|e| BuildError::new("validate hook", e.to_string()))?;
-        if answer.status != 200 {
-            return Err(BuildError::new(
-                "validate hook",
-                format!(
-                    "POST /validate answered {}: {}",
-                    answer.status,
-                    String::from_utf8_lossy(&answer.body[..answer.body.len().min(500)])
-                ),
-            ));
-        }
+        log.line(&format!(
+            "calling POST {} on port {port}",
+            Hook::Validate.path()
+        ));
+        run_build_hook(vm, port, Hook::Validate, timeout, pid).await?;
     }
     ensure_alive(vm, pid).await
 }
 
-async fn wait_ready_hook(
+/// `ready` or `validate`: 200 goes on, 503 is asked again until the
+/// timeout, any other answer fails the build at once.
+async fn run_build_hook(
     vm: &dyn Vm,
     port: u16,
+    hook: Hook,
     timeout: Duration,
     pid: u32,
 ) -> Result<(), BuildError> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::from("no answer yet");
-    while Instant::now() < deadline {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match guest_http::request(vm.agent(), port, "POST", "/ready", Bytes::new(), left).await {
-            Ok(a) if a.status == 200 => return Ok(()),
-            Ok(a) => last = format!("last answer: HTTP {}", a.status),
-            Err(e) => last = e.to_string(),
-        }
-        ensure_alive(vm, pid).await?;
-        tokio::time::sleep(PROBE_INTERVAL).await;
+    let stage = format!("{} hook", hook.title().to_ascii_lowercase());
+    match hooks::poll(vm.agent(), port, hook, timeout, || ensure_alive(vm, pid)).await? {
+        Poll::Done => Ok(()),
+        Poll::Failed(failure) => Err(BuildError::new(stage, failure.to_string())
+            .with_app_log(vm)
+            .await),
+        Poll::TimedOut(last) => Err(BuildError::new(
+            stage,
+            format!(
+                "{} hook check failed: POST {} on port {port} did not answer 200 within {} s ({last})",
+                hook.title(),
+                hook.path(),
+                timeout.as_secs()
+            ),
+        )
+        .with_app_log(vm)
+        .await),
     }
-    Err(BuildError::new(
-        "ready hook",
-        format!("POST /ready on port {port} did not answer 200 within {timeout:?} ({last})"),
-    )
-    .with_app_log(vm)
-    .await)
 }
 
 async fn wait_port(vm: &dyn Vm, port: u16, timeout: Duration, pid: u32) -> Result<(), BuildError> {

@@ -72,13 +72,15 @@ pub async fn request(
             .await
             .map_err(|e| err(e.to_string()))?;
         let driver = tokio::spawn(conn);
-        let req = hyper::Request::builder()
+        let mut req = hyper::Request::builder()
             .method(method)
             .uri(path)
-            .header(hyper::header::HOST, format!("127.0.0.1:{port}"))
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-            .map_err(|e| err(e.to_string()))?;
+            .header(hyper::header::HOST, format!("127.0.0.1:{port}"));
+        // Only `/run` has a body; the other hooks' bodies are empty.
+        if !body.is_empty() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(Full::new(body)).map_err(|e| err(e.to_string()))?;
         let resp = sender
             .send_request(req)
             .await

@@ -10,6 +10,7 @@ pub mod bases;
 mod cache;
 mod finish;
 pub mod guest_http;
+pub mod hooks;
 mod log;
 mod steps;
 mod users;

@@ -291,15 +291,17 @@ async fn an_app_that_never_listens_fails_readiness_with_its_output() {
     assert_eq!(env.vm_dirs(), 0);
 }
 
-/// A hook listener in busybox sh: `/ready` answers 503 twice, then 200;
-/// `/validate` answers `$VALIDATE_STATUS` (from the request's environment).
+/// A hook listener in busybox sh at the service's paths: `ready` answers
+/// 503 twice, then 200; `validate` answers `$VALIDATE_STATUS` (from the
+/// request's environment). Anything else is a 404, so a wrong path fails
+/// the build.
 const HOOK_SH: &str = r#"#!/bin/sh
 read -r method path proto
 while read -r line; do [ -z "$(printf %s "$line" | tr -d '\r')" ] && break; done
 case "$path" in
-/ready) n=$(cat /tmp/ready-calls 2>/dev/null || echo 0); n=$((n + 1)); echo $n > /tmp/ready-calls
+/aws/lambda-microvms/runtime/v1/ready) n=$(cat /tmp/ready-calls 2>/dev/null || echo 0); n=$((n + 1)); echo $n > /tmp/ready-calls
         if [ "$n" -ge 3 ]; then code="200 OK"; else code="503 Not Ready"; fi ;;
-/validate) echo "$method" > /tmp/validated; code="${VALIDATE_STATUS:-200} Validated" ;;
+/aws/lambda-microvms/runtime/v1/validate) echo "$method" > /tmp/validated; code="${VALIDATE_STATUS:-200} Validated" ;;
 *) code="404 Not Found" ;;
 esac
 printf 'HTTP/1.1 %s\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok' "$code"
@@ -362,7 +364,10 @@ async fn ready_and_validate_hooks_gate_the_snapshot() {
         .unwrap_err();
     let reason = err.reason();
     assert!(reason.starts_with("validate hook"), "{reason}");
-    assert!(reason.contains("500"), "{reason}");
+    assert!(
+        reason.contains("Validate hook check failed: the application returned a server error (HTTP 5xx) response (HTTP 500"),
+        "{reason}"
+    );
     assert!(!failing.output_dir.exists());
     assert_eq!(env.vm_dirs(), 0);
 }

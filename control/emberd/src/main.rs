@@ -4,6 +4,7 @@
 
 mod build_logs;
 mod builds;
+mod connectors;
 mod credentials;
 mod layout;
 mod microvm_logs;
@@ -43,6 +44,12 @@ struct Args {
     /// Address to serve the API on (port 0 picks a free one; see DATA_DIR/endpoint).
     #[arg(long, default_value = "127.0.0.1:9070")]
     listen: SocketAddr,
+    /// Egress of microVMs and builds whose request names no egress
+    /// connector: `none` (Ember's default: untrusted code gets no network
+    /// unless asked) or `internet` (the real service's default). An
+    /// explicit empty list always means none.
+    #[arg(long, value_enum, default_value = "none")]
+    default_egress: connectors::DefaultEgress,
     /// The region in ARNs and accepted in signatures' scope.
     #[arg(long, default_value = "us-east-1")]
     region: String,
@@ -269,6 +276,7 @@ async fn main() -> anyhow::Result<()> {
         layout.clone(),
         args.region.clone(),
         args.account.clone(),
+        args.default_egress,
     ));
     let app = service::router(daemon, Arc::new(creds));
 

@@ -10,6 +10,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use ember_api::model::MicrovmState;
 use ember_api::{ApiError, ErrorKind};
+use ember_builder::hooks::HookFailure;
 use ember_store::{MicrovmRecord, MicrovmUpdate, StoreError};
 use ember_vmm::{Network, RestoreMemory, RestoreOptions, Vm};
 
@@ -160,11 +161,17 @@ impl Microvms {
         {
             tracing::warn!(microvm = %inst.id, "writing {IDENTITY_FILE}: {e}");
         }
-        let payload = Bytes::from(spec.run_hook_payload.clone().unwrap_or_default());
-        let reason = self.call_hook(&inst, vm.as_ref(), Hook::Run, payload).await;
+        // Endpoint traffic waits on the transition lock this task holds,
+        // so nothing reaches the app before `/run` said yes.
+        let body = ember_builder::hooks::run_body(&inst.id, spec.run_hook_payload.as_deref());
+        if let Err(failure) = self.call_hook(&inst, vm.as_ref(), Hook::Run, body).await {
+            self.sync_logs(&inst, vm.as_ref()).await;
+            self.finish_termination(&inst, &failure.to_string()).await;
+            return;
+        }
         inst.touch();
         if !inst.is_doomed() {
-            self.set_state(&inst, MicrovmState::Running, reason.as_deref(), None);
+            self.set_state(&inst, MicrovmState::Running, None, None);
         }
         tracing::info!(microvm = %inst.id, image = %inst.image, version = inst.version, "running");
     }
@@ -173,6 +180,10 @@ impl Microvms {
     pub fn request_suspend(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
         let inst = self.live_instance(id)?;
         let state = inst.state();
+        // As on the real service: suspending a suspended VM is a success.
+        if matches!(state, MicrovmState::Suspended | MicrovmState::Suspending) {
+            return Ok(());
+        }
         if state != MicrovmState::Running {
             return Err(forbidden(id, state, "suspended", "RUNNING"));
         }
@@ -237,6 +248,11 @@ impl Microvms {
     pub fn request_resume(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
         let inst = self.live_instance(id)?;
         let state = inst.state();
+        // As on the real service: resuming a running (or starting) VM is
+        // a success.
+        if matches!(state, MicrovmState::Running | MicrovmState::Pending) {
+            return Ok(());
+        }
         if state != MicrovmState::Suspended {
             return Err(forbidden(id, state, "resumed", "SUSPENDED"));
         }
@@ -294,10 +310,19 @@ impl Microvms {
                 self.admission.started(&inst.id);
                 inst.set_vm(Some(Arc::clone(&vm)));
                 let _ = remove_dir_if_exists(&dir);
-                let reason = self.hook_then(inst, vm.as_ref(), Hook::Resume, why).await;
+                // Traffic is held (the caller holds the transition lock)
+                // until `/resume` said yes; a no puts the VM back to sleep.
+                if let Err(failure) = self
+                    .call_hook(inst, vm.as_ref(), Hook::Resume, Bytes::new())
+                    .await
+                {
+                    let reason = failure.to_string();
+                    self.suspend_again(inst, vm.as_ref(), &reason).await;
+                    return Err(reason);
+                }
                 inst.touch();
                 if !inst.is_doomed() {
-                    self.set_state(inst, MicrovmState::Running, Some(&reason), Some(None));
+                    self.set_state(inst, MicrovmState::Running, Some(why), Some(None));
                 }
                 tracing::info!(
                     microvm = %inst.id,
@@ -415,34 +440,47 @@ impl Microvms {
         }
     }
 
+    /// A resume whose `/resume` hook said no: the VM is saved again
+    /// without calling `/suspend` (the app never resumed) and stays
+    /// SUSPENDED with the hook's answer as its reason.
+    async fn suspend_again(&self, inst: &Arc<Instance>, vm: &dyn Vm, reason: &str) {
+        let dir = self.suspended_dir(&inst.id);
+        match vm.suspend(&dir).await {
+            Ok(_) => {
+                inst.set_vm(None);
+                let reason = format!("{reason}; the microVM stays SUSPENDED");
+                self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);
+            }
+            Err(e) => {
+                let reason = format!("{reason}; saving it again failed: {e}");
+                self.finish_termination(inst, &reason).await;
+            }
+        }
+    }
+
     /// Calls a body-less hook and returns the state reason `why`, with
     /// the hook's failure added when it failed.
     async fn hook_then(&self, inst: &Instance, vm: &dyn Vm, hook: Hook, why: &str) -> String {
         match self.call_hook(inst, vm, hook, Bytes::new()).await {
-            Some(failed) => format!("{why}; {failed}"),
-            None => why.to_string(),
+            Err(failed) => format!("{why}; {failed}"),
+            Ok(()) => why.to_string(),
         }
     }
 
-    /// Calls an enabled lifecycle hook; returns what to add to the state
-    /// reason when it failed.
+    /// Calls a lifecycle hook if the image enabled it.
     async fn call_hook(
         &self,
         inst: &Instance,
         vm: &dyn Vm,
         hook: Hook,
         body: Bytes,
-    ) -> Option<String> {
-        let (port, timeout) = inst.spec.hooks.get(hook)?;
-        let path = hook.path();
-        let answer =
-            ember_builder::guest_http::request(vm.agent(), port, "POST", path, body, timeout).await;
-        match answer {
-            Ok(a) if (200..300).contains(&a.status) => None,
-            Ok(a) => Some(format!("the {path} hook answered HTTP {}", a.status)),
-            Err(e) => Some(format!("the {path} hook failed: {e}")),
-        }
-        .inspect(|m| tracing::warn!(microvm = %inst.id, "{m}"))
+    ) -> Result<(), HookFailure> {
+        let Some((port, timeout)) = inst.spec.hooks.get(hook) else {
+            return Ok(());
+        };
+        ember_builder::hooks::call(vm.agent(), port, hook, body, timeout)
+            .await
+            .inspect_err(|m| tracing::warn!(microvm = %inst.id, "{m}"))
     }
 
     pub(super) fn suspended_dir(&self, id: &str) -> std::path::PathBuf {

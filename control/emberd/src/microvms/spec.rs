@@ -7,9 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use ember_api::model::{HookState, IdlePolicy, Logging, MicrovmHooks};
+pub use ember_builder::hooks::Hook;
 
-/// The ingress connector that allows `CreateMicrovmShellAuthToken`.
-pub const SHELL_INGRESS: &str = "SHELL_INGRESS";
 /// A VM's life when the request sets no `maximumDurationInSeconds`: the
 /// model's maximum, 8 hours.
 pub const DEFAULT_MAX_DURATION_S: u32 = 28_800;
@@ -42,25 +41,6 @@ pub struct RunHooks {
     pub terminate: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
-    Run,
-    Resume,
-    Suspend,
-    Terminate,
-}
-
-impl Hook {
-    pub fn path(self) -> &'static str {
-        match self {
-            Hook::Run => "/run",
-            Hook::Resume => "/resume",
-            Hook::Suspend => "/suspend",
-            Hook::Terminate => "/terminate",
-        }
-    }
-}
-
 impl RunHooks {
     pub fn from_model(port: Option<i32>, hooks: Option<&MicrovmHooks>) -> Self {
         let Some(h) = hooks else {
@@ -89,6 +69,8 @@ impl RunHooks {
             Hook::Resume => self.resume,
             Hook::Suspend => self.suspend,
             Hook::Terminate => self.terminate,
+            // Build hooks; a running VM never calls them.
+            Hook::Ready | Hook::Validate => None,
         }?;
         Some((self.port?, Duration::from_secs(secs)))
     }
@@ -105,7 +87,7 @@ impl RunSpec {
     }
 
     pub fn shell_allowed(&self) -> bool {
-        self.ingress.iter().any(|c| c == SHELL_INGRESS)
+        crate::connectors::allows_shell(&self.ingress)
     }
 
     /// Outbound internet (the connectors were validated at run time).

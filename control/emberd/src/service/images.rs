@@ -16,7 +16,7 @@ use ember_api::{page_size, ApiError, PageToken};
 use ember_builder::ImageHooks;
 use ember_store::{BuildRecord, ImageRecord, NewImage, NewVersion, StoreError, VersionRecord};
 
-use super::names::{egress_from_connectors, new_id};
+use super::names::new_id;
 use super::spec;
 use super::{internal, Daemon};
 use crate::builds::BuildJob;
@@ -69,9 +69,12 @@ impl Daemon {
         let artifact = ember_artifact::validate_uri(uri, self.builds.artifact_sources())
             .await
             .map_err(|e| ApiError::validation(format!("codeArtifact.uri: {e}")))?;
-        let egress =
-            egress_from_connectors(spec.egress_network_connectors.as_deref().unwrap_or(&[]))
-                .map_err(ApiError::validation)?;
+        let egress = !crate::connectors::egress(
+            spec.egress_network_connectors.as_deref(),
+            self.default_egress,
+        )
+        .map_err(ApiError::validation)?
+        .is_empty();
         for cpu in spec.cpu_configurations.iter().flatten() {
             if cpu.architecture != Architecture::X86_64 {
                 return Err(ApiError::validation(format!(
@@ -101,13 +104,31 @@ impl Daemon {
             egress,
             hooks: image_hooks(spec)?,
             memory_mib,
-            environment: spec
-                .environment_variables
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            environment: app_environment(spec)?,
         })
+    }
+
+    /// The app's environment: the request's, then what the real service
+    /// sets in every microVM (last, so it wins over the Dockerfile's ENV).
+    fn runtime_env(
+        &self,
+        image: &str,
+        version: u32,
+        mut env: Vec<(String, String)>,
+    ) -> Vec<(String, String)> {
+        env.extend([
+            ("AWS_LAMBDA_MICROVM_IMAGE_NAME".into(), image.to_string()),
+            (
+                "AWS_LAMBDA_MICROVM_IMAGE_ARN".into(),
+                self.arns.image(image),
+            ),
+            (
+                "AWS_LAMBDA_MICROVM_IMAGE_VERSION".into(),
+                version.to_string(),
+            ),
+            ("AWS_REGION".into(), self.arns.region.clone()),
+        ]);
+        env
     }
 
     fn start_build(
@@ -126,7 +147,7 @@ impl Daemon {
             artifact: c.artifact,
             base: c.base,
             egress: c.egress,
-            environment: c.environment,
+            environment: self.runtime_env(image, version, c.environment),
             hooks: c.hooks,
             memory_mib: c.memory_mib,
         };
@@ -592,6 +613,30 @@ impl Daemon {
     }
 }
 
+/// Set by the service in every app's environment (see `runtime_env`);
+/// an image may not set them itself.
+const RESERVED_ENV: [&str; 4] = [
+    "AWS_LAMBDA_MICROVM_IMAGE_NAME",
+    "AWS_LAMBDA_MICROVM_IMAGE_ARN",
+    "AWS_LAMBDA_MICROVM_IMAGE_VERSION",
+    "AWS_REGION",
+];
+
+fn app_environment(spec: &MicrovmImageBuildConfig) -> Result<Vec<(String, String)>, ApiError> {
+    let vars = spec.environment_variables.iter().flatten();
+    if let Some((k, _)) = vars
+        .clone()
+        .find(|(k, _)| RESERVED_ENV.contains(&k.as_str()))
+    {
+        return Err(ApiError::validation(format!(
+            "environmentVariables: {k} is reserved: the service sets it in every microVM \
+             (reserved: {})",
+            RESERVED_ENV.join(", ")
+        )));
+    }
+    Ok(vars.map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
 fn image_hooks(spec: &MicrovmImageBuildConfig) -> Result<ImageHooks, ApiError> {
     let Some(hooks) = &spec.hooks else {
         return Ok(ImageHooks::default());
@@ -611,6 +656,16 @@ fn image_hooks(spec: &MicrovmImageBuildConfig) -> Result<ImageHooks, ApiError> {
     ]
     .into_iter()
     .any(enabled);
+    let any_vm_hook = [vm.run, vm.resume, vm.suspend, vm.terminate]
+        .into_iter()
+        .any(enabled);
+    if any_vm_hook && !enabled(image.ready) {
+        return Err(ApiError::validation(
+            "hooks.microvmImageHooks.ready must be ENABLED when any of hooks.microvmHooks is: \
+             the service calls the run, resume, suspend and terminate hooks only on an app that \
+             answered its ready hook",
+        ));
+    }
     if any_enabled && hooks.port.is_none() {
         return Err(ApiError::validation(
             "hooks.port is required when a hook is ENABLED: it is the port the app's hook listener uses",

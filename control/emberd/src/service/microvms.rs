@@ -12,16 +12,15 @@ use ember_proxy::{Claims, PortRule, PortScope, TokenKind};
 use ember_store::{MicrovmRecord, StoreError, VersionRecord};
 
 use super::images::{token_after, ts, DEFAULT_MEMORY_MIB};
-use super::names::egress_from_connectors;
 use super::{internal, spec, Daemon};
-use crate::microvms::spec::{RunHooks, RunSpec, DEFAULT_MAX_DURATION_S, SHELL_INGRESS};
+use crate::connectors::{self, HTTP_INGRESS, SHELL_INGRESS};
+use crate::microvms::spec::{RunHooks, RunSpec, DEFAULT_MAX_DURATION_S};
 use crate::microvms::RunPlan;
 
 const RESOURCE: &str = "Microvm";
 /// The header a token travels in, as the real service names it.
 pub const AUTH_HEADER: &str = "X-aws-proxy-auth";
 const MAX_TOKEN_MINUTES: i32 = 60;
-const INGRESS_CONNECTORS: &[&str] = &[SHELL_INGRESS];
 
 impl Daemon {
     pub(super) async fn run_microvm(&self, r: RunMicrovmRequest) -> Result<Microvm, ApiError> {
@@ -38,19 +37,12 @@ impl Daemon {
         if let Some(p) = &r.idle_policy {
             self.check_idle_policy(p)?;
         }
-        let egress = r.egress_network_connectors.clone().unwrap_or_default();
-        // Validated here; the VM gets outbound internet when it is non-empty.
-        egress_from_connectors(&egress).map_err(ApiError::validation)?;
-        let ingress = r.ingress_network_connectors.clone().unwrap_or_default();
-        if let Some(bad) = ingress
-            .iter()
-            .find(|c| !INGRESS_CONNECTORS.contains(&c.as_str()))
-        {
-            return Err(ApiError::validation(format!(
-                "unknown ingress network connector {bad:?}: Ember understands {INGRESS_CONNECTORS:?} \
-                 (the endpoint itself needs no connector)"
-            )));
-        }
+        // The VM gets outbound internet when the list is non-empty.
+        let egress =
+            connectors::egress(r.egress_network_connectors.as_deref(), self.default_egress)
+                .map_err(ApiError::validation)?;
+        let ingress = connectors::ingress(r.ingress_network_connectors.as_deref())
+            .map_err(ApiError::validation)?;
         let memory_mib = match build.resources.as_deref() {
             Some([r, ..]) => u32::try_from(r.minimum_memory_in_mib).unwrap_or(DEFAULT_MEMORY_MIB),
             _ => DEFAULT_MEMORY_MIB,
@@ -199,7 +191,7 @@ impl Daemon {
         if !spec.shell_allowed() {
             return Err(ApiError::validation(format!(
                 "microVM {} was not run with the {SHELL_INGRESS} ingress network connector; \
-                 run it with --ingress-network-connectors {SHELL_INGRESS} to allow a shell",
+                 run it with --ingress-network-connectors {HTTP_INGRESS} {SHELL_INGRESS} to allow a shell",
                 rec.id
             )));
         }

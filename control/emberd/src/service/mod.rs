@@ -8,6 +8,7 @@ pub mod names;
 mod spec;
 mod tags;
 
+use crate::connectors::DefaultEgress;
 use std::sync::Arc;
 
 use axum::routing::get;
@@ -29,6 +30,8 @@ pub struct Daemon {
     microvms: Arc<Microvms>,
     layout: DataDir,
     arns: Arns,
+    /// Egress of runs and builds that name no egress connector.
+    default_egress: DefaultEgress,
 }
 
 impl Daemon {
@@ -39,6 +42,7 @@ impl Daemon {
         layout: DataDir,
         region: String,
         account: String,
+        default_egress: DefaultEgress,
     ) -> Self {
         Self {
             store,
@@ -46,6 +50,7 @@ impl Daemon {
             microvms,
             layout,
             arns: Arns { region, account },
+            default_egress,
         }
     }
 

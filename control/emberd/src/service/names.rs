@@ -2,9 +2,6 @@
 
 use ember_builder::ManagedBase;
 
-/// The connector that grants outbound internet, for builds (and later VMs).
-pub const INTERNET_CONNECTOR: &str = "internet";
-
 /// How this daemon spells its ARNs.
 #[derive(Debug, Clone)]
 pub struct Arns {
@@ -58,24 +55,6 @@ impl Arns {
     }
 }
 
-/// Whether a request's egress connector list grants internet access.
-pub fn egress_from_connectors(connectors: &[String]) -> Result<bool, String> {
-    let mut egress = false;
-    for c in connectors {
-        let known = c == INTERNET_CONNECTOR
-            || (c.starts_with("arn:")
-                && c.ends_with(&format!(":network-connector:{INTERNET_CONNECTOR}")));
-        if !known {
-            return Err(format!(
-                "unknown egress network connector {c:?}: Ember understands {INTERNET_CONNECTOR:?} \
-                 (or an ARN ending in :network-connector:{INTERNET_CONNECTOR}), which grants outbound internet"
-            ));
-        }
-        egress = true;
-    }
-    Ok(egress)
-}
-
 /// A random id in the UUID layout, as AWS build ids look.
 pub fn new_id() -> String {
     let b: [u8; 16] = rand::random();
@@ -123,19 +102,6 @@ mod tests {
         );
         assert!(a.managed_base("alpine").is_none());
         assert!(a.managed_base("arn:aws:s3:::bucket").is_none());
-    }
-
-    #[test]
-    fn connectors() {
-        assert_eq!(egress_from_connectors(&[]), Ok(false));
-        assert_eq!(egress_from_connectors(&["internet".into()]), Ok(true));
-        assert_eq!(
-            egress_from_connectors(&[
-                "arn:aws:lambda:us-east-1:123456789012:network-connector:internet".into()
-            ]),
-            Ok(true)
-        );
-        assert!(egress_from_connectors(&["vpc-1".into()]).is_err());
     }
 
     #[test]
