@@ -3,7 +3,8 @@
 on the image's hooks port; /run carries {"microvmId", "runHookPayload"} as
 JSON; endpoint traffic waits for /run's 200; a failed /run ends the VM, a
 failed /resume leaves it SUSPENDED, a failed /suspend is recorded and the
-suspend completes."""
+suspend completes. The same image shows the environment the service
+gives every app (AWS_LAMBDA_MICROVM_IMAGE_*, AWS_REGION)."""
 
 import json
 import threading
@@ -13,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from artifacts import zip_files
-from harness import (BUILD_ROLE, endpoint_request, endpoint_token, error_code,
+from harness import (BUILD_ROLE, endpoint_request, endpoint_token, error_code, image_arn,
                      terminate_quietly, wait_microvm)
 
 # A hook listener in shell: busybox nc runs hook.sh per connection. It
@@ -62,6 +63,11 @@ nc -ll -p 9000 -e /app/hook.sh &
 exec httpd -f -p 8080 -h /www
 """
 
+ENV_CGI = """#!/bin/sh
+printf 'Content-Type: text/plain\\r\\n\\r\\n'
+env
+"""
+
 HOOKS_CGI = """#!/bin/sh
 printf 'Content-Type: text/plain\\r\\n\\r\\n'
 cat /tmp/hooks 2>/dev/null
@@ -70,7 +76,7 @@ cat /tmp/hooks 2>/dev/null
 DOCKERFILE = """FROM busybox
 COPY start.sh hook.sh /app/
 COPY www /www
-RUN chmod 755 /app/start.sh /app/hook.sh /www/cgi-bin/hooks
+RUN chmod 755 /app/start.sh /app/hook.sh /www/cgi-bin/hooks /www/cgi-bin/env
 EXPOSE 8080
 CMD ["/bin/sh", "/app/start.sh"]
 """
@@ -92,7 +98,7 @@ ALL_ENABLED = {
 def hooks_zip(tmp_path_factory):
     zip_path = tmp_path_factory.mktemp("hooks") / "hooks.zip"
     zip_files(zip_path, {"Dockerfile": DOCKERFILE, "start.sh": START_SH, "hook.sh": HOOK_SH,
-                         "www/cgi-bin/hooks": HOOKS_CGI})
+                         "www/cgi-bin/hooks": HOOKS_CGI, "www/cgi-bin/env": ENV_CGI})
     return zip_path
 
 
@@ -154,6 +160,24 @@ def test_every_hook_is_called_at_the_services_paths_in_order(ember, hooks_image)
         # The terminate hook's line reached the app log emberd kept.
         app_log = (ember.data_dir / "logs" / "microvms" / f"{vm_id}.log").read_text()
         assert "hook terminate - " in app_log, app_log
+    finally:
+        terminate_quietly(client, vm_id)
+
+
+def test_the_app_sees_the_services_environment(ember, hooks_image):
+    client = ember.client()
+    vm = client.run_microvm(imageIdentifier=hooks_image)
+    vm_id = vm["microvmId"]
+    try:
+        wait_microvm(client, vm_id, "RUNNING", timeout=90)
+        status, body, _ = endpoint_request(vm["endpoint"], endpoint_token(client, vm_id),
+                                           path="/cgi-bin/env", timeout=60)
+        assert status == 200, body
+        env = dict(line.split("=", 1) for line in body.splitlines() if "=" in line)
+        assert env["AWS_LAMBDA_MICROVM_IMAGE_NAME"] == hooks_image
+        assert env["AWS_LAMBDA_MICROVM_IMAGE_ARN"] == image_arn(hooks_image)
+        assert env["AWS_LAMBDA_MICROVM_IMAGE_VERSION"] == "1"
+        assert env["AWS_REGION"] == "us-east-1"
     finally:
         terminate_quietly(client, vm_id)
 
@@ -275,7 +299,7 @@ def test_a_ready_hook_that_answers_an_error_fails_the_build_at_once(ember, tmp_p
     wrong = HOOK_SH.replace("/aws/lambda-microvms/runtime/v1/*", "/elsewhere/*")
     zip_path = tmp_path / "wrong-path.zip"
     zip_files(zip_path, {"Dockerfile": DOCKERFILE, "start.sh": START_SH, "hook.sh": wrong,
-                         "www/cgi-bin/hooks": HOOKS_CGI})
+                         "www/cgi-bin/hooks": HOOKS_CGI, "www/cgi-bin/env": ENV_CGI})
     hooks = {"port": 9000, "microvmImageHooks": {"ready": "ENABLED",
                                                  "readyTimeoutInSeconds": 3600}}
     started = time.time()

@@ -44,10 +44,14 @@ def test_run_unknown_image_or_version(raw_client, hello_http, args):
     {"maximumDurationInSeconds": 0},
     {"maximumDurationInSeconds": 28801},
     {"ingressNetworkConnectors": ["NO_SUCH_CONNECTOR"]},
+    {"ingressNetworkConnectors": ["SHELL_INGRESS"]},
+    {"ingressNetworkConnectors": ["ALL_INGRESS", "HTTP_INGRESS"]},
     {"egressNetworkConnectors": ["vpc-0123456789"]},
+    {"egressNetworkConnectors": ["arn:aws:lambda:us-east-1:aws:network-connector:HTTP_INGRESS"]},
     {"runHookPayload": "x" * 4097},
     {"idlePolicy": {"maxIdleDurationSeconds": 60}},
-], ids=["idle-below-floor", "duration-0", "duration-28801", "unknown-ingress", "unknown-egress",
+], ids=["idle-below-floor", "duration-0", "duration-28801", "unknown-ingress",
+        "shell-without-http", "all-ingress-not-alone", "unknown-egress", "ingress-arn-as-egress",
         "hook-payload-4097", "idle-policy-incomplete"])
 def test_run_bad_input(client, raw_client, hello_http, args):
     before = {i["microvmId"] for i in client.list_microvms()["items"]}
@@ -91,8 +95,34 @@ def test_state_conflicts(client, running):
         # Still starting: it cannot be suspended yet.
         expect("ConflictException", client.suspend_microvm, microvmIdentifier=running)
     wait_microvm(client, running, "RUNNING", timeout=90)
-    expect("ConflictException", client.resume_microvm, microvmIdentifier=running)
+    # Resuming a running VM is a success that changes nothing, as on the
+    # real service.
+    client.resume_microvm(microvmIdentifier=running)
     assert client.get_microvm(microvmIdentifier=running)["state"] == "RUNNING"
+
+
+@pytest.mark.parametrize("given, stored", [
+    ({"ingressNetworkConnectors": ["arn:aws:lambda:us-east-1:aws:network-connector:ALL_INGRESS"],
+      "egressNetworkConnectors": ["arn:aws:lambda:us-east-1:aws:network-connector:INTERNET_EGRESS"]},
+     (["ALL_INGRESS"], ["INTERNET_EGRESS"])),
+    ({"ingressNetworkConnectors": ["HTTP_INGRESS", "SHELL_INGRESS"]},
+     (["HTTP_INGRESS", "SHELL_INGRESS"], None)),
+    ({}, (["HTTP_INGRESS"], None)),
+], ids=["arns", "http-and-shell", "defaults"])
+def test_connectors_by_name_or_arn(client, hello_http, given, stored):
+    vm_id = client.run_microvm(imageIdentifier=IMAGE, **given)["microvmId"]
+    try:
+        got = client.get_microvm(microvmIdentifier=vm_id)
+        assert got.get("ingressNetworkConnectors") == stored[0], got
+        assert got.get("egressNetworkConnectors") == stored[1], got
+        shell_ok = "SHELL_INGRESS" in stored[0] or "ALL_INGRESS" in stored[0]
+        if shell_ok:
+            client.create_microvm_shell_auth_token(microvmIdentifier=vm_id, expirationInMinutes=5)
+        else:
+            expect("ValidationException", client.create_microvm_shell_auth_token,
+                   microvmIdentifier=vm_id, expirationInMinutes=5)
+    finally:
+        terminate_quietly(client, vm_id)
 
 
 def test_image_in_use_cannot_be_deleted(client, hello_zip):

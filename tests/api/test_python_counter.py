@@ -11,10 +11,9 @@ from harness import DEBIAN_ARN, REPO, create_and_wait
 def test_python_counter_builds_with_internet(client, tmp_path):
     path = zip_dir(REPO / "examples" / "python-counter", tmp_path / "python-counter.zip")
     image, version = create_and_wait(client, "python-counter", path, base=DEBIAN_ARN,
-                                     timeout=1200, egressNetworkConnectors=["internet"])
+                                     timeout=1200, egressNetworkConnectors=["INTERNET_EGRESS"])
     assert image["state"] == "CREATED", version.get("stateReason")
-    assert version["egressNetworkConnectors"] == ["internet"] or \
-        version["egressNetworkConnectors"][0].endswith(":network-connector:internet")
+    assert version["egressNetworkConnectors"] == ["INTERNET_EGRESS"], version
 
 
 def test_no_network_without_connector(client, tmp_path):

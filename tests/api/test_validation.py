@@ -45,7 +45,12 @@ BAD_CREATES = {
     "101 environment variables": {
         "name": "many-env", "environmentVariables": {f"V{i}": "x" for i in range(101)}},
     "hooks port out of range": {"name": "bad-hook-port", "hooks": {"port": 70000}},
-    "two egress connectors": {"name": "two-egress", "egressNetworkConnectors": ["internet", "internet"]},
+    "two egress connectors": {"name": "two-egress", "egressNetworkConnectors": ["INTERNET_EGRESS", "INTERNET_EGRESS"]},
+    "unknown egress connector": {"name": "bad-egress", "egressNetworkConnectors": ["vpc-1"]},
+    "vm hooks without ready": {"name": "no-ready", "hooks": {"port": 9000, "microvmHooks": {"run": "ENABLED"}}},
+    **{f"reserved env {k}": {"name": f"reserved-{i}", "environmentVariables": {k: "x"}}
+       for i, k in enumerate(["AWS_LAMBDA_MICROVM_IMAGE_NAME", "AWS_LAMBDA_MICROVM_IMAGE_ARN",
+                              "AWS_LAMBDA_MICROVM_IMAGE_VERSION", "AWS_REGION"])},
 }
 
 
