@@ -13,8 +13,10 @@
 //!   terminal; other text frames (unknown types, bad JSON, zero sizes, over
 //!   4 KiB) are ignored;
 //! - when the shell exits, the server sends text `{"type":"exit","code":N}`
-//!   (Ember's extension: the real service sends no status) and closes with
-//!   1000 "shell exited";
+//!   (Ember's extension: the real service sends no status; a shell killed
+//!   by signal S reports 128+S and `"signal":S`) and closes with 1000
+//!   "shell exited"; a guest that ends the terminal without a status (it
+//!   died, or did not say within 10 s) gets 1011;
 //! - a message or frame over [`MAX_MESSAGE`] closes the session with 1009,
 //!   a client close or a dropped connection hangs the terminal up (the
 //!   shell gets SIGHUP), unbinding the endpoint closes with 1001;
@@ -69,6 +71,10 @@ const OUTPUT_CHUNK: usize = 16 * 1024;
 /// How long a client has to answer the server's close before the
 /// connection is dropped anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long the guest may take to resize the terminal, or to report the
+/// exit status once the terminal's output ended: a guest that never
+/// answers must not hold the session (and its input) forever.
+const GUEST_ANSWER: Duration = Duration::from_secs(10);
 const EXIT_REASON: &str = "shell exited";
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -242,14 +248,21 @@ async fn run(
     match ended {
         Ended::Output(false) => {}
         Ended::Output(true) => {
-            let close = match control.wait().await {
-                Ok(exit) => {
+            let close = match tokio::time::timeout(GUEST_ANSWER, control.wait()).await {
+                Ok(Ok(exit)) => {
                     debug!(session_id, ?exit, "shell exited");
                     let _ = sink.send(Message::text(exit_text(exit))).await;
                     close_frame(CloseCode::Normal, EXIT_REASON)
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     warn!(session_id, error = %e, "the shell ended without an exit status");
+                    close_frame(CloseCode::Error, "the shell ended without an exit status")
+                }
+                Err(_) => {
+                    warn!(
+                        session_id,
+                        "the guest did not report the shell's exit status"
+                    );
                     close_frame(CloseCode::Error, "the shell ended without an exit status")
                 }
             };
@@ -342,8 +355,10 @@ async fn pump_input(
             }
             Some(Ok(Message::Text(text))) => match parse_client_text(text.as_str()) {
                 ClientText::Resize(size) => {
-                    if let Err(e) = control.resize(size).await {
-                        debug!(error = %e, "resizing the shell's terminal failed");
+                    match tokio::time::timeout(GUEST_ANSWER, control.resize(size)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => debug!(error = %e, "resizing the shell's terminal failed"),
+                        Err(_) => debug!("the guest did not answer a resize"),
                     }
                 }
                 ClientText::Ignored(why) => debug!(why, "ignored a shell text frame"),

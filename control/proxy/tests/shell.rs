@@ -56,8 +56,9 @@ impl ShellControl for StandInControl {
     }
 }
 
-/// Reads lines: `size` prints "ROWS COLS", `exit N` exits with N, anything
-/// else is echoed after "> ".
+/// Reads lines: `size` prints "ROWS COLS", `exit N` exits with N, `kill S`
+/// dies of signal S, `vanish` ends with no status; anything else is
+/// echoed after "> ".
 async fn stand_in_shell(
     guest: DuplexStream,
     size: Arc<Mutex<TerminalSize>>,
@@ -74,6 +75,16 @@ async fn stand_in_shell(
         let answer = if line == "size" {
             let s = *size.lock().unwrap();
             format!("{} {}\r\n", s.rows, s.cols)
+        } else if line == "vanish" {
+            // Like a guest that dies: the terminal ends, no status comes.
+            drop(exit);
+            return;
+        } else if let Some(signal) = line.strip_prefix("kill ") {
+            exit.send_replace(Some(ShellExit {
+                code: None,
+                signal: Some(signal.parse().unwrap()),
+            }));
+            return;
         } else if let Some(code) = line.strip_prefix("exit ") {
             let _ = write.write_all(b"bye\r\n").await;
             exit.send_replace(Some(ShellExit {
@@ -289,6 +300,41 @@ async fn shell_session_is_framed_like_the_service() {
     assert_eq!(close.reason.as_str(), "shell exited");
     assert_eq!(s.seen.hung_up.load(Ordering::SeqCst), 0);
     assert_eq!(s.app_requests(), 0, "the shell reached the app");
+}
+
+/// The text frames and the close frame that end a session after `line`.
+async fn ending_after(s: &Setup, line: &str) -> (Vec<serde_json::Value>, CloseCode) {
+    let addr = s.proxy.bind_vm("vm-a").await.unwrap();
+    let (mut ws, _) = connect(addr, "/shell", &s.token("vm-a", TokenKind::Shell), false)
+        .await
+        .unwrap();
+    session_init(&mut ws).await;
+    ws.send(Message::binary(format!("{line}\n").into_bytes()))
+        .await
+        .unwrap();
+    let (mut texts, mut close) = (Vec::new(), None);
+    while let Some(Ok(frame)) = ws.next().await {
+        match frame {
+            Message::Text(t) => texts.push(serde_json::from_str(t.as_str()).unwrap()),
+            Message::Close(frame) => close = frame.map(|f| f.code),
+            _ => {}
+        }
+    }
+    (texts, close.expect("a close frame"))
+}
+
+#[tokio::test]
+async fn a_killed_shell_reports_its_signal_and_a_vanished_one_1011() {
+    let s = Setup::new().await;
+    let (texts, close) = ending_after(&s, "kill 9").await;
+    assert_eq!(
+        texts,
+        [serde_json::json!({"type": "exit", "code": 137, "signal": 9})]
+    );
+    assert_eq!(close, CloseCode::Normal);
+    let (texts, close) = ending_after(&s, "vanish").await;
+    assert!(texts.is_empty(), "{texts:?}");
+    assert_eq!(close, CloseCode::Error);
 }
 
 #[tokio::test]
