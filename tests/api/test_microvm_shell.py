@@ -1,16 +1,35 @@
-"""`ember shell`: an interactive shell in a running microVM over emberd's
-shell WebSocket, allowed only with the SHELL_INGRESS connector and a shell
-token; plus `ember logs` and `ember curl` against the same VM."""
+"""The shell at a microVM's own endpoint, as the real service serves it:
+`GET <endpoint>/shell` upgraded to a WebSocket with the subprotocols
+`lambda-microvms`, `lambda-microvms.authentication.<shell token>`; text
+`session_init` first, binary terminal bytes both ways, text resize, and
+close 1000 "shell exited" (after Ember's `{"type":"exit","code":N}`).
+Allowed only with the SHELL_INGRESS connector and a shell token; driven
+here by a WebSocket client written to that framing and by `ember shell`;
+plus `ember logs` and `ember curl` against the same VM."""
 
+import json
 import os
+import re
+import struct
 import subprocess
+import time
+import urllib.parse
+import uuid
 from pathlib import Path
 
 import pytest
+import websocket
+from botocore.exceptions import ClientError
 
-from harness import REPO, terminate_quietly, wait_microvm
+from harness import (REPO, endpoint_request, endpoint_token, error_code, terminate_quietly,
+                     wait_microvm)
 
 CLI = Path(os.environ.get("EMBER_CLI_BIN", REPO / "target" / "release" / "ember"))
+# The session emberd's idle floor is 2 s (conftest): the shell VM idles
+# out between tests, so every test also exercises an auto-resume.
+IDLE_SECONDS = 2
+SHELL_IDLE = {"maxIdleDurationSeconds": IDLE_SECONDS, "suspendedDurationSeconds": 3600,
+              "autoResumeEnabled": True}
 
 
 def ember_cli(ember, *args, stdin=None, timeout=120):
@@ -24,15 +43,191 @@ def ember_cli(ember, *args, stdin=None, timeout=120):
 @pytest.fixture(scope="module")
 def shell_vm(ember, hello_http):
     client = ember.client()
-    vm = client.run_microvm(imageIdentifier="hello-http", ingressNetworkConnectors=["SHELL_INGRESS"])
+    # botocore holds the model's 60 s floor; emberd's is lowered.
+    vm = ember.client(validate=False).run_microvm(
+        imageIdentifier="hello-http", idlePolicy=SHELL_IDLE,
+        ingressNetworkConnectors=["SHELL_INGRESS"])
     try:
-        wait_microvm(client, vm["microvmId"], "RUNNING", timeout=90)
-        yield vm
+        yield wait_microvm(client, vm["microvmId"], "RUNNING", timeout=90)
     finally:
         terminate_quietly(client, vm["microvmId"])
 
 
-def test_shell_runs_commands_in_the_guest_and_returns_the_exit_code(ember, shell_vm):
+def shell_token(client, microvm_id):
+    answer = client.create_microvm_shell_auth_token(microvmIdentifier=microvm_id,
+                                                    expirationInMinutes=5)
+    return answer["authToken"]["X-aws-proxy-auth"]
+
+
+def shell_url(endpoint, path="/shell"):
+    url = urllib.parse.urlsplit(endpoint)
+    return f"ws://{url.hostname}:{url.port}{path}"
+
+
+def open_shell(endpoint, token, by_header=False, path="/shell"):
+    """The service's handshake: the token as a subprotocol (what browsers
+    send), or in X-aws-proxy-auth (other clients)."""
+    if by_header:
+        return websocket.create_connection(shell_url(endpoint, path), timeout=90,
+                                           header={"X-aws-proxy-auth": token})
+    return websocket.create_connection(
+        shell_url(endpoint, path), timeout=90,
+        subprotocols=["lambda-microvms", f"lambda-microvms.authentication.{token}",
+                      "lambda-microvms.port.8022"])
+
+
+def refused_status(endpoint, token, by_header=False, path="/shell"):
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        open_shell(endpoint, token, by_header=by_header, path=path).close()
+    return refused.value.status_code
+
+
+def next_frame(ws):
+    opcode, frame = ws.recv_data_frame(control_frame=True)
+    return opcode, frame.data
+
+
+def session_init(ws):
+    opcode, data = next_frame(ws)
+    assert opcode == websocket.ABNF.OPCODE_TEXT, (opcode, data)
+    init = json.loads(data)
+    assert init["type"] == "session_init", init
+    return uuid.UUID(init["session_id"])
+
+
+def type_and_read(ws, text, pattern):
+    """Types `text`, then collects terminal output until `pattern` matches."""
+    ws.send_binary(text.encode())
+    out = ""
+    deadline = time.monotonic() + 60
+    while not re.search(pattern, out):
+        assert time.monotonic() < deadline, f"no {pattern!r} in {out!r}"
+        opcode, data = next_frame(ws)
+        assert opcode == websocket.ABNF.OPCODE_BINARY, (opcode, data, out)
+        out += data.decode(errors="replace")
+    return out
+
+
+def read_to_close(ws):
+    """(text frames, close code, close reason) once the server closes."""
+    texts = []
+    while True:
+        opcode, data = next_frame(ws)
+        if opcode == websocket.ABNF.OPCODE_TEXT:
+            texts.append(json.loads(data))
+        elif opcode == websocket.ABNF.OPCODE_CLOSE:
+            code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+            return texts, code, data[2:].decode()
+
+
+def test_websocket_shell_is_framed_like_the_service(ember, shell_vm):
+    client = ember.client()
+    vm_id, endpoint = shell_vm["microvmId"], shell_vm["endpoint"]
+    ws = open_shell(endpoint, shell_token(client, vm_id))
+    try:
+        assert ws.subprotocol == "lambda-microvms"
+        assert session_init(ws).version == 4
+        # Output comes back as raw terminal bytes; the guest is the VM.
+        out = type_and_read(ws, "echo $((6*7)); cat /run/ember-microvm-id; echo\n",
+                            re.escape(vm_id))
+        assert re.search(r"\n42\r?\n", out), out
+        assert re.search(r"24 80\r?\n", type_and_read(ws, "stty size\n", r"\d+ \d+\r?\n"))
+        # Text frames that are not a resize change nothing and end nothing.
+        for ignored in ["hello", '{"type":"resize","cols":0,"rows":5}', '{"type":"nope"}']:
+            ws.send(ignored)
+        ws.send(json.dumps({"type": "resize", "cols": 101, "rows": 33}))
+        assert re.search(r"33 101\r?\n", type_and_read(ws, "stty size\n", r"33 101\r?\n"))
+        ws.send_binary(b"exit 7\n")
+        texts, code, reason = read_to_close(ws)
+        assert (code, reason) == (1000, "shell exited"), (code, reason, texts)
+        assert texts == [{"type": "exit", "code": 7}], texts
+    finally:
+        ws.close()
+
+
+def test_header_token_opens_the_shell_too(ember, shell_vm):
+    client = ember.client()
+    ws = open_shell(shell_vm["endpoint"], shell_token(client, shell_vm["microvmId"]),
+                    by_header=True)
+    try:
+        # Nothing offered, nothing named.
+        assert ws.subprotocol is None
+        session_init(ws)
+        assert "shell-ok" in type_and_read(ws, "echo shell-$((1))ok | tr -d 1\n", r"shell-ok")
+    finally:
+        ws.close()
+
+
+def test_an_open_shell_keeps_the_vm_awake_and_a_suspended_vm_resumes_for_one(ember, shell_vm):
+    """The VM idles out after 2 s without traffic, but not while a shell
+    is open; a shell to the suspended VM resumes it (autoResumeEnabled)."""
+    client = ember.client()
+    vm_id, endpoint = shell_vm["microvmId"], shell_vm["endpoint"]
+    ws = open_shell(endpoint, shell_token(client, vm_id))
+    try:
+        session_init(ws)
+        time.sleep(IDLE_SECONDS * 4)
+        assert client.get_microvm(microvmIdentifier=vm_id)["state"] == "RUNNING"
+        assert "still-here" in type_and_read(ws, "echo still-$((0))here | tr -d 0\n",
+                                             "still-here")
+    finally:
+        ws.close()
+    wait_microvm(client, vm_id, "SUSPENDED", timeout=60)
+    ws = open_shell(endpoint, shell_token(client, vm_id))
+    try:
+        session_init(ws)
+        assert "woke" in type_and_read(ws, "echo w$((0))oke | tr -d 0\n", "woke")
+        assert client.get_microvm(microvmIdentifier=vm_id)["state"] == "RUNNING"
+    finally:
+        ws.close()
+
+
+def app_shell_requests(ember, vm_id):
+    """How many requests for /shell the app logged (httpd -vv logs each URL)."""
+    with ember.signed_get(f"/ember/v1/microvms/{vm_id}/log") as resp:
+        return resp.read().decode(errors="replace").count("url:/shell")
+
+
+def test_only_a_shell_token_opens_the_shell_and_refusals_reach_nothing(ember, shell_vm):
+    client = ember.client()
+    vm_id, endpoint = shell_vm["microvmId"], shell_vm["endpoint"]
+    token = shell_token(client, vm_id)
+    before = app_shell_requests(ember, vm_id)
+    # No token, a forged one: refused before anything reaches the guest.
+    assert refused_status(endpoint, "", by_header=True) in (401, 403)
+    assert refused_status(endpoint, token[:-4] + "AAAA") in (401, 403)
+    # A shell token opens /shell only.
+    assert refused_status(endpoint, token, path="/") == 403
+    assert refused_status(endpoint, token, path="/shell/x") == 403
+    # An endpoint token on /shell is a request for the app (hello-http has
+    # no /shell: busybox httpd's 404 page, not the proxy's JSON).
+    status, body, _ = endpoint_request(endpoint, endpoint_token(client, vm_id), 8080,
+                                       path="/shell")
+    assert status == 404 and "404 Not Found" in body and "message" not in body, (status, body)
+    assert app_shell_requests(ember, vm_id) == before + 1
+
+
+def test_shell_token_of_another_vm_and_vms_without_shell_ingress(ember, shell_vm, hello_http):
+    client = ember.client()
+    vm = client.run_microvm(imageIdentifier="hello-http")
+    try:
+        plain = wait_microvm(client, vm["microvmId"], "RUNNING", timeout=90)
+        with pytest.raises(ClientError) as refused:
+            shell_token(client, plain["microvmId"])
+        assert error_code(refused.value) == "ValidationException"
+        assert "SHELL_INGRESS" in str(refused.value)
+        out = ember_cli(ember, "shell", plain["microvmId"], stdin="exit\n")
+        assert out.returncode != 0
+        assert "ValidationException" in out.stderr and "SHELL_INGRESS" in out.stderr, out.stderr
+        # The shell VM's token does not open this VM's shell.
+        other = shell_token(client, shell_vm["microvmId"])
+        assert refused_status(plain["endpoint"], other) == 403
+        assert refused_status(plain["endpoint"], other, by_header=True) == 403
+    finally:
+        terminate_quietly(client, vm["microvmId"])
+
+
+def test_ember_shell_runs_piped_commands_and_returns_the_exit_code(ember, shell_vm):
     vm_id = shell_vm["microvmId"]
     script = "echo $((6*7)); cat /run/ember-microvm-id; echo; stty size\nexit 3\n"
     out = ember_cli(ember, "shell", vm_id, stdin=script)
@@ -44,54 +239,13 @@ def test_shell_runs_commands_in_the_guest_and_returns_the_exit_code(ember, shell
     assert "24 80" in out.stdout, out.stdout
 
 
-def test_shell_sees_the_apps_memory_state_through_its_files(ember, shell_vm):
+def test_shell_sees_the_apps_processes(ember, shell_vm):
     """The shell is in the same guest the endpoint serves: the app's
     processes are there."""
     out = ember_cli(ember, "shell", shell_vm["microvmId"], stdin="ps | grep -c '[h]ttpd'\nexit\n")
     assert out.returncode == 0, out
     lines = [l.strip() for l in out.stdout.replace("\r", "").splitlines()]
     assert "1" in lines, out.stdout
-
-
-def test_shell_needs_the_shell_ingress_connector(ember, hello_http):
-    client = ember.client()
-    vm = client.run_microvm(imageIdentifier="hello-http")
-    try:
-        out = ember_cli(ember, "shell", vm["microvmId"], stdin="exit\n")
-        assert out.returncode != 0
-        assert "ValidationException" in out.stderr and "SHELL_INGRESS" in out.stderr, out.stderr
-    finally:
-        terminate_quietly(client, vm["microvmId"])
-
-
-def test_shell_refuses_endpoint_tokens_and_other_vms_tokens(ember, shell_vm, hello_http):
-    import http.client
-    import urllib.parse
-    client = ember.client()
-    vm_id = shell_vm["microvmId"]
-    endpoint_token = client.create_microvm_auth_token(
-        microvmIdentifier=vm_id, expirationInMinutes=5,
-        allowedPorts=[{"allPorts": {}}])["authToken"]["X-aws-proxy-auth"]
-    url = urllib.parse.urlparse(ember.url)
-
-    def handshake(token, target):
-        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-        headers = {"Connection": "Upgrade", "Upgrade": "websocket",
-                   "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
-        if token:
-            headers["X-aws-proxy-auth"] = token
-        conn.request("GET", f"/ember/v1/microvms/{target}/shell", headers=headers)
-        status = conn.getresponse().status
-        conn.close()
-        return status
-
-    shell_token = client.create_microvm_shell_auth_token(
-        microvmIdentifier=vm_id, expirationInMinutes=5)["authToken"]["X-aws-proxy-auth"]
-    assert handshake(None, vm_id) == 401
-    assert handshake("garbage", vm_id) == 401
-    assert handshake(endpoint_token, vm_id) == 403
-    assert handshake(shell_token, "another-vm") == 403
-    assert handshake(shell_token, vm_id) == 101
 
 
 def test_logs_and_curl_through_the_cli(ember, shell_vm):

@@ -1,7 +1,13 @@
-//! `ember shell MICROVM`: an interactive shell in the guest, through
-//! emberd's shell WebSocket with a token from
-//! `CreateMicrovmShellAuthToken`. The local terminal is put in raw mode
-//! (when it is one) and its size follows the window.
+//! `ember shell MICROVM`: an interactive shell in the guest, at the VM's
+//! own endpoint (`<endpoint>/shell`) as the real service serves it: a
+//! WebSocket offering the subprotocols `lambda-microvms` and
+//! `lambda-microvms.authentication.<token>` with a token from
+//! `CreateMicrovmShellAuthToken`. The server's first text frame is
+//! `session_init`; binary frames are terminal bytes both ways; a text
+//! `{"type":"resize","cols","rows"}` follows the local window. The exit
+//! status comes in Ember's `{"type":"exit","code":N}` before the close
+//! (a server without that extension closing with 1000 counts as 0). The
+//! local terminal is put in raw mode when it is one.
 
 use std::io::{IsTerminal, Write};
 
@@ -11,9 +17,11 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use ember::api_client::ApiClient;
+use ember::microvm_api::{get, MICROVMS};
 
 /// ^D: how a terminal says end of input.
 const EOT: u8 = 4;
@@ -37,12 +45,15 @@ impl Drop for RawMode {
     }
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 /// Runs the session; returns the shell's exit code.
 pub async fn run(client: &ApiClient, id: &str) -> anyhow::Result<i32> {
     let out = client
         .call(
             Method::POST,
-            &format!("/2025-09-09/microvms/{id}/shell-auth-token"),
+            &format!("{MICROVMS}/{id}/shell-auth-token"),
             &[],
             Some(&json!({"expirationInMinutes": 10})),
         )
@@ -50,21 +61,40 @@ pub async fn run(client: &ApiClient, id: &str) -> anyhow::Result<i32> {
     let token = out["authToken"]["X-aws-proxy-auth"]
         .as_str()
         .context("CreateMicrovmShellAuthToken answered without a token")?;
-    let (cols, rows) = crossterm::terminal::size().unwrap_or((80, 24));
-    let mut url = client
-        .endpoint()
-        .join(&format!("/ember/v1/microvms/{id}/shell"))?;
-    url.set_scheme(if url.scheme() == "https" { "wss" } else { "ws" })
+    let vm = get(client, id).await?;
+    let endpoint = vm["endpoint"]
+        .as_str()
+        .context("GetMicrovm answered without an endpoint")?;
+    let mut socket = connect(endpoint, token).await?;
+    let first = socket
+        .next()
+        .await
+        .context("the shell closed before its session started")?
+        .context("the shell connection broke")?;
+    if !is_session_init(&first) {
+        bail!("the shell did not start with session_init: {first:?}");
+    }
+    let raw = RawMode::enable()?;
+    let result = session(socket).await;
+    drop(raw);
+    result
+}
+
+async fn connect(endpoint: &str, token: &str) -> anyhow::Result<Socket> {
+    let mut url = url::Url::parse(endpoint)
+        .with_context(|| format!("the microVM's endpoint {endpoint:?}"))?
+        .join("/shell")?;
+    let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+    url.set_scheme(scheme)
         .map_err(|_| anyhow::anyhow!("cannot make a WebSocket URL of {url}"))?;
-    url.query_pairs_mut()
-        .append_pair("rows", &rows.to_string())
-        .append_pair("cols", &cols.to_string());
     let mut request = url.as_str().into_client_request()?;
-    request
-        .headers_mut()
-        .insert("X-aws-proxy-auth", token.parse().context("token header")?);
-    let (socket, _) = match tokio_tungstenite::connect_async(request).await {
-        Ok(s) => s,
+    let offer = format!("lambda-microvms, lambda-microvms.authentication.{token}");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        offer.parse().context("token header")?,
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let body = resp
                 .body()
@@ -73,10 +103,30 @@ pub async fn run(client: &ApiClient, id: &str) -> anyhow::Result<i32> {
                 .unwrap_or_default();
             bail!("the shell was refused ({}): {body}", resp.status());
         }
-        Err(e) => return Err(e).context("connecting to the shell"),
+        Err(e) => Err(e).with_context(|| format!("connecting to the shell at {url}")),
+    }
+}
+
+fn is_session_init(message: &Message) -> bool {
+    let Message::Text(text) = message else {
+        return false;
     };
+    let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+    v["type"] == "session_init"
+}
+
+fn resize_message() -> Option<Message> {
+    let (cols, rows) = crossterm::terminal::size().ok()?;
+    let resize = json!({"type": "resize", "cols": cols, "rows": rows});
+    Some(Message::text(resize.to_string()))
+}
+
+async fn session(socket: Socket) -> anyhow::Result<i32> {
     let (mut tx, mut rx) = socket.split();
-    let raw = RawMode::enable()?;
+    // The shell starts at 80x24; a real terminal says its own size.
+    if let Some(resize) = resize_message() {
+        tx.send(resize).await?;
+    }
     let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
     let mut stdin = tokio::io::stdin();
     let mut buf = vec![0u8; 4096];
@@ -88,14 +138,13 @@ pub async fn run(client: &ApiClient, id: &str) -> anyhow::Result<i32> {
                 Ok(0) | Err(_) => {
                     // Piped input ended: the shell sees end of input.
                     stdin_open = false;
-                    tx.send(Message::Binary(vec![EOT].into())).await?;
+                    tx.send(Message::binary(vec![EOT])).await?;
                 }
-                Ok(n) => tx.send(Message::Binary(buf[..n].to_vec().into())).await?,
+                Ok(n) => tx.send(Message::binary(buf[..n].to_vec())).await?,
             },
             _ = winch.recv() => {
-                if let Ok((cols, rows)) = crossterm::terminal::size() {
-                    let resize = json!({"resize": {"rows": rows, "cols": cols}});
-                    tx.send(Message::Text(resize.to_string().into())).await?;
+                if let Some(resize) = resize_message() {
+                    tx.send(resize).await?;
                 }
             }
             msg = rx.next() => match msg {
@@ -106,21 +155,26 @@ pub async fn run(client: &ApiClient, id: &str) -> anyhow::Result<i32> {
                 }
                 Some(Ok(Message::Text(text))) => {
                     let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
-                    if let Some(c) = v["exit"]["code"].as_i64() {
-                        code = Some(c as i32);
-                    } else if let Some(s) = v["exit"]["signal"].as_i64() {
-                        code = Some(128 + s as i32);
+                    if v["type"] == "exit" {
+                        code = v["code"].as_i64().and_then(|c| i32::try_from(c).ok());
                     }
                 }
-                Some(Ok(Message::Close(_))) | None => break,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    drop(raw);
-                    return Err(e).context("the shell connection broke");
+                Some(Ok(Message::Close(close))) => {
+                    // Sends tungstenite's answer to the server's close.
+                    let _ = tx.close().await;
+                    return match (code, close) {
+                        (Some(code), _) => Ok(code),
+                        (None, Some(f)) if f.code == CloseCode::Normal => Ok(0),
+                        (None, Some(f)) => {
+                            bail!("the shell closed: {} {}", u16::from(f.code), f.reason)
+                        }
+                        (None, None) => bail!("the shell closed without a status"),
+                    };
                 }
+                None => bail!("the shell connection ended without a close"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e).context("the shell connection broke"),
             },
         }
     }
-    drop(raw);
-    Ok(code.unwrap_or(1))
 }

@@ -33,7 +33,7 @@ pub(crate) struct Grant {
 
 /// Why a request is turned away before it reaches a guest.
 #[derive(Debug, Clone, Copy)]
-pub struct Rejection {
+pub(crate) struct Rejection {
     pub status: StatusCode,
     pub message: &'static str,
 }
@@ -42,9 +42,9 @@ const fn reject(status: StatusCode, message: &'static str) -> Rejection {
     Rejection { status, message }
 }
 
-/// A shell session that may start (emberd's shell endpoint).
+/// A shell session that may start (`GET /shell`).
 #[derive(Debug, Clone, Copy)]
-pub struct ShellGrant {
+pub(crate) struct ShellGrant {
     /// The client offered `lambda-microvms`; the 101 must name it.
     pub answer_subprotocol: bool,
 }
@@ -86,7 +86,7 @@ pub(crate) fn authorize(
 
 /// Checks a shell request's credentials (a `CreateMicrovmShellAuthToken`
 /// token, sent like an endpoint token) for `microvm_id` at `now`.
-pub fn authorize_shell(
+pub(crate) fn authorize_shell(
     key: &TokenKey,
     headers: &HeaderMap,
     microvm_id: &str,

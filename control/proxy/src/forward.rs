@@ -1,6 +1,7 @@
 //! One client connection: authenticate each request, forward it over an
 //! upstream HTTP/1 connection kept for the next request to the same
-//! microVM port, and splice upgraded (WebSocket) connections.
+//! microVM port, and splice upgraded (WebSocket) connections; `/shell`
+//! with a shell token goes to the shell (`shell.rs`) instead.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,6 +21,7 @@ use crate::headers::{strip_hop_by_hop, wants_upgrade, ClientAddress};
 use crate::proxy::Shared;
 use crate::response::{error, ProxyBody};
 use crate::routing::{request_host, vm_from_host, Route};
+use crate::shell;
 use crate::upstream::UpstreamError;
 
 static SUBPROTOCOL_VALUE: HeaderValue = HeaderValue::from_static(SUBPROTOCOL);
@@ -73,6 +75,10 @@ impl ClientConnection {
                 }
             }
         };
+        if let Some(shell) = shell::shell_request(&self.shared.key, &req, &microvm_id, unix_now()) {
+            self.shared.upstream.touch(&microvm_id);
+            return shell::open(&self.shared, &microvm_id, req, shell, self.shutdown.clone()).await;
+        }
         let grant = match authorize(&self.shared.key, req.headers(), &microvm_id, unix_now()) {
             Ok(grant) => grant,
             Err(rejection) => return error(rejection.status, rejection.message),

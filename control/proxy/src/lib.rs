@@ -1,6 +1,7 @@
-//! MicroVM endpoints: the tokens `CreateMicrovmAuthToken` hands out, and
-//! the proxy that checks them and forwards HTTP and WebSocket traffic to a
-//! guest port through an [`Upstream`] that emberd provides.
+//! MicroVM endpoints: the tokens `CreateMicrovmAuthToken` and
+//! `CreateMicrovmShellAuthToken` hand out, and the proxy that checks them
+//! and forwards HTTP and WebSocket traffic to a guest port, or serves the
+//! shell at `/shell`, through an [`Upstream`] that emberd provides.
 //!
 //! emberd's part:
 //! - `TokenKey::load_or_create(data_dir/"proxy.key")` once; on
@@ -11,11 +12,16 @@
 //!   a microVM starts (store the address; `bind_vm_at` after a restart),
 //!   `unbind_vm(id)` when it is deleted; optionally `serve_shared` for
 //!   `<id>.<domain>` behind wildcard DNS.
+//! - `Upstream::open_shell` starts a shell in a VM; the proxy does the
+//!   WebSocket and its framing (see `shell.rs`'s module docs).
 //!
 //! Clients send `X-aws-proxy-auth: <token>` and `X-aws-proxy-port: <port>`
 //! (the port may be left out when the token allows exactly one port), or
 //! for WebSockets `Sec-WebSocket-Protocol: lambda-microvms,
 //! lambda-microvms.authentication.<token>, lambda-microvms.port.<port>`.
+//!
+//! `GET /shell` with a shell token (same header or subprotocol) opens the
+//! shell; with any other token it is a request for the app.
 //!
 //! Status codes the proxy answers itself, all with a JSON
 //! `{"message": ...}` body: 401 (token missing, malformed, expired, or
@@ -33,10 +39,13 @@ pub mod proxy;
 mod response;
 mod routing;
 pub mod scope;
+mod shell;
 pub mod token;
 pub mod upstream;
 
-pub use auth::{authorize_shell, Rejection, ShellGrant};
 pub use proxy::{Proxy, ProxyConfig, ProxyError};
+pub use shell::MAX_MESSAGE as MAX_SHELL_MESSAGE;
 pub use token::{Claims, PortRule, PortScope, TokenError, TokenKey, TokenKind};
-pub use upstream::{AsyncStream, Upstream, UpstreamError};
+pub use upstream::{
+    AsyncStream, Shell, ShellControl, ShellError, ShellExit, TerminalSize, Upstream, UpstreamError,
+};

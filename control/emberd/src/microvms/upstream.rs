@@ -1,5 +1,7 @@
 //! The proxy's way into a VM: a stream to a guest port through the
-//! agent, resuming the VM first when it is suspended and allowed to.
+//! agent, or a shell on a guest terminal (`GET /shell` at the endpoint),
+//! resuming the VM first when it is suspended and allowed to. Both count as
+//! an open stream for the idle policy while they last.
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
@@ -8,7 +10,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use ember_api::model::MicrovmState;
-use ember_proxy::{AsyncStream, Upstream, UpstreamError};
+use ember_proxy::{AsyncStream, Shell, TerminalSize, Upstream, UpstreamError};
 use ember_vmm::Vm;
 
 use super::instance::{Instance, StreamGuard};
@@ -60,6 +62,36 @@ impl Upstream for VmUpstream {
         }))
     }
 
+    async fn open_shell(
+        &self,
+        microvm_id: &str,
+        size: TerminalSize,
+    ) -> Result<Shell, UpstreamError> {
+        let microvms = self.microvms()?;
+        let inst = microvms
+            .instance(microvm_id)
+            .ok_or(UpstreamError::NotFound)?;
+        // Shell tokens are minted only for such VMs; a VM's connectors
+        // never change, so this is a second lock on the same door.
+        if !inst.spec.shell_allowed() {
+            return Err(UpstreamError::Unavailable(
+                "the microVM was not run with the SHELL_INGRESS connector".into(),
+            ));
+        }
+        let vm = microvms.serving_vm(&inst).await?;
+        let guard = inst.stream_opened();
+        let (terminal, control) = crate::shell::start(&*vm, size)
+            .await
+            .map_err(|e| UpstreamError::Refused(format!("starting a shell: {e}")))?;
+        Ok(Shell {
+            terminal: Box::new(Tracked {
+                inner: terminal,
+                _guard: guard,
+            }),
+            control: Box::new(control),
+        })
+    }
+
     fn touch(&self, microvm_id: &str) {
         if let Ok(m) = self.microvms() {
             if let Some(inst) = m.instance(microvm_id) {
@@ -70,16 +102,6 @@ impl Upstream for VmUpstream {
 }
 
 impl Microvms {
-    /// The VM a shell session runs in (resumed first like an endpoint
-    /// request would).
-    pub async fn shell_vm(&self, id: &str) -> Result<Arc<dyn Vm>, String> {
-        let inst = self
-            .instance(id)
-            .ok_or_else(|| format!("microVM {id} is not running"))?;
-        inst.touch();
-        self.serving_vm(&inst).await.map_err(|e| e.to_string())
-    }
-
     /// The VM to send a request to: the running one, or, after waiting for
     /// the transition in progress, the one an auto-resume brings back.
     /// Concurrent callers share one resume: they queue on the transition

@@ -86,12 +86,8 @@ pub fn router(daemon: Arc<Daemon>, credentials: Arc<Credentials>) -> Router {
             Arc::clone(&credentials),
             ember_api::require_sigv4,
         ));
-    // The shell's credential is its token, like the endpoint's.
-    let shell = Router::new()
-        .route(crate::shell::ROUTE, get(crate::shell::shell))
-        .with_state(Arc::clone(&daemon.microvms));
     let api = ember_api::router(daemon, credentials);
-    extra.merge(shell).merge(api)
+    extra.merge(api)
 }
 
 #[async_trait::async_trait]
