@@ -46,7 +46,7 @@ def shell_vm(ember, hello_http):
     # botocore holds the model's 60 s floor; emberd's is lowered.
     vm = ember.client(validate=False).run_microvm(
         imageIdentifier="hello-http", idlePolicy=SHELL_IDLE,
-        ingressNetworkConnectors=["SHELL_INGRESS"])
+        ingressNetworkConnectors=["HTTP_INGRESS", "SHELL_INGRESS"])
     try:
         yield wait_microvm(client, vm["microvmId"], "RUNNING", timeout=90)
     finally:
@@ -267,7 +267,7 @@ HOST_PROBE = "timeout 10 wget -q -O - http://10.0.2.2:{port}/ ; echo host=$?\n"
 
 
 def test_egress_connector_gives_internet_and_nothing_else(ember, hello_http):
-    """One image, two VMs: with egressNetworkConnectors ["internet"] the
+    """One image, two VMs: with egressNetworkConnectors ["INTERNET_EGRESS"] the
     guest reaches Debian's mirror but not a server on the host's loopback;
     without it, it reaches nothing."""
     import http.server
@@ -288,13 +288,13 @@ def test_egress_connector_gives_internet_and_nothing_else(ember, hello_http):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     client = ember.client()
-    online = client.run_microvm(imageIdentifier="hello-http", egressNetworkConnectors=["internet"],
-                                ingressNetworkConnectors=["SHELL_INGRESS"])
+    online = client.run_microvm(imageIdentifier="hello-http", egressNetworkConnectors=["INTERNET_EGRESS"],
+                                ingressNetworkConnectors=["HTTP_INGRESS", "SHELL_INGRESS"])
     offline = client.run_microvm(imageIdentifier="hello-http",
-                                 ingressNetworkConnectors=["SHELL_INGRESS"])
+                                 ingressNetworkConnectors=["HTTP_INGRESS", "SHELL_INGRESS"])
     try:
         got = wait_microvm(client, online["microvmId"], "RUNNING", timeout=90)
-        assert got["egressNetworkConnectors"] == ["internet"], got
+        assert got["egressNetworkConnectors"] == ["INTERNET_EGRESS"], got
         wait_microvm(client, offline["microvmId"], "RUNNING", timeout=90)
         out = ember_cli(ember, "shell", online["microvmId"],
                         stdin=FETCH + HOST_PROBE.format(port=port) + "exit\n", timeout=180)
