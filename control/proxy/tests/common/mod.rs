@@ -35,6 +35,9 @@ pub const OTHER_APP_PORT: u16 = 9000;
 pub const OTHER_APP_PORT_END: u16 = 9010;
 /// A guest port nothing listens on.
 pub const CLOSED_PORT: u16 = 7000;
+/// The guest port of an app that speaks HTTP/2 only (prior knowledge),
+/// like a gRPC server.
+pub const H2_APP_PORT: u16 = 50051;
 
 pub fn now() -> u64 {
     SystemTime::now()
@@ -225,11 +228,70 @@ fn websocket(mut req: Request<Incoming>) -> Response<BoxBody> {
         .unwrap()
 }
 
+/// An HTTP/2-only app: answers with what it received (JSON, request
+/// trailers included) and ends every answer with trailers, as gRPC does.
+pub async fn start_h2_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service_fn(h2_app))
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn h2_app(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers: Vec<(String, String)> = collected
+        .trailers()
+        .map(|t| {
+            t.iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
+        .collect();
+    let json = serde_json::json!({
+        "version": format!("{:?}", parts.version),
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "headers": headers,
+        "trailers": trailers,
+        "body": String::from_utf8_lossy(&collected.to_bytes()),
+    });
+    let mut answer_trailers = http::HeaderMap::new();
+    answer_trailers.insert("grpc-status", "0".parse().unwrap());
+    answer_trailers.insert("grpc-message", "all-good".parse().unwrap());
+    let frames = futures_util::stream::iter([
+        Ok::<_, std::io::Error>(Frame::data(Bytes::from(json.to_string()))),
+        Ok(Frame::trailers(answer_trailers)),
+    ]);
+    Ok(Response::builder()
+        .header("content-type", "application/grpc")
+        .body(BodyExt::boxed(StreamBody::new(frames)))
+        .unwrap())
+}
+
 /// Dials the app over loopback TCP for the known VMs.
 pub struct TcpUpstream {
     app: SocketAddr,
+    h2_app: SocketAddr,
     closed: SocketAddr,
     pub touches: Mutex<HashMap<String, usize>>,
+    /// Streams opened to the HTTP/2 app.
+    pub h2_connects: AtomicUsize,
 }
 
 impl TcpUpstream {
@@ -256,6 +318,10 @@ impl Upstream for TcpUpstream {
         }
         let addr = match port {
             APP_PORT | OTHER_APP_PORT..=OTHER_APP_PORT_END => self.app,
+            H2_APP_PORT => {
+                self.h2_connects.fetch_add(1, Ordering::SeqCst);
+                self.h2_app
+            }
             _ => self.closed,
         };
         let stream = TcpStream::connect(addr)
@@ -297,8 +363,10 @@ impl Harness {
             .unwrap();
         let upstream = Arc::new(TcpUpstream {
             app,
+            h2_app: start_h2_app().await,
             closed,
             touches: Mutex::default(),
+            h2_connects: AtomicUsize::new(0),
         });
         let key = Arc::new(TokenKey::generate());
         let proxy = Proxy::new(key.clone(), upstream.clone(), config);
@@ -316,12 +384,13 @@ impl Harness {
             .unwrap()
     }
 
-    /// An endpoint token for `vm` on the app's two ports.
+    /// An endpoint token for `vm` on the apps' ports.
     pub fn endpoint_token(&self, vm: &str) -> String {
         self.token(
             vm,
             PortScope::Only(vec![
                 PortRule::Port(APP_PORT),
+                PortRule::Port(H2_APP_PORT),
                 PortRule::Range {
                     start: OTHER_APP_PORT,
                     end: OTHER_APP_PORT_END,
@@ -393,4 +462,81 @@ pub fn echoed_headers(echo: &str, name: &str) -> Vec<String> {
         .filter(|pair| pair[0] == name)
         .map(|pair| pair[1].as_str().unwrap().to_string())
         .collect()
+}
+
+/// An answer in full: status, headers, body text.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// Sends `req` on a fresh HTTP/1.1 connection and reads the whole answer.
+pub async fn send_full(addr: SocketAddr, req: Request<BoxBody>) -> Answer {
+    let mut sender = client(addr).await;
+    sender.ready().await.unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// One HTTP/2 client connection with prior knowledge (h2c) to `addr`.
+pub async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<BoxBody> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// An HTTP/2 request: the authority rides in the URI (`:authority`).
+pub fn h2_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: BoxBody,
+) -> Request<BoxBody> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .version(http::Version::HTTP_2);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    builder.body(body).unwrap()
+}
+
+/// Status, headers, body text and trailers of an answer on `sender`.
+pub async fn h2_send(
+    sender: &mut hyper::client::conn::http2::SendRequest<BoxBody>,
+    req: Request<BoxBody>,
+) -> (Answer, Option<http::HeaderMap>, http::Version) {
+    sender.ready().await.unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    let version = response.version();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+    (
+        Answer {
+            status,
+            headers,
+            body,
+        },
+        trailers,
+        version,
+    )
 }
