@@ -87,8 +87,9 @@ def test_shell_refuses_endpoint_tokens_and_other_vms_tokens(ember, shell_vm, hel
 
     shell_token = client.create_microvm_shell_auth_token(
         microvmIdentifier=vm_id, expirationInMinutes=5)["authToken"]["X-aws-proxy-auth"]
-    assert handshake(None, vm_id) == 401
-    assert handshake("garbage", vm_id) == 401
+    # Refused like the endpoint refuses: 403 for a missing or wrong token.
+    assert handshake(None, vm_id) == 403
+    assert handshake("garbage", vm_id) == 403
     assert handshake(endpoint_token, vm_id) == 403
     assert handshake(shell_token, "another-vm") == 403
     assert handshake(shell_token, vm_id) == 101
