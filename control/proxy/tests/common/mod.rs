@@ -27,6 +27,10 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
+mod h2;
+
+pub use h2::*;
+
 pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 /// The guest ports the app serves: one, and a range.
@@ -85,7 +89,7 @@ pub async fn start_app() -> (SocketAddr, Arc<AppStats>) {
     (addr, stats)
 }
 
-fn full(body: impl Into<Bytes>) -> BoxBody {
+pub(crate) fn full(body: impl Into<Bytes>) -> BoxBody {
     Full::new(body.into())
         .map_err(|never: Infallible| match never {})
         .boxed()
@@ -226,62 +230,6 @@ fn websocket(mut req: Request<Incoming>) -> Response<BoxBody> {
         .header("sec-websocket-accept", accept)
         .body(full(""))
         .unwrap()
-}
-
-/// An HTTP/2-only app: answers with what it received (JSON, request
-/// trailers included) and ends every answer with trailers, as gRPC does.
-pub async fn start_h2_app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service_fn(h2_app))
-                        .await;
-            });
-        }
-    });
-    addr
-}
-
-async fn h2_app(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
-    let (parts, body) = req.into_parts();
-    let collected = body.collect().await.unwrap();
-    let trailers: Vec<(String, String)> = collected
-        .trailers()
-        .map(|t| {
-            t.iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
-        .collect();
-    let json = serde_json::json!({
-        "version": format!("{:?}", parts.version),
-        "method": parts.method.as_str(),
-        "uri": parts.uri.to_string(),
-        "headers": headers,
-        "trailers": trailers,
-        "body": String::from_utf8_lossy(&collected.to_bytes()),
-    });
-    let mut answer_trailers = http::HeaderMap::new();
-    answer_trailers.insert("grpc-status", "0".parse().unwrap());
-    answer_trailers.insert("grpc-message", "all-good".parse().unwrap());
-    let frames = futures_util::stream::iter([
-        Ok::<_, std::io::Error>(Frame::data(Bytes::from(json.to_string()))),
-        Ok(Frame::trailers(answer_trailers)),
-    ]);
-    Ok(Response::builder()
-        .header("content-type", "application/grpc")
-        .body(BodyExt::boxed(StreamBody::new(frames)))
-        .unwrap())
 }
 
 /// Dials the app over loopback TCP for the known VMs.
@@ -484,59 +432,4 @@ pub async fn send_full(addr: SocketAddr, req: Request<BoxBody>) -> Answer {
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     }
-}
-
-/// One HTTP/2 client connection with prior knowledge (h2c) to `addr`.
-pub async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<BoxBody> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    sender
-}
-
-/// An HTTP/2 request: the authority rides in the URI (`:authority`).
-pub fn h2_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: BoxBody,
-) -> Request<BoxBody> {
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .version(http::Version::HTTP_2);
-    for (k, v) in headers {
-        builder = builder.header(*k, *v);
-    }
-    builder.body(body).unwrap()
-}
-
-/// Status, headers, body text and trailers of an answer on `sender`.
-pub async fn h2_send(
-    sender: &mut hyper::client::conn::http2::SendRequest<BoxBody>,
-    req: Request<BoxBody>,
-) -> (Answer, Option<http::HeaderMap>, http::Version) {
-    sender.ready().await.unwrap();
-    let response = sender.send_request(req).await.unwrap();
-    let version = response.version();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let collected = response.into_body().collect().await.unwrap();
-    let trailers = collected.trailers().cloned();
-    let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
-    (
-        Answer {
-            status,
-            headers,
-            body,
-        },
-        trailers,
-        version,
-    )
 }
