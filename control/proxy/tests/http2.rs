@@ -348,3 +348,45 @@ async fn an_h2_stream_flood_is_refused_past_the_limit() {
     assert!(!answered.contains(&last));
     assert!(h.app_stats.connections.load(Ordering::SeqCst) <= LIMIT as usize);
 }
+
+#[tokio::test]
+async fn silent_and_half_preface_clients_are_dropped_and_unbind_ends_h2() {
+    let config = ember_proxy::ProxyConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let h = Harness::with_config(config).await;
+    let addr = h.proxy.bind_vm("vm-a").await.unwrap();
+    for sent in [&b""[..], &b"PRI * HTTP/2.0\r\n"[..], &b"GET / HT"[..]] {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(sent).await.unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest))
+            .await
+            .unwrap_or_else(|_| panic!("a client that sent {sent:?} was kept"));
+        // Closed (or reset), and the proxy never answered the half request.
+        assert!(
+            closed.is_err() || !rest.starts_with(b"HTTP/1.1 2"),
+            "{rest:?}"
+        );
+    }
+
+    let token = h.endpoint_token("vm-a");
+    let mut sender = h2_client(addr).await;
+    let req = h2_request(
+        addr,
+        "GET",
+        "/",
+        &[("x-aws-proxy-auth", &token)],
+        body_of(""),
+    );
+    assert_eq!(h2_send(&mut sender, req).await.0.status, 200);
+    assert!(h.proxy.unbind_vm("vm-a"));
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !sender.is_closed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the h2 client connection stayed open after unbind");
+}
