@@ -1,7 +1,8 @@
 """Who gets through a microVM's endpoint: tokens from
 CreateMicrovmAuthToken, in the X-aws-proxy-auth header or in WebSocket
-subprotocols; everything else is turned away with 401 or 403 before the
-guest sees it."""
+subprotocols; everything else is turned away before the guest sees it,
+with a status and an `x-aws-proxy-error` code as AWS Lambda MicroVMs does:
+403 UNAUTHORIZED for a missing or wrong token."""
 
 import base64
 import json
@@ -31,11 +32,19 @@ def pair(ember, hello_http):
 
 
 def rejected(endpoint, token, port=MICROVM_PORT, headers=None):
+    """(status, body) of a request the proxy should answer itself."""
+    status, body, _ = rejected_with_code(endpoint, token, port, headers)
+    return status, body
+
+
+def rejected_with_code(endpoint, token, port=MICROVM_PORT, headers=None):
+    """(status, body, x-aws-proxy-error) of a request the proxy answers itself."""
     status, body, got = endpoint_request(endpoint, token, port, headers=headers, timeout=30)
-    if status in (401, 403):
+    if status >= 400:
         assert got.get("content-type", "").startswith("application/json"), got
         assert "message" in json.loads(body), body
-    return status, body
+        assert got.get("x-aws-proxy-error"), f"the proxy's {status} has no x-aws-proxy-error: {got}"
+    return status, body, got.get("x-aws-proxy-error")
 
 
 def b64(data):
@@ -51,34 +60,58 @@ def test_the_right_token_gets_through(pair):
     assert counter(pair["b"]["endpoint"], pair["token_b"]) >= 1
 
 
-def test_missing_and_garbage_tokens_are_401(pair):
+def test_missing_and_garbage_tokens_are_403_unauthorized(pair):
     endpoint = pair["a"]["endpoint"]
-    assert rejected(endpoint, None)[0] == 401
-    assert rejected(endpoint, "garbage")[0] == 401
-    assert rejected(endpoint, "a.b")[0] == 401
-    assert rejected(endpoint, "")[0] == 401
+    for token in (None, "garbage", "a.b", ""):
+        status, body, code = rejected_with_code(endpoint, token)
+        assert (status, code) == (403, "UNAUTHORIZED"), (token, status, body)
+    # No port header either: still the token that is refused first.
+    status, _, code = rejected_with_code(endpoint, None, port=None)
+    assert (status, code) == (403, "UNAUTHORIZED")
 
 
-def test_tampered_tokens_are_401(pair):
+def test_no_port_header_reaches_8080(pair):
+    status, body, _ = endpoint_request(pair["a"]["endpoint"], pair["token_a"], port=None)
+    assert status == 200 and COUNTER_LINE.search(body), (status, body)
+
+
+def test_port_errors_have_their_codes(client, pair):
+    endpoint = pair["a"]["endpoint"]
+    for bad in ("0", "65536", "http", "-1", "80 80"):
+        status, body, code = rejected_with_code(endpoint, pair["token_a"], port=bad)
+        assert (status, code) == (400, "INVALID_PORT"), (bad, status, body)
+    status, body, code = rejected_with_code(endpoint, pair["token_a"], port=9999)
+    assert (status, code) == (403, "PORT_NOT_ALLOWED"), (status, body)
+    # A token for another port only: the default port 8080 is not in it.
+    other = endpoint_token(client, pair["a"]["microvmId"], port=9999)
+    status, body, code = rejected_with_code(endpoint, other, port=None)
+    assert (status, code) == (403, "PORT_NOT_ALLOWED"), (status, body)
+    # Allowed, but nothing listens there in the guest.
+    status, body, code = rejected_with_code(endpoint, other, port=9999)
+    assert (status, code) == (502, "APP_CONNECT_FAILED"), (status, body)
+
+
+def test_tampered_tokens_are_403(pair):
     endpoint, token = pair["a"]["endpoint"], pair["token_a"]
     claims_part, mac_part = token.split(".")
     mac = bytearray(unb64(mac_part))
     mac[0] ^= 0x01
-    assert rejected(endpoint, f"{claims_part}.{b64(bytes(mac))}")[0] == 401, "a bad MAC was accepted"
+    assert rejected(endpoint, f"{claims_part}.{b64(bytes(mac))}")[0] == 403, "a bad MAC was accepted"
 
     claims = json.loads(unb64(claims_part))
     assert claims["vm"] == pair["a"]["microvmId"], claims
     # An expired token: the same claims with exp in the past. Without the
-    # key the MAC cannot match, so it must be 401 like any expired token.
+    # key the MAC cannot match, so it is refused like any expired token.
     expired = dict(claims, exp=int(time.time()) - 60)
-    assert rejected(endpoint, f"{b64(json.dumps(expired).encode())}.{mac_part}")[0] == 401
+    _, _, code = rejected_with_code(endpoint, f"{b64(json.dumps(expired).encode())}.{mac_part}")
+    assert code == "UNAUTHORIZED"
     # Claims moved to another VM with A's MAC: not B's token.
     moved = dict(claims, vm=pair["b"]["microvmId"])
     status, _ = rejected(pair["b"]["endpoint"], f"{b64(json.dumps(moved).encode())}.{mac_part}")
-    assert status == 401, f"a re-addressed token got {status}"
+    assert status == 403, f"a re-addressed token got {status}"
     # More ports, same MAC.
     widened = dict(claims, p="all")
-    assert rejected(endpoint, f"{b64(json.dumps(widened).encode())}.{mac_part}", port=22)[0] == 401
+    assert rejected_with_code(endpoint, f"{b64(json.dumps(widened).encode())}.{mac_part}", port=22)[2] == "UNAUTHORIZED"
 
 
 def test_other_vms_token_and_other_ports_are_403(client, pair):
@@ -142,7 +175,7 @@ def test_websocket_subprotocol_auth(pair):
     status, body, _ = websocket_handshake(endpoint, [
         "lambda-microvms", "lambda-microvms.authentication.not-a-token",
         f"lambda-microvms.port.{MICROVM_PORT}"])
-    assert status == 401, f"a wrong subprotocol token got {status}: {body}"
+    assert status == 403, f"a wrong subprotocol token got {status}: {body}"
     status, body, _ = websocket_handshake(pair["b"]["endpoint"], [
         "lambda-microvms", f"lambda-microvms.authentication.{token}"])
     assert status == 403, f"A's subprotocol token on B got {status}: {body}"

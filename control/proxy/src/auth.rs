@@ -6,16 +6,21 @@
 //! entries: `Sec-WebSocket-Protocol: lambda-microvms,
 //! lambda-microvms.authentication.<token>, lambda-microvms.port.<port>`.
 //!
-//! The port may be left out only when the token's scope is exactly one
-//! port; otherwise a missing port is a 400, never a guess.
+//! A request that names no port is for [`DEFAULT_PORT`], as on AWS Lambda
+//! MicroVMs; the token must allow it like any other port.
 
 use http::header::{HeaderName, SEC_WEBSOCKET_PROTOCOL};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue};
 
+use crate::error_code::ProxyErrorCode;
+use crate::headers::strip_proxy_headers;
 use crate::token::{Claims, TokenError, TokenKey, TokenKind};
 
 pub(crate) static AUTH_HEADER: HeaderName = HeaderName::from_static("x-aws-proxy-auth");
 pub(crate) static PORT_HEADER: HeaderName = HeaderName::from_static("x-aws-proxy-port");
+
+/// The guest port of a request that names none.
+pub const DEFAULT_PORT: u16 = 8080;
 
 /// The subprotocol the proxy answers a subprotocol-authenticated upgrade
 /// with.
@@ -34,12 +39,12 @@ pub(crate) struct Grant {
 /// Why a request is turned away before it reaches a guest.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Rejection {
-    pub status: StatusCode,
+    pub code: ProxyErrorCode,
     pub message: &'static str,
 }
 
-const fn reject(status: StatusCode, message: &'static str) -> Rejection {
-    Rejection { status, message }
+const fn reject(code: ProxyErrorCode, message: &'static str) -> Rejection {
+    Rejection { code, message }
 }
 
 /// A shell session that may start (`GET /shell`).
@@ -64,18 +69,15 @@ pub(crate) fn authorize(
     };
     let port = match port_text {
         Some(text) => parse_port(text).ok_or(reject(
-            StatusCode::BAD_REQUEST,
+            ProxyErrorCode::InvalidPort,
             "the port must be a number from 1 to 65535",
         ))?,
-        None => claims.ports.sole_port().ok_or(reject(
-            StatusCode::BAD_REQUEST,
-            "missing port: send it in the X-aws-proxy-port header",
-        ))?,
+        None => DEFAULT_PORT,
     };
     if !claims.ports.allows(port) {
         return Err(reject(
-            StatusCode::FORBIDDEN,
-            "the authentication token does not allow this port",
+            ProxyErrorCode::PortNotAllowed,
+            "the authentication token does not allow this port (8080 when X-aws-proxy-port is not sent)",
         ));
     }
     Ok(Grant {
@@ -112,31 +114,34 @@ fn verified(
     let token = match headers.get(&AUTH_HEADER) {
         Some(value) => value.to_str().map_err(|_| {
             reject(
-                StatusCode::UNAUTHORIZED,
+                ProxyErrorCode::Unauthorized,
                 "the X-aws-proxy-auth header is malformed",
             )
         })?,
         None => offered.token.ok_or(reject(
-            StatusCode::UNAUTHORIZED,
+            ProxyErrorCode::Unauthorized,
             "missing authentication token: send it in the X-aws-proxy-auth header",
         ))?,
     };
     let claims = key.verify(token, now).map_err(|e| match e {
-        TokenError::Expired => reject(StatusCode::UNAUTHORIZED, "the authentication token expired"),
+        TokenError::Expired => reject(
+            ProxyErrorCode::Unauthorized,
+            "the authentication token expired",
+        ),
         _ => reject(
-            StatusCode::UNAUTHORIZED,
+            ProxyErrorCode::Unauthorized,
             "the authentication token is not valid",
         ),
     })?;
     if claims.microvm_id != microvm_id {
         return Err(reject(
-            StatusCode::FORBIDDEN,
+            ProxyErrorCode::Unauthorized,
             "the authentication token is for another microVM",
         ));
     }
     if claims.kind != kind {
         return Err(reject(
-            StatusCode::FORBIDDEN,
+            ProxyErrorCode::Unauthorized,
             match kind {
                 TokenKind::Endpoint => "a shell token does not open the microVM endpoint",
                 TokenKind::Shell => "an endpoint token does not open the shell",
@@ -196,8 +201,7 @@ fn is_ours(entry: &str) -> bool {
 /// `X-aws-proxy-*` headers and the proxy's subprotocol entries (other
 /// subprotocols the client offered still reach the guest).
 pub(crate) fn strip_credentials(headers: &mut HeaderMap) {
-    headers.remove(&AUTH_HEADER);
-    headers.remove(&PORT_HEADER);
+    strip_proxy_headers(headers);
     if !subprotocol_entries(headers).any(is_ours) {
         return;
     }
@@ -221,6 +225,7 @@ pub(crate) fn strip_credentials(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use crate::token::{Claims, PortRule, PortScope};
+    use http::StatusCode;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -239,20 +244,24 @@ mod tests {
     }
 
     #[test]
-    fn sole_port_may_be_omitted_others_not() {
+    fn missing_port_is_8080_and_must_be_allowed() {
         let key = TokenKey::generate();
-        let one = token(&key, PortScope::Only(vec![PortRule::Port(8080)]));
-        let grant = authorize(&key, &headers(&[("x-aws-proxy-auth", &one)]), "vm-a", 100).unwrap();
-        assert_eq!(grant.port, 8080);
-
         let all = token(&key, PortScope::All);
+        let grant = authorize(&key, &headers(&[("x-aws-proxy-auth", &all)]), "vm-a", 100).unwrap();
+        assert_eq!(grant.port, DEFAULT_PORT);
+
+        // A token for one other port does not make that port the default.
+        let other = token(&key, PortScope::Only(vec![PortRule::Port(9000)]));
         let err =
-            authorize(&key, &headers(&[("x-aws-proxy-auth", &all)]), "vm-a", 100).unwrap_err();
-        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            authorize(&key, &headers(&[("x-aws-proxy-auth", &other)]), "vm-a", 100).unwrap_err();
+        assert_eq!(err.code, ProxyErrorCode::PortNotAllowed);
+        assert_eq!(err.code.status(), StatusCode::FORBIDDEN);
+
         for bad in ["0", "65536", "+80", "", "8o"] {
             let h = headers(&[("x-aws-proxy-auth", &all), ("x-aws-proxy-port", bad)]);
             let err = authorize(&key, &h, "vm-a", 100).unwrap_err();
-            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(err.code, ProxyErrorCode::InvalidPort, "{bad}");
+            assert_eq!(err.code.status(), StatusCode::BAD_REQUEST, "{bad}");
         }
     }
 
@@ -275,12 +284,15 @@ mod tests {
                 .answer_subprotocol
         );
         assert_eq!(
-            authorize_shell(&key, &h, "vm-b", 100).unwrap_err().status,
-            StatusCode::FORBIDDEN
+            authorize_shell(&key, &h, "vm-b", 100).unwrap_err().code,
+            ProxyErrorCode::Unauthorized
         );
         assert_eq!(
-            authorize_shell(&key, &h, "vm-a", 160).unwrap_err().status,
-            StatusCode::UNAUTHORIZED
+            authorize_shell(&key, &h, "vm-a", 160)
+                .unwrap_err()
+                .code
+                .status(),
+            StatusCode::FORBIDDEN
         );
         let offer = format!("lambda-microvms, lambda-microvms.authentication.{shell}");
         let by_subprotocol = headers(&[("sec-websocket-protocol", &offer)]);
@@ -292,15 +304,12 @@ mod tests {
         let endpoint = token(&key, PortScope::All);
         let h = headers(&[("x-aws-proxy-auth", &endpoint)]);
         assert_eq!(
-            authorize_shell(&key, &h, "vm-a", 100).unwrap_err().status,
-            StatusCode::FORBIDDEN
+            authorize_shell(&key, &h, "vm-a", 100).unwrap_err().code,
+            ProxyErrorCode::Unauthorized
         );
-        assert_eq!(
-            authorize_shell(&key, &HeaderMap::new(), "vm-a", 100)
-                .unwrap_err()
-                .status,
-            StatusCode::UNAUTHORIZED
-        );
+        let missing = authorize_shell(&key, &HeaderMap::new(), "vm-a", 100).unwrap_err();
+        assert_eq!(missing.code, ProxyErrorCode::Unauthorized);
+        assert_eq!(missing.code.status(), StatusCode::FORBIDDEN);
     }
 
     #[test]
@@ -322,6 +331,8 @@ mod tests {
         let mut h = headers(&[
             ("sec-websocket-protocol", &only_ours),
             ("x-aws-proxy-auth", &all),
+            ("x-aws-proxy-force-h2", "true"),
+            ("X-Aws-Proxy-Anything", "1"),
         ]);
         strip_credentials(&mut h);
         assert!(h.is_empty());

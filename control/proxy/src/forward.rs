@@ -1,45 +1,40 @@
-//! One client connection: authenticate each request, forward it over an
-//! upstream HTTP/1 connection kept for the next request to the same
-//! microVM port, and splice upgraded (WebSocket) connections; `/shell`
-//! with a shell token goes to the shell (`shell.rs`) instead.
+//! One client connection (HTTP/1.1 or HTTP/2): authenticate each request,
+//! forward it over the upstream connections the connection keeps (HTTP/1.1
+//! unless the request forces HTTP/2), and splice upgraded (WebSocket)
+//! connections; `/shell` with a shell token goes to the shell (`shell.rs`)
+//! instead.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{HOST, SEC_WEBSOCKET_PROTOCOL};
+use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::auth::{authorize, strip_credentials, SUBPROTOCOL};
-use crate::headers::{strip_hop_by_hop, wants_upgrade, ClientAddress};
+use crate::error_code::ProxyErrorCode;
+use crate::headers::{
+    strip_for_h2, strip_hop_by_hop, wants_h2_upstream, wants_upgrade, ClientAddress,
+};
+use crate::pool::{AppProtocol, UpstreamPool};
 use crate::proxy::Shared;
 use crate::response::{error, ProxyBody};
 use crate::routing::{request_host, vm_from_host, Route};
 use crate::shell;
-use crate::upstream::UpstreamError;
 
 static SUBPROTOCOL_VALUE: HeaderValue = HeaderValue::from_static(SUBPROTOCOL);
-
-/// The upstream connection a client connection keeps between requests.
-struct Pooled {
-    microvm_id: Arc<str>,
-    port: u16,
-    sender: SendRequest<Incoming>,
-}
 
 pub(crate) struct ClientConnection {
     shared: Arc<Shared>,
     route: Route,
     client: ClientAddress,
-    /// Taken out for the duration of a request, put back once the answer's
-    /// head arrived; never held across an await.
-    pooled: Mutex<Option<Pooled>>,
+    upstreams: UpstreamPool,
     /// Ends spliced WebSocket connections when the listener is unbound.
     shutdown: watch::Receiver<()>,
 }
@@ -55,7 +50,7 @@ impl ClientConnection {
             shared,
             route,
             client,
-            pooled: Mutex::new(None),
+            upstreams: UpstreamPool::default(),
             shutdown,
         }
     }
@@ -65,10 +60,10 @@ impl ClientConnection {
             Route::Fixed(id) => id.clone(),
             Route::Wildcard(domain) => {
                 match request_host(&req).and_then(|h| vm_from_host(h, domain)) {
-                    Some(label) => self.interned_id(label),
+                    Some(label) => self.upstreams.interned_id(label),
                     None => {
                         return error(
-                            StatusCode::NOT_FOUND,
+                            ProxyErrorCode::MicrovmNotFound,
                             "no microVM endpoint at this host name",
                         )
                     }
@@ -81,22 +76,39 @@ impl ClientConnection {
         }
         let grant = match authorize(&self.shared.key, req.headers(), &microvm_id, unix_now()) {
             Ok(grant) => grant,
-            Err(rejection) => return error(rejection.status, rejection.message),
+            Err(rejection) => return error(rejection.code, rejection.message),
         };
         self.shared.upstream.touch(&microvm_id);
 
         let upgrade = wants_upgrade(req.headers());
-        prepare_request(&mut req, upgrade, &self.client);
+        // An upgrade needs HTTP/1.1 on both hops.
+        let protocol = if !upgrade && wants_h2_upstream(req.headers()) {
+            AppProtocol::Http2
+        } else {
+            AppProtocol::Http1
+        };
+        let client_version = req.version();
+        prepare_request(&mut req, upgrade, protocol, &self.client);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-        let mut response = match self.send(microvm_id, grant.port, req).await {
+        let sent = self
+            .upstreams
+            .send(&self.shared, microvm_id, grant.port, protocol, req)
+            .await;
+        let mut response = match sent {
             Ok(response) => response,
             Err(answer) => return answer,
+        };
+        // The client's hop has its own version; hyper's HTTP/1.1 server
+        // would otherwise complain about an HTTP/2 answer.
+        *response.version_mut() = match client_version {
+            Version::HTTP_2 => Version::HTTP_2,
+            _ => Version::HTTP_11,
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 return error(
-                    StatusCode::BAD_GATEWAY,
+                    ProxyErrorCode::AppProtocolError,
                     "the guest switched protocols on a request that did not ask to",
                 );
             };
@@ -120,124 +132,6 @@ impl ClientConnection {
         }
         response.map(Either::Left)
     }
-
-    /// Reuses the pooled connection's id when it names the same VM, so
-    /// keep-alive requests on a wildcard listener allocate nothing for it.
-    fn interned_id(&self, label: &str) -> Arc<str> {
-        let pooled = self.pooled.lock().unwrap_or_else(PoisonError::into_inner);
-        match pooled.as_ref() {
-            Some(p) if &*p.microvm_id == label => p.microvm_id.clone(),
-            _ => Arc::from(label),
-        }
-    }
-
-    fn take_pooled(&self, microvm_id: &str, port: u16) -> Option<Pooled> {
-        let mut pooled = self.pooled.lock().unwrap_or_else(PoisonError::into_inner);
-        match pooled.as_ref() {
-            Some(p) if p.port == port && &*p.microvm_id == microvm_id => pooled.take(),
-            _ => None,
-        }
-    }
-
-    fn put_back(&self, pooled: Pooled) {
-        *self.pooled.lock().unwrap_or_else(PoisonError::into_inner) = Some(pooled);
-    }
-
-    async fn send(
-        &self,
-        microvm_id: Arc<str>,
-        port: u16,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, Response<ProxyBody>> {
-        if let Some(mut pooled) = self.take_pooled(&microvm_id, port) {
-            if pooled.sender.ready().await.is_ok() {
-                match pooled.sender.try_send_request(req).await {
-                    Ok(response) => {
-                        self.keep_unless_upgraded(pooled, &response);
-                        return Ok(response);
-                    }
-                    // The guest closed the idle connection before the
-                    // request left: safe to send it on a fresh one.
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => req = unsent,
-                        None => return Err(bad_gateway(e.error())),
-                    },
-                }
-            }
-        }
-        let mut sender = self.open(&microvm_id, port).await?;
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(|e| bad_gateway(&e))?;
-        self.keep_unless_upgraded(
-            Pooled {
-                microvm_id,
-                port,
-                sender,
-            },
-            &response,
-        );
-        Ok(response)
-    }
-
-    fn keep_unless_upgraded(&self, pooled: Pooled, response: &Response<Incoming>) {
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS && !pooled.sender.is_closed() {
-            self.put_back(pooled);
-        }
-    }
-
-    async fn open(
-        &self,
-        microvm_id: &str,
-        port: u16,
-    ) -> Result<SendRequest<Incoming>, Response<ProxyBody>> {
-        let connecting = self.shared.upstream.connect(microvm_id, port);
-        let connected = tokio::time::timeout(self.shared.config.connect_timeout, connecting)
-            .await
-            .map_err(|_| {
-                warn!(microvm_id, port, "connecting to the guest timed out");
-                error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the microVM did not accept the connection in time",
-                )
-            })?;
-        let stream = connected.map_err(|e| match e {
-            UpstreamError::NotFound => error(StatusCode::NOT_FOUND, "no such microVM"),
-            UpstreamError::Unavailable(reason) => {
-                debug!(microvm_id, %reason, "microVM unavailable");
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("the microVM cannot serve requests now: {reason}"),
-                )
-            }
-            UpstreamError::Refused(reason) => {
-                debug!(microvm_id, port, %reason, "guest refused the connection");
-                error(
-                    StatusCode::BAD_GATEWAY,
-                    "nothing in the microVM accepts connections on that port",
-                )
-            }
-        })?;
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| bad_gateway(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
-    }
-}
-
-fn bad_gateway(e: &hyper::Error) -> Response<ProxyBody> {
-    debug!(error = %e, "forwarding to the guest failed");
-    error(
-        StatusCode::BAD_GATEWAY,
-        "the guest closed the connection or answered with invalid HTTP",
-    )
 }
 
 fn unix_now() -> u64 {
@@ -248,13 +142,29 @@ fn unix_now() -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-fn prepare_request(req: &mut Request<Incoming>, upgrade: bool, client: &ClientAddress) {
+fn prepare_request(
+    req: &mut Request<Incoming>,
+    upgrade: bool,
+    protocol: AppProtocol,
+    client: &ClientAddress,
+) {
     strip_credentials(req.headers_mut());
-    strip_hop_by_hop(req.headers_mut(), upgrade);
+    match protocol {
+        AppProtocol::Http1 => strip_hop_by_hop(req.headers_mut(), upgrade),
+        AppProtocol::Http2 => strip_for_h2(req.headers_mut()),
+    }
     client.append_to(req.headers_mut());
+    match protocol {
+        AppProtocol::Http1 => to_http1(req),
+        AppProtocol::Http2 => to_http2(req),
+    }
+}
+
+/// Origin-form target and a `Host` header: an absolute-form target (`GET
+/// http://host/path`, or an HTTP/2 request's `:authority`) names the host
+/// in the URI, but the guest is a server, not a proxy.
+fn to_http1(req: &mut Request<Incoming>) {
     *req.version_mut() = Version::HTTP_11;
-    // An absolute-form target (`GET http://host/path`) becomes origin-form:
-    // the guest is a server, not a proxy.
     if let Some(authority) = req.uri().authority().cloned() {
         if !req.headers().contains_key(HOST) {
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
@@ -270,6 +180,26 @@ fn prepare_request(req: &mut Request<Incoming>, upgrade: bool, client: &ClientAd
         if let Ok(uri) = origin.build() {
             *req.uri_mut() = uri;
         }
+    }
+}
+
+/// `:scheme`, `:authority` and `:path` come from the URI on HTTP/2, which
+/// an HTTP/1.1 client gave only a path and a `Host` header for.
+fn to_http2(req: &mut Request<Incoming>) {
+    *req.version_mut() = Version::HTTP_2;
+    let host = req.headers_mut().remove(HOST);
+    let authority = req.uri().authority().cloned().or_else(|| {
+        host.as_ref()
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+    });
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.unwrap_or_else(|| Authority::from_static("localhost")));
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
     }
 }
 

@@ -1,6 +1,7 @@
 //! Header rewriting between the two hops: hop-by-hop headers describe one
 //! connection and must not cross the proxy (RFC 9110 §7.6.1); `Forwarded`
-//! and `X-Forwarded-For` tell the guest who the client is.
+//! and `X-Forwarded-For` tell the guest who the client is; the proxy's own
+//! `X-aws-proxy-*` headers are for the proxy alone.
 
 use std::net::SocketAddr;
 
@@ -14,6 +15,47 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static UPGRADE_VALUE: HeaderValue = HeaderValue::from_static("upgrade");
 static HTTP: HeaderValue = HeaderValue::from_static("http");
+static FORCE_H2: HeaderName = HeaderName::from_static("x-aws-proxy-force-h2");
+const PROXY_HEADER_PREFIX: &str = "x-aws-proxy-";
+
+/// True when the client asked for the app to be reached over HTTP/2
+/// (`X-aws-proxy-force-h2: true`; anything else means HTTP/1.1).
+pub(crate) fn wants_h2_upstream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(&FORCE_H2)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+}
+
+/// Removes every `X-aws-proxy-*` header: they are instructions to the
+/// proxy (token, port, protocol), never the app's business.
+pub(crate) fn strip_proxy_headers(headers: &mut HeaderMap) {
+    // Header names are stored in lower case.
+    let ours = |name: &HeaderName| name.as_str().starts_with(PROXY_HEADER_PREFIX);
+    if !headers.keys().any(ours) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| ours(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Prepares `headers` for an HTTP/2 hop: HTTP/2 forbids connection-specific
+/// headers (RFC 9113 §8.2.2) except `TE: trailers`, which gRPC servers
+/// check for to tell a trailer-capable peer.
+pub(crate) fn strip_for_h2(headers: &mut HeaderMap) {
+    let trailers_ok = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    strip_hop_by_hop(headers, false);
+    if trailers_ok {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
 
 /// True when `headers` ask to switch protocols (`Connection: upgrade` and
 /// an `Upgrade` header), e.g. a WebSocket handshake.
@@ -131,6 +173,30 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn proxy_headers_and_h2_rules() {
+        let mut h = HeaderMap::new();
+        h.insert("x-aws-proxy-force-h2", HeaderValue::from_static("True"));
+        h.insert("x-aws-proxy-whatever", HeaderValue::from_static("1"));
+        h.insert("x-aws-other", HeaderValue::from_static("kept"));
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("te"));
+        assert!(wants_h2_upstream(&h));
+        strip_proxy_headers(&mut h);
+        assert!(!wants_h2_upstream(&h));
+        strip_for_h2(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert!(h.contains_key("x-aws-other"));
+
+        let mut h = HeaderMap::new();
+        h.insert("x-aws-proxy-force-h2", HeaderValue::from_static("yes"));
+        assert!(!wants_h2_upstream(&h));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_for_h2(&mut h);
+        assert!(!h.contains_key(header::TE));
     }
 
     #[test]

@@ -2,27 +2,20 @@
 //! DNS needed) and any number of shared wildcard-domain listeners.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::forward::ClientConnection;
-use crate::headers::ClientAddress;
 use crate::routing::Route;
+use crate::serve::{serve_plain, Served};
 use crate::token::TokenKey;
 use crate::upstream::Upstream;
 
-/// Bounds one request head (the token alone may be 4 KiB).
-const MAX_HEAD_BUFFER: usize = 64 * 1024;
 /// A failing `accept` (out of file descriptors) is retried after this.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -227,35 +220,16 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     route: Route,
-    mut shutdown: watch::Receiver<()>,
+    shutdown: watch::Receiver<()>,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, "TCP_NODELAY on a client connection");
     }
-    let header_read_timeout = shared.config.header_read_timeout;
-    let connection = Arc::new(ClientConnection::new(
+    let served = Served {
         shared,
+        peer,
         route,
-        ClientAddress::new(peer),
-        shutdown.clone(),
-    ));
-    let service = service_fn(move |req| {
-        let connection = connection.clone();
-        async move { Ok::<_, Infallible>(connection.handle(req).await) }
-    });
-    let serving = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .keep_alive(true)
-        .max_buf_size(MAX_HEAD_BUFFER)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::select! {
-        served = serving => {
-            if let Err(e) = served {
-                debug!(%peer, error = %e, "client connection ended");
-            }
-        }
-        _ = shutdown.changed() => {}
-    }
+        shutdown,
+    };
+    serve_plain(served, stream).await;
 }

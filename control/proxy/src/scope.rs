@@ -42,19 +42,6 @@ impl PortScope {
         }
     }
 
-    /// The port a request may omit `X-aws-proxy-port` for: only when the
-    /// scope names exactly one port, so a missing header is never a guess.
-    pub fn sole_port(&self) -> Option<u16> {
-        match self {
-            PortScope::Only(rules) if rules.len() == 1 => match rules[0] {
-                PortRule::Port(p) => Some(p),
-                PortRule::Range { start, end } if start == end => Some(start),
-                PortRule::Range { .. } => None,
-            },
-            _ => None,
-        }
-    }
-
     pub(crate) fn validate(&self) -> Result<(), TokenError> {
         let PortScope::Only(rules) = self else {
             return Ok(());
@@ -115,17 +102,7 @@ mod tests {
         ]);
         assert!(scope.allows(8080) && scope.allows(9000) && scope.allows(9010));
         assert!(!scope.allows(8081) && !scope.allows(9011) && !scope.allows(8999));
-        assert_eq!(scope.sole_port(), None);
         assert!(scope.validate().is_ok());
-        assert_eq!(
-            PortScope::Only(vec![PortRule::Port(80)]).sole_port(),
-            Some(80)
-        );
-        assert_eq!(
-            PortScope::Only(vec![PortRule::range(81, 81).unwrap()]).sole_port(),
-            Some(81)
-        );
-        assert_eq!(PortScope::All.sole_port(), None);
         assert!(PortScope::All.allows(1) && PortScope::All.allows(65535));
     }
 

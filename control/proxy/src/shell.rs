@@ -54,6 +54,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
 use crate::auth::{authorize_shell, ShellGrant, SUBPROTOCOL};
+use crate::error_code::ProxyErrorCode;
 use crate::headers::wants_upgrade;
 use crate::proxy::Shared;
 use crate::response::{error, ProxyBody};
@@ -105,7 +106,7 @@ pub(crate) async fn open(
 ) -> Response<ProxyBody> {
     let accept = match websocket_accept(req.method(), req.headers()) {
         Ok(accept) => accept,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(message) => return error(ProxyErrorCode::InvalidRequest, message),
     };
     let starting = shared
         .upstream
@@ -116,7 +117,7 @@ pub(crate) async fn open(
         Err(_) => {
             warn!(microvm_id, "starting a shell timed out");
             return error(
-                StatusCode::GATEWAY_TIMEOUT,
+                ProxyErrorCode::AppTimeout,
                 "the microVM did not start a shell in time",
             );
         }
@@ -173,11 +174,11 @@ fn websocket_accept(method: &Method, headers: &HeaderMap) -> Result<HeaderValue,
 
 fn refused(microvm_id: &str, e: UpstreamError) -> Response<ProxyBody> {
     match e {
-        UpstreamError::NotFound => error(StatusCode::NOT_FOUND, "no such microVM"),
+        UpstreamError::NotFound => error(ProxyErrorCode::MicrovmNotFound, "no such microVM"),
         UpstreamError::Unavailable(reason) => {
             debug!(microvm_id, %reason, "microVM unavailable for a shell");
             error(
-                StatusCode::SERVICE_UNAVAILABLE,
+                ProxyErrorCode::MicrovmUnavailable,
                 &format!("the microVM cannot serve requests now: {reason}"),
             )
         }
@@ -186,7 +187,7 @@ fn refused(microvm_id: &str, e: UpstreamError) -> Response<ProxyBody> {
         UpstreamError::Refused(reason) => {
             warn!(microvm_id, %reason, "the guest could not start a shell");
             error(
-                StatusCode::BAD_GATEWAY,
+                ProxyErrorCode::AppConnectFailed,
                 "the microVM could not start a shell",
             )
         }

@@ -53,10 +53,40 @@ async fn curl_and_python_reach_the_guest() {
         );
         assert!(!out.contains(&token), "{out}");
     }
-    // Without a token curl sees the proxy's 401 JSON.
-    if let Some((ok, out)) = run("curl", &["-sS", "-w", "%{http_code}", &url]).await {
+    // Without a token curl sees the proxy's 403 JSON and its error code.
+    if let Some((ok, out)) = run("curl", &["-sS", "-i", "-w", "%{http_code}", &url]).await {
         assert!(ok, "{out}");
-        assert!(out.ends_with("401") && out.contains("\"message\""), "{out}");
+        assert!(out.ends_with("403") && out.contains("\"message\""), "{out}");
+        assert!(
+            out.to_ascii_lowercase()
+                .contains("x-aws-proxy-error: unauthorized"),
+            "{out}"
+        );
+    }
+    // curl's own HTTP/2 with prior knowledge, no port header: 8080.
+    if let Some((ok, out)) = run(
+        "curl",
+        &[
+            "-sS",
+            "--fail-with-body",
+            "--http2-prior-knowledge",
+            "-w",
+            " %{http_version}",
+            "-H",
+            &auth,
+            &url,
+        ],
+    )
+    .await
+    {
+        // A curl built without HTTP/2 says so; nothing to check then.
+        if !out.contains("does not support HTTP2") && !out.contains("option --http2") {
+            assert!(ok, "{out}");
+            assert!(
+                out.contains("\"/from-client\"") && out.ends_with(" 2"),
+                "{out}"
+            );
+        }
     }
 
     let script = r#"

@@ -80,23 +80,6 @@ async fn credentials_stripped_and_client_address_added() {
 }
 
 #[tokio::test]
-async fn single_port_token_needs_no_port_header() {
-    let h = Harness::new().await;
-    let addr = h.proxy.bind_vm("vm-a").await.unwrap();
-    let token = h.token(
-        "vm-a",
-        ember_proxy::PortScope::Only(vec![ember_proxy::PortRule::Port(APP_PORT)]),
-        ember_proxy::TokenKind::Endpoint,
-    );
-    let (status, _) = send(addr, get("/", &[("x-aws-proxy-auth", &token)])).await;
-    assert_eq!(status, 200);
-    // A multi-port token must say which port.
-    let token = h.endpoint_token("vm-a");
-    let (status, body) = send(addr, get("/", &[("x-aws-proxy-auth", &token)])).await;
-    assert_eq!(status, 400, "{body}");
-}
-
-#[tokio::test]
 async fn twenty_mib_upload_and_download_stream_through() {
     const SIZE: usize = 20 * 1024 * 1024;
     const CHUNK: usize = 256 * 1024;

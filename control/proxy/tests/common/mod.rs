@@ -27,6 +27,10 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
+mod h2;
+
+pub use h2::*;
+
 pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 /// The guest ports the app serves: one, and a range.
@@ -35,6 +39,9 @@ pub const OTHER_APP_PORT: u16 = 9000;
 pub const OTHER_APP_PORT_END: u16 = 9010;
 /// A guest port nothing listens on.
 pub const CLOSED_PORT: u16 = 7000;
+/// The guest port of an app that speaks HTTP/2 only (prior knowledge),
+/// like a gRPC server.
+pub const H2_APP_PORT: u16 = 50051;
 
 pub fn now() -> u64 {
     SystemTime::now()
@@ -82,7 +89,7 @@ pub async fn start_app() -> (SocketAddr, Arc<AppStats>) {
     (addr, stats)
 }
 
-fn full(body: impl Into<Bytes>) -> BoxBody {
+pub(crate) fn full(body: impl Into<Bytes>) -> BoxBody {
     Full::new(body.into())
         .map_err(|never: Infallible| match never {})
         .boxed()
@@ -228,8 +235,11 @@ fn websocket(mut req: Request<Incoming>) -> Response<BoxBody> {
 /// Dials the app over loopback TCP for the known VMs.
 pub struct TcpUpstream {
     app: SocketAddr,
+    h2_app: SocketAddr,
     closed: SocketAddr,
     pub touches: Mutex<HashMap<String, usize>>,
+    /// Streams opened to the HTTP/2 app.
+    pub h2_connects: AtomicUsize,
 }
 
 impl TcpUpstream {
@@ -256,6 +266,10 @@ impl Upstream for TcpUpstream {
         }
         let addr = match port {
             APP_PORT | OTHER_APP_PORT..=OTHER_APP_PORT_END => self.app,
+            H2_APP_PORT => {
+                self.h2_connects.fetch_add(1, Ordering::SeqCst);
+                self.h2_app
+            }
             _ => self.closed,
         };
         let stream = TcpStream::connect(addr)
@@ -297,8 +311,10 @@ impl Harness {
             .unwrap();
         let upstream = Arc::new(TcpUpstream {
             app,
+            h2_app: start_h2_app().await,
             closed,
             touches: Mutex::default(),
+            h2_connects: AtomicUsize::new(0),
         });
         let key = Arc::new(TokenKey::generate());
         let proxy = Proxy::new(key.clone(), upstream.clone(), config);
@@ -316,12 +332,13 @@ impl Harness {
             .unwrap()
     }
 
-    /// An endpoint token for `vm` on the app's two ports.
+    /// An endpoint token for `vm` on the apps' ports.
     pub fn endpoint_token(&self, vm: &str) -> String {
         self.token(
             vm,
             PortScope::Only(vec![
                 PortRule::Port(APP_PORT),
+                PortRule::Port(H2_APP_PORT),
                 PortRule::Range {
                     start: OTHER_APP_PORT,
                     end: OTHER_APP_PORT_END,
@@ -393,4 +410,26 @@ pub fn echoed_headers(echo: &str, name: &str) -> Vec<String> {
         .filter(|pair| pair[0] == name)
         .map(|pair| pair[1].as_str().unwrap().to_string())
         .collect()
+}
+
+/// An answer in full: status, headers, body text.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// Sends `req` on a fresh HTTP/1.1 connection and reads the whole answer.
+pub async fn send_full(addr: SocketAddr, req: Request<BoxBody>) -> Answer {
+    let mut sender = client(addr).await;
+    sender.ready().await.unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
 }
