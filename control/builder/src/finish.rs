@@ -56,6 +56,7 @@ pub async fn start_and_wait(
             uid: id.as_ref().map(|i| i.uid),
             gid: id.as_ref().map(|i| i.gid),
             log_path: Some(APP_LOG.into()),
+            main: true,
             ..Default::default()
         })
         .await
