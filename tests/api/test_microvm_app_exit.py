@@ -20,6 +20,7 @@ MAIN_SH = """#!/bin/sh
 mkfifo /tmp/exit-code
 httpd -p 8080 -h /www
 read code < /tmp/exit-code
+echo "main process ending: $code"
 [ "$code" = kill ] && kill -KILL $$
 exit "$code"
 """
@@ -97,6 +98,9 @@ def test_the_vm_ends_when_its_app_exits(exiting):
     try:
         end_app(endpoint, token, "3")
         assert_stopped(exiting, microvm_id, endpoint, token, 3)
+        # Ended like TerminateMicrovm ends a VM: its app log was kept.
+        log = exiting.data_dir / "logs" / "microvms" / f"{microvm_id}.log"
+        assert "main process ending: 3" in log.read_text(), log.read_text()
     finally:
         terminate_quietly(exiting.client(), microvm_id)
 

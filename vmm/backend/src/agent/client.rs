@@ -51,7 +51,8 @@ pub struct ExitStatus {
 
 impl ExitStatus {
     /// The code a shell (and Docker) reports: the exit code, or 128 plus
-    /// the signal that killed the process.
+    /// the signal that killed the process (0 for neither, which an agent
+    /// never reports for a process it reaped).
     pub fn shell_code(&self) -> i32 {
         match (self.code, self.signal) {
             (Some(code), _) => code,
