@@ -8,10 +8,11 @@ test SIGKILLs it), with one image build for the module."""
 import time
 
 import pytest
+from botocore.exceptions import ClientError
 
 from artifacts import zip_files
-from harness import (aws, create_and_wait, endpoint_request, endpoint_token, terminate_quietly,
-                     wait_microvm)
+from harness import (aws, create_and_wait, endpoint_request, endpoint_token, error_code,
+                     terminate_quietly, wait_microvm)
 
 # The main process serves HTTP in the background and ends with the code
 # the exit CGI writes into a fifo (blocked in `read` meanwhile: no polling,
@@ -26,14 +27,14 @@ exit "$code"
 """
 
 # /cgi-bin/exit?CODE ends the app a second later (so this answer gets out
-# first); /cgi-bin/exit?CODE&later four seconds later.
+# first); /cgi-bin/exit?CODE&after=SECONDS that much later.
 EXIT_CGI = """#!/bin/sh
 code=${QUERY_STRING%%&*}
 delay=1
-case "$QUERY_STRING" in *later*) delay=4 ;; esac
-(sleep $delay; echo "$code" > /tmp/exit-code) </dev/null >/dev/null 2>&1 &
+case "$QUERY_STRING" in *"&after="*) delay=${QUERY_STRING#*&after=} ;; esac
 printf 'Content-Type: text/plain\\r\\n\\r\\n'
 echo "exiting with $code in $delay s"
+(sleep $delay; echo "$code" > /tmp/exit-code) </dev/null >/dev/null 2>&1 &
 """
 
 DOCKERFILE = """FROM busybox
@@ -128,10 +129,40 @@ def test_the_vm_still_ends_with_its_app_after_a_suspend_and_resume(exiting):
         terminate_quietly(client, microvm_id)
 
 
+# An exit at once lands during the save (seen there, or kept in the saved
+# guest); one a little later, after the resume (the saved guest's clock
+# stood still meanwhile).
+@pytest.mark.parametrize("delay", ["0", "0.1"])
+def test_an_exit_racing_a_suspend_still_ends_the_vm(exiting, delay):
+    """The app ends about when the suspend saves it: either the exit is
+    seen (during or after the save) and the VM ends, or it is kept in the
+    saved guest and the VM ends at its resume. Never SUSPENDED for good
+    with its files gone, nor RUNNING with nothing inside."""
+    client = exiting.client()
+    microvm_id, endpoint, token = running(exiting)
+    try:
+        end_app(endpoint, token, f"6&after={delay}")
+        client.suspend_microvm(microvmIdentifier=microvm_id)
+        got = wait_microvm(client, microvm_id, {"SUSPENDED", "TERMINATED"}, timeout=90)
+        if got["state"] == "SUSPENDED":
+            time.sleep(2)  # an exit seen late ends it now
+            got = client.get_microvm(microvmIdentifier=microvm_id)
+        if got["state"] == "SUSPENDED":
+            assert (exiting.data_dir / "microvms" / microvm_id / "suspended").is_dir(), \
+                "SUSPENDED without its saved state"
+            try:
+                client.resume_microvm(microvmIdentifier=microvm_id)
+            except ClientError as exc:
+                assert error_code(exc) == "ConflictException", exc
+        assert_stopped(exiting, microvm_id, endpoint, token, 6)
+    finally:
+        terminate_quietly(client, microvm_id)
+
+
 def test_an_app_that_ended_while_emberd_was_down_ends_its_vm_at_restart(exiting):
     microvm_id, endpoint, token = running(exiting)
     try:
-        end_app(endpoint, token, "5&later")
+        end_app(endpoint, token, "5&after=4")
         exiting.kill9()
         time.sleep(6)  # the app ends meanwhile; the VM runs on, unwatched
         exiting.start()
