@@ -19,6 +19,8 @@ pub const APP_LOG: &str = "/var/log/ember-app.log";
 /// How long an app without a ready hook gets to accept on its port.
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(300);
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a reaped app's exit status may take to be recorded.
+const EXIT_STATUS_WAIT: Duration = Duration::from_secs(2);
 
 /// Starts the app and returns once it is ready and validated.
 pub async fn start_and_wait(
@@ -56,6 +58,7 @@ pub async fn start_and_wait(
             uid: id.as_ref().map(|i| i.uid),
             gid: id.as_ref().map(|i| i.gid),
             log_path: Some(APP_LOG.into()),
+            main: true,
             ..Default::default()
         })
         .await
@@ -149,9 +152,18 @@ async fn ensure_alive(vm: &dyn Vm, pid: u32) -> Result<(), BuildError> {
     let out = vm.agent().sh(&format!("kill -0 {pid}")).await;
     match out {
         Ok(o) if o.success() => Ok(()),
-        _ => Err(BuildError::new("start app", "the app exited".to_string())
+        _ => Err(BuildError::new("start app", app_exited(vm).await)
             .with_app_log(vm)
             .await),
+    }
+}
+
+/// "the app exited", with its exit code when the agent has it (it keeps
+/// the main process's status; an agent that predates that does not).
+async fn app_exited(vm: &dyn Vm) -> String {
+    match tokio::time::timeout(EXIT_STATUS_WAIT, vm.agent().wait_main_exit()).await {
+        Ok(Ok(status)) => format!("the app exited with code {}", status.shell_code()),
+        _ => "the app exited".to_string(),
     }
 }
 

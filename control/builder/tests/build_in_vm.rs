@@ -282,7 +282,7 @@ async fn an_app_that_never_listens_fails_readiness_with_its_output() {
         .await
         .unwrap_err();
     let reason = err.reason();
-    assert!(reason.contains("the app exited"), "{reason}");
+    assert!(reason.contains("the app exited with code 7"), "{reason}");
     assert!(
         reason.contains("cannot bind"),
         "the app's own output: {reason}"

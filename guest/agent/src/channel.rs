@@ -98,6 +98,12 @@ impl Sender {
         }
     }
 
+    /// False once a newer session has started: this sender's frames would
+    /// be dropped.
+    pub fn is_current(&self) -> bool {
+        self.wire.epoch.load(Ordering::SeqCst) == self.epoch
+    }
+
     /// Writes bytes as they are, frames or not (the hostile agent's way of
     /// breaking the protocol).
     #[cfg(feature = "hostile")]

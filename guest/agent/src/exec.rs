@@ -11,6 +11,8 @@ use std::thread::JoinHandle;
 use ember_agent_protocol::{ErrorKind, ExecRequest, FrameKind, GuestMessage, MAX_EXEC_STDIN};
 
 use crate::channel::{Failure, Sender};
+use crate::main_process::MainProcess;
+use crate::reaper::{Exit, OnExit};
 use crate::{reaper, spawn_thread};
 
 pub const DEFAULT_ENV: &[(&str, &str)] = &[
@@ -130,16 +132,21 @@ pub fn spawn_failure(req: &ExecRequest, err: &io::Error) -> Failure {
 }
 
 /// Starts the process and replies `Started`. Returns the handle to keep for
-/// a non-detached process; detached ones need no further attention.
+/// a non-detached process; detached ones need no further attention. A
+/// `main` one reports its end to `main`.
 pub fn start(
     req: ExecRequest,
     channel: u32,
     sender: &Sender,
     reaper_running: bool,
+    main: &Arc<MainProcess>,
 ) -> Result<Option<Arc<ExecHandle>>, Failure> {
+    if req.main && !req.detach {
+        return Err(Failure::invalid("a main process must be detached"));
+    }
     let mut cmd = build_command(&req)?;
     if req.detach {
-        start_detached(&req, cmd, channel, sender, reaper_running)?;
+        start_detached(&req, cmd, channel, sender, reaper_running, main)?;
         return Ok(None);
     }
     cmd.stdin(if req.stdin.is_empty() {
@@ -173,6 +180,7 @@ fn start_detached(
     channel: u32,
     sender: &Sender,
     reaper_running: bool,
+    main: &Arc<MainProcess>,
 ) -> Result<(), Failure> {
     let (out, err) = match &req.log_path {
         Some(path) => {
@@ -189,17 +197,52 @@ fn start_detached(
         None => (Stdio::null(), Stdio::null()),
     };
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    let mut child = cmd.spawn().map_err(|e| spawn_failure(req, &e))?;
-    reaper::spawned();
+    if !req.main {
+        return spawn_detached(req, &mut cmd, channel, sender, reaper_running, None).map(drop);
+    }
+    let watcher = Arc::clone(main);
+    let on_exit: OnExit = Box::new(move |exit| watcher.exited(exit));
+    main.start(|| {
+        spawn_detached(
+            req,
+            &mut cmd,
+            channel,
+            sender,
+            reaper_running,
+            Some(on_exit),
+        )
+    })
+}
+
+/// Spawns a detached process, replies `Started` and returns its pid;
+/// `on_exit` gets its status once it is reaped.
+fn spawn_detached(
+    req: &ExecRequest,
+    cmd: &mut Command,
+    channel: u32,
+    sender: &Sender,
+    reaper_running: bool,
+    on_exit: Option<OnExit>,
+) -> Result<i32, Failure> {
+    let (spawned, on_exit) = match (on_exit, reaper_running) {
+        (Some(f), true) => (reaper::spawn_watched(cmd, f), None),
+        (f, _) => (cmd.spawn().inspect(|_| reaper::spawned()), f),
+    };
+    let mut child = spawned.map_err(|e| spawn_failure(req, &e))?;
+    let pid = reaper::pid_of(&child);
     sender.control(channel, &GuestMessage::Started { pid: child.id() });
     if !reaper_running {
         // No PID-1 reaper (development mode): someone still has to wait.
-        let waited = spawn_thread(format!("detached-{}", child.id()), move || child.wait());
+        let waited = spawn_thread(format!("detached-{pid}"), move || {
+            if let (Ok(status), Some(on_exit)) = (child.wait(), on_exit) {
+                on_exit(Exit::from(status));
+            }
+        });
         if let Err(e) = waited {
             log!("cannot start a waiter for a detached process: {e}");
         }
     }
-    Ok(())
+    Ok(pid)
 }
 
 /// Starts the stdin feeder, both output pumps and the waiter.

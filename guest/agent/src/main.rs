@@ -28,6 +28,9 @@ mod health;
 #[cfg(feature = "hostile")]
 mod hostile;
 mod init;
+mod main_process;
+#[cfg(test)]
+mod main_process_tests;
 mod net;
 mod pty;
 mod pty_spawn;

@@ -10,15 +10,42 @@
 //! it has reaped, so it can never reap a tracked child. An exited child's
 //! pid cannot be reused until someone reaps it, so the peeked pid is still
 //! the same process when the reaper checks it.
+//!
+//! A detached child whose exit status matters (the guest's main process)
+//! is *watched*: the reaper hands its status to a callback. The registry
+//! lock is held across its `spawn`, and the reaper takes it before
+//! reaping, so an instant exit still finds the callback.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::process::{Child, Command};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
 static TRACKED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// How a child ended: an exit code, or the signal that killed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl From<ExitStatus> for Exit {
+    fn from(s: ExitStatus) -> Self {
+        Self {
+            code: s.code(),
+            signal: s.signal(),
+        }
+    }
+}
+
+pub type OnExit = Box<dyn FnOnce(Exit) + Send>;
+
+/// Watched children by pid, lock order after `TRACKED`.
+static WATCHED: Mutex<BTreeMap<i32, OnExit>> = Mutex::new(BTreeMap::new());
 
 /// Counts spawns, so a reaper with no children can sleep until the next
 /// one instead of polling (an idle guest should not wake up at all: under
@@ -47,6 +74,16 @@ pub fn spawn_tracked_with(spawn: impl FnOnce() -> io::Result<i32>) -> io::Result
     tracked.insert(pid);
     spawned();
     Ok(pid)
+}
+
+/// Spawns `cmd`, a detached child the reaper reaps, and has `on_exit`
+/// called with its status when it does (on the reaper's thread).
+pub fn spawn_watched(cmd: &mut Command, on_exit: OnExit) -> io::Result<Child> {
+    let mut watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
+    let child = cmd.spawn()?;
+    watched.insert(pid_of(&child), on_exit);
+    spawned();
+    Ok(child)
 }
 
 /// Records that the agent started a child (tracked or not). New children
@@ -133,16 +170,43 @@ fn run() {
             thread::sleep(TRACKED_BACKOFF);
             continue;
         }
+        let mut watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: as above; reaps exactly the untracked pid we peeked at,
-        // with the registry still locked.
-        unsafe {
+        // with the registries still locked.
+        let r = unsafe {
             libc::waitid(
                 libc::P_PID,
                 pid as libc::id_t,
                 &mut info,
                 libc::WEXITED | libc::WNOHANG,
-            );
-        }
+            )
+        };
+        let on_exit = if r == 0 { watched.remove(&pid) } else { None };
+        drop(watched);
         drop(tracked);
+        if let Some(on_exit) = on_exit {
+            on_exit(exit_of(&info));
+        }
+    }
+}
+
+/// The status in a `waitid` answer for a child that has exited.
+fn exit_of(info: &libc::siginfo_t) -> Exit {
+    // SAFETY: only called after waitid reaped a child, which fills in the
+    // child fields.
+    let status = unsafe { info.si_status() };
+    match info.si_code {
+        libc::CLD_EXITED => Exit {
+            code: Some(status),
+            signal: None,
+        },
+        libc::CLD_KILLED | libc::CLD_DUMPED => Exit {
+            code: None,
+            signal: Some(status),
+        },
+        _ => Exit {
+            code: None,
+            signal: None,
+        },
     }
 }

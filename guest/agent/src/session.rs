@@ -12,6 +12,7 @@ use ember_agent_protocol::{
 use crate::channel::{Failure, Sender, Wire};
 use crate::exec::ExecHandle;
 use crate::files::Upload;
+use crate::main_process::MainProcess;
 use crate::pty::PtyHandle;
 use crate::streams::StreamHandle;
 use crate::{exec, files, health, pty, restore, streams};
@@ -61,6 +62,8 @@ pub struct Agent {
     session: Option<u64>,
     channels: HashMap<u32, Channel>,
     config: Config,
+    /// Outlives sessions: a host that reconnects asks for it again.
+    main: Arc<MainProcess>,
     #[cfg(feature = "hostile")]
     hostile: crate::hostile::Trigger,
 }
@@ -73,6 +76,7 @@ impl Agent {
             session: None,
             channels: HashMap::new(),
             config,
+            main: Arc::default(),
             #[cfg(feature = "hostile")]
             hostile: Default::default(),
         }
@@ -178,12 +182,18 @@ impl Agent {
         let sender = &self.sender;
         let result: Result<Option<Channel>, Failure> = match msg {
             HostMessage::Hello { .. } => Err(Failure::invalid("Hello belongs on channel 0")),
+            HostMessage::Exec(req) if req.main && req.tty.is_some() => {
+                Err(Failure::invalid("a main process cannot run on a terminal"))
+            }
             HostMessage::Exec(req) if req.tty.is_some() => {
                 let size = req.tty.unwrap_or_default();
                 pty::start(req, size, channel, sender).map(|p| Some(Channel::Pty(p)))
             }
-            HostMessage::Exec(req) => exec::start(req, channel, sender, self.config.reaper_running)
-                .map(|h| h.map(Channel::Exec)),
+            HostMessage::Exec(req) => {
+                exec::start(req, channel, sender, self.config.reaper_running, &self.main)
+                    .map(|h| h.map(Channel::Exec))
+            }
+            HostMessage::WaitMainExit => self.main.wait(channel, sender).map(|()| None),
             HostMessage::WriteFile { path, mode } => {
                 Upload::create(&path, mode).map(|u| Some(Channel::Upload(u)))
             }

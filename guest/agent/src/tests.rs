@@ -52,7 +52,7 @@ impl Host {
         h
     }
 
-    fn hello(&mut self, session: u64) {
+    pub(crate) fn hello(&mut self, session: u64) {
         self.control(
             0,
             &HostMessage::Hello {
@@ -129,7 +129,7 @@ impl Drop for Host {
     }
 }
 
-fn temp_dir() -> PathBuf {
+pub(crate) fn temp_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "ember-agent-test-{}-{}",

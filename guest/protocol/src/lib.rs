@@ -20,7 +20,10 @@ pub use frame::{
 };
 pub use messages::*;
 
-/// Bumped on any incompatible change to frames or messages.
+/// Bumped on any incompatible change to frames or messages. Additions an
+/// older peer safely refuses or ignores (a new request, answered `Error`
+/// by an agent that cannot decode it; a new field with a serde default)
+/// keep it: an image snapshot keeps running the agent it was built with.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Bytes a sender may have in flight on one stream channel before the

@@ -44,6 +44,12 @@ pub enum HostMessage {
     /// Sets the terminal size of a `tty` exec on `target` channel (the
     /// kernel then sends SIGWINCH to its foreground job); answered `Ok`.
     Resize { target: u32, rows: u16, cols: u16 },
+    /// Answered `Exited` once the guest's main process (`ExecRequest::main`)
+    /// has ended: at once if it already has. `Error` (`NotFound`) when no
+    /// main process was started. The agent keeps a few such waits; one
+    /// from an ended session is forgotten, so the host asks again after
+    /// every (re)connect.
+    WaitMainExit,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +75,11 @@ pub struct ExecRequest {
     pub detach: bool,
     #[serde(default)]
     pub log_path: Option<String>,
+    /// This detached process is the guest's main process (the image's
+    /// command): the agent keeps its exit status for `WaitMainExit`. At
+    /// most one per guest; needs `detach`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub main: bool,
     /// Run on a new pseudo-terminal of this size instead of pipes: the
     /// process is a session leader with the terminal as its controlling
     /// terminal and stdin/stdout/stderr. Output (stdout and stderr
@@ -132,6 +143,7 @@ pub enum GuestMessage {
         pid: u32,
     },
     /// A non-detached process ended; always after its output and `Eof`.
+    /// Also the answer to `WaitMainExit`.
     Exited {
         code: Option<i32>,
         signal: Option<i32>,
@@ -256,6 +268,33 @@ mod tests {
             cols: 2,
         };
         assert_eq!(decode::<HostMessage>(&encode(&r).unwrap()).unwrap(), r);
+    }
+
+    #[test]
+    fn main_is_optional_on_the_wire() {
+        // An exec from a host that predates `main` still decodes, and one
+        // that is not `main` encodes as before (an older agent ignores the
+        // field it does not know either way).
+        let old = br#"{"type":"exec","argv":["sh"],"detach":true}"#;
+        match decode::<HostMessage>(old).unwrap() {
+            HostMessage::Exec(req) => assert!(!req.main && req.detach),
+            other => panic!("{other:?}"),
+        }
+        let plain = encode(&HostMessage::Exec(ExecRequest::default())).unwrap();
+        assert!(!String::from_utf8(plain).unwrap().contains("main"));
+        let m = HostMessage::Exec(ExecRequest {
+            argv: vec!["app".into()],
+            detach: true,
+            main: true,
+            ..Default::default()
+        });
+        assert_eq!(decode::<HostMessage>(&encode(&m).unwrap()).unwrap(), m);
+        let wait = encode(&HostMessage::WaitMainExit).unwrap();
+        assert_eq!(wait, br#"{"type":"wait_main_exit"}"#);
+        assert_eq!(
+            decode::<HostMessage>(&wait).unwrap(),
+            HostMessage::WaitMainExit
+        );
     }
 
     #[test]

@@ -154,6 +154,7 @@ impl Microvms {
             }
         };
         inst.set_vm(Some(Arc::clone(&vm)));
+        self.watch_app_exit(&inst);
         if let Err(e) = vm
             .agent()
             .write_file(IDENTITY_FILE, inst.id.as_bytes(), 0o644)
@@ -309,6 +310,7 @@ impl Microvms {
             Ok(vm) => {
                 self.admission.started(&inst.id);
                 inst.set_vm(Some(Arc::clone(&vm)));
+                self.watch_app_exit(inst);
                 let _ = remove_dir_if_exists(&dir);
                 // Traffic is held (the caller holds the transition lock)
                 // until `/resume` said yes; a no puts the VM back to sleep.

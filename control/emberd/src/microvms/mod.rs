@@ -8,6 +8,7 @@
 //! triggered by twenty concurrent requests happens once and the rest wait
 //! for it.
 
+mod app_exit;
 mod capacity;
 mod compaction;
 mod instance;
@@ -20,7 +21,7 @@ mod upstream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use ember_proxy::{Proxy, TokenKey};
 use ember_store::Store;
@@ -70,6 +71,8 @@ pub struct Microvms {
     /// when it suspends or ends.
     admission: Admission,
     live: Mutex<HashMap<String, Arc<Instance>>>,
+    /// For tasks started where only `&self` is at hand (a resume).
+    me: Weak<Microvms>,
 }
 
 impl Microvms {
@@ -81,7 +84,8 @@ impl Microvms {
         tokens: Arc<TokenKey>,
         config: MicrovmsConfig,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             admission: Admission::new(config.capacity.clone()),
             store,
             layout,

@@ -77,6 +77,7 @@ impl Microvms {
             Ok(vm) => {
                 self.admission.hold(&rec.id, Some(inst.spec.memory_mib));
                 inst.set_vm(Some(vm));
+                self.watch_app_exit(&inst);
                 match state {
                     MicrovmState::Terminating => {
                         self.terminate(Arc::clone(&inst), TERMINATED_BY_API.into());

@@ -42,6 +42,26 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+/// How the guest's main process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    /// The code a shell (and Docker) reports: the exit code, or 128 plus
+    /// the signal that killed the process (0 for neither, which an agent
+    /// never reports for a process it reaped).
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(code), _) => code,
+            (None, Some(signal)) => 128 + signal,
+            (None, None) => 0,
+        }
+    }
+}
+
 impl ExecOutput {
     pub fn success(&self) -> bool {
         self.code == Some(0)
@@ -160,6 +180,19 @@ impl AgentClient {
         let (_, mut rx, _guard) = self.start_exec(req).await?;
         match next_reply(&mut rx).await? {
             GuestMessage::Started { pid } => Ok(pid),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Waits until the guest's main process (`ExecRequest::main`) has
+    /// ended, however long that takes; at once if it already has. Ask
+    /// again on every new session: a wait does not outlive its session.
+    /// The session ending (the VM suspended or stopped) is
+    /// `AgentError::Disconnected`; a guest without a main process (or an
+    /// agent too old to know one) answers `AgentError::Guest`.
+    pub async fn wait_main_exit(&self) -> Result<ExitStatus, AgentError> {
+        match self.request(&HostMessage::WaitMainExit).await? {
+            GuestMessage::Exited { code, signal } => Ok(ExitStatus { code, signal }),
             other => Err(unexpected(other)),
         }
     }

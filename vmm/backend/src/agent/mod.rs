@@ -11,7 +11,7 @@ mod session;
 mod stream;
 mod violation;
 
-pub use client::{AgentClient, ExecOutput, OutputStream};
+pub use client::{AgentClient, ExecOutput, ExitStatus, OutputStream};
 pub use ember_agent_protocol::{ExecRequest, HealthReport, TtySize};
 pub use pty::{PtyControl, PtyExit, PtySession};
 pub use stream::AgentStream;

@@ -303,3 +303,34 @@ async fn a_stream_the_host_closed_keeps_its_window() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_main_exit_is_told_apart_from_the_connection_closing() {
+    let (client, mut guest) = connected().await;
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.wait_main_exit().await }
+    });
+    let (channel, msg) = guest.request().await;
+    assert_eq!(msg, HostMessage::WaitMainExit);
+    let killed = GuestMessage::Exited {
+        code: None,
+        signal: Some(15),
+    };
+    guest.reply(channel, &killed).await;
+    let status = waiting.await.unwrap().unwrap();
+    assert_eq!((status.code, status.signal), (None, Some(15)));
+    assert_eq!(status.shell_code(), 143);
+
+    // A wait cut short by the VM going away (a suspend, a stop).
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.wait_main_exit().await }
+    });
+    let _ = guest.request().await;
+    drop(guest);
+    match waiting.await.unwrap() {
+        Err(AgentError::Disconnected) => {}
+        other => panic!("{other:?}"),
+    }
+}

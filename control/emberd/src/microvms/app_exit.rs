@@ -1,0 +1,81 @@
+//! A VM ends with its app: when the image's command (the guest's main
+//! process) exits, the VM is terminated, as the real service does
+//! ("Container Stopped with Exit Code: N").
+//!
+//! The agent keeps the exit status in guest memory, so a watch is started
+//! on every new agent session (run, resume, re-attach): an exit that
+//! happened while nobody listened (during a suspend, or while emberd was
+//! down) is answered at once.
+
+use std::sync::Arc;
+
+use ember_vmm::agent::{AgentError, ExitStatus};
+
+use super::instance::Instance;
+use super::Microvms;
+
+/// The state reason of a VM whose app exited, worded as the real service
+/// words it (a death by signal N is 128 + N, as Docker reports it).
+pub(super) fn container_stopped(status: ExitStatus) -> String {
+    format!("Container Stopped with Exit Code: {}", status.shell_code())
+}
+
+impl Microvms {
+    /// Watches the VM `inst` holds now; terminates it when its app exits.
+    /// The watch ends by itself with the VM's agent session (a suspend or
+    /// a stop), so each new session needs its own.
+    pub(super) fn watch_app_exit(&self, inst: &Arc<Instance>) {
+        let (Some(vm), Some(this)) = (inst.vm(), self.me.upgrade()) else {
+            return;
+        };
+        // Only the session: the VM handle stays the instance's to drop.
+        let agent = vm.agent().clone();
+        drop(vm);
+        let inst = Arc::clone(inst);
+        tokio::spawn(async move {
+            match agent.wait_main_exit().await {
+                Ok(status) => {
+                    let reason = container_stopped(status);
+                    tracing::info!(microvm = %inst.id, ?status, "the app's main process ended");
+                    // Through the API's path: the terminate hook, the app
+                    // log, the files; a no-op when the VM is already ending.
+                    this.terminate(inst, reason);
+                }
+                // Suspended, stopped, or a guest that broke the protocol
+                // (which the reaper terminates): nothing to watch.
+                Err(AgentError::Disconnected | AgentError::Violation(_)) => {}
+                // An image built before main processes were marked, or
+                // whose agent predates them.
+                Err(AgentError::Guest { message, .. }) => {
+                    tracing::debug!(microvm = %inst.id, "not watching the app: {message}");
+                }
+                Err(e) => tracing::warn!(microvm = %inst.id, "watching the app failed: {e}"),
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_name_the_code_or_128_plus_the_signal() {
+        let exited = ExitStatus {
+            code: Some(3),
+            signal: None,
+        };
+        assert_eq!(
+            container_stopped(exited),
+            "Container Stopped with Exit Code: 3"
+        );
+        let killed = ExitStatus {
+            code: None,
+            signal: Some(9),
+        };
+        assert_eq!(
+            container_stopped(killed),
+            "Container Stopped with Exit Code: 137"
+        );
+    }
+}
