@@ -28,6 +28,9 @@ mod health;
 #[cfg(feature = "hostile")]
 mod hostile;
 mod init;
+mod metadata;
+#[cfg(test)]
+mod metadata_tests;
 mod net;
 mod pty;
 mod pty_spawn;
@@ -107,8 +110,10 @@ fn run_as_init() -> ! {
             }
             None => {
                 log!("serving {}", path.display());
+                let agent = agent.insert(Agent::new(Wire::new(Box::new(writer)), config));
+                metadata::start(agent.metadata_accepts());
                 log!("ready");
-                agent.insert(Agent::new(Wire::new(Box::new(writer)), config))
+                agent
             }
         };
         if let Err(e) = channel::serve(agent, port, true) {

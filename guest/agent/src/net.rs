@@ -100,6 +100,16 @@ pub fn setup(net_option: Option<&str>) {
     }
 }
 
+/// Adds `addr/32` to loopback as a second address (the alias `lo:ember`),
+/// so connections to it stay inside the guest whatever the network card
+/// and its routes say: local addresses win over every route.
+pub fn add_loopback_address(addr: Ipv4Addr) -> io::Result<()> {
+    const ALIAS: &str = "lo:ember";
+    let sock = IfSocket::open()?;
+    sock.set_addr(ALIAS, libc::SIOCSIFADDR, addr)?;
+    sock.set_addr(ALIAS, libc::SIOCSIFNETMASK, Ipv4Addr::BROADCAST)
+}
+
 fn configure(interface: &str, config: &NetConfig) -> io::Result<()> {
     let sock = IfSocket::open()?;
     // Address first: setting it also sets a classful netmask, which the

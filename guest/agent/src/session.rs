@@ -12,6 +12,7 @@ use ember_agent_protocol::{
 use crate::channel::{Failure, Sender, Wire};
 use crate::exec::ExecHandle;
 use crate::files::Upload;
+use crate::metadata::Accepts;
 use crate::pty::PtyHandle;
 use crate::streams::StreamHandle;
 use crate::{exec, files, health, pty, restore, streams};
@@ -61,6 +62,8 @@ pub struct Agent {
     session: Option<u64>,
     channels: HashMap<u32, Channel>,
     config: Config,
+    /// Shared with the metadata listener, which outlives sessions.
+    metadata: Arc<Accepts>,
     #[cfg(feature = "hostile")]
     hostile: crate::hostile::Trigger,
 }
@@ -73,6 +76,7 @@ impl Agent {
             session: None,
             channels: HashMap::new(),
             config,
+            metadata: Arc::default(),
             #[cfg(feature = "hostile")]
             hostile: Default::default(),
         }
@@ -80,6 +84,11 @@ impl Agent {
 
     pub fn wire(&self) -> &Arc<Wire> {
         &self.wire
+    }
+
+    /// Where the metadata listener finds the host's `AcceptMetadata`s.
+    pub fn metadata_accepts(&self) -> Arc<Accepts> {
+        Arc::clone(&self.metadata)
     }
 
     pub fn handle(&mut self, frame: Frame) {
@@ -193,6 +202,10 @@ impl Agent {
             HostMessage::Connect { port } => {
                 streams::open(port, channel, sender).map(|s| Some(Channel::Stream(s)))
             }
+            HostMessage::AcceptMetadata => self
+                .metadata
+                .offer(channel, sender)
+                .map(|s| Some(Channel::Stream(s))),
             HostMessage::Health => {
                 sender.control(channel, &GuestMessage::Health(health::report()));
                 Ok(None)
