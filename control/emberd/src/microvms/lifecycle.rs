@@ -153,6 +153,7 @@ impl Microvms {
             }
         };
         inst.set_vm(Some(Arc::clone(&vm)));
+        self.serve_metadata(&inst, vm.as_ref());
         if let Err(e) = vm
             .agent()
             .write_file(IDENTITY_FILE, inst.id.as_bytes(), 0o644)
@@ -293,6 +294,7 @@ impl Microvms {
             Ok(vm) => {
                 self.admission.started(&inst.id);
                 inst.set_vm(Some(Arc::clone(&vm)));
+                self.serve_metadata(inst, vm.as_ref());
                 let _ = remove_dir_if_exists(&dir);
                 let reason = self.hook_then(inst, vm.as_ref(), Hook::Resume, why).await;
                 inst.touch();
