@@ -87,6 +87,9 @@ print(json.dumps({
 }))
 '''
 
+BIND_80 = ("/usr/bin/python3.11 -c 'import socket; s = socket.socket(); "
+           "s.bind((\"0.0.0.0\", 80)); s.listen(); print(\"bound\")'")
+
 DOCKERFILE = """FROM debian12-minimal
 COPY python/ /
 COPY site/ /opt/awscli/
@@ -186,6 +189,11 @@ def test_the_aws_cli_in_the_guest_finds_the_role_credentials(metadata_ember, rol
         assert code == "0", listed
         key_line = next((l for l in listed.splitlines() if l.split()[:1] == ["access_key"]), "")
         assert KEYS["accessKeyId"][-4:] in key_line and "iam-role" in key_line, listed
+
+        # The agent does not hold port 80: an app may listen on 0.0.0.0:80
+        # (connections to the metadata address are steered to the agent).
+        bound, code = _guest_sh(vm, token, BIND_80)
+        assert code == "0" and "bound" in bound, bound
 
         seen = _imds(vm, token)
         assert seen["token_status"] == 200

@@ -39,6 +39,7 @@ mod pty_tests;
 mod reaper;
 mod restore;
 mod session;
+mod steer;
 mod streams;
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,9 @@
 //! them. The guest needs no network card for this, and nothing but the host
 //! ever answers: the address lives on loopback.
 //!
+//! Port 80 itself stays free for the app: the kernel steers connections
+//! for the address to the agent's socket (`steer.rs`).
+//!
 //! One thread accepts, one connection at a time: a connection that finds
 //! no outstanding request waits briefly (the host replaces a used request
 //! within a round trip) and is then closed. The kernel's listen backlog
@@ -80,23 +83,45 @@ impl Accepts {
     }
 }
 
-/// Puts the address on loopback, listens on it and serves it from a thread
-/// for the agent's whole life (a restored guest keeps the listener).
+/// Puts the address on loopback, listens for it and serves it from a
+/// thread for the agent's whole life (a restored guest keeps the listener).
+///
+/// The listener is bound to an ephemeral port and port 80 is steered to it
+/// (`steer.rs`), which leaves port 80 to the app. On a kernel that refuses
+/// the steering the listener takes port 80 itself: then an app binding
+/// `0.0.0.0:80` fails, but credentials still work.
 pub fn start(accepts: Arc<Accepts>) {
     if let Err(e) = crate::net::add_loopback_address(ADDRESS) {
         log!("adding {ADDRESS} to lo: {e}");
         return;
     }
-    match TcpListener::bind(SocketAddr::from((ADDRESS, PORT))) {
-        Ok(listener) => {
-            if let Err(e) = spawn_listener(listener, accepts) {
-                log!("cannot start the metadata listener: {e}");
+    let steered = TcpListener::bind(SocketAddr::from((ADDRESS, 0))).and_then(|listener| {
+        let steering = crate::steer::steer(ADDRESS, PORT, &listener)?;
+        Ok((listener, steering))
+    });
+    let (listener, steering) = match steered {
+        Ok((listener, steering)) => (listener, Some(steering)),
+        Err(e) => {
+            log!("cannot steer {ADDRESS}:{PORT} ({e}); listening on port {PORT} itself");
+            match TcpListener::bind(SocketAddr::from((ADDRESS, PORT))) {
+                Ok(listener) => (listener, None),
+                Err(e) => {
+                    log!("listening on {ADDRESS}:{PORT}: {e}");
+                    return;
+                }
             }
         }
-        Err(e) => log!("listening on {ADDRESS}:{PORT}: {e}"),
+    };
+    let spawned = spawn_thread("metadata".into(), move || {
+        let _steering = steering;
+        serve(&listener, &accepts)
+    });
+    if let Err(e) = spawned {
+        log!("cannot start the metadata listener: {e}");
     }
 }
 
+#[cfg(test)]
 pub fn spawn_listener(listener: TcpListener, accepts: Arc<Accepts>) -> io::Result<()> {
     spawn_thread("metadata".into(), move || serve(&listener, &accepts)).map(|_| ())
 }

@@ -67,7 +67,7 @@ impl NetConfig {
 /// Brings up loopback, and the first network card as `ember.net` says.
 /// Best effort: every failure is logged, none stops the boot.
 pub fn setup(net_option: Option<&str>) {
-    if let Err(e) = IfSocket::open().and_then(|s| s.up("lo")) {
+    if let Err(e) = loopback_up() {
         log!("bringing up lo: {e}");
     }
     let Some(value) = net_option else {
@@ -98,6 +98,10 @@ pub fn setup(net_option: Option<&str>) {
         ),
         Err(e) => log!("configuring {interface}: {e}"),
     }
+}
+
+pub fn loopback_up() -> io::Result<()> {
+    IfSocket::open()?.up("lo")
 }
 
 /// Adds `addr/32` to loopback as a second address (the alias `lo:ember`),
