@@ -251,3 +251,19 @@ def test_a_credentials_file_others_can_read_is_refused_at_start(separate_emberd,
         separate_emberd("--role-credentials", str(path))
     message = str(info.value)
     assert "exited" in message and "0600" in message and str(path) in message, message
+
+
+def test_a_vm_taken_back_after_an_emberd_crash_still_gets_its_credentials(metadata_ember):
+    """Last in the module: it kills the module's emberd (the VM lives on)."""
+    client = metadata_ember.client()
+    vm, token = _run(client, executionRoleArn=ROLE)
+    try:
+        assert _imds(vm, token)["entry"][0] == 200
+        metadata_ember.kill9()
+        metadata_ember.start()
+        assert client.get_microvm(microvmIdentifier=vm["microvmId"])["state"] == "RUNNING"
+        status, text = _imds(vm, token)["entry"]
+        assert status == 200, text
+        assert json.loads(text)["AccessKeyId"] == KEYS["accessKeyId"]
+    finally:
+        terminate_quietly(client, vm["microvmId"])
