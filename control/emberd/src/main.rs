@@ -7,6 +7,7 @@ mod builds;
 mod connectors;
 mod credentials;
 mod layout;
+mod metadata;
 mod microvm_logs;
 mod microvms;
 mod service;
@@ -148,6 +149,12 @@ struct Args {
     /// repeatable. Without it, any path emberd can read.
     #[arg(long = "artifact-root", value_name = "DIR")]
     artifact_roots: Vec<PathBuf>,
+    /// A JSON file of execution role ARNs to static keys (`accessKeyId`,
+    /// `secretAccessKey`, optional `sessionToken` and `expiration`), served
+    /// to microVMs run with that role at 169.254.169.254 (IMDSv2). Owned by
+    /// emberd's user, mode 0600 or stricter; re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    role_credentials: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -161,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     validate_args(&args)?;
+    let roles = role_credentials(&args)?;
     // Everything emberd creates is its own alone unless it says otherwise
     // (the shared read-only images VMs' jails bind in are made readable
     // where they are handed over).
@@ -268,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
             log_max_bytes: args.build_log_max_mib * 1024 * 1024,
         },
     ));
-    let microvms = start_microvms(&args, &store, &layout, vm_hv, disk).await?;
+    let microvms = start_microvms(&args, &store, &layout, vm_hv, disk, roles).await?;
     let daemon = Arc::new(Daemon::new(
         store,
         builds,
@@ -302,6 +310,7 @@ async fn start_microvms(
     layout: &DataDir,
     hv: Arc<dyn Hypervisor>,
     disk: microvms::DiskReserve,
+    roles: Option<Arc<metadata::RoleCredentials>>,
 ) -> anyhow::Result<Arc<microvms::Microvms>> {
     let tokens =
         Arc::new(TokenKey::load_or_create(&layout.token_key()).context("the endpoint token key")?);
@@ -343,6 +352,11 @@ async fn start_microvms(
             min_idle_seconds: args.min_idle_seconds,
             compact_after_seconds: args.compact_after_seconds,
             endpoint,
+            metadata: Arc::new(metadata::Metadata::new(
+                args.region.clone(),
+                args.account.clone(),
+                roles,
+            )),
             capacity: microvms::Capacity {
                 max_live: args.max_microvms,
                 max_running: args.max_running_microvms,
@@ -382,6 +396,16 @@ fn validate_args(args: &Args) -> anyhow::Result<()> {
         anyhow::bail!("--build-memory-mib must be 256..=16384");
     }
     Ok(())
+}
+
+/// `--role-credentials`, checked now: a file others can read, or one
+/// that does not parse, stops emberd before it serves anything.
+fn role_credentials(args: &Args) -> anyhow::Result<Option<Arc<metadata::RoleCredentials>>> {
+    let Some(path) = &args.role_credentials else {
+        return Ok(None);
+    };
+    let roles = metadata::RoleCredentials::load(path).context("--role-credentials")?;
+    Ok(Some(Arc::new(roles)))
 }
 
 /// Where artifacts may come from (`--allow-private-artifact-hosts`,

@@ -31,6 +31,9 @@ mod init;
 mod main_process;
 #[cfg(test)]
 mod main_process_tests;
+mod metadata;
+#[cfg(test)]
+mod metadata_tests;
 mod net;
 mod pty;
 mod pty_spawn;
@@ -39,6 +42,7 @@ mod pty_tests;
 mod reaper;
 mod restore;
 mod session;
+mod steer;
 mod streams;
 #[cfg(test)]
 mod tests;
@@ -110,8 +114,10 @@ fn run_as_init() -> ! {
             }
             None => {
                 log!("serving {}", path.display());
+                let agent = agent.insert(Agent::new(Wire::new(Box::new(writer)), config));
+                metadata::start(agent.metadata_accepts());
                 log!("ready");
-                agent.insert(Agent::new(Wire::new(Box::new(writer)), config))
+                agent
             }
         };
         if let Err(e) = channel::serve(agent, port, true) {

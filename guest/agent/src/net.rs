@@ -67,7 +67,7 @@ impl NetConfig {
 /// Brings up loopback, and the first network card as `ember.net` says.
 /// Best effort: every failure is logged, none stops the boot.
 pub fn setup(net_option: Option<&str>) {
-    if let Err(e) = IfSocket::open().and_then(|s| s.up("lo")) {
+    if let Err(e) = loopback_up() {
         log!("bringing up lo: {e}");
     }
     let Some(value) = net_option else {
@@ -98,6 +98,20 @@ pub fn setup(net_option: Option<&str>) {
         ),
         Err(e) => log!("configuring {interface}: {e}"),
     }
+}
+
+pub fn loopback_up() -> io::Result<()> {
+    IfSocket::open()?.up("lo")
+}
+
+/// Adds `addr/32` to loopback as a second address (the alias `lo:ember`),
+/// so connections to it stay inside the guest whatever the network card
+/// and its routes say: local addresses win over every route.
+pub fn add_loopback_address(addr: Ipv4Addr) -> io::Result<()> {
+    const ALIAS: &str = "lo:ember";
+    let sock = IfSocket::open()?;
+    sock.set_addr(ALIAS, libc::SIOCSIFADDR, addr)?;
+    sock.set_addr(ALIAS, libc::SIOCSIFNETMASK, Ipv4Addr::BROADCAST)
 }
 
 fn configure(interface: &str, config: &NetConfig) -> io::Result<()> {

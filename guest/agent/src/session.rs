@@ -13,6 +13,7 @@ use crate::channel::{Failure, Sender, Wire};
 use crate::exec::ExecHandle;
 use crate::files::Upload;
 use crate::main_process::MainProcess;
+use crate::metadata::Accepts;
 use crate::pty::PtyHandle;
 use crate::streams::StreamHandle;
 use crate::{exec, files, health, pty, restore, streams};
@@ -64,6 +65,8 @@ pub struct Agent {
     config: Config,
     /// Outlives sessions: a host that reconnects asks for it again.
     main: Arc<MainProcess>,
+    /// Shared with the metadata listener, which outlives sessions.
+    metadata: Arc<Accepts>,
     #[cfg(feature = "hostile")]
     hostile: crate::hostile::Trigger,
 }
@@ -77,6 +80,7 @@ impl Agent {
             channels: HashMap::new(),
             config,
             main: Arc::default(),
+            metadata: Arc::default(),
             #[cfg(feature = "hostile")]
             hostile: Default::default(),
         }
@@ -84,6 +88,11 @@ impl Agent {
 
     pub fn wire(&self) -> &Arc<Wire> {
         &self.wire
+    }
+
+    /// Where the metadata listener finds the host's `AcceptMetadata`s.
+    pub fn metadata_accepts(&self) -> Arc<Accepts> {
+        Arc::clone(&self.metadata)
     }
 
     pub fn handle(&mut self, frame: Frame) {
@@ -203,6 +212,10 @@ impl Agent {
             HostMessage::Connect { port } => {
                 streams::open(port, channel, sender).map(|s| Some(Channel::Stream(s)))
             }
+            HostMessage::AcceptMetadata => self
+                .metadata
+                .offer(channel, sender)
+                .map(|s| Some(Channel::Stream(s))),
             HostMessage::Health => {
                 sender.control(channel, &GuestMessage::Health(health::report()));
                 Ok(None)

@@ -1,5 +1,6 @@
 //! `Connect`: a TCP connection to a guest-local port, bridged onto a channel
-//! under `Window` flow control in both directions.
+//! under `Window` flow control in both directions. `AcceptMetadata` streams
+//! are the same, with the socket accepted instead of connected.
 //!
 //! Three parties touch a stream: the wire reader thread (host frames, via
 //! [`StreamHandle`]), a socket reader thread (socket → host, gated by the
@@ -158,13 +159,17 @@ impl StreamHandle {
     }
 }
 
+fn new_shared() -> Arc<Shared> {
+    Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        cond: Condvar::new(),
+    })
+}
+
 /// Registers the channel and connects from a helper thread, which replies
 /// `Connected` (or the error) and then pumps socket → host.
 pub fn open(port: u16, channel: u32, sender: &Sender) -> Result<StreamHandle, Failure> {
-    let shared = Arc::new(Shared {
-        state: Mutex::new(State::default()),
-        cond: Condvar::new(),
-    });
+    let shared = new_shared();
     let (tx, rx) = mpsc::channel();
     let worker = Arc::clone(&shared);
     let sender = sender.clone();
@@ -176,6 +181,62 @@ pub fn open(port: u16, channel: u32, sender: &Sender) -> Result<StreamHandle, Fa
         shared,
         queue: Some(tx),
     })
+}
+
+/// A stream the host opened whose socket comes later, from a guest process
+/// connecting to one of the agent's listeners (`metadata.rs`). Its handle is
+/// registered at once, so a host `Reset` cancels it like any stream.
+pub struct PendingStream {
+    channel: u32,
+    sender: Sender,
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Chunk>,
+}
+
+impl PendingStream {
+    pub fn new(channel: u32, sender: &Sender) -> (StreamHandle, Self) {
+        let shared = new_shared();
+        let (tx, rx) = mpsc::channel();
+        let handle = StreamHandle {
+            shared: Arc::clone(&shared),
+            queue: Some(tx),
+        };
+        let pending = Self {
+            channel,
+            sender: sender.clone(),
+            shared,
+            rx,
+        };
+        (handle, pending)
+    }
+
+    /// The host reset it, or its session ended.
+    pub fn is_abandoned(&self) -> bool {
+        self.shared.lock().closed
+    }
+
+    /// Hands over the accepted socket: `Connected` goes to the host and a
+    /// helper thread pumps the connection. On error the socket is dropped
+    /// (the guest process sees the connection close) and the host is told.
+    pub fn attach(self, sock: TcpStream) -> io::Result<()> {
+        let Self {
+            channel,
+            sender,
+            shared,
+            rx,
+        } = self;
+        let worker = Arc::clone(&shared);
+        let worker_sender = sender.clone();
+        let spawned = spawn_thread(format!("stream-{channel}"), move || {
+            pump(sock, channel, &worker_sender, &worker, rx)
+        });
+        if let Err(e) = spawned {
+            shared.close();
+            sender.reset(channel);
+            return Err(e);
+        }
+        Ok(())
+    }
 }
 
 fn connect_and_pump(
@@ -202,6 +263,18 @@ fn connect_and_pump(
             return;
         }
     };
+    pump(sock, channel, sender, shared, rx);
+}
+
+/// Says `Connected` and bridges a connected socket both ways until either
+/// side ends it.
+fn pump(
+    sock: TcpStream,
+    channel: u32,
+    sender: &Sender,
+    shared: &Arc<Shared>,
+    rx: mpsc::Receiver<Chunk>,
+) {
     let _ = sock.set_nodelay(true);
     let clones = sock.try_clone().and_then(|a| Ok((a, sock.try_clone()?)));
     let (for_close, for_writer) = match clones {

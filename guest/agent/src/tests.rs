@@ -27,6 +27,11 @@ pub(crate) struct Host {
 impl Host {
     /// Starts an agent on one end of a socketpair, before any Hello.
     fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// Like [`Host::start`], handing the agent to `prepare` before it serves.
+    fn start_with(prepare: impl FnOnce(&Agent) + Send + 'static) -> Self {
         let (host, guest) = UnixStream::pair().unwrap();
         let writer = guest.try_clone().unwrap();
         let agent = thread::spawn(move || {
@@ -34,6 +39,7 @@ impl Host {
                 reaper_running: false,
             };
             let mut agent = Agent::new(Wire::new(Box::new(writer)), config);
+            prepare(&agent);
             channel::serve(&mut agent, guest, false).unwrap();
         });
         host.set_read_timeout(Some(Duration::from_millis(50)))
@@ -50,6 +56,18 @@ impl Host {
         let mut h = Self::start();
         h.hello(7);
         h
+    }
+
+    /// Says Hello to a fresh agent whose metadata listener is on a free
+    /// loopback port (the guest's address does not exist on a test host).
+    pub(crate) fn connect_with_metadata() -> (Self, std::net::SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut h = Self::start_with(move |agent| {
+            crate::metadata::spawn_listener(listener, agent.metadata_accepts()).unwrap();
+        });
+        h.hello(7);
+        (h, addr)
     }
 
     pub(crate) fn hello(&mut self, session: u64) {

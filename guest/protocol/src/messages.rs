@@ -28,6 +28,14 @@ pub enum HostMessage {
     /// or `Error`. Then both sides exchange `Data`/`Eof` under `Window`
     /// flow control; `Reset` tears it down.
     Connect { port: u16 },
+    /// Waits for the next connection a guest process makes to the metadata
+    /// address (169.254.169.254:80, the agent's own listener): `Connected`
+    /// when one arrives, then the channel is a stream exactly as after
+    /// `Connect`. The host keeps a few of these outstanding so that channel
+    /// ids stay host-chosen; with none outstanding the agent closes the
+    /// guest's connection. More than [`MAX_METADATA_ACCEPTS`] outstanding is
+    /// answered `Error` (`too_large`).
+    AcceptMetadata,
     /// Liveness and basic guest facts; answered by `Health`.
     Health,
     /// Sent after a restore: the agent steps CLOCK_REALTIME to the host's
@@ -108,6 +116,9 @@ impl Default for TtySize {
         Self { rows: 24, cols: 80 }
     }
 }
+
+/// Outstanding `AcceptMetadata` requests the agent keeps per session.
+pub const MAX_METADATA_ACCEPTS: usize = 16;
 
 /// Most stdin an `ExecRequest` may carry inline: base64 inside one control
 /// message must stay under [`MAX_CONTROL_BYTES`].
@@ -262,6 +273,11 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(decode::<HostMessage>(&encode(&m).unwrap()).unwrap(), m);
+        let a = HostMessage::AcceptMetadata;
+        assert_eq!(
+            String::from_utf8(encode(&a).unwrap()).unwrap(),
+            r#"{"type":"accept_metadata"}"#
+        );
         let r = HostMessage::Resize {
             target: 3,
             rows: 1,

@@ -155,6 +155,7 @@ impl Microvms {
         };
         inst.set_vm(Some(Arc::clone(&vm)));
         self.watch_app_exit(&inst);
+        self.serve_metadata(&inst, vm.as_ref());
         if let Err(e) = vm
             .agent()
             .write_file(IDENTITY_FILE, inst.id.as_bytes(), 0o644)
@@ -311,6 +312,7 @@ impl Microvms {
                 self.admission.started(&inst.id);
                 inst.set_vm(Some(Arc::clone(&vm)));
                 self.watch_app_exit(inst);
+                self.serve_metadata(inst, vm.as_ref());
                 let _ = remove_dir_if_exists(&dir);
                 // Traffic is held (the caller holds the transition lock)
                 // until `/resume` said yes; a no puts the VM back to sleep.

@@ -57,6 +57,8 @@ pub struct MicrovmsConfig {
     /// from its image's.
     pub compact_after_seconds: u32,
     pub endpoint: EndpointMode,
+    /// Serves every running VM's 169.254.169.254.
+    pub metadata: Arc<crate::metadata::Metadata>,
     pub capacity: Capacity,
 }
 
@@ -129,6 +131,13 @@ impl Microvms {
 
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.layout.microvm_log(id)
+    }
+
+    /// Answers the VM's 169.254.169.254 for as long as its agent session
+    /// lasts: after every start, resume and re-attach.
+    fn serve_metadata(&self, inst: &Instance, vm: &dyn ember_vmm::Vm) {
+        let role = inst.spec.execution_role_arn.as_deref();
+        self.config.metadata.serve(&inst.id, role, vm.agent());
     }
 
     /// Starts the idle reaper; call once.

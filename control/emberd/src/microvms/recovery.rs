@@ -76,6 +76,7 @@ impl Microvms {
         match self.hv.attach(&rec.id).await {
             Ok(vm) => {
                 self.admission.hold(&rec.id, Some(inst.spec.memory_mib));
+                self.serve_metadata(&inst, vm.as_ref());
                 inst.set_vm(Some(vm));
                 self.watch_app_exit(&inst);
                 match state {

@@ -210,6 +210,29 @@ impl AgentClient {
         Ok(stream::start(Arc::clone(&self.session), channel, rx))
     }
 
+    /// Waits for a guest process to connect to the metadata address
+    /// (169.254.169.254:80) and returns that connection. Callers keep a few
+    /// of these waiting (the agent holds at most
+    /// [`proto::MAX_METADATA_ACCEPTS`]); dropping the future withdraws it.
+    pub async fn accept_metadata(&self) -> Result<AgentStream, AgentError> {
+        let (channel, mut rx, guard) = self
+            .start_request(Flow::Credited, &HostMessage::AcceptMetadata)
+            .await?;
+        // Withdrawn if dropped while waiting, so the agent never hands a
+        // guest connection to a channel nobody reads.
+        let withdraw = ResetOnDrop {
+            session: &self.session,
+            channel,
+        };
+        match next_reply(&mut rx).await? {
+            GuestMessage::Connected => {}
+            other => return Err(unexpected(other)),
+        }
+        std::mem::forget(withdraw);
+        guard.disarm();
+        Ok(stream::start(Arc::clone(&self.session), channel, rx))
+    }
+
     /// Runs a process on a new pseudo-terminal in the guest (24×80 unless
     /// `req.tty` says otherwise): an interactive shell, for instance. Returns
     /// once the process has started.
@@ -317,6 +340,19 @@ impl Drop for ChannelGuard<'_> {
         if self.armed {
             self.session.close_channel(self.channel);
         }
+    }
+}
+
+/// Resets a channel the guest may still answer on.
+struct ResetOnDrop<'a> {
+    session: &'a Session,
+    channel: u32,
+}
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.session
+            .try_send(Frame::new(FrameKind::Reset, self.channel, Vec::new()));
     }
 }
 

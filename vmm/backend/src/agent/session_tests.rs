@@ -334,3 +334,39 @@ async fn a_main_exit_is_told_apart_from_the_connection_closing() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn accept_metadata_becomes_a_stream_and_a_dropped_accept_is_withdrawn() {
+    let (client, mut guest) = connected().await;
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.accept_metadata().await }
+    });
+    let (channel, msg) = guest.request().await;
+    assert_eq!(msg, HostMessage::AcceptMetadata);
+    guest.reply(channel, &GuestMessage::Connected).await;
+    guest
+        .send(Frame::new(FrameKind::Data, channel, b"GET /".to_vec()))
+        .await;
+    let mut stream = waiting.await.unwrap().unwrap();
+    let mut got = [0u8; 5];
+    stream.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"GET /");
+
+    // An accept given up before any guest connection is reset, so the
+    // agent never hands a connection to it.
+    let abandoned = tokio::spawn({
+        let client = client.clone();
+        async move { client.accept_metadata().await }
+    });
+    let (second, msg) = guest.request().await;
+    assert_eq!(msg, HostMessage::AcceptMetadata);
+    abandoned.abort();
+    let reset = loop {
+        let f = guest.next().await;
+        if f.channel == second {
+            break f;
+        }
+    };
+    assert_eq!(reset.kind, FrameKind::Reset);
+}
