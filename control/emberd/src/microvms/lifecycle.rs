@@ -223,12 +223,17 @@ impl Microvms {
         match suspended {
             Ok(_) => {
                 inst.set_vm(None);
-                self.set_state(
-                    inst,
-                    MicrovmState::Suspended,
-                    Some(&reason),
-                    Some(Some(now())),
-                );
+                // A termination queued meanwhile (the app exited, or
+                // TerminateMicrovm) finishes next; TERMINATING stays the
+                // truth until then.
+                if !inst.is_doomed() {
+                    self.set_state(
+                        inst,
+                        MicrovmState::Suspended,
+                        Some(&reason),
+                        Some(Some(now())),
+                    );
+                }
                 tracing::info!(microvm = %inst.id, "suspended: {reason}");
             }
             Err(e) => {
