@@ -7,7 +7,6 @@ suspend completes. The same image shows the environment the service
 gives every app (AWS_LAMBDA_MICROVM_IMAGE_*, AWS_REGION)."""
 
 import json
-import threading
 import time
 
 import pytest
@@ -124,6 +123,17 @@ def hook_log(vm, token):
     return [line for line in body.splitlines() if line.startswith(("hook ", "run-"))]
 
 
+def poll_until(client, vm_id, done, allowed=None, timeout=90):
+    """GetMicrovm until `done(vm)`; every state seen must be in `allowed`."""
+    deadline = time.time() + timeout
+    while True:
+        got = client.get_microvm(microvmIdentifier=vm_id)
+        if done(got) or time.time() > deadline:
+            return got
+        assert allowed is None or got["state"] in allowed, got
+        time.sleep(0.5)
+
+
 def run_body(line):
     """The JSON body of a logged `hook run application/json {...}` line."""
     prefix = "hook run application/json "
@@ -199,14 +209,11 @@ def test_endpoint_traffic_waits_for_the_run_hook(ember, hooks_image):
     vm_id = vm["microvmId"]
     try:
         token = endpoint_token(client, vm_id)
-        answers = []
-        # Sent while /run is still sleeping: the proxy must hold it.
-        sender = threading.Thread(target=lambda: answers.append(hook_log(vm, token)))
-        sender.start()
-        sender.join(timeout=120)
-        assert answers, "the held request never came back"
-        assert answers[0][2].startswith("hook run "), answers[0]
-        assert answers[0][3] == "run-answered", answers[0]
+        # Sent while /run is still sleeping: the proxy must hold it until
+        # /run answered, so the app's log already says so.
+        log = hook_log(vm, token)
+        assert log[2].startswith("hook run "), log
+        assert log[3] == "run-answered", log
         assert client.get_microvm(microvmIdentifier=vm_id)["state"] == "RUNNING"
     finally:
         terminate_quietly(client, vm_id)
@@ -217,13 +224,8 @@ def test_a_failing_run_hook_ends_the_vm(ember, hooks_image):
     vm = client.run_microvm(imageIdentifier=hooks_image, runHookPayload="fail-run")
     vm_id = vm["microvmId"]
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            got = client.get_microvm(microvmIdentifier=vm_id)
-            if got["state"] == "TERMINATED":
-                break
-            assert got["state"] == "PENDING", got
-            time.sleep(0.5)
+        got = poll_until(client, vm_id, lambda vm: vm["state"] == "TERMINATED",
+                         allowed=("PENDING", "TERMINATED"))
         assert got["state"] == "TERMINATED", got
         assert got["stateReason"].startswith("Run lifecycle hook returned HTTP status 400"), got
         # Its endpoint closed with it.
@@ -242,12 +244,8 @@ def test_a_failing_resume_hook_leaves_the_vm_suspended(ember, hooks_image):
         client.suspend_microvm(microvmIdentifier=vm_id)
         wait_microvm(client, vm_id, "SUSPENDED", timeout=90)
         client.resume_microvm(microvmIdentifier=vm_id)
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            got = client.get_microvm(microvmIdentifier=vm_id)
-            if got["state"] == "SUSPENDED" and "Resume" in got.get("stateReason", ""):
-                break
-            time.sleep(0.5)
+        got = poll_until(client, vm_id, lambda vm: vm["state"] == "SUSPENDED"
+                         and "Resume" in vm.get("stateReason", ""))
         assert got["state"] == "SUSPENDED", got
         assert got["stateReason"].startswith("Resume lifecycle hook returned HTTP status 500"), got
     finally:

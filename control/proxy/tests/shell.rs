@@ -223,6 +223,16 @@ fn refusal_status(result: Result<(Client, impl Sized), WsError>) -> u16 {
     }
 }
 
+/// A shell session on vm-a's endpoint, past its `session_init`.
+async fn open_session(s: &Setup) -> Client {
+    let addr = s.proxy.bind_vm("vm-a").await.unwrap();
+    let (mut ws, _) = connect(addr, "/shell", &s.token("vm-a", TokenKind::Shell), false)
+        .await
+        .unwrap();
+    session_init(&mut ws).await;
+    ws
+}
+
 async fn session_init(ws: &mut Client) -> String {
     let first = ws.next().await.unwrap().unwrap();
     let Message::Text(text) = first else {
@@ -304,11 +314,7 @@ async fn shell_session_is_framed_like_the_service() {
 
 /// The text frames and the close frame that end a session after `line`.
 async fn ending_after(s: &Setup, line: &str) -> (Vec<serde_json::Value>, CloseCode) {
-    let addr = s.proxy.bind_vm("vm-a").await.unwrap();
-    let (mut ws, _) = connect(addr, "/shell", &s.token("vm-a", TokenKind::Shell), false)
-        .await
-        .unwrap();
-    session_init(&mut ws).await;
+    let mut ws = open_session(&s).await;
     ws.send(Message::binary(format!("{line}\n").into_bytes()))
         .await
         .unwrap();
@@ -353,11 +359,7 @@ async fn header_token_works_and_each_session_has_its_own_id() {
 #[tokio::test]
 async fn a_client_that_leaves_hangs_the_shell_up() {
     let s = Setup::new().await;
-    let addr = s.proxy.bind_vm("vm-a").await.unwrap();
-    let (mut ws, _) = connect(addr, "/shell", &s.token("vm-a", TokenKind::Shell), false)
-        .await
-        .unwrap();
-    session_init(&mut ws).await;
+    let mut ws = open_session(&s).await;
     ws.close(None).await.unwrap();
     // The proxy answers the close.
     while let Some(Ok(_)) = ws.next().await {}
@@ -367,11 +369,7 @@ async fn a_client_that_leaves_hangs_the_shell_up() {
 #[tokio::test]
 async fn an_oversized_message_closes_with_1009_and_hangs_up() {
     let s = Setup::new().await;
-    let addr = s.proxy.bind_vm("vm-a").await.unwrap();
-    let (mut ws, _) = connect(addr, "/shell", &s.token("vm-a", TokenKind::Shell), false)
-        .await
-        .unwrap();
-    session_init(&mut ws).await;
+    let mut ws = open_session(&s).await;
     ws.send(Message::binary(vec![b'x'; MAX_SHELL_MESSAGE + 1]))
         .await
         .unwrap();
@@ -451,11 +449,7 @@ async fn vms_that_cannot_give_a_shell_answer_404_503_502() {
 #[tokio::test]
 async fn unbinding_the_endpoint_closes_open_shells_with_1001() {
     let s = Setup::new().await;
-    let addr = s.proxy.bind_vm("vm-a").await.unwrap();
-    let (mut ws, _) = connect(addr, "/shell", &s.token("vm-a", TokenKind::Shell), false)
-        .await
-        .unwrap();
-    session_init(&mut ws).await;
+    let mut ws = open_session(&s).await;
     assert!(s.proxy.unbind_vm("vm-a"));
     let mut close = None;
     while let Some(Ok(frame)) = ws.next().await {
