@@ -314,7 +314,7 @@ async fn shell_session_is_framed_like_the_service() {
 
 /// The text frames and the close frame that end a session after `line`.
 async fn ending_after(s: &Setup, line: &str) -> (Vec<serde_json::Value>, CloseCode) {
-    let mut ws = open_session(&s).await;
+    let mut ws = open_session(s).await;
     ws.send(Message::binary(format!("{line}\n").into_bytes()))
         .await
         .unwrap();
