@@ -8,11 +8,18 @@ use crate::config::ImageConfig;
 /// The managed base images a Dockerfile may start `FROM`.
 pub const MANAGED_BASE_IMAGES: &[&str] = &["busybox", "debian12-minimal"];
 
-/// A Dockerfile turned into work for the builder.
+/// A Dockerfile turned into work for the builder. `base`, `parent` and
+/// `steps` are the last stage's: the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildPlan {
+    /// The managed base at the root of the image's stage.
     pub base: BaseRef,
+    /// The earlier stage (an index into `stages`) the image's stage is
+    /// `FROM`, if it builds on one rather than on `base` directly.
+    pub parent: Option<usize>,
     pub steps: Vec<Step>,
+    /// The stages before the last, in order; empty for one stage.
+    pub stages: Vec<Stage>,
     pub config: ImageConfig,
     /// Things the build log should show that do not stop the build
     /// (a deprecated MAINTAINER, build args no ARG declared, ...).
@@ -26,6 +33,19 @@ pub struct BaseRef {
     pub name: String,
     pub version: Option<String>,
     pub line: usize,
+}
+
+/// A build stage before the last: built like the image, only to be copied
+/// from (`COPY --from`) or built on (`FROM name`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stage {
+    /// `AS name`, lowercased.
+    pub name: Option<String>,
+    /// The managed base at the root of the stage.
+    pub base: BaseRef,
+    /// The earlier stage this one is `FROM`, if any.
+    pub parent: Option<usize>,
+    pub steps: Vec<Step>,
 }
 
 /// One thing the builder does inside the build VM.
@@ -50,9 +70,10 @@ pub enum StepKind {
         workdir: String,
         user: Option<String>,
     },
-    /// COPY or ADD from the build context.
+    /// COPY or ADD from the build context, or `COPY --from` a stage.
     Copy {
-        /// Context-relative paths or patterns, after substitution.
+        /// Context-relative paths or patterns, after substitution; with
+        /// `from`, absolute paths in that stage.
         sources: Vec<String>,
         /// Absolute; a trailing `/` means "into this directory".
         dest: String,
@@ -60,6 +81,11 @@ pub enum StepKind {
         chown: Option<String>,
         /// ADD: a local tar archive is unpacked at `dest`.
         extract_archives: bool,
+        /// `COPY --from`: the index of the earlier stage copied from.
+        /// Left out of the serialised form when absent, so the cache keys
+        /// of single-stage builds stay what they were.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<usize>,
     },
     /// WORKDIR: creates the directory (owned by `user`) if it is missing.
     Workdir { path: String, user: Option<String> },

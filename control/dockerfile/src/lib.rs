@@ -1,11 +1,12 @@
 //! Dockerfiles for Ember's microVM images: parsing, variable substitution,
 //! and the build plan the builder executes inside a build VM.
 //!
-//! A Dockerfile here starts `FROM` one of Ember's managed base images
-//! ([`MANAGED_BASE_IMAGES`]) and has one stage; instructions that need a
-//! registry, other stages or a container runtime (`ONBUILD`, `HEALTHCHECK`,
-//! `VOLUME`, `--mount`, `--from`, ADD from a URL) are refused with the line
-//! they are on.
+//! A Dockerfile here has one or more stages (at most [`MAX_STAGES`]), each
+//! `FROM` one of Ember's managed base images ([`MANAGED_BASE_IMAGES`]) or an
+//! earlier stage; `COPY --from` copies out of an earlier stage and the last
+//! stage is the image. Instructions that need a registry or a container
+//! runtime (`ONBUILD`, `HEALTHCHECK`, `VOLUME`, `--mount`, ADD from a URL)
+//! are refused with the line they are on.
 //!
 //! The lexing (parser directives, `\`/backtick continuations, comments,
 //! flags, JSON exec form with Docker's fallback to shell form) is done by
@@ -28,21 +29,22 @@ mod paths;
 mod plan;
 mod scope;
 mod source;
+mod stages;
 mod syntax;
 mod values;
 mod words;
 
 use std::collections::BTreeMap;
 
-pub use build_plan::{BaseRef, BuildPlan, Step, StepKind, MANAGED_BASE_IMAGES};
+pub use build_plan::{BaseRef, BuildPlan, Stage, Step, StepKind, MANAGED_BASE_IMAGES};
 pub use config::{default_shell, ImageConfig};
 pub use error::DockerfileError;
 pub use parse::parse;
 pub use plan::{MAX_BUILD_ARGS, MAX_ENVIRONMENT_BYTES, MAX_LABEL_BYTES};
-pub use source::{MAX_DOCKERFILE_BYTES, MAX_INSTRUCTIONS, MAX_LINE_BYTES};
+pub use source::{MAX_DOCKERFILE_BYTES, MAX_INSTRUCTIONS, MAX_LINE_BYTES, MAX_STAGES};
 pub use syntax::{
-    ArgDeclaration, CommandForm, CopyInstruction, Dockerfile, Instruction, InstructionKind,
-    KeyValue,
+    ArgDeclaration, CommandForm, CopyInstruction, Dockerfile, FromInstruction, Instruction,
+    InstructionKind, KeyValue,
 };
 pub use words::MAX_EXPANDED_WORD;
 

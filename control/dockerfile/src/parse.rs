@@ -5,10 +5,10 @@
 
 use parse_dockerfile::{Command, Flag, Instruction as Raw, Source};
 
-use crate::source::{checked_text, fold_continuations, LineIndex, MAX_INSTRUCTIONS};
+use crate::source::{checked_text, fold_continuations, LineIndex, MAX_INSTRUCTIONS, MAX_STAGES};
 use crate::syntax::{
-    ArgDeclaration, CommandForm, CopyInstruction, Dockerfile, Instruction, InstructionKind,
-    KeyValue,
+    ArgDeclaration, CommandForm, CopyInstruction, Dockerfile, FromInstruction, Instruction,
+    InstructionKind, KeyValue,
 };
 use crate::words::split_words;
 use crate::DockerfileError;
@@ -30,20 +30,29 @@ pub fn parse(text: &str) -> Result<Dockerfile, DockerfileError> {
         .map_or('\\', |directive| directive.value.value);
     let lines = LineIndex::new(text);
     let mut instructions = Vec::with_capacity(parsed.instructions.len());
-    let mut from_line = None;
+    // Stage names and the line that named each, to refuse a duplicate.
+    let mut stage_names: Vec<(String, usize)> = Vec::new();
+    let mut stages = 0;
     for raw in &parsed.instructions {
         let line = keyword_offset(raw).map_or(1, |offset| lines.line_of(offset));
         let kind = convert(raw, escape).map_err(|message| DockerfileError::at(line, message))?;
-        if let InstructionKind::From(_) = kind {
-            if let Some(first) = from_line {
+        if let InstructionKind::From(from) = &kind {
+            stages += 1;
+            if stages > MAX_STAGES {
                 return Err(DockerfileError::at(
                     line,
-                    format!(
-                        "a second FROM (the first is on line {first}): multi-stage builds are not supported by Ember"
-                    ),
+                    format!("more than {MAX_STAGES} build stages (FROM instructions)"),
                 ));
             }
-            from_line = Some(line);
+            if let Some(name) = &from.stage {
+                if let Some((_, first)) = stage_names.iter().find(|(n, _)| n == name) {
+                    return Err(DockerfileError::at(
+                        line,
+                        format!("the stage name {name:?} is already used on line {first}"),
+                    ));
+                }
+                stage_names.push((name.clone(), line));
+            }
         }
         instructions.push(Instruction { line, kind });
     }
@@ -119,13 +128,14 @@ fn convert(raw: &Raw<'_>, escape: char) -> Result<InstructionKind, String> {
             if let Some(flag) = from.options.first() {
                 return Err(flag_error("FROM", flag));
             }
-            if from.as_.is_some() {
-                return Err(
-                    "FROM ... AS names a build stage: multi-stage builds are not supported by Ember"
-                        .into(),
-                );
-            }
-            InstructionKind::From(from.image.value.to_string())
+            let stage = match &from.as_ {
+                Some((_, name)) => Some(stage_name(&name.value)?),
+                None => None,
+            };
+            InstructionKind::From(FromInstruction {
+                image: from.image.value.to_string(),
+                stage,
+            })
         }
         Raw::Arg(arg) => InstructionKind::Arg(arg_declarations(&arg.arguments.value, escape)?),
         Raw::Run(run) => {
@@ -198,9 +208,7 @@ fn flag_error(keyword: &str, flag: &Flag<'_>) -> String {
         ("FROM", "platform") => {
             "FROM --platform is not supported: Ember builds for the host's platform".into()
         }
-        (_, "from") => {
-            format!("{keyword} --from copies from another stage: multi-stage builds are not supported by Ember")
-        }
+        ("ADD", "from") => "ADD --from is not a Docker flag; use COPY --from=STAGE".into(),
         _ => format!("{keyword} --{name} is not supported by Ember"),
     }
 }
@@ -232,9 +240,19 @@ fn copy_instruction(
 ) -> Result<CopyInstruction, String> {
     let keyword = if add { "ADD" } else { "COPY" };
     let mut chown = None;
+    let mut from = None;
     for flag in options {
         match (flag.name.value.as_ref(), &flag.value) {
             ("chown", Some(value)) => chown = Some(value.value.to_string()),
+            ("from", Some(value)) if !add => {
+                if value.value.is_empty() {
+                    return Err("COPY --from needs a stage: --from=NAME or --from=INDEX".into());
+                }
+                from = Some(value.value.to_string());
+            }
+            ("from", None) if !add => {
+                return Err("COPY --from needs a stage: --from=NAME or --from=INDEX".into())
+            }
             ("chown", None) => {
                 return Err(format!(
                     "{keyword} --chown needs a value: --chown=USER[:GROUP]"
@@ -260,7 +278,25 @@ fn copy_instruction(
         sources,
         dest: dest.to_string(),
         chown,
+        from,
     })
+}
+
+/// Docker's rule for `AS NAME`: a letter, then letters, digits, `-`, `_`
+/// and `.`; compared without case.
+fn stage_name(raw: &str) -> Result<String, String> {
+    let name = raw.to_ascii_lowercase();
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+        && name.len() <= 128;
+    if valid {
+        Ok(name)
+    } else {
+        Err(format!(
+            "{raw:?} is not a valid stage name: a letter, then letters, digits, '-', '_' or '.'"
+        ))
+    }
 }
 
 fn arg_declarations(text: &str, escape: char) -> Result<Vec<ArgDeclaration>, String> {

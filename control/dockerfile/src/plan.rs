@@ -4,13 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::build_plan::{BaseRef, BuildPlan, Step, StepKind};
+use crate::build_plan::{BaseRef, BuildPlan, Stage, Step, StepKind};
 use crate::config::ImageConfig;
 use crate::paths::{escapes_context, resolve, resolve_dest};
 use crate::scope::Scope;
+use crate::stages::{self, FinishedStage};
 use crate::syntax::{
-    ArgDeclaration, CommandForm, CopyInstruction, Dockerfile, Instruction, InstructionKind,
-    KeyValue,
+    ArgDeclaration, CommandForm, CopyInstruction, Dockerfile, FromInstruction, Instruction,
+    InstructionKind, KeyValue,
 };
 use crate::values;
 use crate::words::{expand, MAX_EXPANDED_WORD};
@@ -39,6 +40,16 @@ impl Dockerfile {
             used_build_args: BTreeSet::new(),
             global: Scope::default(),
             stage: None,
+            stage_names: self
+                .instructions
+                .iter()
+                .filter_map(|i| match &i.kind {
+                    InstructionKind::From(from) => Some(from.stage.clone()),
+                    _ => None,
+                })
+                .collect(),
+            finished: Vec::new(),
+            parent: None,
             steps: Vec::new(),
             config: ImageConfig::default(),
             warnings: Vec::new(),
@@ -80,6 +91,13 @@ struct Planner<'a> {
     global: Scope,
     /// The base and the stage's variables, once FROM is seen.
     stage: Option<(BaseRef, Scope)>,
+    /// Every stage's `AS` name, in order, to tell a later stage from none.
+    stage_names: Vec<Option<String>>,
+    /// The stages before the current one.
+    finished: Vec<FinishedStage>,
+    /// The earlier stage the current one is FROM.
+    parent: Option<usize>,
+    /// The current stage's steps and configuration.
     steps: Vec<Step>,
     config: ImageConfig,
     warnings: Vec<String>,
@@ -101,7 +119,7 @@ impl Planner<'_> {
         }
         match &instruction.kind {
             InstructionKind::Arg(declarations) => self.arg(declarations),
-            InstructionKind::From(image) => self.from(line, image),
+            InstructionKind::From(from) => self.from(line, from),
             InstructionKind::Run(form) => {
                 let argv = self.argv(form);
                 let env = self.scope().run_environment();
@@ -169,8 +187,8 @@ impl Planner<'_> {
         }
     }
 
-    fn finish(self) -> Result<BuildPlan, DockerfileError> {
-        let Some((base, scope)) = self.stage else {
+    fn finish(mut self) -> Result<BuildPlan, DockerfileError> {
+        let Some((base, scope)) = self.stage.take() else {
             return Err(DockerfileError::whole(
                 "the Dockerfile has no FROM instruction",
             ));
@@ -192,10 +210,31 @@ impl Planner<'_> {
         config.env = scope.env().to_vec();
         Ok(BuildPlan {
             base,
+            parent: self.parent,
             steps: self.steps,
+            stages: self.finished.into_iter().map(|f| f.stage).collect(),
             config,
             warnings,
         })
+    }
+
+    /// Sets the current stage aside for the stages after it.
+    fn finish_stage(&mut self) {
+        let Some((base, scope)) = self.stage.take() else {
+            return;
+        };
+        let mut config = std::mem::take(&mut self.config);
+        config.env = scope.env().to_vec();
+        let index = self.finished.len();
+        self.finished.push(FinishedStage {
+            stage: Stage {
+                name: self.stage_names.get(index).cloned().flatten(),
+                base,
+                parent: self.parent.take(),
+                steps: std::mem::take(&mut self.steps),
+            },
+            config,
+        });
     }
 
     fn scope(&self) -> &Scope {
@@ -226,19 +265,38 @@ impl Planner<'_> {
         }
     }
 
-    fn from(&mut self, line: usize, image: &str) -> Result<(), String> {
-        if self.stage.is_some() {
-            return Err("a second FROM: multi-stage builds are not supported by Ember".into());
-        }
-        // Only the ARGs declared before FROM are in scope here.
-        let image = self.expand(image)?;
-        let (name, version) = values::base_image(&image)?;
-        let base = BaseRef {
-            name,
-            version,
-            line,
-        };
-        self.stage = Some((base, Scope::default()));
+    fn from(&mut self, line: usize, from: &FromInstruction) -> Result<(), String> {
+        self.finish_stage();
+        // Only the ARGs declared before the first FROM are in scope here.
+        let image =
+            expand(&from.image, self.escape, &self.global).map_err(|e| format!("FROM: {e}"))?;
+        let parent = stages::from_stage(&image, &self.finished, &self.stage_names)?;
+        let (base, scope) =
+            match parent.and_then(|p| Some((p, stages::root_base(&self.finished, p)?))) {
+                Some((parent, base)) => {
+                    // A stage built on another starts with its configuration.
+                    let config = self.finished[parent].config.clone();
+                    let mut scope = Scope::default();
+                    for (key, value) in &config.env {
+                        scope.set_env(key.clone(), value.clone());
+                    }
+                    self.config = config;
+                    self.parent = Some(parent);
+                    (base, scope)
+                }
+                None => {
+                    let (name, version) = values::base_image(&image)?;
+                    self.config = ImageConfig::default();
+                    self.parent = None;
+                    let base = BaseRef {
+                        name,
+                        version,
+                        line,
+                    };
+                    (base, Scope::default())
+                }
+            };
+        self.stage = Some((base, scope));
         Ok(())
     }
 
@@ -343,11 +401,23 @@ impl Planner<'_> {
 
     fn copy(&mut self, line: usize, copy: &CopyInstruction) -> Result<(), String> {
         let keyword = if copy.add { "ADD" } else { "COPY" };
+        let from = match &copy.from {
+            Some(reference) => {
+                let reference = self.expand(reference)?;
+                let index = stages::copy_source(&reference, &self.finished, &self.stage_names)?;
+                Some((reference, index))
+            }
+            None => None,
+        };
         let mut sources = Vec::with_capacity(copy.sources.len());
         for source in &copy.sources {
             let source = self.expand(source)?;
             if source.is_empty() {
                 return Err(format!("{keyword} has an empty source"));
+            }
+            if from.is_some() {
+                sources.push(stages::source_path(&source)?);
+                continue;
             }
             if source.contains("://") || source.starts_with("git@") {
                 return Err(if copy.add {
@@ -381,7 +451,10 @@ impl Planner<'_> {
             None => None,
         };
         let dest = resolve_dest(&self.config.workdir, &dest);
-        let instruction = display_copy(keyword, &sources, &dest, chown.as_deref());
+        let mut instruction = display_copy(keyword, &sources, &dest, chown.as_deref());
+        if let Some((reference, _)) = &from {
+            instruction.insert_str(keyword.len(), &format!(" --from={reference}"));
+        }
         self.push(
             line,
             instruction,
@@ -390,6 +463,7 @@ impl Planner<'_> {
                 dest,
                 chown,
                 extract_archives: copy.add,
+                from: from.map(|(_, index)| index),
             },
         );
         Ok(())

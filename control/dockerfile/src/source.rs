@@ -9,6 +9,8 @@ pub const MAX_DOCKERFILE_BYTES: usize = 1024 * 1024;
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// The most instructions one Dockerfile may hold.
 pub const MAX_INSTRUCTIONS: usize = 1000;
+/// The most build stages (FROM instructions): each one may boot a build VM.
+pub const MAX_STAGES: usize = 16;
 
 const UTF8_BOM: &str = "\u{feff}";
 

@@ -50,14 +50,25 @@ pub struct CopyInstruction {
     pub sources: Vec<String>,
     pub dest: String,
     pub chown: Option<String>,
+    /// `COPY --from=STAGE`: a stage name or index, raw.
+    pub from: Option<String>,
+}
+
+/// `FROM IMAGE [AS NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FromInstruction {
+    /// The image reference as written (`NAME[:VERSION]` or an earlier
+    /// stage's name, maybe with `$ARG`s).
+    pub image: String,
+    /// The stage's name, lowercased as Docker does.
+    pub stage: Option<String>,
 }
 
 /// The instructions Ember supports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InstructionKind {
     Arg(Vec<ArgDeclaration>),
-    /// The image reference as written (`NAME[:VERSION]`, maybe with `$ARG`s).
-    From(String),
+    From(FromInstruction),
     Run(CommandForm),
     Cmd(CommandForm),
     Entrypoint(CommandForm),

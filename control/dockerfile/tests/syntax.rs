@@ -199,20 +199,13 @@ fn unsupported_instructions_name_their_line() {
 }
 
 #[test]
-fn multi_stage_and_registry_features_are_refused() {
-    assert_error("FROM busybox AS build\n", 1, "multi-stage");
-    assert_error(
-        "FROM busybox\nRUN true\nFROM debian12-minimal\n",
-        3,
-        "multi-stage",
-    );
+fn registry_features_are_refused() {
     assert_error("FROM --platform=linux/arm64 busybox\n", 1, "--platform");
     assert_error(
         "FROM busybox\nRUN --mount=type=cache,target=/c true\n",
         2,
         "RUN --mount",
     );
-    assert_error("FROM busybox\nCOPY --from=build /a /b\n", 2, "multi-stage");
     assert_error("FROM busybox\nCOPY --chmod=755 a /b\n", 2, "COPY --chmod");
     assert_error(
         "FROM busybox\nADD https://example.com/x.tgz /opt/\n",
