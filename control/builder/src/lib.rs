@@ -11,7 +11,9 @@ mod cache;
 mod finish;
 pub mod guest_http;
 pub mod hooks;
+mod layers;
 mod log;
+mod stages;
 mod steps;
 mod users;
 
@@ -19,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ember_artifact::{ArtifactSource, Context, Limits};
-use ember_dockerfile::{BuildPlan, ImageConfig, StepKind};
+use ember_artifact::{ArtifactSource, Limits};
+use ember_dockerfile::{BuildPlan, ImageConfig};
 use ember_vmm::{Hypervisor, Network, Vm, VmConfig};
 
 pub use bases::{BaseRootfs, ManagedBase, MANAGED_BASES};
@@ -202,26 +204,53 @@ impl Builder {
         check_base(&plan, &spec.base)?;
 
         // Every step's key covers the base, the steps before it, its own
-        // instruction and, for COPY/ADD, the bytes it copies: a layer is
-        // reused only when everything that shaped it is the same.
-        let mut key = CacheKey::new(
+        // instruction and, for COPY/ADD, the bytes it copies (for COPY
+        // --from, the key of the stage it copies from): a layer is reused
+        // only when everything that shaped it is the same.
+        let root = CacheKey::new(
             &spec.base.name,
             &spec.base.content_version,
             &self.config.guest_version,
         );
-        let mut step_keys = Vec::with_capacity(plan.steps.len());
-        for step in &plan.steps {
-            key.add(&serde_json::to_string(&step.kind).unwrap_or_default());
-            if let StepKind::Copy { sources, .. } = &step.kind {
-                let digest = context
-                    .select(sources)
-                    .and_then(|sel| context.digest(&sel))
-                    .map_err(|e| BuildError::new(step_stage(step, &plan), e.to_string()))?;
-                key.add(&digest);
+        let mut stages = stages::stages(&plan, &root);
+        let needed = stages::needed(&stages);
+        self.stage_keys(&mut stages, &context)?;
+        let count = stages.len();
+        let mut tops: Vec<Option<PathBuf>> = vec![None; count];
+        let (mut total_steps, mut cached_steps) = (0, 0);
+        for i in 0..count {
+            if !needed.contains(&i) {
+                log.line(&format!(
+                    "{}skipped: the image does not use it",
+                    stages[i].label(count)
+                ));
+                continue;
             }
-            step_keys.push(key.hex());
+            let start = match stages[i].parent {
+                Some(p) => tops[p].clone(),
+                None => Some(spec.base.image.clone()),
+            }
+            .ok_or_else(|| BuildError::new("build", "a stage's parent was not built"))?;
+            let (top, cached) = self
+                .layer(spec, (&stages, i), &start, &context, &tops, log)
+                .await?;
+            total_steps += stages[i].steps.len();
+            cached_steps += cached;
+            tops[i] = Some(top);
         }
-        let (rootfs, cached_steps) = self.layer(spec, &plan, &context, &step_keys, log).await?;
+        let image = &stages[count - 1];
+        let rootfs = tops[count - 1]
+            .clone()
+            .ok_or_else(|| BuildError::new("build", "the image's stage was not built"))?;
+        // The image's own layers: its stage's and those of the stages it is
+        // built on (not those it only copied from).
+        let mut image_layer_keys: Vec<String> = image.keys.clone();
+        let mut parent = image.parent;
+        while let Some(p) = parent {
+            image_layer_keys.extend(stages[p].keys.iter().cloned());
+            parent = stages[p].parent;
+        }
+        let key = image.top.clone();
 
         let mut finish_key = key.clone();
         finish_key.add(&serde_json::to_string(&plan.config).unwrap_or_default());
@@ -238,7 +267,7 @@ impl Builder {
         let memory_bytes = allocated(&spec.output_dir.join("memory.ram"));
         // The image's own disk: every layer its steps made over the base
         // (shared with other images where steps match), plus the snapshot's.
-        let layer_bytes: u64 = step_keys
+        let layer_bytes: u64 = image_layer_keys
             .iter()
             .filter_map(|k| self.cache.layer(k))
             .map(|p| allocated(&p))
@@ -248,135 +277,11 @@ impl Builder {
             memory_bytes,
             disk_bytes: allocated(&spec.output_dir.join("disk.qcow2")) + layer_bytes,
             code_bytes: context.total_bytes(),
-            steps: plan.steps.len(),
+            steps: total_steps,
             cached_steps,
             snapshot_reused,
             config: plan.config,
         })
-    }
-
-    /// The root filesystem after all steps. The longest run of leading
-    /// steps found in the cache is reused; the build VM boots on that layer
-    /// and runs the rest, freezing one cached layer per step, so a changed
-    /// step re-runs only from there on. Layers of the steps that succeeded
-    /// are kept even when a later step fails.
-    async fn layer(
-        &self,
-        spec: &BuildSpec,
-        plan: &BuildPlan,
-        context: &Context,
-        step_keys: &[String],
-        log: &BuildLog,
-    ) -> Result<(PathBuf, usize), BuildError> {
-        let total = plan.steps.len();
-        let (done, start) = (0..total)
-            .rev()
-            .find_map(|i| self.cache.layer(&step_keys[i]).map(|p| (i + 1, p)))
-            .unwrap_or((0, spec.base.image.clone()));
-        for (i, step) in plan.steps.iter().enumerate().take(done) {
-            log.line(&format!(
-                "step {}/{total} CACHED {}",
-                i + 1,
-                step.instruction
-            ));
-        }
-        if done == total {
-            return Ok((start, done));
-        }
-        log.line(&format!(
-            "booting the build VM ({} MiB, egress {})",
-            self.config.build_memory_mib,
-            if spec.egress { "internet" } else { "off" }
-        ));
-        let mut vm_config = VmConfig::new(
-            format!("build-{}", short(&spec.id)),
-            &self.config.kernel,
-            &self.config.initramfs,
-            &start,
-        );
-        vm_config.mem_mib = self.config.build_memory_mib;
-        vm_config.vcpus = self.config.build_vcpus;
-        vm_config.network = if spec.egress {
-            Network::Internet
-        } else {
-            Network::None
-        };
-        let vm = self
-            .hv
-            .boot(vm_config)
-            .await
-            .map_err(|e| BuildError::new("boot build VM", e.to_string()))?;
-        let mut frozen = Vec::new();
-        let result = self
-            .run_steps(
-                vm.as_ref(),
-                spec,
-                plan,
-                context,
-                (step_keys, done),
-                &mut frozen,
-                log,
-            )
-            .await;
-        // Only a layer whose VM is gone is final: then other builds may
-        // find it (kept for the steps that succeeded, whatever came after).
-        match vm.stop().await {
-            Ok(()) => {
-                for (key, layer) in &frozen {
-                    self.cache
-                        .publish_layer(key, layer)
-                        .map_err(|e| BuildError::new("save layer", e.to_string()))?;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "build VM did not stop; its layers stay private"),
-        }
-        result.map(|top| (top, done))
-    }
-
-    /// Runs steps `first..` in the build VM, freezing a cached layer after
-    /// each; returns the top layer.
-    #[allow(clippy::too_many_arguments)]
-    async fn run_steps(
-        &self,
-        vm: &dyn Vm,
-        spec: &BuildSpec,
-        plan: &BuildPlan,
-        context: &Context,
-        (step_keys, first): (&[String], usize),
-        frozen: &mut Vec<(String, PathBuf)>,
-        log: &BuildLog,
-    ) -> Result<PathBuf, BuildError> {
-        let agent = vm.agent();
-        if spec.egress {
-            // The guest resolves through the user-mode network's DNS relay.
-            agent
-                .write_file("/etc/resolv.conf", SLIRP_RESOLV_CONF, 0o644)
-                .await
-                .map_err(|e| BuildError::new("network set-up", e.to_string()))?;
-        }
-        let total = plan.steps.len();
-        let mut top = PathBuf::new();
-        for (i, step) in plan.steps.iter().enumerate().skip(first) {
-            log.line(&format!("step {}/{total} {}", i + 1, step.instruction));
-            let t = Instant::now();
-            steps::run_step(agent, context, step, &spec.work_dir, log)
-                .await
-                .map_err(|e| BuildError::new(step_stage(step, plan), e))?;
-            let save = |m: String| BuildError::new("save layer", m);
-            steps::guest_sh(agent, "sync").await.map_err(save)?;
-            let dest = self.cache.new_layer_path(&step_keys[i], &spec.id);
-            vm.checkpoint_disk(&dest)
-                .await
-                .map_err(|e| save(e.to_string()))?;
-            frozen.push((step_keys[i].clone(), dest.clone()));
-            top = dest;
-            log.line(&format!(
-                "step {}/{total} done in {:.1} s",
-                i + 1,
-                t.elapsed().as_secs_f64()
-            ));
-        }
-        Ok(top)
     }
 
     /// Boots the built filesystem, readies the app and snapshots it into
@@ -451,23 +356,37 @@ const SLIRP_RESOLV_CONF: &[u8] = b"nameserver 10.0.2.3\n";
 /// or set-up change, so no older snapshot is reused.
 const IMAGE_VM_SHAPE: &str = "image vm: isolated virtio-net, resolv.conf to slirp dns";
 
+/// Every stage's managed base must be the request's: the build has that
+/// base's root filesystem (and the image's base is the last stage's).
 fn check_base(plan: &BuildPlan, base: &BaseRootfs) -> Result<(), BuildError> {
-    if plan.base.name != base.name {
+    check_stage_base(&plan.base, base)?;
+    for stage in &plan.stages {
+        check_stage_base(&stage.base, base).map_err(|mut e| {
+            e.message
+                .push_str(" (every stage of a build starts from the request's base image)");
+            e
+        })?;
+    }
+    Ok(())
+}
+
+fn check_stage_base(from: &ember_dockerfile::BaseRef, base: &BaseRootfs) -> Result<(), BuildError> {
+    if from.name != base.name {
         return Err(BuildError::new(
             "parse Dockerfile",
             format!(
                 "Dockerfile line {}: FROM {} does not match the request's base image {}",
-                plan.base.line, plan.base.name, base.name
+                from.line, from.name, base.name
             ),
         ));
     }
-    if let Some(v) = &plan.base.version {
+    if let Some(v) = &from.version {
         if v != &base.version && v != "latest" {
             return Err(BuildError::new(
                 "parse Dockerfile",
                 format!(
                     "Dockerfile line {}: FROM {}:{v} but the build uses version {}",
-                    plan.base.line, plan.base.name, base.version
+                    from.line, from.name, base.version
                 ),
             ));
         }
@@ -475,15 +394,13 @@ fn check_base(plan: &BuildPlan, base: &BaseRootfs) -> Result<(), BuildError> {
     Ok(())
 }
 
-fn step_stage(step: &ember_dockerfile::Step, plan: &BuildPlan) -> String {
-    let n = plan
-        .steps
-        .iter()
-        .position(|s| std::ptr::eq(s, step))
-        .map_or(0, |i| i + 1);
+/// How a failed step is named: its stage, number, line and instruction.
+fn step_stage(label: &str, steps: &[ember_dockerfile::Step], n: usize) -> String {
+    let step = &steps[n];
     format!(
-        "step {n}/{} (Dockerfile line {}) `{}`",
-        plan.steps.len(),
+        "{label}step {}/{} (Dockerfile line {}) `{}`",
+        n + 1,
+        steps.len(),
         step.line,
         step.instruction.chars().take(200).collect::<String>()
     )

@@ -3,7 +3,7 @@
 //! directory. Nothing from the artifact is ever executed or unpacked on
 //! the host.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ember_artifact::{Compression, Context, EntryKind};
 use ember_dockerfile::{Step, StepKind};
@@ -27,11 +27,12 @@ fn log_cap_reached(log: &BuildLog) -> String {
 }
 
 /// Runs one step; the error is the reason, for the build's stateReason.
+/// `exported` holds a `COPY --from` step's sources, one tar each.
 pub async fn run_step(
     agent: &AgentClient,
     context: &Context,
     step: &Step,
-    scratch: &Path,
+    (scratch, exported): (&Path, &[PathBuf]),
     log: &BuildLog,
 ) -> Result<(), String> {
     match &step.kind {
@@ -74,6 +75,7 @@ pub async fn run_step(
             dest,
             chown,
             extract_archives,
+            from,
         } => {
             let owner = match chown {
                 Some(spec) => {
@@ -82,6 +84,9 @@ pub async fn run_step(
                 }
                 None => None,
             };
+            if from.is_some() {
+                return copy_from_stage(agent, sources, exported, dest, owner, log).await;
+            }
             copy(
                 agent,
                 context,
@@ -198,6 +203,57 @@ async fn copy(
             ),
         )
         .await?;
+    }
+    Ok(())
+}
+
+/// Where `COPY --from` unpacks a source in the guest before placing it.
+const GUEST_STAGING: &str = "/.ember-build-from";
+
+/// Places each source's tar (made by the source stage's VM) by Docker's
+/// rules: a directory's contents go into `dest`, a file goes into `dest`
+/// when that names a directory (a trailing `/`), or becomes `dest`. The
+/// guest unpacks and moves; `--chown` applies to what was copied only.
+async fn copy_from_stage(
+    agent: &AgentClient,
+    sources: &[String],
+    exported: &[PathBuf],
+    dest: &str,
+    owner: Option<(u32, u32)>,
+    log: &BuildLog,
+) -> Result<(), String> {
+    if exported.len() != sources.len() {
+        return Err("the files of the source stage were not exported".into());
+    }
+    let quoted_dest = shell_quote(dest);
+    let parent_of_dest = shell_quote(dest.rsplit_once('/').map_or("/", |(p, _)| p));
+    for (source, tar) in sources.iter().zip(exported) {
+        let name = source.rsplit('/').next().unwrap_or(source);
+        let staged = shell_quote(&format!("{GUEST_STAGING}/{name}"));
+        upload(agent, tar).await?;
+        let bytes = std::fs::metadata(tar).map(|m| m.len()).unwrap_or(0);
+        log.line(&format!("  copying {source} ({bytes} bytes as a tar)"));
+        let chown = match owner {
+            Some((uid, gid)) => format!("chown -hR {uid}:{gid} {staged} && "),
+            None => String::new(),
+        };
+        let chown_dest = match owner {
+            Some((uid, gid)) => format!(" && chown {uid}:{gid} {quoted_dest}"),
+            None => String::new(),
+        };
+        let place = if dest.ends_with('/') {
+            format!("mkdir -p {quoted_dest}{chown_dest} && cp -a {staged} {quoted_dest}")
+        } else {
+            format!("mkdir -p {parent_of_dest} && cp -a {staged} {quoted_dest}")
+        };
+        let script = format!(
+            "rm -rf {GUEST_STAGING} && mkdir {GUEST_STAGING} && tar -x -f {GUEST_TAR} -C {GUEST_STAGING} && {chown}\
+             if [ -d {staged} ] && [ ! -L {staged} ]; then mkdir -p {quoted_dest}{chown_dest} && cp -a {staged}/. {quoted_dest}; \
+             else {place}; fi; rc=$?; rm -rf {GUEST_STAGING} {GUEST_TAR}; exit $rc"
+        );
+        let placed = guest_sh(agent, &script).await;
+        let _ = std::fs::remove_file(tar);
+        placed?;
     }
     Ok(())
 }

@@ -13,13 +13,19 @@ fn build(text: &str) -> BuildPlan {
 fn assert_error(text: &str, line: usize, needle: &str) {
     let err: DockerfileError = plan(text, &BTreeMap::new()).unwrap_err();
     assert_eq!(err.line, Some(line), "{err}");
-    assert!(err.message.contains(needle), "{err:?} should mention {needle:?}");
+    assert!(
+        err.message.contains(needle),
+        "{err:?} should mention {needle:?}"
+    );
 }
 
 fn copy_from(plan: &BuildPlan, step: usize) -> (Vec<String>, String, Option<usize>) {
     match &plan.steps[step].kind {
         StepKind::Copy {
-            sources, dest, from, ..
+            sources,
+            dest,
+            from,
+            ..
         } => (sources.clone(), dest.clone(), *from),
         other => panic!("not a copy: {other:?}"),
     }
@@ -46,7 +52,10 @@ fn copy_from_names_an_earlier_stage_by_name_or_index() {
     assert_eq!(built.stages[1].name.as_deref(), Some("other"));
     assert_eq!(built.parent, None);
     assert_eq!(built.base.name, "busybox");
-    assert_eq!(built.base.line, 7, "the image's base is the last stage's FROM");
+    assert_eq!(
+        built.base.line, 7,
+        "the image's base is the last stage's FROM"
+    );
     // Sources are read from the stage's root, not the WORKDIR.
     assert_eq!(
         copy_from(&built, 1),
@@ -54,7 +63,11 @@ fn copy_from_names_an_earlier_stage_by_name_or_index() {
     );
     assert_eq!(
         copy_from(&built, 2),
-        (vec!["/etc/passwd".to_string()], "/srv/passwd".to_string(), Some(1))
+        (
+            vec!["/etc/passwd".to_string()],
+            "/srv/passwd".to_string(),
+            Some(1)
+        )
     );
     assert_eq!(
         built.steps[1].instruction,
@@ -90,9 +103,8 @@ fn a_stage_from_an_earlier_one_inherits_its_base_and_config() {
 
 #[test]
 fn a_new_stage_starts_from_a_clean_config() {
-    let built = build(
-        "FROM busybox AS a\nENV X=1\nUSER 1000\nCMD [\"a\"]\nFROM busybox\nRUN true\n",
-    );
+    let built =
+        build("FROM busybox AS a\nENV X=1\nUSER 1000\nCMD [\"a\"]\nFROM busybox\nRUN true\n");
     assert!(built.config.env.is_empty());
     assert_eq!(built.config.user, None);
     assert_eq!(built.config.cmd, None);
@@ -117,7 +129,11 @@ fn bad_stage_references_name_their_line() {
         2,
         "cannot copy from itself",
     );
-    assert_error("FROM busybox\nCOPY --from=0 /a /b\n", 2, "cannot copy from itself");
+    assert_error(
+        "FROM busybox\nCOPY --from=0 /a /b\n",
+        2,
+        "cannot copy from itself",
+    );
     assert_error(
         "FROM busybox\nCOPY --from=later /a /b\nFROM busybox AS later\n",
         2,
@@ -133,7 +149,11 @@ fn bad_stage_references_name_their_line() {
         4,
         "there is no stage 7",
     );
-    assert_error("FROM busybox AS me\nFROM me AS me2\nFROM me2 AS me3\nFROM me4 AS me4\n", 4, "itself");
+    assert_error(
+        "FROM busybox AS me\nFROM me AS me2\nFROM me2 AS me3\nFROM me4 AS me4\n",
+        4,
+        "itself",
+    );
     assert_error("FROM later\nFROM busybox AS later\n", 1, "comes later");
     assert_error(
         "FROM busybox AS a\nRUN true\nFROM busybox AS A\n",
