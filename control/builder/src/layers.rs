@@ -202,7 +202,7 @@ impl Builder {
             ));
             let vm = self
                 .boot_build_vm(
-                    &format!("from-{}-{index}-{n}", short(&spec.id)),
+                    &format!("build-{}-{index}-from-{n}", short(&spec.id)),
                     &rootfs,
                     false,
                 )

@@ -239,6 +239,93 @@ async fn dockerfile_instructions_shape_the_snapshot() {
     assert_eq!(env.vm_dirs(), 0);
 }
 
+const MULTI_STAGE: &str = r#"
+FROM busybox AS build
+WORKDIR /work
+RUN mkdir -p out/sub && echo "built in $(pwd)" > out/sub/made.txt && echo tool > /tool
+FROM busybox AS unused
+RUN echo this stage is not needed; exit 1
+FROM busybox
+COPY --from=build /work/out /app/
+COPY --from=0 --chown=1:1 /tool /usr/local/bin/tool
+CMD ["sleep", "600"]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_multi_stage_build_copies_from_an_earlier_stage() {
+    let env = env().await;
+    let ctx = tempfile::tempdir().unwrap();
+    write(ctx.path(), "Dockerfile", MULTI_STAGE);
+    let spec = env.spec("stages", ctx.path());
+    let log = env.log("stages");
+    let out = match env.builder.build(&spec, &log).await {
+        Ok(out) => out,
+        Err(e) => panic!("build failed: {}", e.reason()),
+    };
+    // The stage nothing uses is not built (its RUN would fail).
+    assert_eq!(out.steps, 4);
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(text.contains("stage 1 (unused) skipped"), "{text}");
+    assert_eq!(env.vm_dirs(), 0, "no stage's VM is left running");
+    assert!(!spec.work_dir.exists(), "the exported files are gone");
+
+    let vm = env
+        .hv
+        .restore("check-stages", &out.snapshot_dir)
+        .await
+        .unwrap();
+    let o = vm
+        .agent()
+        .sh(
+            "cat /app/sub/made.txt /usr/local/bin/tool; stat -c %u:%g /usr/local/bin/tool; \
+             test -e /work || echo no-work; test -e /tool || echo no-tool",
+        )
+        .await
+        .unwrap();
+    assert!(o.success(), "{}", o.stderr_str());
+    assert_eq!(
+        o.stdout_str(),
+        "built in /work\ntool\n1:1\nno-work\nno-tool\n",
+        "the directory's contents and the file are copied, the stage's other files are not"
+    );
+    vm.stop().await.unwrap();
+
+    // Unchanged: every stage's steps come from the cache.
+    let again = env
+        .builder
+        .build(
+            &env.spec("stages-again", ctx.path()),
+            &env.log("stages-again"),
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.cached_steps, again.snapshot_reused), (4, true));
+    // A changed source stage invalidates the COPY --from steps built on it.
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &MULTI_STAGE.replace("built in", "rebuilt in"),
+    );
+    let changed = env
+        .builder
+        .build(
+            &env.spec("stages-changed", ctx.path()),
+            &env.log("stages-changed"),
+        )
+        .await
+        .unwrap();
+    assert_eq!((changed.cached_steps, changed.snapshot_reused), (1, false));
+    let vm = env
+        .hv
+        .restore("check-stages2", &changed.snapshot_dir)
+        .await
+        .unwrap();
+    let o = vm.agent().sh("cat /app/sub/made.txt").await.unwrap();
+    assert_eq!(o.stdout_str(), "rebuilt in /work\n");
+    vm.stop().await.unwrap();
+    assert_eq!(env.vm_dirs(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_step_names_itself_and_leaves_nothing() {
     let env = env().await;
