@@ -209,12 +209,15 @@ impl Builder {
                 .await?;
             let mut tars = Vec::with_capacity(sources.len());
             let mut result = Ok(());
+            // One bound for all the sources of a step, the artifact's.
+            let mut budget = self.config.limits.max_total_bytes;
             for (k, path) in sources.iter().enumerate() {
                 let dest = stages::export_path(&spec.work_dir, index, n, k);
-                match stages::export(vm.agent(), path, &dest, self.config.limits.max_total_bytes)
-                    .await
-                {
-                    Ok(_) => tars.push(dest),
+                match stages::export(vm.agent(), path, &dest, budget).await {
+                    Ok(bytes) => {
+                        budget = budget.saturating_sub(bytes);
+                        tars.push(dest);
+                    }
                     Err(e) => {
                         result = Err(fail(e));
                         break;

@@ -136,7 +136,7 @@ pub async fn export(
     }
     if written > max_bytes {
         return Err(format!(
-            "{source} is more than {max_bytes} bytes as a tar; the limit is the artifact's"
+            "{source} takes more than the {max_bytes} bytes left of the artifact size limit as a tar"
         ));
     }
     match exited {
@@ -151,4 +151,31 @@ pub async fn export(
 /// Where the tar of source `n` of step `step` of stage `stage` waits.
 pub fn export_path(work_dir: &Path, stage: usize, step: usize, n: usize) -> PathBuf {
     work_dir.join(format!("from-{stage}-{step}-{n}.tar"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_stages_the_image_uses_are_needed() {
+        let plan = ember_dockerfile::plan(
+            "FROM busybox AS a\nRUN true\n\
+             FROM busybox AS unused\nRUN true\n\
+             FROM a AS b\nRUN true\n\
+             FROM busybox AS c\nRUN true\n\
+             FROM b\nCOPY --from=c /x /x\n",
+            &Default::default(),
+        )
+        .unwrap();
+        let root = CacheKey::new("busybox", "1", "agent");
+        let all = stages(&plan, &root);
+        assert_eq!(all.len(), 5);
+        assert_eq!(
+            needed(&all).into_iter().collect::<Vec<_>>(),
+            vec![0, 2, 3, 4]
+        );
+        assert_eq!(all[1].label(5), "stage 1 (unused) ");
+        assert_eq!(all[4].label(1), "");
+    }
 }
