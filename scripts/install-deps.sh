@@ -32,6 +32,11 @@ tools=(
     sleep:coreutils
     curl:curl
     python3:python3
+    # ember-registry's tests: a real registry, images pushed to it, and
+    # the bcrypt htpasswd the registry's basic auth reads.
+    docker-registry:docker-registry
+    skopeo:skopeo
+    htpasswd:apache2-utils
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]; }
