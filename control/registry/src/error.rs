@@ -16,7 +16,7 @@ pub enum RegistryError {
         repository: String,
         reason: String,
     },
-    #[error("request to {url} failed: {source}")]
+    #[error("request to {url} failed: {}", causes(source))]
     Http {
         url: String,
         #[source]
@@ -67,4 +67,17 @@ impl RegistryError {
             source,
         }
     }
+}
+
+/// reqwest's own message is "error sending request"; the reason (refused,
+/// unknown issuer, timed out) is further down the chain.
+fn causes(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

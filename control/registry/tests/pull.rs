@@ -3,7 +3,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::{digest_of, tar_layer, Layer, Layout, Registry};
+use common::{digest_of, tar_layer, Auth, Layer, Layout, Registry};
 use ember_registry::{
     BlobCache, Compression, ImageReference, PullLimits, RegistryClient, RegistryError,
     RegistryOptions,
@@ -29,7 +29,7 @@ fn digest(descriptor: &serde_json::Value) -> String {
 
 #[tokio::test]
 async fn pulls_by_tag_and_digest_and_fetches_each_layer_once() {
-    let registry = Registry::start(false);
+    let registry = Registry::start(Auth::Anonymous, None);
     let mut layout = Layout::new();
     let app = Layer {
         tar: tar_layer("app/hello.txt", b"hello\n"),
@@ -130,7 +130,7 @@ async fn pulls_by_tag_and_digest_and_fetches_each_layer_once() {
 
 #[tokio::test]
 async fn tampered_manifest_or_layer_is_refused_and_not_cached() {
-    let registry = Registry::start(false);
+    let registry = Registry::start(Auth::Anonymous, None);
     let mut layout = Layout::new();
     let layer = Layer {
         tar: tar_layer("bin/tool", &[7u8; 3000]),
@@ -176,7 +176,7 @@ async fn tampered_manifest_or_layer_is_refused_and_not_cached() {
 
 #[tokio::test]
 async fn an_index_or_manifest_list_resolves_to_linux_amd64() {
-    let registry = Registry::start(false);
+    let registry = Registry::start(Auth::Anonymous, None);
     let mut layout = Layout::new();
     let arm = Layer {
         tar: tar_layer("arch", b"arm64\n"),
@@ -232,7 +232,7 @@ async fn an_index_or_manifest_list_resolves_to_linux_amd64() {
 
 #[tokio::test]
 async fn a_registry_with_auth_takes_credentials_from_a_docker_config() {
-    let registry = Registry::start(true);
+    let registry = Registry::start(Auth::Htpasswd, None);
     let mut layout = Layout::new();
     let layer = Layer {
         tar: tar_layer("secret", b"private\n"),
@@ -271,4 +271,58 @@ async fn a_registry_with_auth_takes_credentials_from_a_docker_config() {
     let right = client(&registry, Some(docker_config(common::PASSWORD)));
     let pulled = right.pull(&wanted, &cache).await.unwrap();
     assert_eq!(std::fs::read(&pulled.layers[0].path).unwrap(), layer.blob());
+}
+
+#[tokio::test]
+async fn bearer_tokens_over_https_with_a_private_ca() {
+    let pki = common::token::Pki::generate();
+    let realm = common::token::serve_tokens(&pki);
+    let registry = Registry::start(Auth::Token { realm, pki: &pki }, Some(&pki));
+    let mut layout = Layout::new();
+    let layer = Layer {
+        tar: tar_layer("data", b"tokens\n"),
+        gzip: true,
+    };
+    let image = layout.image("amd64", json!({}), &[layer.clone_layer()]);
+    layout.tag("v1", &image);
+    registry.push(layout.dir.path(), "v1", "public/app", false);
+    registry.push(layout.dir.path(), "v1", "private/app", false);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = BlobCache::new(cache_dir.path()).unwrap();
+    let options = |docker_config: Option<std::path::PathBuf>| RegistryOptions {
+        registry_ca: Some(pki.ca_cert.clone()),
+        docker_config,
+        ..RegistryOptions::default()
+    };
+    let anonymous = RegistryClient::new(&options(None), PullLimits::default()).unwrap();
+
+    // Anonymous token, like any public image on Docker Hub or GHCR.
+    let public = reference(&registry, "public/app:v1");
+    let pulled = anonymous.pull(&public, &cache).await.unwrap();
+    assert_eq!(std::fs::read(&pulled.layers[0].path).unwrap(), layer.blob());
+
+    let private = reference(&registry, "private/app:v1");
+    let err = anonymous.pull(&private, &cache).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
+    assert!(err.to_string().contains("needs credentials"), "{err}");
+
+    let config = cache_dir.path().join("config.json");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        common::USER,
+        common::PASSWORD
+    ));
+    let body = json!({"auths": {format!("https://{}", registry.host()): {"auth": auth}}});
+    std::fs::write(&config, body.to_string()).unwrap();
+    let with_credentials =
+        RegistryClient::new(&options(Some(config)), PullLimits::default()).unwrap();
+    let pulled = with_credentials.pull(&private, &cache).await.unwrap();
+    assert_eq!(pulled.manifest_digest.to_string(), digest(&image));
+
+    // Without the extra CA the registry's certificate is not trusted.
+    let untrusting =
+        RegistryClient::new(&RegistryOptions::default(), PullLimits::default()).unwrap();
+    let err = untrusting.pull(&public, &cache).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Http { .. }), "{err}");
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
 }

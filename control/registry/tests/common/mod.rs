@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
+pub mod token;
+
 pub const USER: &str = "builder";
 pub const PASSWORD: &str = "s3cret-pass";
 
@@ -18,11 +20,21 @@ pub struct Registry {
     pub root: tempfile::TempDir,
     log: PathBuf,
     child: Child,
-    auth: bool,
+    creds: bool,
+}
+
+pub enum Auth<'a> {
+    Anonymous,
+    Htpasswd,
+    /// Bearer tokens from `realm`, signed by a key `pki`'s CA certified.
+    Token {
+        realm: String,
+        pki: &'a token::Pki,
+    },
 }
 
 impl Registry {
-    pub fn start(auth: bool) -> Self {
+    pub fn start(auth: Auth<'_>, tls: Option<&token::Pki>) -> Self {
         let root = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -35,7 +47,23 @@ impl Registry {
              http:\n  addr: 127.0.0.1:{port}\n",
             storage.display()
         );
-        if auth {
+        if let Some(pki) = tls {
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                pki.leaf_cert.display(),
+                pki.leaf_key.display()
+            ));
+        }
+        let creds = !matches!(auth, Auth::Anonymous);
+        if let Auth::Token { realm, pki } = &auth {
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                token::SERVICE,
+                token::ISSUER,
+                pki.ca_cert.display()
+            ));
+        }
+        if let Auth::Htpasswd = auth {
             let htpasswd = root.path().join("htpasswd");
             let out = Command::new("htpasswd")
                 .args(["-Bbn", USER, PASSWORD])
@@ -65,7 +93,7 @@ impl Registry {
             root,
             log,
             child,
-            auth,
+            creds,
         };
         // Readiness, not timing: wait until it accepts, however long that is
         // within reason.
@@ -110,7 +138,7 @@ impl Registry {
             "--dest-tls-verify=false",
         ]);
         command.args(args);
-        if self.auth {
+        if self.creds {
             command.arg(format!("--dest-creds={USER}:{PASSWORD}"));
         }
         let out = command
