@@ -206,8 +206,21 @@ impl<'a> Session<'a> {
         };
         let mut url =
             Url::parse(&realm).map_err(|_| self.unauthorized("the token realm is not a URL"))?;
-        if !matches!(url.scheme(), "https" | "http") {
-            return Err(self.unauthorized("the token realm is not http(s)"));
+        // Credentials go to the realm: never in the clear unless the realm's
+        // host is one the operator listed as plain HTTP.
+        let realm_host = match (url.host_str(), url.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_string(),
+            (None, _) => return Err(self.unauthorized("the token realm has no host")),
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" if self.transport.insecure.contains(&realm_host) => {}
+            _ => {
+                return Err(self.unauthorized(
+                    "the token realm is not https and its host is not in insecure_registries",
+                ))
+            }
         }
         let scope =
             scope.unwrap_or_else(|| format!("repository:{}:pull", self.reference.repository));

@@ -228,3 +228,75 @@ pub(crate) fn parse_config(bytes: &[u8], layer_count: usize) -> Result<ImageConf
         diff_ids: raw.rootfs.diff_ids,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(media_type: &str) -> serde_json::Value {
+        serde_json::json!({"mediaType": media_type, "digest": Digest::of(media_type.as_bytes()).to_string(), "size": 1})
+    }
+
+    fn manifest(layers: Vec<serde_json::Value>) -> Vec<u8> {
+        let config = layer("application/vnd.oci.image.config.v1+json");
+        serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": layers})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn layer_media_types() {
+        let ok = manifest(vec![
+            layer("application/vnd.oci.image.layer.v1.tar+zstd"),
+            layer("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+        ]);
+        let Ok(Manifest::Image { layers, .. }) = parse_manifest(&ok, None, 10) else {
+            panic!("not parsed");
+        };
+        let kinds: Vec<_> = layers.iter().map(|(_, c)| *c).collect();
+        assert_eq!(kinds, [Compression::Zstd, Compression::Gzip]);
+        let foreign = manifest(vec![layer(
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        )]);
+        let err = parse_manifest(&foreign, None, 10).err().unwrap();
+        assert!(err.to_string().contains("unsupported media type"), "{err}");
+        let err = parse_manifest(&ok, None, 1).err().unwrap();
+        assert!(matches!(
+            err,
+            RegistryError::TooManyLayers { count: 2, limit: 1 }
+        ));
+    }
+
+    #[test]
+    fn picks_linux_amd64_from_an_index() {
+        let entry = |os: &str, arch: &str| {
+            let mut d = layer(&format!("{os}/{arch}"));
+            d["mediaType"] = OCI_MANIFEST.into();
+            d["platform"] = serde_json::json!({"os": os, "architecture": arch});
+            d
+        };
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [entry("linux", "arm64"), entry("windows", "amd64"), entry("linux", "amd64")]});
+        let Ok(Manifest::Index { manifests }) =
+            parse_manifest(index.to_string().as_bytes(), Some(OCI_INDEX), 10)
+        else {
+            panic!("not an index");
+        };
+        let chosen = select_linux_amd64(&manifests).map(|d| d.digest.clone());
+        assert_eq!(chosen, Some(Digest::of(b"linux/amd64")));
+        assert!(select_linux_amd64(&manifests[..2]).is_none());
+    }
+
+    #[test]
+    fn config_must_match_the_layers() {
+        let config = serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [Digest::of(b"a").to_string()]}});
+        let bytes = config.to_string().into_bytes();
+        assert!(parse_config(&bytes, 1).is_ok());
+        assert!(parse_config(&bytes, 2).is_err());
+        let arm = config.to_string().replace("amd64", "arm64").into_bytes();
+        assert!(parse_config(&arm, 1)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("arm64"));
+    }
+}

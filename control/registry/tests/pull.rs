@@ -277,6 +277,7 @@ async fn a_registry_with_auth_takes_credentials_from_a_docker_config() {
 async fn bearer_tokens_over_https_with_a_private_ca() {
     let pki = common::token::Pki::generate();
     let realm = common::token::serve_tokens(&pki);
+    let token_host = url::Url::parse(&realm).unwrap().authority().to_string();
     let registry = Registry::start(Auth::Token { realm, pki: &pki }, Some(&pki));
     let mut layout = Layout::new();
     let layer = Layer {
@@ -289,10 +290,11 @@ async fn bearer_tokens_over_https_with_a_private_ca() {
     registry.push(layout.dir.path(), "v1", "private/app", false);
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = BlobCache::new(cache_dir.path()).unwrap();
+    // The test's token service speaks plain HTTP: the one insecure host.
     let options = |docker_config: Option<std::path::PathBuf>| RegistryOptions {
+        insecure_registries: vec![token_host.clone()],
         registry_ca: Some(pki.ca_cert.clone()),
         docker_config,
-        ..RegistryOptions::default()
     };
     let anonymous = RegistryClient::new(&options(None), PullLimits::default()).unwrap();
 
@@ -318,6 +320,15 @@ async fn bearer_tokens_over_https_with_a_private_ca() {
         RegistryClient::new(&options(Some(config)), PullLimits::default()).unwrap();
     let pulled = with_credentials.pull(&private, &cache).await.unwrap();
     assert_eq!(pulled.manifest_digest.to_string(), digest(&image));
+
+    // A plain-HTTP realm not listed as insecure gets no credentials.
+    let plain = RegistryOptions {
+        insecure_registries: vec![],
+        ..options(None)
+    };
+    let plain = RegistryClient::new(&plain, PullLimits::default()).unwrap();
+    let err = plain.pull(&public, &cache).await.unwrap_err();
+    assert!(err.to_string().contains("realm is not https"), "{err}");
 
     // Without the extra CA the registry's certificate is not trusted.
     let untrusting =
