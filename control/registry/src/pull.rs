@@ -160,8 +160,14 @@ impl RegistryClient {
             }
         }
         let media_type = content_type(&response);
+        // By tag, the registry's own digest header is the only check there is.
+        let announced = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok());
         let bytes = read_bounded(response, self.limits.max_manifest_bytes, "the manifest").await?;
-        if let Some(expected) = pinned {
+        if let Some(expected) = pinned.or(announced.as_ref()) {
             let actual = Digest::of(&bytes);
             if &actual != expected {
                 return Err(RegistryError::DigestMismatch {

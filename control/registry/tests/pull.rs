@@ -161,17 +161,21 @@ async fn tampered_manifest_or_layer_is_refused_and_not_cached() {
         .collect();
     assert!(left.is_empty(), "cache holds {left:?}");
 
-    // A manifest pinned by digest must hash to it.
+    // A manifest must hash to the digest it is pinned by or announced as.
     let manifest = registry.stored_blob(&digest(&image));
     let mut bytes = std::fs::read(&manifest).unwrap();
     bytes.push(b' ');
     std::fs::write(&manifest, &bytes).unwrap();
+    // By tag, against the digest the registry announces for it.
+    let by_tag = reference(&registry, "tamper:v1");
     let pinned = reference(&registry, &format!("tamper@{}", digest(&image)));
-    let err = client.pull(&pinned, &cache).await.unwrap_err();
-    assert!(
-        matches!(&err, RegistryError::DigestMismatch { what, .. } if what == "the manifest"),
-        "{err}"
-    );
+    for wanted in [pinned, by_tag] {
+        let err = client.pull(&wanted, &cache).await.unwrap_err();
+        assert!(
+            matches!(&err, RegistryError::DigestMismatch { what, .. } if what == "the manifest"),
+            "{wanted}: {err}"
+        );
+    }
 }
 
 #[tokio::test]
