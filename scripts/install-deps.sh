@@ -32,6 +32,12 @@ tools=(
     sleep:coreutils
     curl:curl
     python3:python3
+    # ember-registry's tests: a real registry, images pushed to it, the
+    # bcrypt htpasswd its basic auth reads, the CA its TLS and tokens use.
+    docker-registry:docker-registry
+    skopeo:skopeo
+    htpasswd:apache2-utils
+    openssl:openssl
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]; }
