@@ -69,7 +69,20 @@ install_round() {
         apt-get update -qq
         apt_updated=1
     fi
-    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+    # None of these is meant to run as a service on this host (the
+    # tests start their own docker-registry on a free port): no service
+    # starts during the install, and docker-registry stays off after it.
+    local policy=/usr/sbin/policy-rc.d own_policy=
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+    fi
+    local status=0
+    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null || status=$?
+    [[ -n $own_policy ]] && rm -f "$policy"
+    if [[ " ${pkgs[*]} " == *" docker-registry "* ]] && have systemctl; then
+        systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    fi
+    return $status
 }
 
 # Two rounds: the first may remove a tool (see qemu-img above) that the
