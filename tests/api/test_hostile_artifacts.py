@@ -90,7 +90,7 @@ def test_missing_artifact_file(client):
     assert "nonexistent.zip" in info.value.response["Error"]["Message"]
 
 
-@pytest.mark.parametrize("uri", ["s3://bucket/app.zip", "ftp://127.0.0.1/app.zip", "file://relative.zip"])
+@pytest.mark.parametrize("uri", ["s3://Bucket/app.zip", "ftp://127.0.0.1/app.zip", "file://relative.zip"])
 def test_unsupported_artifact_uri(client, uri):
     """A URI emberd cannot fetch (scheme it does not speak, no absolute path)
     is refused up front, not at build time."""

@@ -30,6 +30,8 @@ pub enum ArtifactError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("codeArtifact {uri}: {reason}")]
+    S3 { uri: String, reason: String },
     #[error("downloading {url}: the server answered HTTP {status}")]
     HttpStatus { url: String, status: u16 },
     #[error("downloading {url}: the artifact is larger than {limit} bytes")]

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::{copy_dir, download, unzip, ArtifactError, ArtifactSource, Context, Limits};
+use crate::{copy_dir, download, s3, unzip, ArtifactError, ArtifactSource, Context, Limits};
 
 /// Fetches and unpacks `source` into `dest`, which must not exist and is
 /// created. Nothing is written outside `dest`; on any failure (or if the
@@ -28,6 +28,20 @@ pub async fn fetch(
         ArtifactSource::Http(url) => {
             let archive = download::download(url, dest, limits).await?;
             unzip_blocking(archive, dest, limits).await?
+        }
+        ArtifactSource::S3 { bucket, key } => {
+            let archive = s3::download(bucket, key, dest, limits).await?;
+            // Unlike a folder, an object cannot be anything but a zip: say
+            // so with the URI, not just that the bytes did not parse.
+            unzip_blocking(archive, dest, limits)
+                .await
+                .map_err(|e| match e {
+                    ArtifactError::BadZip(why) => ArtifactError::S3 {
+                        uri: format!("s3://{bucket}/{key}"),
+                        reason: format!("the object is not a readable zip archive ({why})"),
+                    },
+                    other => other,
+                })?
         }
         ArtifactSource::Directory(path) => {
             let src = inside_roots(path, limits)?;

@@ -16,6 +16,7 @@ mod fetch;
 mod ignore;
 mod pattern;
 mod policy;
+mod s3;
 mod source;
 mod tree_writer;
 mod unzip;
@@ -26,6 +27,7 @@ pub use copy_tar::{Compression, CopyTar};
 pub use error::ArtifactError;
 pub use fetch::fetch;
 pub use policy::SourcePolicy;
+pub use s3::{S3Settings, MAX_KEY_LEN};
 pub use source::{parse_uri, validate_uri, ArtifactSource, HOST_LOOKUP_TIMEOUT, MAX_URI_LEN};
 
 const MIB: u64 = 1024 * 1024;
@@ -34,7 +36,7 @@ const MIB: u64 = 1024 * 1024;
 /// enforced on the bytes actually seen, never on sizes an archive declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Bytes an `http(s)` download may have.
+    /// Bytes an `http(s)` or `s3` download may have.
     pub max_download_bytes: u64,
     /// Files, directories and symlinks in the unpacked tree.
     pub max_entries: usize,

@@ -26,6 +26,9 @@ pub struct SourcePolicy {
     /// Folders `file://` artifacts must resolve into (symlinks followed).
     /// Empty: any path emberd can read.
     pub file_roots: Vec<PathBuf>,
+    /// The S3 endpoint and region for `s3://` artifacts: operator
+    /// configuration, so not subject to the address checks above.
+    pub s3: crate::S3Settings,
 }
 
 impl SourcePolicy {

@@ -21,6 +21,8 @@ pub enum ArtifactSource {
     Directory(PathBuf),
     /// A zip to download over `http` or `https`.
     Http(Url),
+    /// A zip object in S3 (or the S3-compatible store emberd is set up for).
+    S3 { bucket: String, key: String },
 }
 
 /// The request-time check of a `codeArtifact.uri`: [`parse_uri`], then, for
@@ -38,7 +40,8 @@ pub async fn validate_uri(
 }
 
 /// Syntactic and existence check of a `codeArtifact.uri`, without network:
-/// scheme `file`, `http` or `https`; no NUL; at most [`MAX_URI_LEN`] bytes;
+/// scheme `file`, `http`, `https` or `s3` (`s3://bucket/key`, S3's bucket
+/// name rules, a key of 1 to 1024 bytes); no NUL; at most [`MAX_URI_LEN`] bytes;
 /// a `file` path must be absolute, exist and, when `policy` has roots,
 /// resolve inside one of them (the source then holds the real path).
 pub fn parse_uri(uri: &str, policy: &SourcePolicy) -> Result<ArtifactSource, ArtifactError> {
@@ -50,6 +53,10 @@ pub fn parse_uri(uri: &str, policy: &SourcePolicy) -> Result<ArtifactSource, Art
     }
     if uri.contains('\0') {
         return Err(invalid("contains a NUL byte"));
+    }
+    if uri.starts_with("s3://") {
+        let (bucket, key) = crate::s3::parse(uri)?;
+        return Ok(ArtifactSource::S3 { bucket, key });
     }
     let url = Url::parse(uri).map_err(|e| invalid(&format!("not a URI ({e})")))?;
     match url.scheme() {
@@ -86,7 +93,7 @@ pub fn parse_uri(uri: &str, policy: &SourcePolicy) -> Result<ArtifactSource, Art
             }
         }
         other => Err(invalid(&format!(
-            "scheme {other:?} is not file, http or https"
+            "scheme {other:?} is not s3, file, http or https"
         ))),
     }
 }
@@ -100,7 +107,7 @@ mod tests {
     }
 
     #[test]
-    fn accepts_the_three_schemes() {
+    fn accepts_the_four_schemes() {
         let dir = tempfile::tempdir().unwrap();
         let zip = dir.path().join("app.zip");
         std::fs::write(&zip, b"x").unwrap();
@@ -118,6 +125,13 @@ mod tests {
             parse("https://example.com/a.zip").unwrap(),
             ArtifactSource::Http(_)
         ));
+        assert_eq!(
+            parse("s3://bucket/app.zip").unwrap(),
+            ArtifactSource::S3 {
+                bucket: "bucket".to_string(),
+                key: "app.zip".to_string()
+            }
+        );
     }
 
     #[test]
@@ -130,7 +144,8 @@ mod tests {
             "/abs/path/without/scheme",
             "http://",
             "file:///tmp/a%00b",
-            "s3://bucket/key",
+            "s3://bucket",
+            "S3://bucket/key",
         ] {
             assert!(
                 matches!(parse(bad), Err(ArtifactError::InvalidUri(_))),

@@ -411,6 +411,7 @@ fn describe(source: &ArtifactSource) -> String {
         ArtifactSource::ZipFile(p) => format!("zip {}", p.display()),
         ArtifactSource::Directory(p) => format!("folder {}", p.display()),
         ArtifactSource::Http(u) => format!("zip at {u}"),
+        ArtifactSource::S3 { bucket, key } => format!("zip at s3://{bucket}/{key}"),
     }
 }
 

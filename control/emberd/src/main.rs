@@ -149,6 +149,13 @@ struct Args {
     /// repeatable. Without it, any path emberd can read.
     #[arg(long = "artifact-root", value_name = "DIR")]
     artifact_roots: Vec<PathBuf>,
+    /// The S3-compatible store s3:// artifacts are fetched from (path-style
+    /// addressing), e.g. http://127.0.0.1:9000. Without it, AWS S3 in
+    /// --region. Credentials are emberd's own, from the usual AWS chain
+    /// (AWS_ACCESS_KEY_ID…, AWS_PROFILE, the shared credentials file, …).
+    /// Trusted configuration: not subject to the artifact address checks.
+    #[arg(long, value_name = "URL", value_parser = parse_s3_endpoint)]
+    s3_endpoint: Option<String>,
     /// A JSON file of execution role ARNs to static keys (`accessKeyId`,
     /// `secretAccessKey`, optional `sessionToken` and `expiration`), served
     /// to microVMs run with that role at 169.254.169.254 (IMDSv2). Owned by
@@ -408,6 +415,14 @@ fn role_credentials(args: &Args) -> anyhow::Result<Option<Arc<metadata::RoleCred
     Ok(Some(Arc::new(roles)))
 }
 
+fn parse_s3_endpoint(value: &str) -> Result<String, String> {
+    let url = url::Url::parse(value).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("an http(s) URL with a host, e.g. http://127.0.0.1:9000".to_string());
+    }
+    Ok(value.to_string())
+}
+
 /// Where artifacts may come from (`--allow-private-artifact-hosts`,
 /// `--allow-artifact-address`, `--artifact-root`).
 fn artifact_limits(args: &Args) -> anyhow::Result<ember_artifact::Limits> {
@@ -415,6 +430,10 @@ fn artifact_limits(args: &Args) -> anyhow::Result<ember_artifact::Limits> {
         allow_private_hosts: args.allow_private_artifact_hosts,
         allowed_addresses: args.allow_artifact_addresses.clone(),
         file_roots: Vec::new(),
+        s3: ember_artifact::S3Settings {
+            endpoint: args.s3_endpoint.clone(),
+            region: args.region.clone(),
+        },
     }
     .with_file_roots(&args.artifact_roots)
     .context("--artifact-root")?;
