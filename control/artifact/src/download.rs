@@ -7,7 +7,6 @@
 //! URL and every redirect target are checked before reqwest connects.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +16,7 @@ use reqwest::redirect;
 use url::Url;
 
 use crate::policy::HostRefused;
+use crate::spool::Spool;
 use crate::{ArtifactError, Limits, SourcePolicy};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,32 +60,11 @@ pub(crate) async fn download(
             status: status.as_u16(),
         });
     }
-    let too_large = || ArtifactError::DownloadTooLarge {
-        url: url.to_string(),
-        limit: limits.max_download_bytes,
-    };
-    if response
-        .content_length()
-        .is_some_and(|len| len > limits.max_download_bytes)
-    {
-        return Err(too_large());
-    }
-    let mut file = tempfile::tempfile_in(dir).map_err(|e| ArtifactError::io(dir, e))?;
-    let mut received: u64 = 0;
+    let mut spool = Spool::new(dir, url.as_str(), limits, response.content_length())?;
     while let Some(chunk) = response.chunk().await.map_err(fail)? {
-        received += chunk.len() as u64;
-        if received > limits.max_download_bytes {
-            return Err(too_large());
-        }
-        // Small blocking writes to a local file; a chunk is at most a few KiB.
-        file.write_all(&chunk)
-            .map_err(|e| ArtifactError::io(dir, e))?;
+        spool.push(&chunk)?;
     }
-    file.flush().map_err(|e| ArtifactError::io(dir, e))?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| ArtifactError::io(dir, e))?;
-    tracing::debug!(%url, received, "downloaded artifact");
-    Ok(file)
+    spool.finish()
 }
 
 /// Resolves names for reqwest, returning only permitted addresses.

@@ -18,6 +18,7 @@ mod pattern;
 mod policy;
 mod s3;
 mod source;
+mod spool;
 mod tree_writer;
 mod unzip;
 

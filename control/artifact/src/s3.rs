@@ -11,7 +11,6 @@
 //! chooses where the connection goes.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
+use crate::spool::Spool;
 use crate::{ArtifactError, Limits};
 
 /// S3's own bound on an object key.
@@ -137,30 +137,13 @@ async fn download_within(
         .send()
         .await
         .map_err(|e| failed(explain(&e)))?;
-    let too_large = || ArtifactError::DownloadTooLarge {
-        url: uri.to_string(),
-        limit: limits.max_download_bytes,
-    };
     let declared = object.content_length.and_then(|n| u64::try_from(n).ok());
-    if declared.is_some_and(|n| n > limits.max_download_bytes) {
-        return Err(too_large());
-    }
-    let mut file = tempfile::tempfile_in(dir).map_err(|e| ArtifactError::io(dir, e))?;
-    let mut received: u64 = 0;
+    let mut spool = Spool::new(dir, uri, limits, declared)?;
     while let Some(chunk) = object.body.next().await {
         let chunk = chunk.map_err(|e| failed(format!("reading the object: {e}")))?;
-        received += chunk.len() as u64;
-        if received > limits.max_download_bytes {
-            return Err(too_large());
-        }
-        file.write_all(&chunk)
-            .map_err(|e| ArtifactError::io(dir, e))?;
+        spool.push(&chunk)?;
     }
-    file.flush().map_err(|e| ArtifactError::io(dir, e))?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| ArtifactError::io(dir, e))?;
-    tracing::debug!(%uri, received, "downloaded artifact");
-    Ok(file)
+    spool.finish()
 }
 
 /// A client for one download: the credential chain is read afresh, so
