@@ -19,7 +19,7 @@ from harness import (COUNTER_LINE, MICROVM_PORT, counter, endpoint_request, endp
 def pair(ember, hello_http):
     """Two running hello-http VMs; A allows a shell, B does not."""
     client = ember.client()
-    a = client.run_microvm(imageIdentifier="hello-http", ingressNetworkConnectors=["SHELL_INGRESS"])
+    a = client.run_microvm(imageIdentifier="hello-http", ingressNetworkConnectors=["HTTP_INGRESS", "SHELL_INGRESS"])
     b = client.run_microvm(imageIdentifier="hello-http")
     try:
         for vm in (a, b):
