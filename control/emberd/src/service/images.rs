@@ -116,17 +116,13 @@ impl Daemon {
         version: u32,
         mut env: Vec<(String, String)>,
     ) -> Vec<(String, String)> {
+        // The names the request may not set, so the two lists never drift.
+        let [name, arn, number, region] = RESERVED_ENV.map(String::from);
         env.extend([
-            ("AWS_LAMBDA_MICROVM_IMAGE_NAME".into(), image.to_string()),
-            (
-                "AWS_LAMBDA_MICROVM_IMAGE_ARN".into(),
-                self.arns.image(image),
-            ),
-            (
-                "AWS_LAMBDA_MICROVM_IMAGE_VERSION".into(),
-                version.to_string(),
-            ),
-            ("AWS_REGION".into(), self.arns.region.clone()),
+            (name, image.to_string()),
+            (arn, self.arns.image(image)),
+            (number, version.to_string()),
+            (region, self.arns.region.clone()),
         ]);
         env
     }
