@@ -12,7 +12,7 @@ pub const MANAGED_BASE_IMAGES: &[&str] = &["busybox", "debian12-minimal"];
 /// `steps` are the last stage's: the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildPlan {
-    /// The managed base at the root of the image's stage.
+    /// The base image at the root of the image's stage.
     pub base: BaseRef,
     /// The earlier stage (an index into `stages`) the image's stage is
     /// `FROM`, if it builds on one rather than on `base` directly.
@@ -26,13 +26,33 @@ pub struct BuildPlan {
     pub warnings: Vec<String>,
 }
 
-/// The managed base image of `FROM NAME[:VERSION]`.
+/// The base image of a `FROM` that names no stage: one of Ember's managed
+/// bases (`NAME[:VERSION]`), or an image in a registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaseRef {
-    /// One of [`MANAGED_BASE_IMAGES`].
+    /// One of [`MANAGED_BASE_IMAGES`], or the registry reference as written.
     pub name: String,
     pub version: Option<String>,
     pub line: usize,
+    /// A registry image: its reference after ARG substitution, to be
+    /// parsed and pulled by the builder. Left out of the serialised form
+    /// when absent, so the cache keys of managed-base builds stay the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+impl BuildPlan {
+    /// The registry images the plan's stages start from, each once, in
+    /// order of first use.
+    pub fn registry_images(&self) -> Vec<&BaseRef> {
+        let mut seen: Vec<&BaseRef> = Vec::new();
+        for base in self.stages.iter().map(|s| &s.base).chain([&self.base]) {
+            if base.image.is_some() && !seen.iter().any(|b| b.image == base.image) {
+                seen.push(base);
+            }
+        }
+        seen
+    }
 }
 
 /// A build stage before the last: built like the image, only to be copied
@@ -41,7 +61,7 @@ pub struct BaseRef {
 pub struct Stage {
     /// `AS name`, lowercased.
     pub name: Option<String>,
-    /// The managed base at the root of the stage.
+    /// The base image at the root of the stage.
     pub base: BaseRef,
     /// The earlier stage this one is `FROM`, if any.
     pub parent: Option<usize>,

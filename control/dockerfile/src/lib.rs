@@ -2,11 +2,13 @@
 //! and the build plan the builder executes inside a build VM.
 //!
 //! A Dockerfile here has one or more stages (at most [`MAX_STAGES`]), each
-//! `FROM` one of Ember's managed base images ([`MANAGED_BASE_IMAGES`]) or an
-//! earlier stage; `COPY --from` copies out of an earlier stage and the last
-//! stage is the image. Instructions that need a registry or a container
-//! runtime (`ONBUILD`, `HEALTHCHECK`, `VOLUME`, `--mount`, ADD from a URL)
-//! are refused with the line they are on.
+//! `FROM` one of Ember's managed base images ([`MANAGED_BASE_IMAGES`]), an
+//! image in a registry (its configuration given to
+//! [`plan_with_bases`] once the builder has pulled it) or an earlier
+//! stage; `COPY --from` copies out of an earlier stage and the last stage
+//! is the image. Instructions that need a container runtime (`ONBUILD`,
+//! `HEALTHCHECK`, `VOLUME`, `--mount`, ADD from a URL) are refused with
+//! the line they are on.
 //!
 //! The lexing (parser directives, `\`/backtick continuations, comments,
 //! flags, JSON exec form with Docker's fallback to shell form) is done by
@@ -55,4 +57,14 @@ pub fn plan(
     build_args: &BTreeMap<String, String>,
 ) -> Result<BuildPlan, DockerfileError> {
     parse(text)?.plan(build_args)
+}
+
+/// [`plan`], with the configurations of the registry images the stages
+/// start from (see [`Dockerfile::plan_with_bases`]).
+pub fn plan_with_bases(
+    text: &str,
+    build_args: &BTreeMap<String, String>,
+    bases: &BTreeMap<String, ImageConfig>,
+) -> Result<BuildPlan, DockerfileError> {
+    parse(text)?.plan_with_bases(build_args, bases)
 }

@@ -33,10 +33,25 @@ impl Dockerfile {
         &self,
         build_args: &BTreeMap<String, String>,
     ) -> Result<BuildPlan, DockerfileError> {
+        self.plan_with_bases(build_args, &BTreeMap::new())
+    }
+
+    /// Plans the build with the configurations of the registry images its
+    /// stages start from (by reference, as [`BuildPlan::registry_images`]
+    /// names them): a stage starts with its base's ENV, WORKDIR, USER,
+    /// ports and command, as in Docker. A registry image missing from
+    /// `bases` starts from an empty configuration.
+    pub fn plan_with_bases(
+        &self,
+        build_args: &BTreeMap<String, String>,
+        bases: &BTreeMap<String, ImageConfig>,
+    ) -> Result<BuildPlan, DockerfileError> {
         check_build_args(build_args)?;
         let mut planner = Planner {
             escape: self.escape,
             build_args,
+            bases,
+            cmd_inherited: false,
             used_build_args: BTreeSet::new(),
             global: Scope::default(),
             stage: None,
@@ -86,6 +101,10 @@ fn check_build_args(build_args: &BTreeMap<String, String>) -> Result<(), Dockerf
 struct Planner<'a> {
     escape: char,
     build_args: &'a BTreeMap<String, String>,
+    /// The configurations of the registry images stages start from.
+    bases: &'a BTreeMap<String, ImageConfig>,
+    /// The current stage's CMD came from its base: an ENTRYPOINT drops it.
+    cmd_inherited: bool,
     used_build_args: BTreeSet<String>,
     /// ARGs declared before FROM.
     global: Scope,
@@ -137,10 +156,16 @@ impl Planner<'_> {
             }
             InstructionKind::Cmd(form) => {
                 self.config.cmd = Some(self.argv(form));
+                self.cmd_inherited = false;
                 Ok(())
             }
             InstructionKind::Entrypoint(form) => {
                 self.config.entrypoint = Some(self.argv(form));
+                // Docker resets a CMD the base image set, not one written
+                // earlier in this stage.
+                if std::mem::take(&mut self.cmd_inherited) {
+                    self.config.cmd = None;
+                }
                 Ok(())
             }
             InstructionKind::Shell(shell) => {
@@ -276,28 +301,47 @@ impl Planner<'_> {
                 Some((parent, base)) => {
                     // A stage built on another starts with its configuration.
                     let config = self.finished[parent].config.clone();
-                    let mut scope = Scope::default();
-                    for (key, value) in &config.env {
-                        scope.set_env(key.clone(), value.clone());
-                    }
-                    self.config = config;
                     self.parent = Some(parent);
-                    (base, scope)
+                    (base, self.start_from(config)?)
                 }
-                None => {
+                None if values::is_managed_base(&image) => {
                     let (name, version) = values::base_image(&image)?;
-                    self.config = ImageConfig::default();
                     self.parent = None;
                     let base = BaseRef {
                         name,
                         version,
                         line,
+                        image: None,
                     };
-                    (base, Scope::default())
+                    (base, self.start_from(ImageConfig::default())?)
+                }
+                None => {
+                    let reference = values::registry_image(&image)?;
+                    let config = self.bases.get(&reference).cloned().unwrap_or_default();
+                    self.parent = None;
+                    let base = BaseRef {
+                        name: reference.clone(),
+                        version: None,
+                        line,
+                        image: Some(reference),
+                    };
+                    (base, self.start_from(config)?)
                 }
             };
         self.stage = Some((base, scope));
         Ok(())
+    }
+
+    /// Makes `config` the new stage's configuration; its ENV is in scope.
+    fn start_from(&mut self, config: ImageConfig) -> Result<Scope, String> {
+        let mut scope = Scope::default();
+        for (key, value) in &config.env {
+            scope.set_env(key.clone(), value.clone());
+        }
+        check_environment(&scope).map_err(|e| format!("the base image's ENV: {e}"))?;
+        self.cmd_inherited = config.cmd.is_some();
+        self.config = config;
+        Ok(scope)
     }
 
     fn arg(&mut self, declarations: &[ArgDeclaration]) -> Result<(), String> {

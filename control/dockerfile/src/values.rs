@@ -6,21 +6,45 @@ use crate::build_plan::MANAGED_BASE_IMAGES;
 const MAX_VERSION_BYTES: usize = 128;
 const MAX_NAME_BYTES: usize = 256;
 
-/// `NAME[:VERSION]` of a managed base image.
-pub fn base_image(image: &str) -> Result<(String, Option<String>), String> {
-    if image.contains('@') {
+/// The longest registry reference a FROM may name (Docker's own limit on
+/// a name is 255 bytes, plus a tag or a digest).
+const MAX_REFERENCE_BYTES: usize = 512;
+
+/// Whether `FROM image` names one of Ember's managed bases rather than a
+/// registry image. A managed base's name shadows the Docker Hub image of
+/// the same name (`docker.io/library/busybox` names that one); a digest or
+/// a registry host always means a registry.
+pub fn is_managed_base(image: &str) -> bool {
+    let name = image.split(':').next().unwrap_or(image);
+    !image.contains(['/', '@']) && MANAGED_BASE_IMAGES.contains(&name)
+}
+
+/// The reference of a registry image, checked only for what a reference
+/// can never hold: its grammar is the builder's, which pulls it.
+pub fn registry_image(image: &str) -> Result<String, String> {
+    if image.is_empty() || image.len() > MAX_REFERENCE_BYTES {
         return Err(format!(
-            "FROM {image}: a digest names a registry image; Ember builds from its managed base images ({})",
-            MANAGED_BASE_IMAGES.join(", ")
+            "FROM {:.100}: an image reference is 1 to {MAX_REFERENCE_BYTES} bytes",
+            image
         ));
     }
+    if !image.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!(
+            "FROM {image}: an image reference holds no spaces or control characters"
+        ));
+    }
+    Ok(image.to_string())
+}
+
+/// `NAME[:VERSION]` of a managed base image.
+pub fn base_image(image: &str) -> Result<(String, Option<String>), String> {
     let (name, version) = match image.split_once(':') {
         Some((name, version)) => (name, Some(version)),
         None => (image, None),
     };
     if !MANAGED_BASE_IMAGES.contains(&name) {
         return Err(format!(
-            "FROM {image}: Ember builds only from its managed base images ({}), not from registry images",
+            "FROM {image}: not one of Ember's managed base images ({})",
             MANAGED_BASE_IMAGES.join(", ")
         ));
     }
@@ -126,6 +150,25 @@ mod tests {
         ] {
             assert!(base_image(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn managed_bases_and_registry_images() {
+        for managed in ["busybox", "busybox:1", "debian12-minimal:latest"] {
+            assert!(is_managed_base(managed), "{managed}");
+        }
+        for registry in [
+            "python:3.12-slim",
+            "docker.io/library/busybox",
+            "busybox@sha256:00",
+            "public.ecr.aws/lambda/microvms:al2023-minimal",
+            "127.0.0.1:5000/busybox",
+        ] {
+            assert!(!is_managed_base(registry), "{registry}");
+            assert_eq!(registry_image(registry).as_deref(), Ok(registry));
+        }
+        assert!(registry_image("a b").is_err());
+        assert!(registry_image(&"a".repeat(513)).is_err());
     }
 
     #[test]

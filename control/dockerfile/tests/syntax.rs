@@ -213,7 +213,6 @@ fn registry_features_are_refused() {
         "ADD from a URL is not supported; use RUN with curl/wget",
     );
     assert_error("FROM busybox\nRUN <<EOF\necho\nEOF\n", 2, "here-document");
-    assert_error("FROM ubuntu:22.04\n", 1, "managed base images");
 }
 
 #[test]
