@@ -1,6 +1,7 @@
 //! HTTP to one repository of one registry, with the 401 dance done once.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -10,6 +11,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::auth::{parse_challenge, Challenge, Credentials};
+use crate::guard::{self, AddressGuard, GuardedResolver};
 use crate::{ImageReference, RegistryError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,10 +30,14 @@ pub struct RegistryOptions {
     pub registry_ca: Option<PathBuf>,
     /// A docker-style `config.json` with `auths.<host>.auth` credentials.
     pub docker_config: Option<PathBuf>,
+    /// HTTPS registries (`host` or `host:port`) allowed on loopback,
+    /// private or link-local addresses. The insecure ones are allowed too.
+    pub private_registries: Vec<String>,
 }
 
 pub(crate) struct Transport {
     pub http: reqwest::Client,
+    pub guard: Arc<AddressGuard>,
     pub insecure: Vec<String>,
     pub credentials: Credentials,
 }
@@ -41,7 +47,19 @@ impl Transport {
         // reqwest is built without a TLS crypto backend of its own; ring is
         // the one this workspace links. `Err` means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let guard = AddressGuard::new(
+            options
+                .insecure_registries
+                .iter()
+                .chain(&options.private_registries)
+                .cloned(),
+        );
         let mut builder = reqwest::Client::builder()
+            // A proxy from emberd's environment would connect for us, to
+            // addresses the guard never saw.
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver(Arc::clone(&guard))))
+            .redirect(guard::redirects(Arc::clone(&guard)))
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .user_agent(concat!("ember-registry/", env!("CARGO_PKG_VERSION")));
@@ -72,6 +90,7 @@ impl Transport {
         };
         Ok(Self {
             http,
+            guard,
             insecure: options.insecure_registries.clone(),
             credentials,
         })
@@ -156,14 +175,15 @@ impl<'a> Session<'a> {
     }
 
     async fn send(&self, url: &Url, accept: &str) -> Result<Response, RegistryError> {
+        self.transport.guard.check_url(url)?;
         let mut request = self.transport.http.get(url.clone()).header(ACCEPT, accept);
         if let Some(authorization) = &self.authorization {
             request = request.header(AUTHORIZATION, authorization.clone());
         }
-        request.send().await.map_err(|source| RegistryError::Http {
-            url: url.to_string(),
-            source,
-        })
+        request
+            .send()
+            .await
+            .map_err(|source| http_error(url, source))
     }
 
     fn credentials(&self) -> Option<&(String, String)> {
@@ -231,14 +251,15 @@ impl<'a> Session<'a> {
             }
             query.append_pair("scope", &scope);
         }
+        self.transport.guard.check_url(&url)?;
         let mut request = self.transport.http.get(url.clone());
         if let Some(basic) = self.basic() {
             request = request.header(AUTHORIZATION, basic);
         }
-        let response = request.send().await.map_err(|source| RegistryError::Http {
-            url: url.to_string(),
-            source,
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|source| http_error(&url, source))?;
         match response.status() {
             status if status.is_success() => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -269,6 +290,22 @@ impl<'a> Session<'a> {
             .map_err(|_| self.unauthorized("the token is not a valid header value"))?;
         value.set_sensitive(true);
         Ok(value)
+    }
+}
+
+/// A refusal by the guard (from the resolver or a redirect) says so;
+/// anything else is an HTTP failure.
+pub(crate) fn http_error(url: &Url, source: reqwest::Error) -> RegistryError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&source);
+    while let Some(e) = cause {
+        if let Some(RegistryError::RefusedHost { host }) = e.downcast_ref::<RegistryError>() {
+            return guard::refused(host);
+        }
+        cause = e.source();
+    }
+    RegistryError::Http {
+        url: url.to_string(),
+        source,
     }
 }
 

@@ -52,6 +52,8 @@ pub enum RegistryError {
     Credentials { path: PathBuf, reason: String },
     #[error("registry CA file {}: {reason}", path.display())]
     RegistryCa { path: PathBuf, reason: String },
+    #[error("registry host {host} is refused: it is (or resolves to) a loopback, private or link-local address; an operator allows one with emberd's --private-registry HOST:PORT (HTTPS) or --insecure-registry HOST:PORT (plain HTTP)")]
+    RefusedHost { host: String },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

@@ -21,6 +21,7 @@ mod cache;
 mod client;
 mod digest;
 mod error;
+mod guard;
 mod manifest;
 mod pull;
 mod reference;

@@ -299,6 +299,7 @@ async fn bearer_tokens_over_https_with_a_private_ca() {
         insecure_registries: vec![token_host.clone()],
         registry_ca: Some(pki.ca_cert.clone()),
         docker_config,
+        private_registries: vec![registry.host()],
     };
     let anonymous = RegistryClient::new(&options(None), PullLimits::default()).unwrap();
 
@@ -335,9 +336,26 @@ async fn bearer_tokens_over_https_with_a_private_ca() {
     assert!(err.to_string().contains("realm is not https"), "{err}");
 
     // Without the extra CA the registry's certificate is not trusted.
-    let untrusting =
-        RegistryClient::new(&RegistryOptions::default(), PullLimits::default()).unwrap();
+    let untrusting = RegistryOptions {
+        private_registries: vec![registry.host()],
+        ..RegistryOptions::default()
+    };
+    let untrusting = RegistryClient::new(&untrusting, PullLimits::default()).unwrap();
     let err = untrusting.pull(&public, &cache).await.unwrap_err();
     assert!(matches!(err, RegistryError::Http { .. }), "{err}");
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+
+    // A loopback registry no option names is never contacted.
+    let requests = registry.log().matches("GET /v2/").count();
+    let unguarded = RegistryClient::new(&RegistryOptions::default(), PullLimits::default())
+        .unwrap()
+        .pull(&public, &cache)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(unguarded, RegistryError::RefusedHost { .. }),
+        "{unguarded}"
+    );
+    assert!(unguarded.to_string().contains("--private-registry"));
+    assert_eq!(registry.log().matches("GET /v2/").count(), requests);
 }
