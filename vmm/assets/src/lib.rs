@@ -70,6 +70,12 @@ impl AssetStore {
         debian_rootfs::ensure(&self.root)
     }
 
+    /// Builds (or reuses) an empty 4 GiB sparse ext4 image: the disk a
+    /// registry image's layers are applied to, inside a build VM.
+    pub fn ensure_empty_rootfs(&self) -> Result<BaseRootfs, AssetError> {
+        rootfs::ensure_empty(&self.root)
+    }
+
     /// Everything a busybox guest needs, with `agent_binary` as PID 1.
     pub fn ensure_guest(&self, agent_binary: &Path) -> Result<GuestAssets, AssetError> {
         let kernel = self.ensure_kernel()?;

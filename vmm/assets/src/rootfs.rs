@@ -38,6 +38,28 @@ pub(crate) fn ensure(root: &Path) -> Result<BaseRootfs, AssetError> {
     ensure_cached(root, "busybox", IMAGE_SIZE, build)
 }
 
+/// Room for a registry image and what its build adds; sparse.
+const EMPTY_IMAGE_SIZE: u64 = 4 << 30;
+
+pub(crate) fn ensure_empty(root: &Path) -> Result<BaseRootfs, AssetError> {
+    ensure_cached(root, "empty", EMPTY_IMAGE_SIZE, |dir, image| {
+        let stage = tempfile::Builder::new()
+            .prefix(".empty-")
+            .tempdir_in(dir)
+            .map_err(AssetError::io("create temp dir", dir))?;
+        // The staging folder's mode becomes the image's `/`.
+        set_mode(stage.path(), 0o755)?;
+        crate::ext4::build_image(stage.path(), EMPTY_IMAGE_SIZE, "ember-root", image)?;
+        Ok(BaseRootfs {
+            image: image.to_path_buf(),
+            name: "empty".into(),
+            version: format!("empty-ext4-{}g", EMPTY_IMAGE_SIZE >> 30),
+            package_version: String::new(),
+            deb_sha256: String::new(),
+        })
+    })
+}
+
 /// A base image cached in `root/NAME/` (`rootfs.ext4` + `manifest.json`),
 /// built by `build(dir, image)` when missing or stale, under a file lock so
 /// concurrent callers build it once.
