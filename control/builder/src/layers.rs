@@ -143,7 +143,7 @@ impl Builder {
         result.map(|top| (top, done))
     }
 
-    async fn boot_build_vm(
+    pub(crate) async fn boot_build_vm(
         &self,
         name: &str,
         rootfs: &Path,

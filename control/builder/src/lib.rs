@@ -13,6 +13,7 @@ pub mod guest_http;
 pub mod hooks;
 mod layers;
 mod log;
+mod registry_bases;
 mod stages;
 mod steps;
 mod users;
@@ -22,13 +23,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ember_artifact::{ArtifactSource, Limits};
-use ember_dockerfile::{BuildPlan, ImageConfig};
+use ember_dockerfile::{BaseRef, BuildPlan, ImageConfig};
 use ember_vmm::{Hypervisor, Network, Vm, VmConfig};
 
 pub use bases::{BaseRootfs, ManagedBase, MANAGED_BASES};
 pub use cache::{BuildCache, CacheKey};
 pub use finish::APP_LOG;
 pub use log::{BuildLog, LogProgress};
+pub use registry_bases::RegistryBases;
 pub use steps::DEFAULT_PATH;
 
 /// Host-wide settings for builds.
@@ -128,12 +130,25 @@ pub struct Builder {
     hv: Arc<dyn Hypervisor>,
     config: BuilderConfig,
     cache: BuildCache,
+    /// Without it, a `FROM` naming a registry image fails the build.
+    registry: Option<RegistryBases>,
 }
 
 impl Builder {
     pub fn new(hv: Arc<dyn Hypervisor>, config: BuilderConfig) -> std::io::Result<Self> {
         let cache = BuildCache::open(&config.cache_dir)?;
-        Ok(Self { hv, config, cache })
+        Ok(Self {
+            hv,
+            config,
+            cache,
+            registry: None,
+        })
+    }
+
+    /// Lets builds start `FROM` registry images.
+    pub fn with_registry(mut self, registry: RegistryBases) -> Self {
+        self.registry = Some(registry);
+        self
     }
 
     pub fn limits(&self) -> &Limits {
@@ -199,20 +214,55 @@ impl Builder {
         let dockerfile = context
             .dockerfile()
             .map_err(|e| BuildError::new("read Dockerfile", e.to_string()))?;
-        let plan = ember_dockerfile::plan(&dockerfile, &Default::default())
+        let parsed = ember_dockerfile::parse(&dockerfile)
+            .map_err(|e| BuildError::new("parse Dockerfile", e.to_string()))?;
+        let no_args = Default::default();
+        let mut plan = parsed
+            .plan(&no_args)
             .map_err(|e| BuildError::new("parse Dockerfile", e.to_string()))?;
         check_base(&plan, &spec.base)?;
 
         // Every step's key covers the base, the steps before it, its own
         // instruction and, for COPY/ADD, the bytes it copies (for COPY
         // --from, the key of the stage it copies from): a layer is reused
-        // only when everything that shaped it is the same.
-        let root = CacheKey::new(
+        // only when everything that shaped it is the same. A registry
+        // base's key is that of its layers.
+        let managed_root = CacheKey::new(
             &spec.base.name,
             &spec.base.content_version,
             &self.config.guest_version,
         );
-        let mut stages = stages::stages(&plan, &root);
+        // Only the registry images of the stages the image needs are
+        // pulled; their configurations then shape the plan.
+        let registry_images: Vec<BaseRef> = {
+            let work = stages::stages(&plan, |_| managed_root.clone());
+            let needed = stages::needed(&work);
+            let mut bases: Vec<BaseRef> = Vec::new();
+            for i in needed {
+                let base = work[i].base;
+                if base.image.is_some() && !bases.iter().any(|b| b.image == base.image) {
+                    bases.push(base.clone());
+                }
+            }
+            bases
+        };
+        let ready = self
+            .registry_bases(spec, &registry_images.iter().collect::<Vec<_>>(), log)
+            .await?;
+        if !ready.is_empty() {
+            let configs = ready
+                .iter()
+                .map(|(reference, base)| (reference.clone(), base.config.clone()))
+                .collect();
+            plan = parsed
+                .plan_with_bases(&no_args, &configs)
+                .map_err(|e| BuildError::new("parse Dockerfile", e.to_string()))?;
+        }
+        let root_of = |base: &BaseRef| match base.image.as_ref().and_then(|r| ready.get(r)) {
+            Some(ready) => ready.key.clone(),
+            None => managed_root.clone(),
+        };
+        let mut stages = stages::stages(&plan, root_of);
         let needed = stages::needed(&stages);
         self.stage_keys(&mut stages, &context)?;
         let count = stages.len();
@@ -228,7 +278,10 @@ impl Builder {
             }
             let start = match stages[i].parent {
                 Some(p) => tops[p].clone(),
-                None => Some(spec.base.image.clone()),
+                None => match stages[i].base.image.as_ref() {
+                    Some(reference) => ready.get(reference).map(|b| b.disk.clone()),
+                    None => Some(spec.base.image.clone()),
+                },
             }
             .ok_or_else(|| BuildError::new("build", "a stage's parent was not built"))?;
             let (top, cached) = self
@@ -358,6 +411,7 @@ const IMAGE_VM_SHAPE: &str = "image vm: isolated virtio-net, resolv.conf to slir
 
 /// Every stage's managed base must be the request's: the build has that
 /// base's root filesystem (and the image's base is the last stage's).
+/// Registry images are checked when they are pulled.
 fn check_base(plan: &BuildPlan, base: &BaseRootfs) -> Result<(), BuildError> {
     check_stage_base(&plan.base, base)?;
     for stage in &plan.stages {
@@ -370,7 +424,10 @@ fn check_base(plan: &BuildPlan, base: &BaseRootfs) -> Result<(), BuildError> {
     Ok(())
 }
 
-fn check_stage_base(from: &ember_dockerfile::BaseRef, base: &BaseRootfs) -> Result<(), BuildError> {
+fn check_stage_base(from: &BaseRef, base: &BaseRootfs) -> Result<(), BuildError> {
+    if from.image.is_some() {
+        return Ok(());
+    }
     if from.name != base.name {
         return Err(BuildError::new(
             "parse Dockerfile",

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ember_dockerfile::{BuildPlan, Step, StepKind};
+use ember_dockerfile::{BaseRef, BuildPlan, Step, StepKind};
 use ember_vmm::agent::{AgentClient, ExecRequest, OutputStream};
 
 use crate::cache::CacheKey;
@@ -19,6 +19,8 @@ use crate::cache::CacheKey;
 pub struct StageWork<'a> {
     pub index: usize,
     pub name: Option<&'a str>,
+    /// The base image at the root of the stage (its parent's, if it has one).
+    pub base: &'a BaseRef,
     pub parent: Option<usize>,
     pub steps: &'a [Step],
     /// The cache key after each step.
@@ -39,23 +41,32 @@ impl StageWork<'_> {
     }
 }
 
-/// Every stage of `plan` in order, its keys not worked out yet (`root`,
-/// the key of the base).
-pub fn stages<'a>(plan: &'a BuildPlan, root: &CacheKey) -> Vec<StageWork<'a>> {
+/// Every stage of `plan` in order, its keys not worked out yet
+/// (`root_of`: the key of a base image's filesystem).
+pub fn stages<'a>(
+    plan: &'a BuildPlan,
+    root_of: impl Fn(&BaseRef) -> CacheKey,
+) -> Vec<StageWork<'a>> {
     let earlier = plan
         .stages
         .iter()
-        .map(|s| (s.name.as_deref(), s.parent, &s.steps[..]));
+        .map(|s| (s.name.as_deref(), &s.base, s.parent, &s.steps[..]));
     earlier
-        .chain(std::iter::once((None, plan.parent, &plan.steps[..])))
+        .chain(std::iter::once((
+            None,
+            &plan.base,
+            plan.parent,
+            &plan.steps[..],
+        )))
         .enumerate()
-        .map(|(index, (name, parent, steps))| StageWork {
+        .map(|(index, (name, base, parent, steps))| StageWork {
             index,
             name,
+            base,
             parent,
             steps,
             keys: Vec::new(),
-            top: root.clone(),
+            top: root_of(base),
         })
         .collect()
 }
@@ -169,7 +180,7 @@ mod tests {
         )
         .unwrap();
         let root = CacheKey::new("busybox", "1", "agent");
-        let all = stages(&plan, &root);
+        let all = stages(&plan, |_| root.clone());
         assert_eq!(all.len(), 5);
         assert_eq!(
             needed(&all).into_iter().collect::<Vec<_>>(),
