@@ -102,9 +102,6 @@ class Layer:
                 tf.addfile(info, io.BytesIO(data) if data is not None else None)
         return out.getvalue()
 
-    def blob(self):
-        return gzip.compress(self.tar(), mtime=0)
-
 
 def static_busybox(assets_dir, dest):
     """Debian's static busybox, taken out of the deb the managed base is
@@ -221,7 +218,6 @@ class Registry:
     def start(self):
         config = (f"version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n"
                   f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'storage'}\n"
-                  f"  delete:\n    enabled: true\n"
                   f"http:\n  addr: {self.host}\n")
         if self.auth:
             htpasswd = self.root / "htpasswd"
@@ -270,15 +266,15 @@ class Registry:
         except OSError:
             return ""
 
-    def requests(self, method, path):
-        """How many `METHOD path` requests the access log holds (skopeo's
-        pushes use HEAD/PUT/PATCH, so a blob GET is a pull)."""
-        return self.log().count(f'"{method} {path} HTTP/')
-
-    def blob_gets(self, repository, digest):
-        return self.requests("GET", f"/v2/{repository}/blobs/{digest}")
+    def blob_gets(self, digest):
+        """GETs of a blob through any repository, from the access log (a
+        layer shared by two images is one blob in the registry's storage;
+        skopeo's pushes HEAD and PUT, so a GET is a pull)."""
+        return sum(1 for line in self.log().splitlines()
+                   if '"GET /v2/' in line and f"/blobs/{digest} HTTP/" in line)
 
     def v2_requests(self):
+        """Every API request the registry was sent, pushes included."""
         return self.log().count('"GET /v2/') + self.log().count('"HEAD /v2/')
 
     def _creds(self, flag):
@@ -319,8 +315,9 @@ def docker_config(path, registry):
 
 # --- what a failed build must not leave ---------------------------------
 
-def qemus_under(data_dir):
-    """Pids of the QEMUs working under data_dir."""
+def qemus_under(data_dir, marker=""):
+    """Pids of the QEMUs working under data_dir (in a folder whose path
+    holds `marker`, e.g. a build's id)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -330,7 +327,8 @@ def qemus_under(data_dir):
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if cwd.startswith(str(data_dir)) and cmdline.startswith(b"qemu-system"):
+        if (cwd.startswith(str(data_dir)) and marker in cwd
+                and cmdline.startswith(b"qemu-system")):
             found.append(int(entry.name))
     return found
 
