@@ -18,6 +18,10 @@ ASSETS = os.environ.get("EMBER_ASSETS_DIR", str(REPO / "build" / "data" / "asset
 CLEANUP_TIMEOUT = 60
 # The base's Env, WorkingDir and User, as a RUN step sees them.
 BUILT = 'RUN echo "built as $(id -u) in $(pwd) with $GREETING" > www/built.txt\n'
+# `$#` counts what follows "entry": the base's Cmd, if it were kept.
+PINNED_ENTRYPOINT = (
+    'ENTRYPOINT ["/bin/sh", "-c", "echo args=$# uid=$(id -u) > /srv/www/index.html; '
+    'exec httpd -f -p 8080 -h /srv/www", "entry"]\n')
 
 
 @pytest.fixture(scope="module")
@@ -115,26 +119,35 @@ def app_image(oci_emberd, registries, tmp_path_factory):
     return built(oci_emberd, tmp_path_factory.mktemp("app"), "oci-app", dockerfile)
 
 
-def test_the_image_config_and_layers_are_honoured(oci_emberd, app_image):
-    client = oci_emberd.client()
-    microvm_id = client.run_microvm(imageIdentifier="oci-app")["microvmId"]
+def served(emberd, name, *paths):
+    """Runs a microVM of `name` and GETs `paths` through its endpoint:
+    [(status, body)]."""
+    client = emberd.client()
+    microvm_id = client.run_microvm(imageIdentifier=name)["microvmId"]
     try:
         vm = wait_microvm(client, microvm_id, "RUNNING")
         token = endpoint_token(client, microvm_id)
-        status, body, _ = endpoint_request(vm["endpoint"], token, 8080, path="/index.html")
-        assert status == 200, body
-        # Env, WorkingDir, User; only the opaque dir's own file; the whiteout.
-        assert body.splitlines() == ["greeting=from-oci", "pwd=/srv", "uid=1000", "old=c",
-                                     "gone=absent"], body
-        status, body, _ = endpoint_request(vm["endpoint"], token, 8080, path="/built.txt")
-        assert (status, body) == (200, "built as 1000 in /srv with from-oci\n")
+        return [endpoint_request(vm["endpoint"], token, 8080, path=path)[:2] for path in paths]
     finally:
         terminate_quietly(client, microvm_id)
 
 
+def test_the_image_config_and_layers_are_honoured(oci_emberd, app_image):
+    (status, index), built_txt = served(oci_emberd, "oci-app", "/index.html", "/built.txt")
+    assert status == 200, index
+    # Env, WorkingDir, User; only the opaque dir's own file; the whiteout.
+    assert index.splitlines() == ["greeting=from-oci", "pwd=/srv", "uid=1000", "old=c",
+                                  "gone=absent"], index
+    assert built_txt == (200, "built as 1000 in /srv with from-oci\n")
+
+
 def test_a_digest_pinned_reference_builds(oci_emberd, registries, images, tmp_path):
+    """Pinned by digest, with an ENTRYPOINT of its own: it runs as the
+    base's User, and without the base's Cmd as arguments (as in Docker)."""
     digest = images["app"]["manifest"]
-    built(oci_emberd, tmp_path, "oci-pinned", f"FROM {registries['anon'].host}/test/app@{digest}\n")
+    built(oci_emberd, tmp_path, "oci-pinned",
+          f"FROM {registries['anon'].host}/test/app@{digest}\n{PINNED_ENTRYPOINT}")
+    assert served(oci_emberd, "oci-pinned", "/") == [(200, "args=0 uid=1000\n")]
 
 
 @pytest.mark.parametrize("case, reference", [
