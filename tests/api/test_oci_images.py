@@ -76,8 +76,7 @@ def oci_emberd(module_emberd, registries, images, tmp_path_factory):
 
 def build(emberd, tmp_path, name, dockerfile):
     path = zip_files(tmp_path / f"{name}.zip", {"Dockerfile": dockerfile})
-    image, version = create_and_wait(emberd.client(), name, path, timeout=600)
-    return image, version
+    return create_and_wait(emberd.client(), name, path, timeout=600)
 
 
 def built(emberd, tmp_path, name, dockerfile):
