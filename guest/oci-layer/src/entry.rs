@@ -85,14 +85,19 @@ impl<'a> Extractor<'a> {
         let target = paths::make_dir(self.root, path.parent(), name)?.join(file_name);
         match kind {
             EntryType::Directory => {
-                match std::fs::symlink_metadata(&target) {
-                    Ok(existing) if existing.is_dir() => {}
-                    Ok(_) => std::fs::remove_file(&target)
-                        .map_err(LayerError::io(name, "removing what was there"))?,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // Over a directory: keep its children. Over anything else
+                // (a symlink included): replace it.
+                let keep = match std::fs::symlink_metadata(&target) {
+                    Ok(existing) if existing.is_dir() => true,
+                    Ok(_) => {
+                        std::fs::remove_file(&target)
+                            .map_err(LayerError::io(name, "removing what was there"))?;
+                        false
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
                     Err(e) => return Err(LayerError::io(name, "looking at what is there")(e)),
-                }
-                if !target.is_dir() {
+                };
+                if !keep {
                     std::fs::create_dir(&target)
                         .map_err(LayerError::io(name, "creating the directory"))?;
                 }
