@@ -4,7 +4,8 @@
 //! real root filesystem), then serves the host's control channel on the
 //! `agent` virtio-serial port. Run by hand (not PID 1) it skips the machine
 //! setup and serves whatever file or Unix socket `argv[1]` names, which is
-//! handy for development.
+//! handy for development; `unpack-oci-layer` instead applies an image layer
+//! to the build VM's root disk (see unpack.rs).
 
 use std::fmt;
 use std::io::Write;
@@ -46,6 +47,7 @@ mod steer;
 mod streams;
 #[cfg(test)]
 mod tests;
+mod unpack;
 
 use channel::Wire;
 use session::{Agent, Config};
@@ -129,11 +131,15 @@ fn run_as_init() -> ! {
 
 /// Development mode: serve `argv[1]`, a Unix socket or a bidirectional file.
 fn run_by_hand() -> i32 {
-    let Some(path) = std::env::args_os().nth(1) else {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == unpack::SUBCOMMAND) {
+        return unpack::run(&args[1..]);
+    }
+    let Some(path) = args.first() else {
         eprintln!("usage: ember-agent PORT  (a Unix socket or a read/write device)");
         return 2;
     };
-    let path = Path::new(&path);
+    let path = Path::new(path);
     let is_socket = std::fs::metadata(path)
         .map(|m| m.file_type().is_socket())
         .unwrap_or(false);
