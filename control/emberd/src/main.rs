@@ -10,6 +10,7 @@ mod layout;
 mod metadata;
 mod microvm_logs;
 mod microvms;
+mod registries;
 mod service;
 mod shell;
 
@@ -162,6 +163,8 @@ struct Args {
     /// emberd's user, mode 0600 or stricter; re-read when it changes.
     #[arg(long, value_name = "FILE")]
     role_credentials: Option<PathBuf>,
+    #[command(flatten)]
+    registries: registries::RegistryArgs,
 }
 
 #[tokio::main]
@@ -267,7 +270,11 @@ async fn main() -> anyhow::Result<()> {
             limits: artifact_limits(&args)?,
             timeout: builds::BUILD_TIMEOUT,
         },
-    )?;
+    )?
+    .with_registry({
+        let (registries, layout, assets) = (args.registries.clone(), layout.clone(), assets.clone());
+        tokio::task::spawn_blocking(move || registries.bases(&layout, &assets)).await??
+    });
     let disk = microvms::DiskReserve {
         dir: data_dir.clone(),
         reserve_mib: args.disk_reserve_mib,
