@@ -28,7 +28,7 @@ PASSWORD = "s3cret-pass"
 READY_TIMEOUT = 30
 # The busybox applets the images' programs use, linked to /bin/busybox.
 APPLETS = ("sh", "httpd", "ls", "cat", "id", "echo", "mkdir", "test", "[", "pwd", "sleep",
-           "env", "rm", "cp", "touch", "true", "chmod", "printf")
+           "env", "rm", "cp", "touch", "true", "chmod", "printf", "tar", "chown", "sync")
 
 
 def digest_of(data):
