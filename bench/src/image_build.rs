@@ -19,6 +19,9 @@ pub struct Example {
     pub egress: bool,
     /// A file a COPY step copies: edited for the code-change rebuild.
     pub app_file: &'static str,
+    /// Its Dockerfile starts FROM a registry image (pulled from the
+    /// internet; the first build starts with an empty layer cache).
+    pub registry: bool,
 }
 
 pub const EXAMPLES: &[Example] = &[
@@ -27,12 +30,21 @@ pub const EXAMPLES: &[Example] = &[
         base: "busybox",
         egress: false,
         app_file: "start.sh",
+        registry: false,
     },
     Example {
         name: "python-counter",
         base: "debian12-minimal",
         egress: true,
         app_file: "app.py",
+        registry: false,
+    },
+    Example {
+        name: "python-oci",
+        base: "busybox",
+        egress: false,
+        app_file: "app.py",
+        registry: true,
     },
 ];
 
@@ -74,6 +86,25 @@ pub async fn run(
             timeout: Duration::from_secs(3600),
         },
     )?;
+    let blobs = work.join("blobs");
+    let builder = if example.registry {
+        let empty_root = {
+            let assets = assets.clone();
+            tokio::task::spawn_blocking(move || assets.ensure_empty_rootfs())
+                .await??
+                .image
+        };
+        builder.with_registry(ember_builder::RegistryBases {
+            client: ember_registry::RegistryClient::new(
+                &Default::default(),
+                ember_registry::PullLimits::default(),
+            )?,
+            blobs: ember_registry::BlobCache::new(&blobs)?,
+            empty_root,
+        })
+    } else {
+        builder
+    };
     // A private copy, so the code-change rebuild can edit it.
     let source = work.join("source");
     copy_tree(&Path::new("examples").join(example.name), &source)?;
@@ -90,6 +121,7 @@ pub async fn run(
     };
     let mut times = Vec::new();
     let mut outputs = Vec::new();
+    let mut fetched = Vec::new();
     for n in 0..3 {
         if n == 2 {
             // A code change: the steps before the COPY come from the cache.
@@ -99,17 +131,29 @@ pub async fn run(
             std::fs::write(&file, text)?;
         }
         let log = BuildLog::create(&work.join(format!("build-{n}.log")))?;
+        let cached_bytes = dir_bytes(&blobs.join("sha256"));
         let t = Instant::now();
-        let out = builder
-            .build(&build(n), &log)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.reason()))?;
+        let out = builder.build(&build(n), &log).await;
         times.push(t.elapsed().as_secs_f64());
-        outputs.push(out);
+        fetched.push(dir_bytes(&blobs.join("sha256")) - cached_bytes);
+        match out {
+            Ok(out) => outputs.push(out),
+            Err(e) if example.registry => {
+                // The registry is on the internet: say why instead of
+                // failing every other benchmark with it.
+                let _ = std::fs::remove_dir_all(&work);
+                return Ok(json!({
+                    "bench": "image_build",
+                    "example": example.name,
+                    "error": e.reason(),
+                }));
+            }
+            Err(e) => anyhow::bail!("{}", e.reason()),
+        }
     }
     let _ = std::fs::remove_dir_all(&work);
     let cold = &outputs[0];
-    Ok(json!({
+    let mut line = json!({
         "bench": "image_build",
         "example": example.name,
         "cold_build_s": round2(times[0]),
@@ -122,7 +166,25 @@ pub async fn run(
         "memory_snapshot_bytes": cold.memory_bytes,
         "disk_snapshot_bytes": cold.disk_bytes,
         "code_bytes": cold.code_bytes,
-    }))
+    });
+    if example.registry {
+        line["cold_layer_bytes_fetched"] = json!(fetched[0]);
+        line["rebuild_layer_bytes_fetched"] = json!(fetched[1] + fetched[2]);
+    }
+    Ok(line)
+}
+
+/// Bytes of the files directly in `dir` (the layer cache is flat); 0 when
+/// it does not exist yet.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn round2(x: f64) -> f64 {

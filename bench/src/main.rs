@@ -42,6 +42,10 @@ struct Args {
     /// Suspended microVMs the microvm bench fills the host with.
     #[arg(long, default_value_t = 1000)]
     suspended_vms: usize,
+    /// image_build: only this example (hello-http, python-counter,
+    /// python-oci); repeatable. Default: all.
+    #[arg(long = "example", value_name = "NAME")]
+    examples: Vec<String>,
     /// Which benchmarks to run (default: all).
     #[arg(value_parser = ["restore", "image_build", "microvm", "hostile_guest"])]
     only: Vec<String>,
@@ -58,7 +62,10 @@ async fn main() -> anyhow::Result<()> {
         println!("{line}");
     }
     if wants("image_build") {
-        for example in image_build::EXAMPLES {
+        for example in image_build::EXAMPLES
+            .iter()
+            .filter(|e| args.examples.is_empty() || args.examples.iter().any(|n| n == e.name))
+        {
             let line = image_build::run(&args.data_dir, &args.agent, accel, example).await?;
             println!("{line}");
         }

@@ -67,11 +67,12 @@ impl Builder {
                     format!("FROM {written}: this emberd cannot pull registry images"),
                 ));
             };
-            let reference: ImageReference = written
-                .parse()
-                .map_err(|e: ember_registry::RegistryError| {
-                    BuildError::new(&stage, format!("FROM {written}: {e}"))
-                })?;
+            let reference: ImageReference =
+                written
+                    .parse()
+                    .map_err(|e: ember_registry::RegistryError| {
+                        BuildError::new(&stage, format!("FROM {written}: {e}"))
+                    })?;
             log.line(&format!("pulling {reference}"));
             let started = Instant::now();
             let image = registry

@@ -272,7 +272,8 @@ async fn main() -> anyhow::Result<()> {
         },
     )?
     .with_registry({
-        let (registries, layout, assets) = (args.registries.clone(), layout.clone(), assets.clone());
+        let (registries, layout, assets) =
+            (args.registries.clone(), layout.clone(), assets.clone());
         tokio::task::spawn_blocking(move || registries.bases(&layout, &assets)).await??
     });
     let disk = microvms::DiskReserve {

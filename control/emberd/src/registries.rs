@@ -37,7 +37,11 @@ impl RegistryArgs {
     /// The registry client, the layer cache in the data dir (shared by
     /// every build) and the empty disk layers are applied to.
     pub fn bases(&self, layout: &DataDir, assets: &AssetStore) -> anyhow::Result<RegistryBases> {
-        for host in self.insecure_registries.iter().chain(&self.private_registries) {
+        for host in self
+            .insecure_registries
+            .iter()
+            .chain(&self.private_registries)
+        {
             if host.is_empty() || host.contains(['/', ' ']) || host.contains("://") {
                 anyhow::bail!(
                     "--insecure-registry/--private-registry {host:?}: give HOST or HOST:PORT"
