@@ -15,7 +15,7 @@ export EMBER_ASSETS_DIR := $(EMBER_DATA_DIR)/assets
 export EMBER_AGENT_BIN := $(abspath $(AGENT))
 export EMBER_HOSTILE_AGENT_BIN := $(abspath $(HOSTILE_AGENT))
 
-.PHONY: run demo-vm test bench deps agent hostile-agent bins setup lint unit-test vm-test clean
+.PHONY: run demo-vm test soak bench deps agent hostile-agent bins setup lint unit-test vm-test clean
 
 ## run: start emberd, build examples/hello-http through the API (live
 ## build log), show the image
@@ -30,6 +30,13 @@ demo-vm: setup
 ## tests (AWS CLI and boto3 against a real emberd)
 test: lint setup bins hostile-agent
 	scripts/run-tests.sh
+
+## soak: the full soak (100 suspend/resume cycles with state checked after
+## each, 300 runs/terminates, emberd's RSS and fds flat); make test runs a
+## short one
+soak: setup bins
+	scripts/setup-venv.sh
+	EMBER_SOAK_CYCLES=100 EMBER_SOAK_RUNS=300 build/venv/bin/python -m pytest -q -p no:cacheprovider tests/api/test_soak.py
 
 ## bench: print one JSON object per benchmark result
 bench: setup hostile-agent
