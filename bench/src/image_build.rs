@@ -57,6 +57,12 @@ pub async fn run(
     accel: AccelChoice,
     example: &Example,
 ) -> anyhow::Result<serde_json::Value> {
+    if example.registry {
+        // Said before any set-up, so the other benchmarks still run.
+        if let Some(missing) = local_registry::missing_tools() {
+            return Ok(error_line(example, &missing));
+        }
+    }
     let assets = ember_assets::AssetStore::new(data_dir.join("assets"));
     let guest = {
         let (assets, agent) = (assets.clone(), agent.to_path_buf());
@@ -94,10 +100,6 @@ pub async fn run(
     let source = work.join("source");
     copy_tree(&Path::new("examples").join(example.name), &source)?;
     let registry = if example.registry {
-        if let Some(missing) = local_registry::missing_tools() {
-            let _ = std::fs::remove_dir_all(&work);
-            return Ok(error_line(example, &missing));
-        }
         let debs = data_dir.join("assets/busybox/debs");
         match local_registry::serve_images(&work.join("registry"), &debs, &source) {
             Ok(served) => Some(served),
