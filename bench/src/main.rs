@@ -4,7 +4,9 @@
 
 mod hostile_guest;
 mod image_build;
+mod local_registry;
 mod microvm;
+mod oci_image;
 mod procfs;
 mod proxy_overhead;
 mod restore;
@@ -43,7 +45,7 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     suspended_vms: usize,
     /// image_build: only this example (hello-http, python-counter,
-    /// python-oci); repeatable. Default: all.
+    /// hello-oci); repeatable. Default: all.
     #[arg(long = "example", value_name = "NAME")]
     examples: Vec<String>,
     /// Which benchmarks to run (default: all).
