@@ -58,10 +58,23 @@ impl ApiClient {
             access_key_id: creds.access_key_id,
             secret_access_key: creds.secret_access_key,
             region: region.to_string(),
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .build()?,
+            http: http_client(None)?,
         })
+    }
+
+    /// Trusts only the certificates of `bundle` (PEM) for https, as the
+    /// AWS CLI does with `--ca-bundle`/`AWS_CA_BUNDLE`: how a client
+    /// trusts emberd's `--tls-self-signed` certificate.
+    pub fn with_ca_bundle(mut self, bundle: Option<&Path>) -> anyhow::Result<Self> {
+        if bundle.is_some() {
+            self.http = http_client(bundle)?;
+        }
+        Ok(self)
+    }
+
+    /// The HTTP client API calls use, for requests to endpoints too.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// emberd's URL.
@@ -160,4 +173,19 @@ impl ApiClient {
             .await
             .with_context(|| format!("calling emberd at {}", self.endpoint))
     }
+}
+
+fn http_client(ca_bundle: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+    if let Some(path) = ca_bundle {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading the CA bundle {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("the CA bundle {}", path.display()))?;
+        if certs.is_empty() {
+            bail!("the CA bundle {} holds no PEM certificate", path.display());
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    Ok(builder.build()?)
 }

@@ -33,6 +33,10 @@ struct Cli {
     /// emberd's URL; default: the one it wrote to DATA_DIR/endpoint.
     #[arg(long, env = "EMBER_ENDPOINT", global = true)]
     endpoint: Option<String>,
+    /// Trust only these PEM certificates for https (emberd's
+    /// `--tls-self-signed` one is DATA_DIR/tls/cert.pem).
+    #[arg(long, env = "AWS_CA_BUNDLE", value_name = "FILE", global = true)]
+    ca_bundle: Option<PathBuf>,
     /// Region to sign requests for.
     #[arg(long, env = "AWS_REGION", default_value = "us-east-1", global = true)]
     region: String,
@@ -139,7 +143,8 @@ async fn main() -> anyhow::Result<()> {
                 &cli.data_dir,
                 cli.endpoint.as_deref(),
                 &cli.region,
-            )?;
+            )?
+            .with_ca_bundle(cli.ca_bundle.as_deref())?;
             api_command(&client, command).await?
         }
     }

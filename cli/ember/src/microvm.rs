@@ -199,7 +199,8 @@ pub async fn curl(client: &ApiClient, a: CurlArgs) -> anyhow::Result<()> {
     let token = token(client, &a.microvm, a.port).await?;
     let url = format!("{}{}", endpoint.trim_end_matches('/'), a.path);
     let method: Method = a.method.parse().context("--method")?;
-    let mut req = reqwest::Client::new()
+    let mut req = client
+        .http()
         .request(method, &url)
         .header("X-aws-proxy-auth", token)
         .header("X-aws-proxy-port", a.port.to_string());

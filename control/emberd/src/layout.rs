@@ -50,6 +50,11 @@ impl DataDir {
         self.root.join("credentials")
     }
 
+    /// `--tls-self-signed`'s certificate and key.
+    pub fn tls(&self) -> PathBuf {
+        self.root.join("tls")
+    }
+
     /// The URL emberd serves on, for the `ember` CLI and scripts.
     pub fn endpoint_file(&self) -> PathBuf {
         self.root.join("endpoint")

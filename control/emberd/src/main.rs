@@ -13,6 +13,7 @@ mod microvms;
 mod registries;
 mod service;
 mod shell;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -165,6 +166,8 @@ struct Args {
     role_credentials: Option<PathBuf>,
     #[command(flatten)]
     registries: registries::RegistryArgs,
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 #[tokio::main]
@@ -189,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
     layout
         .create()
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    let tls = load_tls(&args, &layout)?;
     let creds = credentials::load_or_create(&layout.credentials())?;
     let store = Arc::new(Store::open(&layout.database())?);
     let recovered = builds::recover_interrupted(&store, &layout)?;
@@ -291,7 +295,13 @@ async fn main() -> anyhow::Result<()> {
             log_max_bytes: args.build_log_max_mib * 1024 * 1024,
         },
     ));
-    let microvms = start_microvms(&args, &store, &layout, vm_hv, disk, roles).await?;
+    let endpoint_tls = match &tls {
+        Some(t) => Some(ember_proxy::EndpointTls(
+            t.server_config(tls::ENDPOINT_ALPN)?,
+        )),
+        None => None,
+    };
+    let microvms = start_microvms(&args, &store, &layout, vm_hv, disk, roles, endpoint_tls).await?;
     let daemon = Arc::new(Daemon::new(
         store,
         builds,
@@ -307,13 +317,23 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
+    let url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
     write_endpoint(&layout, &url)?;
     println!("emberd listening on {url}");
     tracing::info!(%url, accel = hv.accel().as_str(), data_dir = %data_dir.display(), "emberd ready");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    match &tls {
+        Some(t) => {
+            let listener = tls::TlsListener::new(listener, t.server_config(tls::API_ALPN)?)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?
+        }
+    }
     Ok(())
 }
 
@@ -326,15 +346,18 @@ async fn start_microvms(
     hv: Arc<dyn Hypervisor>,
     disk: microvms::DiskReserve,
     roles: Option<Arc<metadata::RoleCredentials>>,
+    tls: Option<ember_proxy::EndpointTls>,
 ) -> anyhow::Result<Arc<microvms::Microvms>> {
     let tokens =
         Arc::new(TokenKey::load_or_create(&layout.token_key()).context("the endpoint token key")?);
     let upstream = Arc::new(microvms::VmUpstream::default());
+    let default_port = if tls.is_some() { 443 } else { 80 };
     let proxy = Arc::new(Proxy::new(
         Arc::clone(&tokens),
         Arc::clone(&upstream) as Arc<dyn ember_proxy::Upstream>,
         ProxyConfig {
             bind_ip: args.endpoint_ip,
+            tls,
             ..Default::default()
         },
     ));
@@ -348,7 +371,7 @@ async fn start_microvms(
             tokio::spawn(async move { shared.serve_shared(listener, &domain_owned).await });
             microvms::EndpointMode::Wildcard {
                 domain: domain.clone(),
-                public_url_suffix: if port == 80 {
+                public_url_suffix: if port == default_port {
                     String::new()
                 } else {
                     format!(":{port}")
@@ -410,7 +433,31 @@ fn validate_args(args: &Args) -> anyhow::Result<()> {
     if !(256..=16384).contains(&args.build_memory_mib) {
         anyhow::bail!("--build-memory-mib must be 256..=16384");
     }
+    args.tls.check_plain(&listen_ips(args))?;
     Ok(())
+}
+
+/// Every address emberd listens on: the API, per-VM endpoints, the
+/// wildcard-domain endpoint listener.
+fn listen_ips(args: &Args) -> Vec<std::net::IpAddr> {
+    let shared = args.endpoint_listen.map(|a| a.ip());
+    [Some(args.listen.ip()), Some(args.endpoint_ip), shared]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// `--tls-*`: the pair loaded (or made), its fingerprint printed, and
+/// reloaded on SIGHUP from then on.
+fn load_tls(args: &Args, layout: &DataDir) -> anyhow::Result<Option<Arc<tls::Tls>>> {
+    let names = tls::listener_names(&listen_ips(args), args.endpoint_domain.as_deref());
+    let Some(tls) = tls::Tls::from_args(&args.tls, &layout.tls(), &names)? else {
+        return Ok(None);
+    };
+    let tls = Arc::new(tls);
+    println!("{}", tls.describe());
+    tls.reload_on_sighup().context("SIGHUP handler")?;
+    Ok(Some(tls))
 }
 
 /// `--role-credentials`, checked now: a file others can read, or one

@@ -20,9 +20,10 @@
 //! `Sec-WebSocket-Protocol: lambda-microvms,
 //! lambda-microvms.authentication.<token>, lambda-microvms.port.<port>`.
 //! Clients may speak HTTP/1.1 or HTTP/2 with prior knowledge (h2c) on the
-//! same listener. The app is reached over HTTP/1.1, or over HTTP/2 (prior
-//! knowledge) when the request carries `X-aws-proxy-force-h2: true`, which
-//! is what gRPC needs: its trailers pass h2 to h2. The guest never sees an
+//! same listener, or over TLS (`ProxyConfig::tls`) either one by ALPN.
+//! The app is reached over HTTP/1.1, or over HTTP/2 (prior knowledge) when
+//! the request carries `X-aws-proxy-force-h2: true`, which is what gRPC
+//! needs: its trailers pass h2 to h2. The guest never sees an
 //! `X-aws-proxy-*` header.
 //!
 //! `GET /shell` with a shell token (same header or subprotocol) opens the
@@ -51,6 +52,7 @@ mod routing;
 pub mod scope;
 mod serve;
 mod shell;
+mod tls;
 pub mod token;
 pub mod upstream;
 
@@ -58,6 +60,7 @@ pub use auth::DEFAULT_PORT;
 pub use error_code::{ProxyErrorCode, ERROR_HEADER};
 pub use proxy::{Proxy, ProxyConfig, ProxyError};
 pub use shell::MAX_MESSAGE as MAX_SHELL_MESSAGE;
+pub use tls::EndpointTls;
 pub use token::{Claims, PortRule, PortScope, TokenError, TokenKey, TokenKind};
 pub use upstream::{
     AsyncStream, Shell, ShellControl, ShellError, ShellExit, TerminalSize, Upstream, UpstreamError,

@@ -1,4 +1,4 @@
-//! The listeners: one per microVM (endpoint `http://127.0.0.1:PORT`, no
+//! The listeners: one per microVM (endpoint `http(s)://127.0.0.1:PORT`, no
 //! DNS needed) and any number of shared wildcard-domain listeners.
 
 use std::collections::HashMap;
@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::routing::Route;
 use crate::serve::{serve_plain, Served};
+use crate::tls::{serve_tls, EndpointTls};
 use crate::token::TokenKey;
 use crate::upstream::Upstream;
 
@@ -45,6 +46,8 @@ pub struct ProxyConfig {
     /// How long `Upstream::connect` (which may resume a suspended VM) and
     /// the HTTP handshake may take before the client gets a 504.
     pub connect_timeout: Duration,
+    /// Serve every listener over TLS instead of plain TCP.
+    pub tls: Option<EndpointTls>,
 }
 
 impl Default for ProxyConfig {
@@ -53,6 +56,7 @@ impl Default for ProxyConfig {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             header_read_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -127,6 +131,14 @@ impl Proxy {
             info!(microvm_id, addr = %listener.addr, "endpoint closed");
         }
         removed.is_some()
+    }
+
+    /// The scheme of endpoint URLs: `https` when the listeners serve TLS.
+    pub fn scheme(&self) -> &'static str {
+        match self.shared.config.tls {
+            Some(_) => "https",
+            None => "http",
+        }
     }
 
     /// The address of `microvm_id`'s listener, if bound.
@@ -231,5 +243,8 @@ async fn serve_connection(
         route,
         shutdown,
     };
-    serve_plain(served, stream).await;
+    match served.shared.config.tls.clone() {
+        Some(tls) => serve_tls(served, stream, &tls).await,
+        None => serve_plain(served, stream).await,
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! On plain TCP the protocol is told by the first bytes: a client with
 //! prior knowledge of HTTP/2 (h2c) opens with the connection preface,
-//! anything else is HTTP/1.1. A TLS acceptor would learn it from ALPN
-//! instead and call [`serve_as`] directly with the decrypted stream.
+//! anything else is HTTP/1.1. The TLS acceptor learns it from ALPN
+//! instead and calls [`serve_as`] directly with the decrypted stream
+//! (`tls.rs`).
 
 use std::convert::Infallible;
 use std::io;

@@ -116,12 +116,16 @@ impl Microvms {
                         format!("no endpoint port available: {e}"),
                     )
                 })?;
-                Ok((format!("http://{addr}"), Some(addr.to_string())))
+                let scheme = self.proxy.scheme();
+                Ok((format!("{scheme}://{addr}"), Some(addr.to_string())))
             }
             EndpointMode::Wildcard {
                 domain,
                 public_url_suffix,
-            } => Ok((format!("http://{id}.{domain}{public_url_suffix}"), None)),
+            } => Ok((
+                format!("{}://{id}.{domain}{public_url_suffix}", self.proxy.scheme()),
+                None,
+            )),
         }
     }
 
