@@ -44,6 +44,7 @@ mod auth;
 mod error_code;
 mod forward;
 mod headers;
+mod observer;
 mod pool;
 pub mod proxy;
 mod response;
@@ -56,6 +57,7 @@ pub mod upstream;
 
 pub use auth::DEFAULT_PORT;
 pub use error_code::{ProxyErrorCode, ERROR_HEADER};
+pub use observer::{Observer, ProxyObserver};
 pub use proxy::{Proxy, ProxyConfig, ProxyError};
 pub use shell::MAX_MESSAGE as MAX_SHELL_MESSAGE;
 pub use token::{Claims, PortRule, PortScope, TokenError, TokenKey, TokenKind};

@@ -45,6 +45,8 @@ pub struct ProxyConfig {
     /// How long `Upstream::connect` (which may resume a suspended VM) and
     /// the HTTP handshake may take before the client gets a 504.
     pub connect_timeout: Duration,
+    /// Told of every answer and every client byte (emberd's metrics).
+    pub observer: crate::Observer,
 }
 
 impl Default for ProxyConfig {
@@ -53,6 +55,7 @@ impl Default for ProxyConfig {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             header_read_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(60),
+            observer: crate::Observer::default(),
         }
     }
 }
