@@ -119,3 +119,43 @@ impl<I> Counted<I> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Tally {
+        read: AtomicU64,
+        written: AtomicU64,
+    }
+
+    impl ProxyObserver for Tally {
+        fn answered(&self, _: StatusCode, _: Option<&str>) {}
+        fn bytes_in(&self, n: u64) {
+            self.read.fetch_add(n, Ordering::Relaxed);
+        }
+        fn bytes_out(&self, n: u64) {
+            self.written.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn every_byte_each_way_is_reported() {
+        let tally = Arc::new(Tally::default());
+        let (mut client, server) = tokio::io::duplex(16);
+        let mut counted = Observer::new(tally.clone()).count(server);
+        client.write_all(b"hello").await.unwrap();
+        drop(client.shutdown().await);
+        let mut got = Vec::new();
+        counted.read_to_end(&mut got).await.unwrap();
+        counted.write_all(b"a longer answer").await.unwrap();
+        assert_eq!(got, b"hello");
+        assert_eq!(tally.read.load(Ordering::Relaxed), 5);
+        assert_eq!(tally.written.load(Ordering::Relaxed), 15);
+    }
+}
