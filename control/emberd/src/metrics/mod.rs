@@ -161,7 +161,7 @@ impl Metrics {
         secs(
             &mut r,
             "ember_microvm_auto_resume_first_byte",
-            "An endpoint request that resumed its microVM, until the app's first response byte",
+            "An endpoint request that found its microVM suspended (autoResumeEnabled), until the app's first response byte",
             &self.auto_resume_first_byte,
         );
         r.register_with_unit(
@@ -200,7 +200,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "ember_capacity_memory",
-            "Host memory: available now, reserved for starting microVMs, kept for the host",
+            "Host memory: available now, the RAM of microVMs holding a running slot, and what is kept for the host",
             Unit::Bytes,
             s.capacity_memory.clone(),
         );
