@@ -52,6 +52,7 @@ pub struct Builds {
     log_max_bytes: u64,
     /// Builds queued or running: id → (image, log).
     live: Mutex<HashMap<String, (String, Arc<BuildLog>)>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Builds {
@@ -61,6 +62,7 @@ impl Builds {
         assets: AssetStore,
         layout: DataDir,
         limits: BuildLimits,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
             store,
@@ -71,6 +73,7 @@ impl Builds {
             disk: limits.disk,
             log_max_bytes: limits.log_max_bytes,
             live: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -136,7 +139,14 @@ impl Builds {
             return;
         }
         self.record(job, "IN_PROGRESS", None, None);
+        let started = std::time::Instant::now();
         let result = self.build(job, log).await;
+        let result_label = if result.is_ok() {
+            "SUCCESSFUL"
+        } else {
+            "FAILED"
+        };
+        self.metrics.observe_build(result_label, started.elapsed());
         match result {
             Ok(out) => {
                 let dir = out.snapshot_dir.display().to_string();

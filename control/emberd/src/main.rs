@@ -8,6 +8,7 @@ mod connectors;
 mod credentials;
 mod layout;
 mod metadata;
+mod metrics;
 mod microvm_logs;
 mod microvms;
 mod registries;
@@ -164,6 +165,11 @@ struct Args {
     /// emberd's user, mode 0600 or stricter; re-read when it changes.
     #[arg(long, value_name = "FILE")]
     role_credentials: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a
+    /// free one). Off by default; no authentication, so bind it to
+    /// loopback or a private network.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     registries: registries::RegistryArgs,
     #[command(flatten)]
@@ -284,6 +290,7 @@ async fn main() -> anyhow::Result<()> {
         dir: data_dir.clone(),
         reserve_mib: args.disk_reserve_mib,
     };
+    let metrics = Arc::new(metrics::Metrics::new());
     let builds = Arc::new(Builds::new(
         Arc::clone(&store),
         Arc::new(builder),
@@ -294,6 +301,7 @@ async fn main() -> anyhow::Result<()> {
             disk: disk.clone(),
             log_max_bytes: args.build_log_max_mib * 1024 * 1024,
         },
+        Arc::clone(&metrics),
     ));
     let endpoint_tls = match &tls {
         Some(t) => Some(ember_proxy::EndpointTls(
@@ -301,7 +309,26 @@ async fn main() -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let microvms = start_microvms(&args, &store, &layout, vm_hv, disk, roles, endpoint_tls).await?;
+    let microvms = start_microvms(
+        &args,
+        &store,
+        &layout,
+        vm_hv,
+        disk,
+        roles,
+        (endpoint_tls, Arc::clone(&metrics)),
+    )
+    .await?;
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-listen {addr}"))?;
+        println!(
+            "emberd metrics on http://{}/metrics",
+            listener.local_addr()?
+        );
+        metrics::serve(listener, metrics, Arc::clone(&store), Arc::clone(&microvms));
+    }
     let daemon = Arc::new(Daemon::new(
         store,
         builds,
@@ -346,7 +373,7 @@ async fn start_microvms(
     hv: Arc<dyn Hypervisor>,
     disk: microvms::DiskReserve,
     roles: Option<Arc<metadata::RoleCredentials>>,
-    tls: Option<ember_proxy::EndpointTls>,
+    (tls, metrics): (Option<ember_proxy::EndpointTls>, Arc<metrics::Metrics>),
 ) -> anyhow::Result<Arc<microvms::Microvms>> {
     let tokens =
         Arc::new(TokenKey::load_or_create(&layout.token_key()).context("the endpoint token key")?);
@@ -358,6 +385,7 @@ async fn start_microvms(
         ProxyConfig {
             bind_ip: args.endpoint_ip,
             tls,
+            observer: ember_proxy::Observer::new(Arc::clone(&metrics) as _),
             ..Default::default()
         },
     ));
@@ -401,6 +429,7 @@ async fn start_microvms(
                 memory_reserve_mib: args.memory_reserve_mib,
                 disk,
             },
+            metrics,
         },
     );
     upstream.attach(&microvms);

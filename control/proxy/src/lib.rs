@@ -45,6 +45,7 @@ mod auth;
 mod error_code;
 mod forward;
 mod headers;
+mod observer;
 mod pool;
 pub mod proxy;
 mod response;
@@ -58,6 +59,7 @@ pub mod upstream;
 
 pub use auth::DEFAULT_PORT;
 pub use error_code::{ProxyErrorCode, ERROR_HEADER};
+pub use observer::{Observer, ProxyObserver};
 pub use proxy::{Proxy, ProxyConfig, ProxyError};
 pub use shell::MAX_MESSAGE as MAX_SHELL_MESSAGE;
 pub use tls::EndpointTls;

@@ -48,6 +48,8 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Serve every listener over TLS instead of plain TCP.
     pub tls: Option<EndpointTls>,
+    /// Told of every answer and every client byte (emberd's metrics).
+    pub observer: crate::Observer,
 }
 
 impl Default for ProxyConfig {
@@ -57,6 +59,7 @@ impl Default for ProxyConfig {
             header_read_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(60),
             tls: None,
+            observer: crate::Observer::default(),
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::error_code::ERROR_HEADER;
 use crate::forward::ClientConnection;
 use crate::headers::ClientAddress;
 use crate::proxy::Shared;
@@ -110,6 +111,8 @@ where
         mut shutdown,
     } = served;
     let header_read_timeout = shared.config.header_read_timeout;
+    let observer = shared.config.observer.clone();
+    let io = observer.count(io);
     let connection = Arc::new(ClientConnection::new(
         shared,
         route,
@@ -117,8 +120,13 @@ where
         shutdown.clone(),
     ));
     let service = service_fn(move |req| {
-        let connection = connection.clone();
-        async move { Ok::<_, Infallible>(connection.handle(req).await) }
+        let (connection, observer) = (connection.clone(), observer.clone());
+        async move {
+            let response = connection.handle(req).await;
+            let proxy_error = response.headers().get(&ERROR_HEADER);
+            observer.answered(response.status(), proxy_error.and_then(|v| v.to_str().ok()));
+            Ok::<_, Infallible>(response)
+        }
     });
     let io = TokioIo::new(io);
     let served = async {

@@ -7,6 +7,8 @@
 //! States are stored as the API's enum strings; the service owns their
 //! meaning, the store only keeps them consistent.
 
+mod counts;
+pub use counts::Counted;
 mod images;
 pub use images::Page;
 mod microvms;

@@ -146,6 +146,13 @@ pub struct VmStats {
     pub private_bytes: u64,
     /// Host CPU time the VM has used, in milliseconds.
     pub cpu_ms: u64,
+    /// Memory charged to the VM's cgroup (guest RAM, QEMU, page cache of
+    /// its files), when it has one.
+    pub cgroup_memory_bytes: Option<u64>,
+    /// CPU time of everything in the VM's cgroup, in microseconds, when
+    /// the host accounts it there (cgroup v2, or v1 with cpuacct mounted
+    /// beside cpu).
+    pub cgroup_cpu_us: Option<u64>,
 }
 
 /// Which optional isolation measures are in force for a VM. Backends or

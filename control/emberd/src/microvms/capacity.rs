@@ -238,6 +238,46 @@ impl Admission {
     }
 }
 
+/// What admission holds and has left, for the metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub live: u64,
+    pub max_live: u64,
+    pub running: u64,
+    pub max_running: u64,
+    /// The RAM of every VM holding a running slot.
+    pub memory_reserved_mib: u64,
+    pub memory_host_reserve_mib: u64,
+    pub memory_available_mib: Option<u64>,
+}
+
+impl Admission {
+    pub fn usage(&self) -> Usage {
+        let (live, running, reserved) = {
+            let ledger = self.ledger();
+            let reserved = ledger
+                .running
+                .values()
+                .map(|s| u64::from(s.memory_mib))
+                .sum();
+            (
+                ledger.live.len() as u64,
+                ledger.running.len() as u64,
+                reserved,
+            )
+        };
+        Usage {
+            live,
+            max_live: self.limits.max_live,
+            running,
+            max_running: self.limits.max_running,
+            memory_reserved_mib: reserved,
+            memory_host_reserve_mib: self.limits.memory_reserve_mib,
+            memory_available_mib: (self.probe)().memory_mib,
+        }
+    }
+}
+
 fn mem_available_mib() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     text.lines()

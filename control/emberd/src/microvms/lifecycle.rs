@@ -130,6 +130,7 @@ impl Microvms {
     }
 
     async fn start(self: Arc<Self>, inst: Arc<Instance>, _guard: OwnedMutexGuard<()>) {
+        let started = std::time::Instant::now();
         let spec = &inst.spec;
         // Image snapshots have an unconnected network card; egress plugs
         // it into user-mode networking behind the egress guard. Without
@@ -178,6 +179,7 @@ impl Microvms {
         inst.touch();
         if !inst.is_doomed() {
             self.set_state(&inst, MicrovmState::Running, None, None);
+            self.metrics().observe_run(started.elapsed());
         }
         tracing::info!(microvm = %inst.id, image = %inst.image, version = inst.version, "running");
     }
@@ -214,6 +216,7 @@ impl Microvms {
         let Some(vm) = inst.vm() else {
             return;
         };
+        let started = std::time::Instant::now();
         let reason = self.hook_then(inst, vm.as_ref(), Hook::Suspend, why).await;
         self.sync_logs(inst, vm.as_ref()).await;
         let dir = self.suspended_dir(&inst.id);
@@ -227,6 +230,7 @@ impl Microvms {
         match suspended {
             Ok(_) => {
                 inst.set_vm(None);
+                self.metrics().observe_suspend(started.elapsed());
                 // A termination queued meanwhile (the app exited, or
                 // TerminateMicrovm) finishes next; TERMINATING stays the
                 // truth until then.
@@ -337,6 +341,7 @@ impl Microvms {
                 if !inst.is_doomed() {
                     self.set_state(inst, MicrovmState::Running, Some(why), Some(None));
                 }
+                self.metrics().observe_resume(restore_started.elapsed());
                 tracing::info!(
                     microvm = %inst.id,
                     restore_ms = restore_started.elapsed().as_millis() as u64,

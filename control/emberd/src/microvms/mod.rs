@@ -14,6 +14,7 @@ mod compaction;
 mod instance;
 mod lifecycle;
 pub mod logs;
+mod observed;
 mod reaper;
 mod recovery;
 pub mod spec;
@@ -60,6 +61,7 @@ pub struct MicrovmsConfig {
     /// Serves every running VM's 169.254.169.254.
     pub metadata: Arc<crate::metadata::Metadata>,
     pub capacity: Capacity,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub struct Microvms {

@@ -6,6 +6,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -15,6 +16,7 @@ use ember_vmm::Vm;
 
 use super::instance::{Instance, StreamGuard};
 use super::Microvms;
+use crate::metrics::Metrics;
 
 /// Set once the `Microvms` exists: the proxy is created first because
 /// the microVMs need it for their endpoints.
@@ -49,6 +51,8 @@ impl Upstream for VmUpstream {
             .ok_or(UpstreamError::NotFound)?;
         // No touch here: the proxy calls `touch` on every request before
         // it connects.
+        let asked = Instant::now();
+        let resuming = inst.state() == MicrovmState::Suspended;
         let vm = microvms.serving_vm(&inst).await?;
         let guard = inst.stream_opened();
         let stream = vm
@@ -59,6 +63,7 @@ impl Upstream for VmUpstream {
         Ok(Box::new(Tracked {
             inner: stream,
             _guard: guard,
+            first_byte: resuming.then(|| (asked, Arc::clone(&microvms.config.metrics))),
         }))
     }
 
@@ -87,6 +92,7 @@ impl Upstream for VmUpstream {
             terminal: Box::new(Tracked {
                 inner: terminal,
                 _guard: guard,
+                first_byte: None,
             }),
             control: Box::new(control),
         })
@@ -138,6 +144,9 @@ impl Microvms {
 struct Tracked<S> {
     inner: S,
     _guard: StreamGuard,
+    /// For a request that found its VM suspended: when it asked, until
+    /// the app's first byte comes back.
+    first_byte: Option<(Instant, Arc<Metrics>)>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
@@ -146,7 +155,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            if let Some((asked, metrics)) = self.first_byte.take() {
+                metrics.observe_auto_resume_first_byte(asked.elapsed());
+            }
+        }
+        polled
     }
 }
 

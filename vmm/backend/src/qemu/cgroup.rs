@@ -284,6 +284,33 @@ impl VmCgroup {
         })
     }
 
+    /// The memory charged to the cgroup (`memory.current`, or v1's
+    /// `memory.usage_in_bytes`).
+    pub fn memory_bytes(&self) -> Option<u64> {
+        let file = match self.version {
+            CgroupVersion::V2 => "memory.current",
+            CgroupVersion::V1 => "memory.usage_in_bytes",
+        };
+        read_u64(&self.dirs.first()?.join(file))
+    }
+
+    /// CPU time used in the cgroup, in microseconds: v2's `cpu.stat`
+    /// `usage_usec`, or v1's `cpuacct.usage` (nanoseconds) where cpuacct
+    /// shares the cpu hierarchy; `None` where it does not.
+    pub fn cpu_us(&self) -> Option<u64> {
+        match self.version {
+            CgroupVersion::V2 => {
+                let stat = std::fs::read_to_string(self.dirs.first()?.join("cpu.stat")).ok()?;
+                stat.lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|v| v.trim().parse().ok())
+            }
+            CgroupVersion::V1 => {
+                read_u64(&self.dirs.get(1)?.join("cpuacct.usage")).map(|ns| ns / 1000)
+            }
+        }
+    }
+
     /// Removes the cgroup once its processes are gone; the kernel may take
     /// a moment after an exit to let go, so this retries briefly.
     pub(super) async fn remove(&self) {
@@ -343,6 +370,10 @@ fn enable_v2_controllers(dir: &Path) -> Result<(), CgroupError> {
         return Ok(());
     }
     write(&dir.join("cgroup.subtree_control"), &wanted.join(" "))
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {

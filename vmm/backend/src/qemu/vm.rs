@@ -346,6 +346,8 @@ impl Vm for QemuVm {
             rss_bytes,
             private_bytes,
             cpu_ms: super::host::cpu_ms(self.pid).map_err(VmmError::io("read VM process stat"))?,
+            cgroup_memory_bytes: self.cgroup.as_ref().and_then(VmCgroup::memory_bytes),
+            cgroup_cpu_us: self.cgroup.as_ref().and_then(VmCgroup::cpu_us),
         })
     }
 
