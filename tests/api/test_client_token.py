@@ -1,5 +1,7 @@
 """5. Idempotent creates: clientToken."""
 
+import threading
+
 import pytest
 from botocore.exceptions import ClientError
 
@@ -39,3 +41,30 @@ def test_same_token_other_request_is_refused(client, artifact):
     with pytest.raises(ClientError) as missing:
         client.get_microvm_image(imageIdentifier="token-c")
     assert error_code(missing.value) == "ResourceNotFoundException"
+
+
+def test_concurrent_requests_with_one_token_make_one_image(client, artifact):
+    """Retries that race the first request (a client timing out and
+    retrying at once) wait for its answer instead of acting again."""
+    barrier = threading.Barrier(6)
+    replies, errors = [], []
+
+    def send():
+        try:
+            barrier.wait()
+            replies.append(create(client, artifact, "token-race", "token-race-1"))
+        except Exception as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    keys = ("imageArn", "name", "imageVersion", "createdAt")
+    assert len({tuple(r[k] for k in keys) for r in replies}) == 1, replies
+    versions = client.list_microvm_image_versions(imageIdentifier="token-race")["items"]
+    assert len(versions) == 1
+    builds = client.list_microvm_image_builds(imageIdentifier="token-race", imageVersion="1")
+    assert len(builds["items"]) == 1

@@ -106,13 +106,18 @@ impl BuildCache {
     /// Moves a finished snapshot directory into the cache.
     pub fn put_snapshot(&self, key: &str, dir: &Path) -> std::io::Result<PathBuf> {
         let dest = self.root.join("snapshots").join(key);
-        if dest.exists() {
-            // Another build got there first; theirs is as good as ours.
-            std::fs::remove_dir_all(dir)?;
-        } else {
-            std::fs::rename(dir, &dest)?;
+        // No exists-then-rename: two builds of the same image finish at
+        // once. A directory renamed onto a non-empty one fails, and the
+        // one already there was renamed whole, so it is as good as ours.
+        match std::fs::rename(dir, &dest) {
+            Ok(()) => Ok(dest),
+            Err(e) if dest.join(ember_vmm::snapshot::MANIFEST_FILE).is_file() => {
+                tracing::debug!(error = %e, key, "snapshot already cached by another build");
+                std::fs::remove_dir_all(dir)?;
+                Ok(dest)
+            }
+            Err(e) => Err(e),
         }
-        Ok(dest)
     }
 }
 
@@ -131,6 +136,57 @@ pub fn link_dir(src: &Path, dest: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn snapshot_dir(root: &Path, name: &str, content: &str) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(ember_vmm::snapshot::MANIFEST_FILE), content).unwrap();
+        dir
+    }
+
+    #[test]
+    fn concurrent_puts_of_one_snapshot_all_succeed_and_share_the_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = std::sync::Arc::new(BuildCache::open(&tmp.path().join("cache")).unwrap());
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let dir = snapshot_dir(tmp.path(), &format!("build{i}"), &format!("{i}"));
+                let (cache, barrier) = (cache.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let put = cache.put_snapshot("k", &dir);
+                    (put, dir)
+                })
+            })
+            .collect();
+        for t in threads {
+            let (put, dir) = t.join().unwrap();
+            assert_eq!(put.unwrap(), cache.snapshot("k").unwrap());
+            assert!(!dir.exists(), "the build's own copy is moved or removed");
+        }
+        let kept = std::fs::read_to_string(
+            cache
+                .snapshot("k")
+                .unwrap()
+                .join(ember_vmm::snapshot::MANIFEST_FILE),
+        )
+        .unwrap();
+        assert!(kept.parse::<u32>().unwrap() < 8);
+    }
+
+    #[test]
+    fn concurrent_publishes_of_one_layer_all_succeed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = BuildCache::open(&tmp.path().join("cache")).unwrap();
+        let a = cache.new_layer_path("k", "b1");
+        let b = cache.new_layer_path("k", "b2");
+        std::fs::write(&a, "a").unwrap();
+        std::fs::write(&b, "b").unwrap();
+        cache.publish_layer("k", &a).unwrap();
+        cache.publish_layer("k", &b).unwrap();
+        assert_eq!(std::fs::read(cache.layer("k").unwrap()).unwrap(), b"a");
+    }
 
     #[test]
     fn keys_depend_on_every_part_and_its_boundaries() {

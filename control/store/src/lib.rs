@@ -9,6 +9,8 @@
 
 mod counts;
 pub use counts::Counted;
+mod idempotency;
+pub use idempotency::{Claim, IDEMPOTENCY_MAX_RECORDS, IDEMPOTENCY_WINDOW_SECS};
 mod images;
 pub use images::Page;
 mod microvms;
@@ -59,6 +61,7 @@ impl Store {
 
     fn init(conn: Connection) -> Result<Self, StoreError> {
         schema::migrate(&conn)?;
+        idempotency::drop_claims(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -70,40 +73,6 @@ impl Store {
         self.conn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Returns the reply recorded for `(operation, token)`, with the hash of
-    /// the parameters it was made with.
-    pub fn idempotent_reply(
-        &self,
-        operation: &str,
-        token: &str,
-    ) -> Result<Option<(String, String)>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT params_hash, reply FROM idempotency WHERE operation = ?1 AND token = ?2",
-        )?;
-        let mut rows = stmt.query((operation, token))?;
-        match rows.next()? {
-            Some(row) => Ok(Some((row.get(0)?, row.get(1)?))),
-            None => Ok(None),
-        }
-    }
-
-    pub fn record_idempotent_reply(
-        &self,
-        operation: &str,
-        token: &str,
-        params_hash: &str,
-        reply: &str,
-        now: f64,
-    ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO idempotency (operation, token, params_hash, reply, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            (operation, token, params_hash, reply, now),
-        )?;
-        Ok(())
     }
 }
 

@@ -77,6 +77,12 @@ CREATE TABLE microvms (
 CREATE INDEX microvms_by_image ON microvms (image, version);
 CREATE INDEX microvms_by_state ON microvms (state);
 "#,
+    // A record is first a claim (pending, no reply yet) so that two
+    // requests with one token cannot both act; pruned by age.
+    r#"
+ALTER TABLE idempotency ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX idempotency_by_age ON idempotency (created_at);
+"#,
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -137,3 +137,117 @@ fn idempotency_records_round_trip() {
         Some(("h".into(), "{\"a\":1}".into()))
     );
 }
+
+#[test]
+fn one_token_is_claimed_once_and_replayed_after() {
+    let store = Store::open_in_memory().unwrap();
+    assert_eq!(
+        store.claim_idempotency("Create", "t", "h", 1.0).unwrap(),
+        Claim::Claimed
+    );
+    assert_eq!(
+        store.claim_idempotency("Create", "t", "h", 1.5).unwrap(),
+        Claim::InFlight {
+            params_hash: "h".into()
+        }
+    );
+    assert_eq!(store.idempotent_reply("Create", "t").unwrap(), None);
+    store
+        .record_idempotent_reply("Create", "t", "h", "{}", 2.0)
+        .unwrap();
+    assert_eq!(
+        store
+            .claim_idempotency("Create", "t", "other", 3.0)
+            .unwrap(),
+        Claim::Answered {
+            params_hash: "h".into(),
+            reply: "{}".into()
+        }
+    );
+    // Another operation's token is its own.
+    assert_eq!(
+        store.claim_idempotency("Run", "t", "h", 3.0).unwrap(),
+        Claim::Claimed
+    );
+}
+
+#[test]
+fn concurrent_claims_of_one_token_have_one_winner() {
+    let store = std::sync::Arc::new(Store::open_in_memory().unwrap());
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let claims: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                store.claim_idempotency("Create", "t", "h", 1.0).unwrap()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(claims.iter().filter(|c| **c == Claim::Claimed).count(), 1);
+}
+
+#[test]
+fn a_released_claim_is_free_again_and_claims_do_not_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ember.db");
+    let store = Store::open(&path).unwrap();
+    store.claim_idempotency("Create", "a", "h", 1.0).unwrap();
+    store.release_idempotency("Create", "a").unwrap();
+    assert_eq!(
+        store.claim_idempotency("Create", "a", "h", 1.0).unwrap(),
+        Claim::Claimed
+    );
+    store.claim_idempotency("Create", "b", "h", 1.0).unwrap();
+    store
+        .record_idempotent_reply("Create", "b", "h", "{}", 1.0)
+        .unwrap();
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(
+        store.claim_idempotency("Create", "a", "h", 2.0).unwrap(),
+        Claim::Claimed
+    );
+    assert!(store.idempotent_reply("Create", "b").unwrap().is_some());
+}
+
+#[test]
+fn records_older_than_the_window_or_beyond_the_cap_are_pruned() {
+    let store = Store::open_in_memory().unwrap();
+    store
+        .record_idempotent_reply("Create", "old", "h", "{}", 0.0)
+        .unwrap();
+    let later = IDEMPOTENCY_WINDOW_SECS + 1.0;
+    store
+        .claim_idempotency("Create", "new", "h", later)
+        .unwrap();
+    assert_eq!(store.idempotent_reply("Create", "old").unwrap(), None);
+    assert_eq!(
+        store
+            .claim_idempotency("Create", "old", "h", later)
+            .unwrap(),
+        Claim::Claimed
+    );
+
+    for i in 0..IDEMPOTENCY_MAX_RECORDS {
+        store
+            .record_idempotent_reply("Run", &format!("t{i}"), "h", "{}", later + i as f64)
+            .unwrap();
+    }
+    let last = later + IDEMPOTENCY_MAX_RECORDS as f64;
+    store.claim_idempotency("Run", "last", "h", last).unwrap();
+    let count: i64 = store
+        .conn()
+        .query_row("SELECT COUNT(*) FROM idempotency", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, IDEMPOTENCY_MAX_RECORDS);
+    assert_eq!(
+        store.idempotent_reply("Run", "t0").unwrap(),
+        None,
+        "the oldest went first"
+    );
+    assert!(store.idempotent_reply("Run", "t9999").unwrap().is_some());
+}

@@ -2,6 +2,7 @@
 //! runner, answering every typed [`Action`].
 
 mod catalog;
+mod idempotency;
 mod images;
 mod microvms;
 pub mod names;
@@ -93,33 +94,21 @@ pub fn router(daemon: Arc<Daemon>, credentials: Arc<Credentials>) -> Router {
 #[async_trait::async_trait]
 impl ember_api::Service for Daemon {
     async fn handle(&self, action: Action) -> Result<Reply, ApiError> {
+        let Some((token, hash)) = action.idempotency() else {
+            return self.dispatch(action).await;
+        };
+        let (op, token, hash) = (action.operation().name(), token.to_string(), hash);
         // A retried request with a known token gets the first answer again;
-        // the same token with other parameters is a conflict.
-        let idempotency = action
-            .idempotency()
-            .map(|(token, hash)| (action.operation().name(), token.to_string(), hash));
-        if let Some((op, token, hash)) = &idempotency {
-            if let Some((stored_hash, reply)) =
-                self.store.idempotent_reply(op, token).map_err(internal)?
-            {
-                if &stored_hash != hash {
-                    return Err(ApiError::new(
-                        ErrorKind::Conflict,
-                        format!(
-                            "clientToken {token:?} was already used for a {op} request with different parameters"
-                        ),
-                    ));
-                }
-                return spec::replay(action.operation(), &reply);
-            }
-        }
+        // the same token with other parameters is a conflict; one that
+        // arrives while the first is still acting waits for its answer.
+        let claimed = match idempotency::Claimed::take(&self.store, op, &token, &hash).await? {
+            idempotency::Outcome::Replay(json) => return spec::replay(action.operation(), &json),
+            idempotency::Outcome::Act(claimed) => claimed,
+        };
+        // An error here drops the claim, which frees the token for a retry.
         let reply = self.dispatch(action).await?;
-        if let Some((op, token, hash)) = &idempotency {
-            if let Some(json) = spec::recordable(&reply) {
-                self.store
-                    .record_idempotent_reply(op, token, hash, &json, now())
-                    .map_err(internal)?;
-            }
+        if let Some(json) = spec::recordable(&reply) {
+            claimed.record(&json, now()).map_err(internal)?;
         }
         Ok(reply)
     }

@@ -1,5 +1,7 @@
 //! A small QMP client: one command in flight at a time, events skipped.
-//! QEMU's monitor answers commands in order, so no ids are needed.
+//! Every command carries an id and only the reply with that id answers
+//! it: a command that timed out may still be answered later, and that
+//! late reply must never be read as the answer to the next command.
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
@@ -30,26 +32,51 @@ pub enum QmpError {
         class: String,
         desc: String,
     },
-    #[error("`{0}` got no answer within {COMMAND_TIMEOUT:?}")]
-    Timeout(String),
+    #[error("`{0}` got no answer within {1:?}")]
+    Timeout(String, Duration),
+    #[error("monitor connection unusable: an earlier command was cut off mid-write")]
+    Torn,
 }
 
 pub struct Qmp {
-    conn: Mutex<(BufReader<OwnedReadHalf>, OwnedWriteHalf)>,
+    conn: Mutex<Conn>,
+    timeout: Duration,
+}
+
+struct Conn {
+    rd: BufReader<OwnedReadHalf>,
+    wr: OwnedWriteHalf,
+    /// A line read in part when its command timed out; the rest follows.
+    line: Vec<u8>,
+    next_id: u64,
+    /// Set while a command is being written: still set at the next one
+    /// means the last was cut off and QEMU holds half a command.
+    writing: bool,
 }
 
 impl Qmp {
     /// Connects, reads the greeting and leaves negotiation mode.
     pub async fn connect(path: &Path) -> Result<Self, QmpError> {
+        Self::connect_with_timeout(path, COMMAND_TIMEOUT).await
+    }
+
+    async fn connect_with_timeout(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
         let stream = UnixStream::connect(path).await?;
         let (rd, wr) = stream.into_split();
-        let mut rd = BufReader::new(rd);
-        let greeting = read_message(&mut rd).await?;
+        let mut conn = Conn {
+            rd: BufReader::new(rd),
+            wr,
+            line: Vec::new(),
+            next_id: 0,
+            writing: false,
+        };
+        let greeting = conn.read_message().await?;
         if greeting.get("QMP").is_none() {
             return Err(QmpError::Closed);
         }
         let qmp = Self {
-            conn: Mutex::new((rd, wr)),
+            conn: Mutex::new(conn),
+            timeout,
         };
         qmp.execute("qmp_capabilities", json!({})).await?;
         Ok(qmp)
@@ -76,14 +103,21 @@ impl Qmp {
         arguments: Value,
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<Value, QmpError> {
-        let mut conn = self.conn.lock().await;
-        let (rd, wr) = &mut *conn;
-        let mut line = serde_json::to_vec(&json!({"execute": command, "arguments": arguments}))?;
+        let mut guard = self.conn.lock().await;
+        let conn = &mut *guard;
+        if conn.writing {
+            return Err(QmpError::Torn);
+        }
+        conn.next_id += 1;
+        let id = conn.next_id;
+        let mut line =
+            serde_json::to_vec(&json!({"execute": command, "arguments": arguments, "id": id}))?;
         line.push(b'\n');
         let exchange = async {
+            conn.writing = true;
             match fd {
                 Some(fd) => {
-                    let sock: &UnixStream = wr.as_ref();
+                    let sock: &UnixStream = conn.wr.as_ref();
                     let sent = loop {
                         sock.writable().await?;
                         match sock.try_io(Interest::WRITABLE, || {
@@ -95,30 +129,37 @@ impl Qmp {
                         }
                     };
                     // The descriptor went with the first byte; the rest is plain.
-                    wr.write_all(&line[sent..]).await?;
+                    conn.wr.write_all(&line[sent..]).await?;
                 }
-                None => wr.write_all(&line).await?,
+                None => conn.wr.write_all(&line).await?,
             }
+            conn.writing = false;
             loop {
-                let msg = read_message(rd).await?;
+                let msg = conn.read_message().await?;
+                let answer = msg.get("return").is_some() || msg.get("error").is_some();
+                if !answer {
+                    // An asynchronous event.
+                    continue;
+                }
+                if msg.get("id").and_then(Value::as_u64) != Some(id) {
+                    tracing::debug!(command, reply = %msg, "late QMP reply to an earlier command skipped");
+                    continue;
+                }
                 if let Some(ret) = msg.get("return") {
                     return Ok(ret.clone());
                 }
-                if let Some(err) = msg.get("error") {
-                    let field =
-                        |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                    return Err(QmpError::Command {
-                        command: command.to_string(),
-                        class: field("class"),
-                        desc: field("desc"),
-                    });
-                }
-                // Anything else is an asynchronous event.
+                let err = &msg["error"];
+                let field = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                return Err(QmpError::Command {
+                    command: command.to_string(),
+                    class: field("class"),
+                    desc: field("desc"),
+                });
             }
         };
-        tokio::time::timeout(COMMAND_TIMEOUT, exchange)
+        tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| QmpError::Timeout(command.to_string()))?
+            .map_err(|_| QmpError::Timeout(command.to_string(), self.timeout))?
     }
 }
 
@@ -161,23 +202,28 @@ fn send_with_fd(sock: RawFd, bytes: &[u8], fd: BorrowedFd<'_>) -> std::io::Resul
     Ok(sent as usize)
 }
 
-async fn read_message(rd: &mut BufReader<OwnedReadHalf>) -> Result<Value, QmpError> {
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = (&mut *rd)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut line)
-            .await?;
-        if n == 0 {
-            return Err(QmpError::Closed);
+impl Conn {
+    /// The next whole message. Cancel-safe: bytes of a line read before a
+    /// timeout stay in `self.line` for the next call.
+    async fn read_message(&mut self) -> Result<Value, QmpError> {
+        loop {
+            let room = MAX_LINE.saturating_sub(self.line.len());
+            (&mut self.rd)
+                .take(room as u64)
+                .read_until(b'\n', &mut self.line)
+                .await?;
+            if self.line.last() != Some(&b'\n') {
+                // End of stream, or a line longer than any answer QEMU sends.
+                return Err(QmpError::Closed);
+            }
+            let line = std::mem::take(&mut self.line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Ok(serde_json::from_slice(&line)?);
         }
-        if line.last() != Some(&b'\n') && n >= MAX_LINE {
-            return Err(QmpError::Closed);
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        return Ok(serde_json::from_slice(&line)?);
     }
 }
+
+#[cfg(test)]
+mod tests;
