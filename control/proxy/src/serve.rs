@@ -21,9 +21,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::caps::Admission;
+use crate::error_code::ProxyErrorCode;
 use crate::forward::ClientConnection;
 use crate::headers::ClientAddress;
+use crate::idle::{Activity, Tracked};
 use crate::proxy::Shared;
+use crate::response::error;
 use crate::routing::Route;
 
 /// Bounds one request head (the token alone may be 4 KiB), in either
@@ -51,6 +55,8 @@ pub(crate) struct Served {
     pub(crate) peer: SocketAddr,
     pub(crate) route: Route,
     pub(crate) shutdown: watch::Receiver<()>,
+    /// The connection's place under its listener's cap.
+    pub(crate) admission: Admission,
 }
 
 /// Tells HTTP/1.1 from h2c by the first bytes (within the header read
@@ -107,17 +113,39 @@ where
         peer,
         route,
         mut shutdown,
+        admission,
     } = served;
+    let _permit = match admission {
+        Admission::Served(permit) => permit,
+        Admission::Refused(_permit) => {
+            let refusing = serve_refused(protocol, io);
+            if tokio::time::timeout(shared.config.header_read_timeout, refusing)
+                .await
+                .is_err()
+            {
+                debug!(%peer, "refused client sent no request in time");
+            }
+            return;
+        }
+    };
     let header_read_timeout = shared.config.header_read_timeout;
+    let idle_timeout = shared.config.idle_timeout;
+    let activity = Activity::new();
     let connection = Arc::new(ClientConnection::new(
         shared,
         route,
         ClientAddress::new(peer),
         shutdown.clone(),
+        Arc::clone(&activity),
     ));
+    let requests = Arc::clone(&activity);
     let service = service_fn(move |req| {
         let connection = connection.clone();
-        async move { Ok::<_, Infallible>(connection.handle(req).await) }
+        let in_flight = requests.request();
+        async move {
+            let response = connection.handle(req).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+        }
     });
     let io = TokioIo::new(io);
     let served = async {
@@ -151,6 +179,44 @@ where
             }
         }
         _ = shutdown.changed() => {}
+        () = activity.idle_for(idle_timeout) => {
+            debug!(%peer, "closed an idle client connection");
+        }
+    }
+}
+
+/// Answers every request on a connection past its listener's cap with a
+/// 503, then closes it.
+async fn serve_refused<I>(protocol: ClientProtocol, io: I)
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let service = service_fn(|_req| async {
+        Ok::<_, Infallible>(error(
+            ProxyErrorCode::MicrovmUnavailable,
+            "the endpoint has too many open connections; retry later",
+        ))
+    });
+    let io = TokioIo::new(io);
+    let served = match protocol {
+        ClientProtocol::Http1 => {
+            http1::Builder::new()
+                .keep_alive(false)
+                .max_buf_size(MAX_HEAD_BUFFER)
+                .serve_connection(io, service)
+                .await
+        }
+        ClientProtocol::Http2 => {
+            http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(1)
+                .max_header_list_size(MAX_HEAD_BUFFER as u32)
+                .serve_connection(io, service)
+                .await
+        }
+    };
+    if let Err(e) = served {
+        debug!(error = %e, "refused client connection ended");
     }
 }
 
