@@ -58,7 +58,7 @@ impl Upstream for VmUpstream {
             .map_err(|e| UpstreamError::Refused(format!("guest port {port}: {e}")))?;
         Ok(Box::new(Tracked {
             inner: stream,
-            _guard: guard,
+            guard,
         }))
     }
 
@@ -86,7 +86,7 @@ impl Upstream for VmUpstream {
         Ok(Shell {
             terminal: Box::new(Tracked {
                 inner: terminal,
-                _guard: guard,
+                guard,
             }),
             control: Box::new(control),
         })
@@ -134,10 +134,11 @@ impl Microvms {
     }
 }
 
-/// A guest stream that counts as an open connection while it lives.
+/// A guest stream that counts as an open connection while it lives, and
+/// its bytes as activity.
 struct Tracked<S> {
     inner: S,
-    _guard: StreamGuard,
+    guard: StreamGuard,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
@@ -146,7 +147,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.guard.moved();
+        }
+        polled
     }
 }
 
@@ -156,7 +162,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.guard.moved();
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
