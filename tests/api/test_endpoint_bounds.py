@@ -9,8 +9,8 @@ from harness import (COUNTER_LINE, MICROVM_PORT, endpoint_token, terminate_quiet
                      wait_microvm)
 
 
-def test_an_idle_keep_alive_connection_does_not_keep_a_vm_awake(client, hello_http):
-    vm = client.run_microvm(imageIdentifier="hello-http", idlePolicy={
+def test_an_idle_keep_alive_connection_does_not_keep_a_vm_awake(client, raw_client, hello_http):
+    vm = raw_client.run_microvm(imageIdentifier="hello-http", idlePolicy={
         "maxIdleDurationSeconds": 3, "suspendedDurationSeconds": 600,
         "autoResumeEnabled": True})
     vm_id = vm["microvmId"]
