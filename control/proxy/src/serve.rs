@@ -66,7 +66,12 @@ where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let timeout = served.shared.config.header_read_timeout;
-    let sniffed = tokio::time::timeout(timeout, sniff(&mut io)).await;
+    let mut shutdown = served.shutdown.clone();
+    let sniffed = tokio::select! {
+        sniffed = tokio::time::timeout(timeout, sniff(&mut io)) => sniffed,
+        // An unbound endpoint closes connections that sent nothing yet too.
+        _ = shutdown.changed() => return,
+    };
     let (protocol, read) = match sniffed {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
