@@ -59,17 +59,21 @@ pub async fn require_sigv4(
     next: Next,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
+    // Everything but the payload hash is checked before the body is read,
+    // so a caller without the key cannot make the server buffer a body.
+    let prechecked = match credentials.precheck(&parts.headers, SystemTime::now()) {
+        Ok(prechecked) => prechecked,
+        Err(error) => {
+            tracing::info!(method = %parts.method, uri = %parts.uri, error = %error, "request refused before its body was read");
+            return error.into_response();
+        }
+    };
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(bytes) => bytes,
         Err(_) => return body_too_large().into_response(),
     };
-    let verified = credentials.verify(
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        &body,
-        SystemTime::now(),
-    );
+    let verified =
+        credentials.verify_prechecked(prechecked, &parts.method, &parts.uri, &parts.headers, &body);
     match verified {
         Ok(context) => {
             parts.extensions.insert(context);
@@ -236,16 +240,16 @@ impl Credentials {
         body: &[u8],
         now: SystemTime,
     ) -> Result<AuthContext, ApiError> {
-        let authorization = headers.get("authorization").ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::MissingAuthenticationToken,
-                "Missing Authentication Token",
-            )
-        })?;
-        let authorization = authorization
-            .to_str()
-            .map_err(|_| incomplete("Authorization header is not ASCII"))?;
-        let auth = parse_authorization(authorization)?;
+        let prechecked = self.precheck(headers, now)?;
+        self.verify_prechecked(prechecked, method, uri, headers, body)
+    }
+
+    /// The checks that need no body: the Authorization header's form, the
+    /// access key, the scope, the date and the signed headers' presence.
+    /// A payload left unsigned (`UNSIGNED-PAYLOAD`) is refused: this
+    /// service's clients sign their payloads.
+    pub fn precheck(&self, headers: &HeaderMap, now: SystemTime) -> Result<Prechecked, ApiError> {
+        let auth = authorization_of(headers)?;
         if auth.access_key_id != self.access_key_id {
             return Err(ApiError::new(
                 ErrorKind::UnrecognizedClient,
@@ -287,27 +291,32 @@ impl Credentials {
             )));
         }
 
-        let mut signed = Vec::with_capacity(auth.signed_headers.len());
-        for name in &auth.signed_headers {
-            let values = headers.get_all(*name);
-            if values.iter().next().is_none() {
-                return Err(incomplete(format!(
-                    "Signed header '{name}' is missing from the request"
-                )));
-            }
-            for value in values {
-                let text = value
-                    .to_str()
-                    .map_err(|_| incomplete(format!("Signed header '{name}' is not ASCII")))?;
-                signed.push((*name, text));
-            }
+        signed_header_values(&auth, headers)?;
+        if headers
+            .get("x-amz-content-sha256")
+            .is_some_and(|v| v.as_bytes() == b"UNSIGNED-PAYLOAD")
+        {
+            return Err(invalid(
+                "UNSIGNED-PAYLOAD is not accepted by this service: sign the payload",
+            ));
         }
-        let signable_body = match headers.get("x-amz-content-sha256").map(|v| v.as_bytes()) {
-            Some(b"UNSIGNED-PAYLOAD") if auth.signed_headers.contains(&"x-amz-content-sha256") => {
-                SignableBody::UnsignedPayload
-            }
-            _ => SignableBody::Bytes(body),
-        };
+        Ok(Prechecked { signed_at })
+    }
+
+    /// The full signature over the body, for a request whose headers
+    /// passed [`precheck`](Self::precheck).
+    pub fn verify_prechecked(
+        &self,
+        prechecked: Prechecked,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<AuthContext, ApiError> {
+        let auth = authorization_of(headers)?;
+        let signed_at = prechecked.signed_at;
+        let signed = signed_header_values(&auth, headers)?;
+        let signable_body = SignableBody::Bytes(body);
         let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let expected = self.expected_signature(
             method.as_str(),
@@ -365,6 +374,49 @@ impl Credentials {
             .map_err(|e| incomplete(format!("The request cannot be canonicalized: {e}")))?;
         Ok(output.signature().to_owned())
     }
+}
+
+/// What [`Credentials::precheck`] learnt, for the full verification.
+#[derive(Debug, Clone, Copy)]
+pub struct Prechecked {
+    signed_at: SystemTime,
+}
+
+fn authorization_of(headers: &HeaderMap) -> Result<AuthorizationHeader<'_>, ApiError> {
+    let authorization = headers.get("authorization").ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::MissingAuthenticationToken,
+            "Missing Authentication Token",
+        )
+    })?;
+    let authorization = authorization
+        .to_str()
+        .map_err(|_| incomplete("Authorization header is not ASCII"))?;
+    parse_authorization(authorization)
+}
+
+/// Every value of every signed header, in the order signed; each must be
+/// present and ASCII.
+fn signed_header_values<'a>(
+    auth: &AuthorizationHeader<'a>,
+    headers: &'a HeaderMap,
+) -> Result<Vec<(&'a str, &'a str)>, ApiError> {
+    let mut signed = Vec::with_capacity(auth.signed_headers.len());
+    for name in &auth.signed_headers {
+        let values = headers.get_all(*name);
+        if values.iter().next().is_none() {
+            return Err(incomplete(format!(
+                "Signed header '{name}' is missing from the request"
+            )));
+        }
+        for value in values {
+            let text = value
+                .to_str()
+                .map_err(|_| incomplete(format!("Signed header '{name}' is not ASCII")))?;
+            signed.push((*name, text));
+        }
+    }
+    Ok(signed)
 }
 
 fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, ApiError> {

@@ -264,3 +264,76 @@ async fn errors_are_json_with_the_model_status() {
     // Only the two valid requests reached the service.
     assert_eq!(recorder.actions.lock().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_bad_key_is_refused_before_the_body_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, recorder) = serve().await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A head announcing 1 MiB that never comes: the answer cannot wait
+    // for the body.
+    let head = format!(
+        "POST /2017-03-31/tags/{ENCODED_ARN} HTTP/1.1\r\nhost: {addr}\r\n\
+         content-type: application/json\r\ncontent-length: 1048576\r\n\
+         x-amz-date: 20260101T000000Z\r\n\
+         authorization: AWS4-HMAC-SHA256 Credential=AKIDNOTOURS/20260101/eu-central-1/lambda/aws4_request, \
+         SignedHeaders=host;x-amz-date, Signature=00\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !answer.contains(&b'}') {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed without an answer: {answer:?}");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    assert!(text.contains("UnrecognizedClientException"), "{text}");
+    assert!(recorder.actions.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_unsigned_payload_is_refused() {
+    let (addr, recorder) = serve().await;
+    let path = format!("/2017-03-31/tags/{ENCODED_ARN}");
+    let mut request = request(addr, "POST", &path, r#"{"Tags":{"a":"b"}}"#);
+    request.headers_mut().insert(
+        "x-amz-content-sha256",
+        http::HeaderValue::from_static("UNSIGNED-PAYLOAD"),
+    );
+    // Signed correctly, just without the payload's hash.
+    let identity =
+        aws_credential_types::Credentials::new(ACCESS_KEY, SECRET, None, None, "test").into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region("eu-central-1")
+        .name("lambda")
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let headers: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+        .collect();
+    let signable = SignableRequest::new(
+        "POST",
+        path.clone(),
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        SignableBody::UnsignedPayload,
+    )
+    .unwrap();
+    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    instructions.apply_to_request_http1x(&mut request);
+    let (status, headers, body) = send(addr, request).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_error(status, &headers, &body, 403, "InvalidSignatureException");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("UNSIGNED-PAYLOAD"));
+    assert!(recorder.actions.lock().unwrap().is_empty());
+}

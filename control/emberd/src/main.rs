@@ -6,6 +6,7 @@ mod build_logs;
 mod builds;
 mod connectors;
 mod credentials;
+mod endpoint;
 mod layout;
 mod metadata;
 mod metrics;
@@ -105,6 +106,18 @@ struct Args {
     /// The address per-VM endpoint listeners bind to.
     #[arg(long, default_value = "127.0.0.1")]
     endpoint_ip: std::net::IpAddr,
+    /// Seconds an endpoint connection may sit idle (no request in flight,
+    /// no WebSocket byte) before it is closed; must be below
+    /// --min-idle-seconds. Default: 30, or half of --min-idle-seconds.
+    #[arg(long)]
+    endpoint_idle_timeout: Option<f64>,
+    /// Client connections one microVM's endpoint serves at once (503
+    /// MICROVM_UNAVAILABLE beyond).
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_vm: usize,
+    /// Client connections the shared --endpoint-domain listener serves at once.
+    #[arg(long, default_value_t = 4096)]
+    max_connections_per_listener: usize,
     /// Block I/O a VM (build or microVM) may do on the data dir's disk, in
     /// MiB/s each way; 0 leaves it unthrottled (needed when the data dir
     /// has no block device of its own: tmpfs, overlayfs, btrfs).
@@ -386,6 +399,12 @@ async fn start_microvms(
             bind_ip: args.endpoint_ip,
             tls,
             observer: ember_proxy::Observer::new(Arc::clone(&metrics) as _),
+            idle_timeout: endpoint::idle_timeout(
+                args.endpoint_idle_timeout,
+                args.min_idle_seconds,
+            )?,
+            max_connections_per_vm: args.max_connections_per_vm,
+            max_connections_per_listener: args.max_connections_per_listener,
             ..Default::default()
         },
     ));

@@ -22,6 +22,7 @@ use crate::error_code::ProxyErrorCode;
 use crate::headers::{
     strip_for_h2, strip_hop_by_hop, wants_h2_upstream, wants_upgrade, ClientAddress,
 };
+use crate::idle::{Activity, Watched};
 use crate::pool::{AppProtocol, UpstreamPool};
 use crate::proxy::Shared;
 use crate::response::{error, ProxyBody};
@@ -37,6 +38,8 @@ pub(crate) struct ClientConnection {
     upstreams: UpstreamPool,
     /// Ends spliced WebSocket connections when the listener is unbound.
     shutdown: watch::Receiver<()>,
+    /// Also the idle clock of the connections it upgrades.
+    activity: Arc<Activity>,
 }
 
 impl ClientConnection {
@@ -45,6 +48,7 @@ impl ClientConnection {
         route: Route,
         client: ClientAddress,
         shutdown: watch::Receiver<()>,
+        activity: Arc<Activity>,
     ) -> Self {
         ClientConnection {
             shared,
@@ -52,6 +56,7 @@ impl ClientConnection {
             client,
             upstreams: UpstreamPool::default(),
             shutdown,
+            activity,
         }
     }
 
@@ -117,6 +122,8 @@ impl ClientConnection {
                 client_upgrade,
                 upstream_upgrade,
                 self.shutdown.clone(),
+                Arc::clone(&self.activity),
+                self.shared.config.idle_timeout,
             ));
             strip_hop_by_hop(response.headers_mut(), true);
             // The guest may have picked another subprotocol the client
@@ -203,7 +210,15 @@ fn to_http2(req: &mut Request<Incoming>) {
     }
 }
 
-async fn splice(client: OnUpgrade, upstream: OnUpgrade, mut shutdown: watch::Receiver<()>) {
+/// Copies both ways until either side closes, the listener shuts down or
+/// no byte moved either way for `idle_timeout`.
+async fn splice(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    mut shutdown: watch::Receiver<()>,
+    activity: Arc<Activity>,
+    idle_timeout: std::time::Duration,
+) {
     let copy = async {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(both) => both,
@@ -212,7 +227,7 @@ async fn splice(client: OnUpgrade, upstream: OnUpgrade, mut shutdown: watch::Rec
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
+        let mut client = Watched::new(TokioIo::new(client), Arc::clone(&activity));
         let mut upstream = TokioIo::new(upstream);
         if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             debug!(error = %e, "upgraded connection ended");
@@ -221,5 +236,8 @@ async fn splice(client: OnUpgrade, upstream: OnUpgrade, mut shutdown: watch::Rec
     tokio::select! {
         () = copy => {}
         _ = shutdown.changed() => {}
+        () = activity.idle_for(idle_timeout) => {
+            debug!("closed an idle upgraded connection");
+        }
     }
 }

@@ -42,9 +42,11 @@
 //! closed the connection or broke the protocol asked for).
 
 mod auth;
+mod caps;
 mod error_code;
 mod forward;
 mod headers;
+mod idle;
 mod observer;
 mod pool;
 pub mod proxy;

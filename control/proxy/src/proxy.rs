@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::caps::Caps;
 use crate::routing::Route;
 use crate::serve::{serve_plain, Served};
 use crate::tls::{serve_tls, EndpointTls};
@@ -50,6 +51,16 @@ pub struct ProxyConfig {
     pub tls: Option<EndpointTls>,
     /// Told of every answer and every client byte (emberd's metrics).
     pub observer: crate::Observer,
+    /// A client connection with no request in flight (or an upgraded one
+    /// with no byte either way) for this long is closed. Keep it shorter
+    /// than the shortest idle policy, or an idle connection delays the
+    /// suspend of its microVM.
+    pub idle_timeout: Duration,
+    /// Client connections one microVM's own listener serves at once.
+    pub max_connections_per_vm: usize,
+    /// Client connections a shared (wildcard-domain) listener serves at
+    /// once, all microVMs together.
+    pub max_connections_per_listener: usize,
 }
 
 impl Default for ProxyConfig {
@@ -60,6 +71,9 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(60),
             tls: None,
             observer: crate::Observer::default(),
+            idle_timeout: Duration::from_secs(30),
+            max_connections_per_vm: 256,
+            max_connections_per_listener: 4096,
         }
     }
 }
@@ -154,10 +168,12 @@ impl Proxy {
     pub async fn serve_shared(&self, listener: TcpListener, domain: &str) {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let (_keep_open, shutdown) = watch::channel(());
+        let caps = Caps::new(self.shared.config.max_connections_per_listener);
         accept_loop(
             self.shared.clone(),
             listener,
             Route::Wildcard(Arc::from(domain)),
+            caps,
             shutdown,
         )
         .await;
@@ -187,6 +203,7 @@ impl Proxy {
             self.shared.clone(),
             listener,
             Route::Fixed(Arc::from(microvm_id)),
+            Caps::new(self.shared.config.max_connections_per_vm),
             shutdown_rx,
         ));
         listeners.insert(
@@ -205,6 +222,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     route: Route,
+    caps: Caps,
     mut shutdown: watch::Receiver<()>,
 ) {
     loop {
@@ -214,13 +232,18 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(serve_connection(
-                    shared.clone(),
-                    stream,
+                let Some(admission) = caps.admit() else {
+                    debug!(%peer, "too many connections, even refused ones: closed");
+                    continue;
+                };
+                let served = Served {
+                    shared: shared.clone(),
                     peer,
-                    route.clone(),
-                    shutdown.clone(),
-                ));
+                    route: route.clone(),
+                    shutdown: shutdown.clone(),
+                    admission,
+                };
+                tokio::spawn(serve_connection(served, stream));
             }
             Err(e) => {
                 warn!(error = %e, "accepting an endpoint connection failed");
@@ -230,22 +253,10 @@ async fn accept_loop(
     }
 }
 
-async fn serve_connection(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    route: Route,
-    shutdown: watch::Receiver<()>,
-) {
+async fn serve_connection(served: Served, stream: TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, "TCP_NODELAY on a client connection");
     }
-    let served = Served {
-        shared,
-        peer,
-        route,
-        shutdown,
-    };
     match served.shared.config.tls.clone() {
         Some(tls) => serve_tls(served, stream, &tls).await,
         None => serve_plain(served, stream).await,

@@ -22,10 +22,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::caps::Admission;
+use crate::error_code::ProxyErrorCode;
 use crate::error_code::ERROR_HEADER;
 use crate::forward::ClientConnection;
 use crate::headers::ClientAddress;
+use crate::idle::{Activity, Tracked};
 use crate::proxy::Shared;
+use crate::response::error;
 use crate::routing::Route;
 
 /// Bounds one request head (the token alone may be 4 KiB), in either
@@ -53,6 +57,8 @@ pub(crate) struct Served {
     pub(crate) peer: SocketAddr,
     pub(crate) route: Route,
     pub(crate) shutdown: watch::Receiver<()>,
+    /// The connection's place under its listener's cap.
+    pub(crate) admission: Admission,
 }
 
 /// Tells HTTP/1.1 from h2c by the first bytes (within the header read
@@ -62,7 +68,12 @@ where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let timeout = served.shared.config.header_read_timeout;
-    let sniffed = tokio::time::timeout(timeout, sniff(&mut io)).await;
+    let mut shutdown = served.shutdown.clone();
+    let sniffed = tokio::select! {
+        sniffed = tokio::time::timeout(timeout, sniff(&mut io)) => sniffed,
+        // An unbound endpoint closes connections that sent nothing yet too.
+        _ = shutdown.changed() => return,
+    };
     let (protocol, read) = match sniffed {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
@@ -109,23 +120,42 @@ where
         peer,
         route,
         mut shutdown,
+        admission,
     } = served;
+    let _permit = match admission {
+        Admission::Served(permit) => permit,
+        Admission::Refused(_permit) => {
+            let refusing = serve_refused(protocol, io);
+            if tokio::time::timeout(shared.config.header_read_timeout, refusing)
+                .await
+                .is_err()
+            {
+                debug!(%peer, "refused client sent no request in time");
+            }
+            return;
+        }
+    };
     let header_read_timeout = shared.config.header_read_timeout;
     let observer = shared.config.observer.clone();
     let io = observer.count(io);
+    let idle_timeout = shared.config.idle_timeout;
+    let activity = Activity::new();
     let connection = Arc::new(ClientConnection::new(
         shared,
         route,
         ClientAddress::new(peer),
         shutdown.clone(),
+        Arc::clone(&activity),
     ));
+    let requests = Arc::clone(&activity);
     let service = service_fn(move |req| {
         let (connection, observer) = (connection.clone(), observer.clone());
+        let in_flight = requests.request();
         async move {
             let response = connection.handle(req).await;
             let proxy_error = response.headers().get(&ERROR_HEADER);
             observer.answered(response.status(), proxy_error.and_then(|v| v.to_str().ok()));
-            Ok::<_, Infallible>(response)
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
         }
     });
     let io = TokioIo::new(io);
@@ -160,6 +190,44 @@ where
             }
         }
         _ = shutdown.changed() => {}
+        () = activity.idle_for(idle_timeout) => {
+            debug!(%peer, "closed an idle client connection");
+        }
+    }
+}
+
+/// Answers every request on a connection past its listener's cap with a
+/// 503, then closes it.
+async fn serve_refused<I>(protocol: ClientProtocol, io: I)
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let service = service_fn(|_req| async {
+        Ok::<_, Infallible>(error(
+            ProxyErrorCode::MicrovmUnavailable,
+            "the endpoint has too many open connections; retry later",
+        ))
+    });
+    let io = TokioIo::new(io);
+    let served = match protocol {
+        ClientProtocol::Http1 => {
+            http1::Builder::new()
+                .keep_alive(false)
+                .max_buf_size(MAX_HEAD_BUFFER)
+                .serve_connection(io, service)
+                .await
+        }
+        ClientProtocol::Http2 => {
+            http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(1)
+                .max_header_list_size(MAX_HEAD_BUFFER as u32)
+                .serve_connection(io, service)
+                .await
+        }
+    };
+    if let Err(e) = served {
+        debug!(error = %e, "refused client connection ended");
     }
 }
 

@@ -138,14 +138,21 @@ impl Instance {
     }
 }
 
-/// Counts a proxied connection as open until dropped; closing it counts
-/// as activity too, so the idle clock starts when the last byte went.
+/// Counts a proxied connection as open until dropped. Closing it is not
+/// activity: the proxy closes idle connections, and the idle clock must
+/// start at the last request or byte, not at that close.
 pub struct StreamGuard(Arc<Instance>);
+
+impl StreamGuard {
+    /// Bytes moved on the stream.
+    pub fn moved(&self) {
+        self.0.touch();
+    }
+}
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.0.open_streams.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
     }
 }
 

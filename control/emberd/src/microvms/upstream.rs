@@ -62,7 +62,7 @@ impl Upstream for VmUpstream {
             .map_err(|e| UpstreamError::Refused(format!("guest port {port}: {e}")))?;
         Ok(Box::new(Tracked {
             inner: stream,
-            _guard: guard,
+            guard,
             first_byte: resuming.then(|| (asked, Arc::clone(&microvms.config.metrics))),
         }))
     }
@@ -91,7 +91,7 @@ impl Upstream for VmUpstream {
         Ok(Shell {
             terminal: Box::new(Tracked {
                 inner: terminal,
-                _guard: guard,
+                guard,
                 first_byte: None,
             }),
             control: Box::new(control),
@@ -140,10 +140,11 @@ impl Microvms {
     }
 }
 
-/// A guest stream that counts as an open connection while it lives.
+/// A guest stream that counts as an open connection while it lives, and
+/// its bytes as activity.
 struct Tracked<S> {
     inner: S,
-    _guard: StreamGuard,
+    guard: StreamGuard,
     /// For a request that found its VM suspended: when it asked, until
     /// the app's first byte comes back.
     first_byte: Option<(Instant, Arc<Metrics>)>,
@@ -161,6 +162,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
             if let Some((asked, metrics)) = self.first_byte.take() {
                 metrics.observe_auto_resume_first_byte(asked.elapsed());
             }
+            self.guard.moved();
         }
         polled
     }
@@ -172,7 +174,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.guard.moved();
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
