@@ -15,7 +15,7 @@ export EMBER_ASSETS_DIR := $(EMBER_DATA_DIR)/assets
 export EMBER_AGENT_BIN := $(abspath $(AGENT))
 export EMBER_HOSTILE_AGENT_BIN := $(abspath $(HOSTILE_AGENT))
 
-.PHONY: run demo-vm test bench deps agent hostile-agent bins setup lint unit-test vm-test clean
+.PHONY: run demo-vm test fuzz bench deps agent hostile-agent bins setup lint unit-test vm-test clean
 
 ## run: start emberd, build examples/hello-http through the API (live
 ## build log), show the image
@@ -30,6 +30,11 @@ demo-vm: setup
 ## tests (AWS CLI and boto3 against a real emberd)
 test: lint setup bins hostile-agent
 	scripts/run-tests.sh
+
+## fuzz: run every fuzz target (fuzz/) for FUZZ_SECONDS seconds each
+## (default 60); `make fuzz FUZZ_SECONDS=3600 FUZZ_TARGETS="zip oci_layer"`
+fuzz: deps
+	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) scripts/fuzz.sh $(FUZZ_TARGETS)
 
 ## bench: print one JSON object per benchmark result
 bench: setup hostile-agent
