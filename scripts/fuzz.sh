@@ -31,7 +31,8 @@ RUSTFLAGS="-Cpasses=sancov-module \
 -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares \
 --cfg fuzzing" \
-    cargo build --quiet --release --locked --manifest-path fuzz/Cargo.toml --target "$triple" --bins
+    cargo build --quiet --release --locked --manifest-path fuzz/Cargo.toml --target "$triple" \
+    ${FUZZ_CARGO_FLAGS:-} --bins
 
 # As root, each target runs in a mount namespace of its own where '/' is
 # read-only: only its scratch tmpfs and build/fuzz are writable, so an

@@ -55,7 +55,10 @@ fuzz_target!(|data: &[u8]| {
     for entry in walkdir::WalkDir::new(tmp.path()).min_depth(1) {
         let entry = entry.expect("the temp dir walks");
         let rel = entry.path().strip_prefix(tmp.path()).expect("under tmp");
-        if !rel.starts_with("root") && rel != Path::new("outside") && rel != Path::new("outside/canary") {
+        if !rel.starts_with("root")
+            && rel != Path::new("outside")
+            && rel != Path::new("outside/canary")
+        {
             stray.push(rel.to_path_buf());
         }
     }
@@ -64,7 +67,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(dir.is_dir() && dir.mode() & 0o7777 == 0o755 && dir.uid() == own_uid());
     let canary = fs::symlink_metadata(outside.join("canary")).expect("the canary is still there");
     assert!(canary.is_file() && canary.mode() & 0o7777 == 0o644 && canary.uid() == own_uid());
-    assert_eq!(fs::read(outside.join("canary")).expect("the canary reads"), CANARY);
+    assert_eq!(
+        fs::read(outside.join("canary")).expect("the canary reads"),
+        CANARY
+    );
 });
 
 fn own_uid() -> u32 {

@@ -38,7 +38,9 @@ fuzz_target!(|data: &[u8]| {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
         };
-        let value = line[colon + 1..].strip_prefix(b" ").unwrap_or(&line[colon + 1..]);
+        let value = line[colon + 1..]
+            .strip_prefix(b" ")
+            .unwrap_or(&line[colon + 1..]);
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&line[..colon]),
             HeaderValue::from_bytes(value),
@@ -54,5 +56,9 @@ fuzz_target!(|data: &[u8]| {
     // The seeds carry no valid signature and the fuzzer cannot forge
     // HMAC-SHA256: a request that verifies is a bypass.
     let verified = credentials.verify(&method, &uri, &headers, body, now);
-    assert!(verified.is_err(), "a forged request verified: {:?}", String::from_utf8_lossy(data));
+    assert!(
+        verified.is_err(),
+        "a forged request verified: {:?}",
+        String::from_utf8_lossy(data)
+    );
 });

@@ -32,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
     let key = key();
     if let Ok(text) = std::str::from_utf8(data) {
         // Without the MAC nothing may pass; the seeds carry none valid.
-        assert!(key.verify(text, NOW).is_err(), "an unsigned token verified: {text:?}");
+        assert!(
+            key.verify(text, NOW).is_err(),
+            "an unsigned token verified: {text:?}"
+        );
     }
 
     // The input as the claims JSON of a correctly signed token.

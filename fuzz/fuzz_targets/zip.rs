@@ -47,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
             outside.push(rel.to_path_buf());
         }
     }
-    assert!(outside.is_empty(), "written outside the destination: {outside:?}");
+    assert!(
+        outside.is_empty(),
+        "written outside the destination: {outside:?}"
+    );
 
     let context = match fetched {
         Ok(context) => context,
@@ -60,12 +63,20 @@ fuzz_target!(|data: &[u8]| {
     for entry in walkdir::WalkDir::new(&dest) {
         let entry = entry.expect("the tree walks");
         if let Ok(real) = entry.path().canonicalize() {
-            assert!(real.starts_with(&real_dest), "{} resolves to {}", entry.path().display(), real.display());
+            assert!(
+                real.starts_with(&real_dest),
+                "{} resolves to {}",
+                entry.path().display(),
+                real.display()
+            );
         }
         if entry.path_is_symlink() {
             let target = fs::read_link(entry.path()).expect("a link reads");
             assert!(
-                stays_inside(entry.path().strip_prefix(&dest).expect("under dest"), &target),
+                stays_inside(
+                    entry.path().strip_prefix(&dest).expect("under dest"),
+                    &target
+                ),
                 "{} -> {} leaves the tree",
                 entry.path().display(),
                 target.display()
