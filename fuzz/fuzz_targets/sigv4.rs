@@ -13,9 +13,9 @@ use libfuzzer_sys::fuzz_target;
 /// 2026-12-01T15:14:43Z, the seeds' X-Amz-Date.
 const SEED_TIME: u64 = 1_796_138_083;
 
-/// The input is a request as text: `METHOD PATH?QUERY`, header lines
-/// (`name: value`), an empty line, the body. Easy to seed, and mutations
-/// keep its shape.
+// The input is a request as text: `METHOD PATH?QUERY`, header lines
+// (`name: value`), an empty line, the body. Easy to seed, and mutations
+// keep its shape.
 fuzz_target!(|data: &[u8]| {
     let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
         Some(at) => (&data[..at], &data[at + 2..]),
