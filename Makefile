@@ -15,7 +15,7 @@ export EMBER_ASSETS_DIR := $(EMBER_DATA_DIR)/assets
 export EMBER_AGENT_BIN := $(abspath $(AGENT))
 export EMBER_HOSTILE_AGENT_BIN := $(abspath $(HOSTILE_AGENT))
 
-.PHONY: run demo-vm test soak bench deps agent hostile-agent bins setup lint unit-test vm-test clean
+.PHONY: run demo-vm test soak fuzz bench deps agent hostile-agent bins setup lint unit-test vm-test clean
 
 ## run: start emberd, build examples/hello-http through the API (live
 ## build log), show the image
@@ -37,6 +37,11 @@ test: lint setup bins hostile-agent
 soak: setup bins
 	scripts/setup-venv.sh
 	EMBER_SOAK_CYCLES=100 EMBER_SOAK_RUNS=300 build/venv/bin/python -m pytest -q -p no:cacheprovider tests/api/test_soak.py
+
+## fuzz: run every fuzz target (fuzz/) for FUZZ_SECONDS seconds each
+## (default 60); `make fuzz FUZZ_SECONDS=3600 FUZZ_TARGETS="zip oci_layer"`
+fuzz: deps
+	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) scripts/fuzz.sh $(FUZZ_TARGETS)
 
 ## bench: print one JSON object per benchmark result
 bench: setup hostile-agent

@@ -38,6 +38,8 @@ tools=(
     skopeo:skopeo
     htpasswd:apache2-utils
     openssl:openssl
+    # The fuzz targets: libfuzzer-sys builds libFuzzer's C++ runtime.
+    g++:g++
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]; }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the workspace tests, then the API tests (tests/api: the AWS CLI and
-# boto3 against a real emberd), and ends with one plain summary line over
-# all of them ("N passed, N failed"), so the total is not buried among the
-# per-binary lines (the last of which is the empty doc-test run).
+# Runs the workspace tests, the fuzz targets for a few seconds each
+# (fuzz/), then the API tests (tests/api: the AWS CLI and boto3 against a
+# real emberd), and ends with one plain summary line over all of them
+# ("N passed, N failed"), so the total is not buried among the per-binary
+# lines (the last of which is the empty doc-test run).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 log=$(mktemp)
@@ -16,6 +17,21 @@ read -r passed failed < <(awk '/^test result:/ {
         if ($(i) ~ /^failed;/) f += $(i-1)
     }
 } END { print p + 0, f + 0 }' "$log")
+
+# Fuzzing, bounded: each target (fuzz/) for FUZZ_TEST_SECONDS seconds;
+# each target counts as one test, a crash fails the suite.
+fuzz_log=$(mktemp)
+FUZZ_SECONDS=${FUZZ_TEST_SECONDS:-8} "$root/scripts/fuzz.sh" 2>&1 | tee "$fuzz_log"
+fuzz_status=${PIPESTATUS[0]}
+fuzz_passed=$(grep -c '^fuzz [a-z_0-9]*: ok' "$fuzz_log" || true)
+fuzz_failed=$(grep -c '^fuzz [a-z_0-9]*: FAILED' "$fuzz_log" || true)
+if [ "$fuzz_status" -ne 0 ] && [ "$fuzz_failed" -eq 0 ]; then
+    fuzz_failed=1 # the build failed
+fi
+rm -f "$fuzz_log"
+passed=$((passed + fuzz_passed))
+failed=$((failed + fuzz_failed))
+[ "$status" -ne 0 ] || status=$fuzz_status
 
 # API tests: pytest's own counts come from its JUnit report (errors in
 # fixtures count as failures: a test that could not run did not pass).
