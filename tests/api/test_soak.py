@@ -3,7 +3,7 @@ guest memory and a growing file on its disk intact, checked after every
 cycle, and many runs/terminates; emberd's RSS and open file descriptors
 stay flat throughout.
 
-`make test` runs a short soak (EMBER_SOAK_CYCLES=10, EMBER_SOAK_RUNS=20
+`make test` runs a short soak (EMBER_SOAK_CYCLES=6, EMBER_SOAK_RUNS=12
 by default); `make soak` runs the full one (100 cycles, 300 runs)."""
 
 import os
@@ -13,8 +13,8 @@ from artifacts import zip_files
 from harness import (create_and_wait, endpoint_request, endpoint_token, terminate_quietly,
                      wait_microvm)
 
-CYCLES = int(os.environ.get("EMBER_SOAK_CYCLES", "10"))
-RUNS = int(os.environ.get("EMBER_SOAK_RUNS", "20"))
+CYCLES = int(os.environ.get("EMBER_SOAK_CYCLES", "6"))
+RUNS = int(os.environ.get("EMBER_SOAK_RUNS", "12"))
 PORT = 8080
 # How much emberd may grow over the soak: allocator noise and the store's
 # page cache, not a leak (a leak per cycle would pass these quickly).
@@ -97,7 +97,7 @@ def test_suspend_resume_cycles_and_runs_keep_state_and_emberd_flat(separate_embe
             vm = wait_microvm(client, microvm_id, "RUNNING")
             after = get(vm, token, "/cgi-bin/sum.cgi")
             assert after == [memory_sum, disk_sum, str(cycle)], f"cycle {cycle}: {after}"
-            if cycle == min(5, CYCLES):
+            if cycle == min(3, CYCLES):
                 # After a few cycles: caches and pools are warm.
                 baseline = emberd_usage(emberd)
         end = emberd_usage(emberd)
@@ -118,7 +118,7 @@ def test_suspend_resume_cycles_and_runs_keep_state_and_emberd_flat(separate_embe
         finally:
             client.terminate_microvm(microvmIdentifier=run_id)
         wait_microvm(client, run_id, "TERMINATED")
-        if n == min(10, RUNS):
+        if n == min(4, RUNS):
             baseline = emberd_usage(emberd)
     # Terminated VMs' listeners and files are released, not just hidden.
     time.sleep(1)
