@@ -279,6 +279,13 @@ pub trait Vm: Send + Sync {
 
     fn stats(&self) -> Result<VmStats, VmmError>;
 
+    /// How the VM's process ended, once it has (killed, crashed, or
+    /// stopped); `None` while it runs, or when a backend cannot tell.
+    /// Never waits.
+    fn exited(&self) -> Option<String> {
+        None
+    }
+
     /// The isolation measures in force for this VM.
     fn isolation(&self) -> Isolation {
         Isolation::default()

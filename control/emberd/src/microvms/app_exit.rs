@@ -7,9 +7,11 @@
 //! happened while nobody listened (during a suspend, or while emberd was
 //! down) is answered at once.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
+use ember_api::model::MicrovmState;
 use ember_vmm::agent::{AgentError, ExitStatus};
+use ember_vmm::Vm;
 
 use super::instance::Instance;
 use super::Microvms;
@@ -28,12 +30,17 @@ impl Microvms {
         let (Some(vm), Some(this)) = (inst.vm(), self.me.upgrade()) else {
             return;
         };
-        // Only the session: the VM handle stays the instance's to drop.
+        // Only the session and a weak handle: the VM stays the instance's
+        // to drop.
         let agent = vm.agent().clone();
+        let watched = Arc::downgrade(&vm);
         drop(vm);
         let inst = Arc::clone(inst);
         tokio::spawn(async move {
             match agent.wait_main_exit().await {
+                Err(AgentError::Disconnected) => {
+                    this.check_vm_process(&inst, &watched).await;
+                }
                 Ok(status) => {
                     let reason = container_stopped(status);
                     tracing::info!(microvm = %inst.id, ?status, "the app's main process ended");
@@ -41,9 +48,8 @@ impl Microvms {
                     // log, the files; a no-op when the VM is already ending.
                     this.terminate(inst, reason);
                 }
-                // Suspended, stopped, or a guest that broke the protocol
-                // (which the reaper terminates): nothing to watch.
-                Err(AgentError::Disconnected | AgentError::Violation(_)) => {}
+                // A guest that broke the protocol: the reaper terminates it.
+                Err(AgentError::Violation(_)) => {}
                 // An image built before main processes were marked, or
                 // whose agent predates them.
                 Err(AgentError::Guest { message, .. }) => {
@@ -54,6 +60,38 @@ impl Microvms {
         });
     }
 }
+
+impl Microvms {
+    /// After the agent session of a RUNNING VM ended: a suspend or a stop
+    /// did that on purpose (the state says so by then); otherwise, if the
+    /// VM's process is gone (killed, crashed), the VM is terminated now
+    /// with the reason, instead of looking RUNNING until a restart.
+    async fn check_vm_process(&self, inst: &Arc<Instance>, watched: &Weak<dyn Vm>) {
+        // A deliberate suspend or stop records its state before it ends
+        // the process; give a racing one that long to show.
+        tokio::time::sleep(SESSION_END_GRACE).await;
+        let Some(vm) = watched.upgrade() else { return };
+        let current = inst.vm();
+        let same_vm = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &vm));
+        if !same_vm || inst.state() != MicrovmState::Running {
+            return;
+        }
+        drop(current);
+        if let Some(how) = vm.exited() {
+            tracing::warn!(microvm = %inst.id, how, "the microVM's QEMU process ended on its own");
+            let reason = format!(
+                "the microVM's virtual machine process ended unexpectedly ({how}); its memory was lost"
+            );
+            drop(vm);
+            if let Some(this) = self.me.upgrade() {
+                this.terminate(Arc::clone(inst), reason);
+            }
+        }
+    }
+}
+
+/// How long a deliberate end of a VM may take to show in its state.
+const SESSION_END_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {

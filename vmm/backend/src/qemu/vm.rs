@@ -330,6 +330,12 @@ impl Vm for QemuVm {
         Ok(info)
     }
 
+    fn exited(&self) -> Option<String> {
+        // Held only while the VM is being stopped: then it is ending anyway.
+        let mut process = self.process.try_lock().ok()?;
+        process.as_mut().and_then(QemuProcess::try_exit)
+    }
+
     fn isolation(&self) -> Isolation {
         Isolation {
             cgroup: self.cgroup.is_some(),
