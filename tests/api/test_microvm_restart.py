@@ -73,3 +73,52 @@ def test_sigkill_and_restart_keeps_microvms(separate_emberd, hello_zip):
             assert not microvm_dir(ember, vm_id).exists()
     finally:
         terminate_quietly(client, *ids)
+
+
+def test_a_vm_whose_run_record_is_unreadable_is_ended_at_restart(separate_emberd, hello_zip):
+    """No orphan: its QEMU is stopped and its row says why, while the
+    other VMs are taken back as usual."""
+    import os
+    import sqlite3
+    import time
+
+    ember = separate_emberd()
+    client = ember.client()
+    image, version = create_and_wait(client, "hello-http", hello_zip)
+    assert image["state"] == "CREATED", version.get("stateReason")
+    broken = client.run_microvm(imageIdentifier="hello-http")["microvmId"]
+    fine = client.run_microvm(imageIdentifier="hello-http")["microvmId"]
+    try:
+        for vm_id in (broken, fine):
+            wait_microvm(client, vm_id, "RUNNING", timeout=90)
+        fine_token = endpoint_token(client, fine)
+        ember.kill9()
+        db = sqlite3.connect(ember.data_dir / "ember.db")
+        with db:
+            db.execute("UPDATE microvms SET spec = '{not json' WHERE id = ?", (broken,))
+        db.close()
+        ember.start()
+
+        def qemus(vm_id):
+            found = []
+            for entry in os.listdir("/proc"):
+                try:
+                    cwd = os.readlink(f"/proc/{entry}/cwd")
+                    cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+                except OSError:
+                    continue
+                if f"/{vm_id}/" in cwd and cmdline.startswith(b"qemu-system"):
+                    found.append(entry)
+            return found
+
+        got = client.get_microvm(microvmIdentifier=broken)
+        assert got["state"] == "TERMINATED", got
+        assert "could not read this microVM's run record" in got.get("stateReason", ""), got
+        deadline = time.monotonic() + 30
+        while qemus(broken):
+            assert time.monotonic() < deadline, "the unreadable VM's QEMU still runs"
+            time.sleep(0.5)
+        assert wait_microvm(client, fine, "RUNNING")["state"] == "RUNNING"
+        assert counter(client.get_microvm(microvmIdentifier=fine)["endpoint"], fine_token) == 1
+    finally:
+        terminate_quietly(client, broken, fine)

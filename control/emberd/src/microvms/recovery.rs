@@ -12,27 +12,50 @@ use super::lifecycle::TERMINATED_BY_API;
 use super::spec::RunSpec;
 use super::Microvms;
 
+/// How many previous VMs are attached at once: a silent guest costs its
+/// agent handshake's timeout, so one at a time could keep VMs unusable
+/// for an hour.
+const ATTACH_PARALLELISM: usize = 16;
+
 impl Microvms {
-    /// Re-attaches every live microVM in the store. Call once at start,
-    /// before serving.
+    /// Takes back every live microVM in the store. Call once at start,
+    /// before serving: each VM is registered at once (the API answers for
+    /// it with its stored state, its endpoint listens), then attached in
+    /// the background, at most [`ATTACH_PARALLELISM`] at a time, under its
+    /// transition lock, so an operation or a request on it waits for its
+    /// attach instead of racing it. Returns how many were registered.
     pub async fn recover(self: &Arc<Self>) -> Result<usize, ember_store::StoreError> {
         let records = self.store.live_microvms()?;
-        let mut recovered = 0;
+        let slots = Arc::new(tokio::sync::Semaphore::new(ATTACH_PARALLELISM));
+        let mut registered = 0;
         for rec in records {
-            if self.recover_one(&rec).await {
-                recovered += 1;
-            }
+            let Some(inst) = self.register(&rec).await else {
+                continue;
+            };
+            registered += 1;
+            // Uncontended: nothing else knows the instance yet.
+            let guard = Arc::clone(&inst.transition).lock_owned().await;
+            let (this, slots) = (Arc::clone(self), Arc::clone(&slots));
+            tokio::spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                this.attach_recovered(&rec, &inst).await;
+                drop(guard);
+            });
         }
-        Ok(recovered)
+        Ok(registered)
     }
 
-    async fn recover_one(self: &Arc<Self>, rec: &MicrovmRecord) -> bool {
+    /// The in-memory instance of a stored VM, in the map, counted, its
+    /// endpoint bound. A VM whose run spec cannot be read is ended here:
+    /// its QEMU (if any) stopped, its row TERMINATED with the reason.
+    async fn register(self: &Arc<Self>, rec: &MicrovmRecord) -> Option<Arc<Instance>> {
         let state: MicrovmState = rec.state.parse().unwrap_or(MicrovmState::Terminating);
         let spec = match RunSpec::from_json(&rec.spec) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(microvm = %rec.id, "unreadable run spec: {e}");
-                return false;
+                self.end_unreadable(rec, &e.to_string()).await;
+                return None;
             }
         };
         let inst = Arc::new(Instance::new(
@@ -61,13 +84,46 @@ impl Microvms {
             Ok(_) => {}
             Err(e) => tracing::error!(microvm = %rec.id, "endpoint: {}", e.message()),
         }
+        Some(inst)
+    }
+
+    /// Ends a VM emberd cannot describe: without its run spec there is no
+    /// way to serve or resume it, and a QEMU left running would be an
+    /// orphan nobody accounts for.
+    async fn end_unreadable(&self, rec: &MicrovmRecord, why: &str) {
+        if let Ok(vm) = self.hv.attach(&rec.id).await {
+            if let Err(e) = vm.stop().await {
+                tracing::warn!(microvm = %rec.id, "stopping: {e}");
+            }
+        }
+        if let Err(e) = super::lifecycle::remove_dir_if_exists(&self.vm_dir(&rec.id)) {
+            tracing::warn!(microvm = %rec.id, "removing its files: {e}");
+        }
+        let reason = format!("emberd could not read this microVM's run record at restart ({why})");
+        let t = crate::now();
+        let update = ember_store::MicrovmUpdate {
+            state: MicrovmState::Terminated.as_str(),
+            state_reason: Some(Some(&reason)),
+            suspended_at: Some(None),
+            terminated_at: Some(t),
+            now: t,
+        };
+        if let Err(e) = self.store.update_microvm(&rec.id, &update) {
+            tracing::error!(microvm = %rec.id, "recording termination: {e}");
+        }
+    }
+
+    /// Attaches a registered VM to its QEMU (or finds it suspended, or
+    /// ends it); the caller holds its transition lock.
+    async fn attach_recovered(self: &Arc<Self>, rec: &MicrovmRecord, inst: &Arc<Instance>) -> bool {
+        let state = inst.state();
         let has_snapshot = ember_vmm::SnapshotManifest::load(&self.suspended_dir(&rec.id)).is_ok();
         if state == MicrovmState::Suspended {
             if has_snapshot {
                 return true;
             }
             self.finish_termination(
-                &inst,
+                inst,
                 "its suspended state was missing when emberd restarted",
             )
             .await;
@@ -76,18 +132,18 @@ impl Microvms {
         match self.hv.attach(&rec.id).await {
             Ok(vm) => {
                 self.admission.hold(&rec.id, Some(inst.spec.memory_mib));
-                self.serve_metadata(&inst, vm.as_ref());
+                self.serve_metadata(inst, vm.as_ref());
                 inst.set_vm(Some(vm));
-                self.watch_app_exit(&inst);
+                self.watch_app_exit(inst);
                 match state {
                     MicrovmState::Terminating => {
-                        self.terminate(Arc::clone(&inst), TERMINATED_BY_API.into());
+                        self.terminate(Arc::clone(inst), TERMINATED_BY_API.into());
                     }
                     MicrovmState::Running => {}
                     // A start, resume or suspend was cut short but the VM
                     // runs: it is running.
                     _ => self.set_state(
-                        &inst,
+                        inst,
                         MicrovmState::Running,
                         Some("emberd restarted during a state change; the VM kept running"),
                         Some(None),
@@ -101,7 +157,7 @@ impl Microvms {
                 // it: the snapshot is whole, so the VM is suspended.
                 tracing::info!(microvm = %rec.id, "no VM process ({e}); suspended state found");
                 self.set_state(
-                    &inst,
+                    inst,
                     MicrovmState::Suspended,
                     Some("suspended (emberd restarted while suspending)"),
                     Some(Some(crate::now())),
@@ -114,7 +170,7 @@ impl Microvms {
                 } else {
                     format!("its VM process was gone when emberd restarted: {e}")
                 };
-                self.finish_termination(&inst, &reason).await;
+                self.finish_termination(inst, &reason).await;
                 false
             }
         }

@@ -318,8 +318,11 @@ fn parse_state(s: &str) -> Result<MicrovmState, ApiError> {
 }
 
 fn microvm_output(m: &MicrovmRecord) -> Result<Microvm, ApiError> {
+    // A damaged run record still describes its VM (emberd ends such a VM
+    // at restart, saying why): what it held is left out, the rest answers.
     let spec = RunSpec::from_json(&m.spec)
-        .map_err(|e| ApiError::internal(format!("stored run spec: {e}")))?;
+        .inspect_err(|e| tracing::warn!(microvm = %m.id, "stored run spec: {e}"))
+        .ok();
     let none_if_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     Ok(Microvm {
         microvm_id: m.id.clone(),
@@ -327,14 +330,16 @@ fn microvm_output(m: &MicrovmRecord) -> Result<Microvm, ApiError> {
         endpoint: m.endpoint.clone(),
         image_arn: m.image_arn.clone(),
         image_version: m.version.to_string(),
-        execution_role_arn: spec.execution_role_arn.clone(),
-        idle_policy: spec.idle_policy.clone(),
-        maximum_duration_in_seconds: i32::try_from(spec.maximum_duration_s).unwrap_or(i32::MAX),
+        execution_role_arn: spec.as_ref().and_then(|s| s.execution_role_arn.clone()),
+        idle_policy: spec.as_ref().and_then(|s| s.idle_policy.clone()),
+        maximum_duration_in_seconds: spec.as_ref().map_or(0, |s| {
+            i32::try_from(s.maximum_duration_s).unwrap_or(i32::MAX)
+        }),
         started_at: ts(m.started_at),
         terminated_at: m.terminated_at.map(ts),
         state_reason: m.state_reason.clone(),
-        ingress_network_connectors: none_if_empty(&spec.ingress),
-        egress_network_connectors: none_if_empty(&spec.egress),
+        ingress_network_connectors: spec.as_ref().and_then(|s| none_if_empty(&s.ingress)),
+        egress_network_connectors: spec.as_ref().and_then(|s| none_if_empty(&s.egress)),
     })
 }
 
