@@ -122,3 +122,85 @@ def test_a_vm_whose_run_record_is_unreadable_is_ended_at_restart(separate_emberd
         assert counter(client.get_microvm(microvmIdentifier=fine)["endpoint"], fine_token) == 1
     finally:
         terminate_quietly(client, broken, fine)
+
+
+@pytest.mark.parametrize("operation", ["run", "suspend", "resume", "terminate"])
+def test_sigkill_in_the_middle_of_an_operation_leaves_no_stuck_state(separate_emberd, hello_zip,
+                                                                     operation):
+    """emberd SIGKILLed right after it accepted an operation (the VM in
+    PENDING, SUSPENDING or TERMINATING, or resuming): after the restart
+    the VM settles in a state a user can act on, with no QEMU left over
+    for a VM that ended."""
+    import os
+    import time
+
+    ember = separate_emberd()
+    client = ember.client()
+    image, version = create_and_wait(client, "hello-http", hello_zip)
+    assert image["state"] == "CREATED", version.get("stateReason")
+    idle = {"maxIdleDurationSeconds": 600, "suspendedDurationSeconds": 600,
+            "autoResumeEnabled": True}
+    vm_id = None
+    if operation != "run":
+        vm_id = client.run_microvm(imageIdentifier="hello-http", idlePolicy=idle)["microvmId"]
+        wait_microvm(client, vm_id, "RUNNING", timeout=90)
+        if operation == "resume":
+            client.suspend_microvm(microvmIdentifier=vm_id)
+            wait_microvm(client, vm_id, "SUSPENDED", timeout=90)
+    try:
+        if operation == "run":
+            vm_id = client.run_microvm(imageIdentifier="hello-http", idlePolicy=idle)["microvmId"]
+        elif operation == "suspend":
+            client.suspend_microvm(microvmIdentifier=vm_id)
+        elif operation == "resume":
+            client.resume_microvm(microvmIdentifier=vm_id)
+        else:
+            client.terminate_microvm(microvmIdentifier=vm_id)
+        ember.kill9()
+        ember.start()
+        settled = {"run": {"RUNNING", "TERMINATED"}, "suspend": {"SUSPENDED", "RUNNING"},
+                   "resume": {"RUNNING", "SUSPENDED"}, "terminate": {"TERMINATED"}}[operation]
+        deadline = time.monotonic() + 90
+        while True:
+            got = client.get_microvm(microvmIdentifier=vm_id)
+            if got["state"] in settled:
+                break
+            assert time.monotonic() < deadline, (
+                f"{operation}: still {got['state']} 90 s after the restart "
+                f"({got.get('stateReason')})\n{ember.log_tail()}")
+            time.sleep(0.5)
+        if got["state"] == "TERMINATED":
+            assert got.get("stateReason"), got
+            qemus = [p for p in os.listdir("/proc") if p.isdigit()
+                     and _cwd_has(p, vm_id) and _is_qemu(p)]
+            deadline = time.monotonic() + 30
+            while qemus and time.monotonic() < deadline:
+                time.sleep(0.5)
+                qemus = [p for p in qemus if _is_qemu(p)]
+            assert not qemus, f"{operation}: a QEMU of the TERMINATED VM still runs"
+        elif got["state"] == "RUNNING":
+            token = endpoint_token(client, vm_id)
+            assert counter(got["endpoint"], token) >= 1
+        else:
+            client.resume_microvm(microvmIdentifier=vm_id)
+            got = wait_microvm(client, vm_id, "RUNNING", timeout=90)
+            assert counter(got["endpoint"], endpoint_token(client, vm_id)) >= 1
+    finally:
+        if vm_id:
+            terminate_quietly(client, vm_id)
+
+
+def _cwd_has(pid, vm_id):
+    import os
+    try:
+        return f"/{vm_id}/" in os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+
+
+def _is_qemu(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().startswith(b"qemu-system")
+    except OSError:
+        return False
