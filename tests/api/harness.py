@@ -317,3 +317,22 @@ def terminate_quietly(client, *microvm_ids):
 
 def microvm_dir(emberd, microvm_id):
     return emberd.data_dir / "microvms" / microvm_id
+
+
+def qemu_pids(emberd, microvm_id):
+    """The QEMUs of a microVM: their working directory is its jail, in a
+    folder under the data dir named by its id."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        inside = cwd.startswith(str(emberd.data_dir)) and f"/{microvm_id}/" in cwd
+        if inside and cmdline.startswith(b"qemu-system"):
+            pids.append(int(entry))
+    return pids

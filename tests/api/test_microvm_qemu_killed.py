@@ -7,27 +7,9 @@ import os
 import signal
 import time
 
-from harness import endpoint_token, terminate_quietly, wait_microvm
+from harness import endpoint_token, qemu_pids, terminate_quietly, wait_microvm
 
 IDLE = {"maxIdleDurationSeconds": 600, "suspendedDurationSeconds": 600, "autoResumeEnabled": True}
-
-
-def qemu_pids(emberd, microvm_id):
-    """QEMUs of the microVM: their working directory is its jail, in a
-    folder under the data dir named by its id."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
-        except OSError:
-            continue
-        inside = cwd.startswith(str(emberd.data_dir)) and f"/{microvm_id}/" in cwd
-        if inside and cmdline.startswith(b"qemu-system"):
-            pids.append(int(entry))
-    return pids
 
 
 def test_a_killed_qemu_terminates_its_microvm_with_the_reason(ember, client, hello_http):

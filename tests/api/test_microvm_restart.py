@@ -9,7 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from harness import (counter, create_and_wait, endpoint_token, error_code, microvm_dir,
-                     terminate_quietly, wait_microvm)
+                     qemu_pids, terminate_quietly, wait_microvm)
 
 MAX_IDLE = 8
 
@@ -78,7 +78,6 @@ def test_sigkill_and_restart_keeps_microvms(separate_emberd, hello_zip):
 def test_a_vm_whose_run_record_is_unreadable_is_ended_at_restart(separate_emberd, hello_zip):
     """No orphan: its QEMU is stopped and its row says why, while the
     other VMs are taken back as usual."""
-    import os
     import sqlite3
     import time
 
@@ -99,23 +98,12 @@ def test_a_vm_whose_run_record_is_unreadable_is_ended_at_restart(separate_emberd
         db.close()
         ember.start()
 
-        def qemus(vm_id):
-            found = []
-            for entry in os.listdir("/proc"):
-                try:
-                    cwd = os.readlink(f"/proc/{entry}/cwd")
-                    cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
-                except OSError:
-                    continue
-                if f"/{vm_id}/" in cwd and cmdline.startswith(b"qemu-system"):
-                    found.append(entry)
-            return found
 
         got = client.get_microvm(microvmIdentifier=broken)
         assert got["state"] == "TERMINATED", got
         assert "could not read this microVM's run record" in got.get("stateReason", ""), got
         deadline = time.monotonic() + 30
-        while qemus(broken):
+        while qemu_pids(ember, broken):
             assert time.monotonic() < deadline, "the unreadable VM's QEMU still runs"
             time.sleep(0.5)
         assert wait_microvm(client, fine, "RUNNING")["state"] == "RUNNING"
@@ -131,7 +119,6 @@ def test_sigkill_in_the_middle_of_an_operation_leaves_no_stuck_state(separate_em
     PENDING, SUSPENDING or TERMINATING, or resuming): after the restart
     the VM settles in a state a user can act on, with no QEMU left over
     for a VM that ended."""
-    import os
     import time
 
     ember = separate_emberd()
@@ -171,13 +158,10 @@ def test_sigkill_in_the_middle_of_an_operation_leaves_no_stuck_state(separate_em
             time.sleep(0.5)
         if got["state"] == "TERMINATED":
             assert got.get("stateReason"), got
-            qemus = [p for p in os.listdir("/proc") if p.isdigit()
-                     and _cwd_has(p, vm_id) and _is_qemu(p)]
             deadline = time.monotonic() + 30
-            while qemus and time.monotonic() < deadline:
+            while qemu_pids(ember, vm_id) and time.monotonic() < deadline:
                 time.sleep(0.5)
-                qemus = [p for p in qemus if _is_qemu(p)]
-            assert not qemus, f"{operation}: a QEMU of the TERMINATED VM still runs"
+            assert not qemu_pids(ember, vm_id), f"{operation}: a QEMU of the TERMINATED VM still runs"
         elif got["state"] == "RUNNING":
             token = endpoint_token(client, vm_id)
             assert counter(got["endpoint"], token) >= 1
@@ -188,19 +172,3 @@ def test_sigkill_in_the_middle_of_an_operation_leaves_no_stuck_state(separate_em
     finally:
         if vm_id:
             terminate_quietly(client, vm_id)
-
-
-def _cwd_has(pid, vm_id):
-    import os
-    try:
-        return f"/{vm_id}/" in os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return False
-
-
-def _is_qemu(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().startswith(b"qemu-system")
-    except OSError:
-        return False

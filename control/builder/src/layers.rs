@@ -128,11 +128,21 @@ impl Builder {
                 log,
             )
             .await;
-        // Only a layer whose VM is gone is final: then other builds may
-        // find it (kept for the steps that succeeded, whatever came after).
+        self.stop_and_publish(vm.as_ref(), &frozen).await?;
+        result.map(|top| (top, done))
+    }
+
+    /// Stops a VM that froze disk layers and publishes them under their
+    /// keys. Only a layer whose VM is gone is final: then other builds may
+    /// find it (kept for the steps that succeeded, whatever came after).
+    pub(crate) async fn stop_and_publish(
+        &self,
+        vm: &dyn Vm,
+        frozen: &[(String, PathBuf)],
+    ) -> Result<(), BuildError> {
         match vm.stop().await {
             Ok(()) => {
-                for (key, layer) in &frozen {
+                for (key, layer) in frozen {
                     self.cache
                         .publish_layer(key, layer)
                         .map_err(|e| BuildError::new("save layer", e.to_string()))?;
@@ -140,7 +150,7 @@ impl Builder {
             }
             Err(e) => tracing::warn!(error = %e, "build VM did not stop; its layers stay private"),
         }
-        result.map(|top| (top, done))
+        Ok(())
     }
 
     pub(crate) async fn boot_build_vm(

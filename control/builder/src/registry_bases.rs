@@ -166,17 +166,7 @@ impl Builder {
                 }
             }
         }
-        // As with steps: only layers whose VM is gone are final.
-        match vm.stop().await {
-            Ok(()) => {
-                for (key, layer) in &frozen {
-                    self.cache
-                        .publish_layer(key, layer)
-                        .map_err(|e| BuildError::new("save layer", e.to_string()))?;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "unpack VM did not stop; its layers stay private"),
-        }
+        self.stop_and_publish(vm.as_ref(), &frozen).await?;
         result.map(|()| (key, top))
     }
 }
