@@ -32,30 +32,13 @@ pub struct Upload {
 
 impl Upload {
     pub fn create(path: &str, mode: u32) -> Result<Self, Failure> {
-        let target = absolute(path)?;
-        let open = || {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode & MODE_MASK)
-                .open(target)
-        };
-        // A minimal image may lack the folder (e.g. no /etc for the
-        // resolv.conf the host writes): make it, as `mkdir -p` would.
-        let file = match open() {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                match target.parent() {
-                    Some(parent) => std::fs::create_dir_all(parent).map_err(|e| {
-                        Failure::io(&format!("creating the folder of {path:?}"), &e)
-                    })?,
-                    None => return Err(Failure::io(&format!("creating {path:?}"), &e)),
-                }
-                open()
-            }
-            other => other,
-        }
-        .map_err(|e| Failure::io(&format!("creating {path:?}"), &e))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode & MODE_MASK)
+            .open(absolute(path)?)
+            .map_err(|e| Failure::io(&format!("creating {path:?}"), &e))?;
         Ok(Self {
             file,
             path: path.to_string(),

@@ -299,31 +299,6 @@ fn ignores_frames_before_hello_and_rejects_garbage() {
 }
 
 #[test]
-fn writing_a_file_makes_its_missing_folders() {
-    let dir = temp_dir();
-    let path = dir.join("etc/deeper/resolv.conf");
-    let mut host = Host::connect();
-    host.control(
-        4,
-        &HostMessage::WriteFile {
-            path: path.to_str().unwrap().to_string(),
-            mode: 0o644,
-        },
-    );
-    host.send(Frame::new(
-        FrameKind::Data,
-        4,
-        b"nameserver 10.0.2.3\n".to_vec(),
-    ));
-    host.send(Frame::new(FrameKind::Eof, 4, Vec::new()));
-    assert_eq!(
-        host.recv_control(4),
-        GuestMessage::FileWritten { bytes: 20 }
-    );
-    assert_eq!(std::fs::read(&path).unwrap(), b"nameserver 10.0.2.3\n");
-}
-
-#[test]
 fn write_then_read_file_round_trip() {
     let dir = temp_dir();
     let path = dir.join("blob");
