@@ -39,6 +39,12 @@ def registries(tmp_path_factory):
             registry.stop()
 
 
+def bare_layer(busybox):
+    layer = oci.Layer().dir("bin").file("bin/busybox", busybox, mode=0o755)
+    layer.symlink("bin/httpd", "busybox")
+    return layer.dir("www").file("www/index.html", "bare\n")
+
+
 @pytest.fixture(scope="module")
 def images(registries, tmp_path_factory):
     """Pushes the images; {name: digests} (see Layout.image)."""
@@ -55,6 +61,10 @@ def images(registries, tmp_path_factory):
         "escape": layout.image("escape", [oci.busybox_layer(busybox),
                                           oci.Layer().file("../escape", "out of the root\n")],
                                oci.APP_CONFIG),
+        # No /etc at all, like a FROM-scratch image with one program.
+        "bare": layout.image("bare", [bare_layer(busybox)],
+                             {"Cmd": ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"],
+                              "ExposedPorts": {"8080/tcp": {}}}),
         "device": layout.image("device", [oci.busybox_layer(busybox),
                                           oci.Layer().dir("dev").char_device("dev/evil")],
                                oci.APP_CONFIG),
@@ -212,3 +222,8 @@ def test_a_registry_stage_feeds_a_managed_base_stage(oci_emberd, registries, ima
                   'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n')
     built(oci_emberd, tmp_path, "oci-multi", dockerfile)
     assert served(oci_emberd, "oci-multi", "/") == [(200, "made by 1000 with from-oci\n")]
+
+
+def test_an_image_without_etc_builds_and_serves(oci_emberd, registries, images, tmp_path):
+    built(oci_emberd, tmp_path, "oci-bare", f"FROM {registries['anon'].host}/test/bare:bare\n")
+    assert served(oci_emberd, "oci-bare", "/") == [(200, "bare\n")]

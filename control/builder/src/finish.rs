@@ -10,7 +10,7 @@ use ember_vmm::Vm;
 use crate::guest_http;
 use crate::hooks::{self, Hook, Poll};
 use crate::log::BuildLog;
-use crate::steps::{guest_sh, process_env};
+use crate::steps::process_env;
 use crate::users::Accounts;
 use crate::{BuildError, BuildSpec};
 
@@ -47,9 +47,21 @@ pub async fn start_and_wait(
     };
     let mut env = config.env.clone();
     env.extend(spec.environment.iter().cloned());
-    guest_sh(agent, "mkdir -p /var/log")
+    // The agent itself (PID 1, `/proc/1/exe`) makes the folder: the image
+    // may have no shell.
+    let made = agent
+        .exec(ExecRequest {
+            argv: vec!["/proc/1/exe".into(), "mkdir-p".into(), "/var/log".into()],
+            ..Default::default()
+        })
         .await
-        .map_err(|e| BuildError::new("start app", e))?;
+        .map_err(|e| BuildError::new("start app", format!("the build VM's agent failed: {e}")))?;
+    if !made.success() {
+        return Err(BuildError::new(
+            "start app",
+            format!("making /var/log: {}", made.stderr_str().trim()),
+        ));
+    }
     let pid = agent
         .spawn_detached(ExecRequest {
             argv: argv.clone(),
@@ -149,7 +161,14 @@ async fn wait_port(vm: &dyn Vm, port: u16, timeout: Duration, pid: u32) -> Resul
 
 /// Fails when the app has exited: a snapshot of a dead app is useless.
 async fn ensure_alive(vm: &dyn Vm, pid: u32) -> Result<(), BuildError> {
-    let out = vm.agent().sh(&format!("kill -0 {pid}")).await;
+    // The agent's own `alive`, not `kill -0`: the image may have no shell.
+    let out = vm
+        .agent()
+        .exec(ExecRequest {
+            argv: vec!["/proc/1/exe".into(), "alive".into(), pid.to_string()],
+            ..Default::default()
+        })
+        .await;
     match out {
         Ok(o) if o.success() => Ok(()),
         _ => Err(BuildError::new("start app", app_exited(vm).await)

@@ -5,7 +5,8 @@
 //! `agent` virtio-serial port. Run by hand (not PID 1) it skips the machine
 //! setup and serves whatever file or Unix socket `argv[1]` names, which is
 //! handy for development; `unpack-oci-layer` instead applies an image layer
-//! to the build VM's root disk (see unpack.rs).
+//! to the build VM's root disk (see unpack.rs), and `mkdir-p DIR` and
+//! `alive PID` stand in for `mkdir -p` and `kill -0` in images without them.
 
 use std::fmt;
 use std::io::Write;
@@ -129,11 +130,41 @@ fn run_as_init() -> ! {
     }
 }
 
+const MKDIR_SUBCOMMAND: &str = "mkdir-p";
+const ALIVE_SUBCOMMAND: &str = "alive";
+
 /// Development mode: serve `argv[1]`, a Unix socket or a bidirectional file.
 fn run_by_hand() -> i32 {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     if args.first().is_some_and(|a| a == unpack::SUBCOMMAND) {
         return unpack::run(&args[1..]);
+    }
+    // The host's own `mkdir -p` in images that have no shell or mkdir
+    // (a registry image with one program): the agent is always there.
+    // The host's `kill -0 PID`, likewise: exit 0 while PID runs (a zombie
+    // has ended).
+    if args.first().is_some_and(|a| a == ALIVE_SUBCOMMAND) {
+        let stat = args.get(1).and_then(|pid| {
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.to_string_lossy())).ok()
+        });
+        let running = stat.is_some_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+        });
+        return if running { 0 } else { 1 };
+    }
+    if args.first().is_some_and(|a| a == MKDIR_SUBCOMMAND) {
+        return match args.get(1).map(|dir| std::fs::create_dir_all(dir)) {
+            Some(Ok(())) => 0,
+            Some(Err(e)) => {
+                eprintln!("{MKDIR_SUBCOMMAND}: {e}");
+                1
+            }
+            None => {
+                eprintln!("usage: ember-agent {MKDIR_SUBCOMMAND} DIR");
+                2
+            }
+        };
     }
     let Some(path) = args.first() else {
         eprintln!("usage: ember-agent PORT  (a Unix socket or a read/write device)");

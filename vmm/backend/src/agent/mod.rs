@@ -12,12 +12,10 @@ mod stream;
 mod violation;
 
 pub use client::{AgentClient, ExecOutput, ExitStatus, OutputStream};
-pub use ember_agent_protocol::{ExecRequest, HealthReport, TtySize};
+pub use ember_agent_protocol::{ErrorKind, ExecRequest, HealthReport, TtySize};
 pub use pty::{PtyControl, PtyExit, PtySession};
 pub use stream::AgentStream;
 pub use violation::{ProtocolViolation, SessionEnd};
-
-use ember_agent_protocol::ErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
