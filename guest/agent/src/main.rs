@@ -154,7 +154,7 @@ fn run_by_hand() -> i32 {
         return if running { 0 } else { 1 };
     }
     if args.first().is_some_and(|a| a == MKDIR_SUBCOMMAND) {
-        return match args.get(1).map(|dir| std::fs::create_dir_all(dir)) {
+        return match args.get(1).map(std::fs::create_dir_all) {
             Some(Ok(())) => 0,
             Some(Err(e)) => {
                 eprintln!("{MKDIR_SUBCOMMAND}: {e}");
