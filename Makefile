@@ -15,7 +15,7 @@ export EMBER_ASSETS_DIR := $(EMBER_DATA_DIR)/assets
 export EMBER_AGENT_BIN := $(abspath $(AGENT))
 export EMBER_HOSTILE_AGENT_BIN := $(abspath $(HOSTILE_AGENT))
 
-.PHONY: run demo-vm test soak fuzz bench deps agent hostile-agent bins setup lint unit-test vm-test clean
+.PHONY: run demo-vm test soak fuzz bench kvm-check deps agent hostile-agent bins setup lint unit-test vm-test clean
 
 ## run: start emberd, build examples/hello-http through the API (live
 ## build log), show the image
@@ -46,6 +46,11 @@ fuzz: deps
 ## bench: print one JSON object per benchmark result
 bench: setup hostile-agent
 	cargo run --quiet --release -p ember-bench
+
+## kvm-check: on a host with hardware KVM, the guest and API tests and the
+## benchmarks with EMBER_ACCEL=kvm; elsewhere it says why not (exit 2)
+kvm-check: deps
+	scripts/kvm-check
 
 deps:
 	@scripts/install-deps.sh

@@ -41,7 +41,7 @@ pub async fn run(data_dir: &Path, hostile_agent: &Path, accel: &str) -> anyhow::
         suspended_vms: 0,
         accel: accel.to_string(),
     };
-    let mut daemon = Emberd::start(&dir, &root.join("assets"), hostile_agent, &opts).await?;
+    let mut daemon = Emberd::start(&dir, &root.join("assets"), hostile_agent, &opts, &[]).await?;
     let result = measure(&dir, &daemon).await;
     end_run(&mut daemon, &dir, "hostile_guest", result)
 }

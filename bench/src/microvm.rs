@@ -43,8 +43,17 @@ pub async fn run(data_dir: &Path, agent: &Path, opts: &Opts) -> anyhow::Result<V
     let dir = root.join("bench-microvm");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let mut daemon = Emberd::start(&dir, &root.join("assets"), agent, opts).await?;
-    let result = measure(&dir, &root, agent, opts, &daemon).await;
+    let assets = root.join("assets");
+    let mut daemon = Emberd::start(&dir, &assets, agent, opts, &[]).await?;
+    let warm = measure_warm(&dir, &root, agent, opts).await;
+    let Ok(warm) = warm else {
+        return end_run(&mut daemon, &dir, "microvm", warm);
+    };
+    // The same data folder (and image) under an emberd whose suspends all
+    // go to disk: the deep tier's figures and the host's capacity.
+    daemon.stop(&dir);
+    let mut daemon = Emberd::start(&dir, &assets, agent, opts, &["--warm-suspended-mib", "0"]).await?;
+    let result = measure_deep(&dir, opts, &daemon, warm).await;
     end_run(&mut daemon, &dir, "microvm", result)
 }
 
@@ -66,12 +75,12 @@ pub(crate) fn end_run(
     result
 }
 
-async fn measure(
+/// Cold boot, run, the endpoint, and suspends that park the VM in place.
+async fn measure_warm(
     dir: &Path,
     root: &Path,
     agent: &Path,
     opts: &Opts,
-    daemon: &Emberd,
 ) -> anyhow::Result<Value> {
     let api = Arc::new(ApiClient::from_data_dir(dir, None, "us-east-1")?);
     build_image(&api).await?;
@@ -99,6 +108,47 @@ async fn measure(
         get(&http, &vm.endpoint, &token).await?;
         steady.push(ms(t));
     }
+    let (mut suspend_ms, mut resume_ms, mut parked_rss) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.runs {
+        let t = Instant::now();
+        suspend(&api, &vm.id, FAST_POLL).await?;
+        suspend_ms.push(ms(t));
+        let rss: u64 = qemu_pids(dir).iter().filter_map(|p| rss_bytes(*p)).sum();
+        parked_rss.push(rss as f64 / (1 << 20) as f64);
+        let t = Instant::now();
+        get(&http, &vm.endpoint, &token).await?;
+        resume_ms.push(ms(t));
+    }
+    terminate(&api, &vm.id).await?;
+    let cold_ms = med(cold);
+    let resume = med(resume_ms);
+    Ok(json!({
+        "bench": "microvm",
+        "example": IMAGE,
+        "runs": opts.runs,
+        "cold_boot_to_first_answer_ms": cold_ms,
+        "run_to_first_answer_ms": med(run_ms),
+        "resume_to_first_answer_ms": resume,
+        "resume_pct_of_cold_boot": (resume / cold_ms * 1000.0).round() / 10.0,
+        "suspend_ms": med(suspend_ms),
+        "warm_suspended_rss_mib": round3(med(parked_rss)),
+        "endpoint_p50_ms": med(steady),
+    }))
+}
+
+/// Suspends to disk (whole and compacted memory), the proxy, and how many
+/// VMs the host holds; added to the warm tier's figures.
+async fn measure_deep(
+    dir: &Path,
+    opts: &Opts,
+    daemon: &Emberd,
+    mut figures: Value,
+) -> anyhow::Result<Value> {
+    let api = Arc::new(ApiClient::from_data_dir(dir, None, "us-east-1")?);
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let vm = run_vm(&api, Some(3600)).await?;
+    let token = token(&api, &vm.id).await?;
+    get(&http, &vm.endpoint, &token).await?;
     let (mut suspend_ms, mut resume_ms) = (Vec::new(), Vec::new());
     for _ in 0..opts.runs {
         let t = Instant::now();
@@ -121,19 +171,13 @@ async fn measure(
     let proxy = crate::proxy_overhead::measure().await?;
     let fill = fill_host(&api, &http, dir, opts, daemon).await?;
 
-    let cold_ms = med(cold);
+    let cold_ms = figures["cold_boot_to_first_answer_ms"].as_f64().unwrap_or(f64::NAN);
     let resume = med(resume_ms);
-    Ok(json!({
-        "bench": "microvm",
-        "example": IMAGE,
-        "runs": opts.runs,
-        "cold_boot_to_first_answer_ms": cold_ms,
-        "run_to_first_answer_ms": med(run_ms),
-        "resume_to_first_answer_ms": resume,
-        "resume_pct_of_cold_boot": (resume / cold_ms * 1000.0).round() / 10.0,
+    let more = json!({
+        "resume_disk_to_first_answer_ms": resume,
+        "resume_disk_pct_of_cold_boot": (resume / cold_ms * 1000.0).round() / 10.0,
         "resume_compacted_to_first_answer_ms": med(compacted_resume_ms),
-        "suspend_ms": med(suspend_ms),
-        "endpoint_p50_ms": med(steady),
+        "suspend_disk_ms": med(suspend_ms),
         "proxy_direct_p50_ms": round3(proxy.direct_p50_ms),
         "proxy_overhead_p50_ms": round3(proxy.proxied_p50_ms - proxy.direct_p50_ms),
         "proxy_rps": proxy.proxied_rps.round(),
@@ -144,7 +188,11 @@ async fn measure(
         "suspended_disk_mib_per_vm": fill.disk_mib_per_suspended,
         "suspended_resume_check": fill.resume_check,
         "fill_seconds": fill.seconds,
-    }))
+    });
+    if let (Some(all), Value::Object(more)) = (figures.as_object_mut(), more) {
+        all.extend(more);
+    }
+    Ok(figures)
 }
 
 pub(crate) struct Emberd {
@@ -157,11 +205,17 @@ impl Emberd {
         assets: &Path,
         agent: &Path,
         opts: &Opts,
+        extra_args: &[&str],
     ) -> anyhow::Result<Self> {
         let bin = std::env::var_os("EMBER_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| "target/release/emberd".into());
-        let log = std::fs::File::create(dir.join("emberd.log"))?;
+        // A killed emberd leaves its address file: wait for the new one's.
+        let _ = std::fs::remove_file(dir.join("endpoint"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("emberd.log"))?;
         let child = tokio::process::Command::new(&bin)
             .arg("--data-dir")
             .arg(dir)
@@ -175,6 +229,7 @@ impl Emberd {
             .arg("--max-microvms")
             .arg((opts.suspended_vms + opts.running_vms + 8).to_string())
             .args(["--memory-reserve-mib", "512"])
+            .args(extra_args)
             .env("EMBER_ASSETS_DIR", assets)
             .stdout(Stdio::null())
             .stderr(log)

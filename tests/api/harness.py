@@ -336,3 +336,21 @@ def qemu_pids(emberd, microvm_id):
         if inside and cmdline.startswith(b"qemu-system"):
             pids.append(int(entry))
     return pids
+
+
+def suspended_tier(emberd, microvm_id):
+    """Where a SUSPENDED microVM is kept: "warm" (its QEMU paused in place,
+    nothing saved) or "disk" (its state saved in its folder, no QEMU);
+    anything else describes what was found instead."""
+    saved = (microvm_dir(emberd, microvm_id) / "suspended" / "snapshot.ember").exists()
+    pids = qemu_pids(emberd, microvm_id)
+    if pids and not saved:
+        return "warm"
+    if saved and not pids:
+        return "disk"
+    return f"neither (saved state: {saved}, QEMUs: {pids})"
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))

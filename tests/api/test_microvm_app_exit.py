@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 
 from artifacts import zip_files
 from harness import (aws, create_and_wait, endpoint_request, endpoint_token, error_code,
-                     terminate_quietly, wait_microvm)
+                     suspended_tier, terminate_quietly, wait_microvm)
 
 # The main process serves HTTP in the background and ends with the code
 # the exit CGI writes into a fifo (blocked in `read` meanwhile: no polling,
@@ -148,7 +148,7 @@ def test_an_exit_racing_a_suspend_still_ends_the_vm(exiting, delay):
             time.sleep(2)  # an exit seen late ends it now
             got = client.get_microvm(microvmIdentifier=microvm_id)
         if got["state"] == "SUSPENDED":
-            assert (exiting.data_dir / "microvms" / microvm_id / "suspended").is_dir(), \
+            assert suspended_tier(exiting, microvm_id) in ("warm", "disk"), \
                 "SUSPENDED without its saved state"
             try:
                 client.resume_microvm(microvmIdentifier=microvm_id)

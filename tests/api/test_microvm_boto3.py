@@ -9,7 +9,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from harness import (COUNTER_LINE, MICROVM_PORT, counter, endpoint_request, endpoint_token,
-                     error_code, image_arn, microvm_dir, terminate_quietly, wait_microvm)
+                     error_code, image_arn, microvm_dir, suspended_tier, terminate_quietly,
+                     wait_microvm)
 
 IMAGE = "hello-http"
 
@@ -63,7 +64,7 @@ def test_run_suspend_resume_idle_terminate(ember, client, raw_client, started):
 
     slept = wait_microvm(client, vm_id, "SUSPENDED", timeout=60)
     assert "maxIdleDurationSeconds" in slept.get("stateReason", ""), slept
-    assert (microvm_dir(ember, vm_id) / "suspended").is_dir()
+    assert suspended_tier(ember, vm_id) == "warm"
     assert counter(endpoint, token) == 5
     assert client.get_microvm(microvmIdentifier=vm_id)["state"] == "RUNNING"
 
@@ -86,7 +87,7 @@ def test_suspended_too_long_is_terminated(ember, client, raw_client, started):
         if not seen or seen[-1] != vm["state"]:
             seen.append(vm["state"])
         if vm["state"] == "SUSPENDED":
-            assert (microvm_dir(ember, vm_id) / "suspended").is_dir()
+            assert suspended_tier(ember, vm_id) == "warm"
         if vm["state"] == "TERMINATED":
             break
         assert time.monotonic() < deadline, f"not terminated after 90 s: {seen}"

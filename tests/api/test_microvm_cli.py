@@ -10,7 +10,7 @@ import time
 import pytest
 
 from harness import (MICROVM_PORT, aws, counter, endpoint_request, image_arn, microvm_dir,
-                     terminate_quietly)
+                     suspended_tier, terminate_quietly)
 
 MAX_IDLE = 3
 
@@ -70,8 +70,7 @@ def test_launch_post_flow(ember, client, hello_http, cli_env):
         aws(ember, "suspend-microvm", "--microvm-identifier", microvm_id, env=cli_env)
         suspended = cli_wait(ember, cli_env, microvm_id, "SUSPENDED", timeout=90)
         assert "SuspendMicrovm" in suspended.get("stateReason", ""), suspended
-        assert (microvm_dir(ember, microvm_id) / "suspended").is_dir(), \
-            "no suspended state on disk while SUSPENDED"
+        assert suspended_tier(ember, microvm_id) == "warm", "SUSPENDED but not parked"
 
         aws(ember, "resume-microvm", "--microvm-identifier", microvm_id, env=cli_env)
         cli_wait(ember, cli_env, microvm_id, "RUNNING", timeout=90)
@@ -82,7 +81,7 @@ def test_launch_post_flow(ember, client, hello_http, cli_env):
         # No requests now: after MAX_IDLE seconds it suspends itself.
         idle = cli_wait(ember, cli_env, microvm_id, "SUSPENDED", timeout=60)
         assert "maxIdleDurationSeconds" in idle.get("stateReason", ""), idle
-        assert (microvm_dir(ember, microvm_id) / "suspended").is_dir()
+        assert suspended_tier(ember, microvm_id) == "warm"
 
         # autoResumeEnabled: a request wakes it and is answered.
         assert counter(endpoint, token) == 6, "the counter did not survive idle suspend + auto-resume"

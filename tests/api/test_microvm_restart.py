@@ -9,7 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from harness import (counter, create_and_wait, endpoint_token, error_code, microvm_dir,
-                     qemu_pids, terminate_quietly, wait_microvm)
+                     qemu_pids, suspended_tier, terminate_quietly, wait_microvm)
 
 MAX_IDLE = 8
 
@@ -37,6 +37,8 @@ def test_sigkill_and_restart_keeps_microvms(separate_emberd, hello_zip):
         wait_microvm(client, asleep["microvmId"], "SUSPENDED", timeout=90)
         assert [counter(awake["endpoint"], awake_token) for _ in range(2)] == [1, 2]
         assert client.get_microvm(microvmIdentifier=awake["microvmId"])["state"] == "RUNNING"
+        assert suspended_tier(ember, asleep["microvmId"]) == "warm"
+        parked_qemus = qemu_pids(ember, asleep["microvmId"])
 
         ember.kill9()
         ember.start()
@@ -52,7 +54,9 @@ def test_sigkill_and_restart_keeps_microvms(separate_emberd, hello_zip):
         slept = client.get_microvm(microvmIdentifier=asleep["microvmId"])
         assert slept["state"] == "SUSPENDED", slept
         assert slept["endpoint"] == asleep["endpoint"]
-        assert (microvm_dir(ember, asleep["microvmId"]) / "suspended").is_dir()
+        # Still parked in the same QEMU: a restart keeps the warm tier warm.
+        assert suspended_tier(ember, asleep["microvmId"]) == "warm"
+        assert qemu_pids(ember, asleep["microvmId"]) == parked_qemus
         assert counter(asleep["endpoint"], asleep_token) == 3, \
             "the suspended VM did not wake with its memory after the restart"
 

@@ -9,53 +9,15 @@ by default); `make soak` runs the full one (100 cycles, 300 runs)."""
 import os
 import time
 
-from artifacts import zip_files
-from harness import (create_and_wait, endpoint_request, endpoint_token, terminate_quietly,
-                     wait_microvm)
+from harness import create_and_wait, endpoint_token, terminate_quietly, wait_microvm
+from memory_app import get, zip_memory_app
 
 CYCLES = int(os.environ.get("EMBER_SOAK_CYCLES", "6"))
 RUNS = int(os.environ.get("EMBER_SOAK_RUNS", "12"))
-PORT = 8080
 # How much emberd may grow over the soak: allocator noise and the store's
 # page cache, not a leak (a leak per cycle would pass these quickly).
 RSS_SLACK_KIB = 24 * 1024
 FD_SLACK = 8
-
-START = """#!/bin/sh
-set -eu
-# 64 MiB in tmpfs is 64 MiB of guest memory: it lives only in RAM, so it
-# crosses every suspend/resume in the memory snapshot.
-dd if=/dev/urandom of=/dev/shm/soak bs=1M count=64 2>/dev/null
-mkdir -p /var/soak
-: > /var/soak/log
-exec httpd -f -p 8080 -h /www
-"""
-
-# Both checksums, and the number of lines the disk log holds.
-SUM_CGI = """#!/bin/sh
-echo "Content-Type: text/plain"
-echo
-md5sum /dev/shm/soak | cut -d' ' -f1
-md5sum /var/soak/log | cut -d' ' -f1
-wc -l < /var/soak/log
-"""
-
-# Appends the query string to the disk log and syncs it to the disk.
-APPEND_CGI = """#!/bin/sh
-echo "Content-Type: text/plain"
-echo
-echo "$QUERY_STRING" >> /var/soak/log
-sync
-wc -l < /var/soak/log
-"""
-
-DOCKERFILE = """FROM busybox
-COPY start.sh /app/start.sh
-COPY sum.cgi append.cgi /www/cgi-bin/
-RUN chmod 755 /app/start.sh /www/cgi-bin/sum.cgi /www/cgi-bin/append.cgi
-EXPOSE 8080
-CMD ["/bin/sh", "/app/start.sh"]
-"""
 
 
 def emberd_usage(emberd):
@@ -66,18 +28,10 @@ def emberd_usage(emberd):
     return rss, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def get(vm, token, path):
-    status, body = endpoint_request(vm["endpoint"], token, PORT, path=path)[:2]
-    assert status == 200, (path, status, body)
-    return body.split()
-
-
 def test_suspend_resume_cycles_and_runs_keep_state_and_emberd_flat(separate_emberd, tmp_path):
     emberd = separate_emberd()
     client = emberd.client()
-    zip_path = zip_files(tmp_path / "soak.zip", {
-        "Dockerfile": DOCKERFILE, "start.sh": START, "sum.cgi": SUM_CGI,
-        "append.cgi": APPEND_CGI})
+    zip_path = zip_memory_app(tmp_path / "soak.zip")
     image, version = create_and_wait(client, "soak", zip_path, timeout=600)
     assert image["state"] == "CREATED", version.get("stateReason")
 

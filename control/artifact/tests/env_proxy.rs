@@ -2,6 +2,7 @@
 //! to addresses nobody checked: it is ignored. Its own test binary, because
 //! it sets process-wide environment variables.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::net::IpAddr;

@@ -100,6 +100,12 @@ struct Args {
     /// resume then rebuilds it first.
     #[arg(long, default_value_t = 60)]
     compact_after_seconds: u32,
+    /// Host memory warm-suspended microVMs may hold in all, in MiB. A
+    /// suspend keeps the VM's process paused with its guest memory released
+    /// (a resume is a continue, not a restore); beyond this the oldest go
+    /// to disk. 0 sends every suspend to disk. Default: an eighth of RAM.
+    #[arg(long)]
+    warm_suspended_mib: Option<u64>,
     /// CPU a microVM may use, in percent of one host core (its cgroup).
     #[arg(long, default_value_t = 100)]
     vm_cpu_percent: u32,
@@ -449,6 +455,10 @@ async fn start_microvms(
                 disk,
             },
             metrics,
+            warm_suspended_bytes: args
+                .warm_suspended_mib
+                .map(|mib| mib.saturating_mul(1 << 20))
+                .unwrap_or_else(microvms::default_warm_budget_bytes),
         },
     );
     upstream.attach(&microvms);

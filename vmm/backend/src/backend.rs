@@ -277,6 +277,26 @@ pub trait Vm: Send + Sync {
     /// when the VM owns them, so suspending costs the device state only.
     async fn suspend(&self, dir: &Path) -> Result<SnapshotInfo, VmmError>;
 
+    /// Pauses the VM and gives its guest memory back to the host while
+    /// keeping it whole: the memory goes to the VM's own file and leaves
+    /// host RAM, the process and its devices stay. [`Vm::wake`] continues
+    /// it, paging memory back in as the guest touches it. Returns the host
+    /// memory the parked VM still holds, in bytes. A backend or VM that
+    /// cannot do this (memory that is not a file of its own) answers
+    /// [`VmmError::WrongState`] and stays as it was, running or paused.
+    async fn park(&self) -> Result<u64, VmmError> {
+        Err(VmmError::WrongState("not parkable"))
+    }
+
+    /// Continues a parked or paused VM and tells its guest that time moved
+    /// on (clock stepped, RNG reseeded), as after a restore: the guest
+    /// cannot tell a long pause from a suspend.
+    async fn wake(&self) -> Result<(), VmmError> {
+        self.resume().await?;
+        self.agent().notify_restored().await?;
+        Ok(())
+    }
+
     fn stats(&self) -> Result<VmStats, VmmError>;
 
     /// How the VM's process ended, once it has (killed, crashed, or

@@ -27,7 +27,7 @@ impl Microvms {
     /// The watch ends by itself with the VM's agent session (a suspend or
     /// a stop), so each new session needs its own.
     pub(super) fn watch_app_exit(&self, inst: &Arc<Instance>) {
-        let (Some(vm), Some(this)) = (inst.vm(), self.me.upgrade()) else {
+        let (Some(vm), Some(this)) = (inst.any_vm(), self.me.upgrade()) else {
             return;
         };
         // Only the session and a weak handle: the VM stays the instance's
@@ -62,7 +62,7 @@ impl Microvms {
 }
 
 impl Microvms {
-    /// After the agent session of a RUNNING VM ended: a suspend or a stop
+    /// After the agent session of a RUNNING (or parked) VM ended: a suspend or a stop
     /// did that on purpose (the state says so by then); otherwise, if the
     /// VM's process is gone (killed, crashed), the VM is terminated now
     /// with the reason, instead of looking RUNNING until a restart.
@@ -71,9 +71,15 @@ impl Microvms {
         // the process; give a racing one that long to show.
         tokio::time::sleep(SESSION_END_GRACE).await;
         let Some(vm) = watched.upgrade() else { return };
-        let current = inst.vm();
+        // Running, or parked (warm suspended): both keep their process.
+        let current = inst.any_vm();
         let same_vm = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &vm));
-        if !same_vm || inst.state() != MicrovmState::Running {
+        if !same_vm
+            || !matches!(
+                inst.state(),
+                MicrovmState::Running | MicrovmState::Suspended
+            )
+        {
             return;
         }
         drop(current);

@@ -8,6 +8,18 @@ use ember_vmm::Vm;
 
 use super::spec::RunSpec;
 
+/// The VM process behind an instance, when it has one.
+#[derive(Clone)]
+enum Machine {
+    Running(Arc<dyn Vm>),
+    /// Warm-suspended: paused, its guest memory handed back to the host,
+    /// holding `host_bytes` of host memory.
+    Parked {
+        vm: Arc<dyn Vm>,
+        host_bytes: u64,
+    },
+}
+
 /// The state mirror; the store has the same values.
 #[derive(Debug, Clone)]
 pub struct Status {
@@ -22,7 +34,7 @@ pub struct Instance {
     pub started_at: f64,
     pub spec: RunSpec,
     status: Mutex<Status>,
-    vm: Mutex<Option<Arc<dyn Vm>>>,
+    machine: Mutex<Option<Machine>>,
     /// Held for the whole of every transition; waiters for a resume queue
     /// here and find the VM running when they get it.
     pub transition: Arc<tokio::sync::Mutex<()>>,
@@ -60,7 +72,7 @@ impl Instance {
             started_at,
             spec,
             status: Mutex::new(status),
-            vm: Mutex::new(None),
+            machine: Mutex::new(None),
             transition: Arc::new(tokio::sync::Mutex::new(())),
             last_active_ms: AtomicU64::new(ms),
             flushed_active_ms: AtomicU64::new(ms),
@@ -93,20 +105,48 @@ impl Instance {
         }
     }
 
-    /// The running VM, if there is one.
-    pub fn vm(&self) -> Option<Arc<dyn Vm>> {
-        self.vm
+    fn machine_lock(&self) -> MutexGuard<'_, Option<Machine>> {
+        self.machine
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
     }
 
+    /// The running VM, if there is one (not a parked one).
+    pub fn vm(&self) -> Option<Arc<dyn Vm>> {
+        match &*self.machine_lock() {
+            Some(Machine::Running(vm)) => Some(Arc::clone(vm)),
+            _ => None,
+        }
+    }
+
+    /// The parked (warm-suspended) VM and the host memory it holds.
+    pub fn parked(&self) -> Option<(Arc<dyn Vm>, u64)> {
+        match &*self.machine_lock() {
+            Some(Machine::Parked { vm, host_bytes }) => Some((Arc::clone(vm), *host_bytes)),
+            _ => None,
+        }
+    }
+
+    /// The VM process, running or parked.
+    pub fn any_vm(&self) -> Option<Arc<dyn Vm>> {
+        match &*self.machine_lock() {
+            Some(Machine::Running(vm) | Machine::Parked { vm, .. }) => Some(Arc::clone(vm)),
+            None => None,
+        }
+    }
+
+    /// Makes `vm` the running VM (or, for `None`, leaves the instance
+    /// without one); returns the VM it had, running or parked.
     pub(super) fn set_vm(&self, vm: Option<Arc<dyn Vm>>) -> Option<Arc<dyn Vm>> {
-        let mut slot = self
-            .vm
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::replace(&mut *slot, vm)
+        let old = std::mem::replace(&mut *self.machine_lock(), vm.map(Machine::Running));
+        old.map(|m| match m {
+            Machine::Running(vm) | Machine::Parked { vm, .. } => vm,
+        })
+    }
+
+    /// Records the VM as parked, holding `host_bytes`.
+    pub(super) fn set_parked(&self, vm: Arc<dyn Vm>, host_bytes: u64) {
+        *self.machine_lock() = Some(Machine::Parked { vm, host_bytes });
     }
 
     pub fn touch(&self) {

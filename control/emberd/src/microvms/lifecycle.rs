@@ -219,6 +219,20 @@ impl Microvms {
         let started = std::time::Instant::now();
         let reason = self.hook_then(inst, vm.as_ref(), Hook::Suspend, why).await;
         self.sync_logs(inst, vm.as_ref()).await;
+        if self.park_for_suspend(inst, &vm).await {
+            self.metrics().observe_suspend(started.elapsed());
+            if !inst.is_doomed() {
+                self.set_state(
+                    inst,
+                    MicrovmState::Suspended,
+                    Some(&reason),
+                    Some(Some(now())),
+                );
+            }
+            self.warm_budget_changed();
+            tracing::info!(microvm = %inst.id, "suspended (warm): {reason}");
+            return;
+        }
         let dir = self.suspended_dir(&inst.id);
         if let Err(e) = remove_dir_if_exists(&dir) {
             tracing::warn!(microvm = %inst.id, "clearing {}: {e}", dir.display());
@@ -309,13 +323,44 @@ impl Microvms {
             self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);
             return Err(reason);
         }
+        let restore_started = std::time::Instant::now();
+        let vm = match inst.parked() {
+            Some((vm, _)) => self.wake_parked(inst, vm).await?,
+            None => self.restore_from_disk(inst).await?,
+        };
+        // Traffic is held (the caller holds the transition lock) until
+        // `/resume` said yes; a no puts the VM back to sleep.
+        if let Err(failure) = self
+            .call_hook(inst, vm.as_ref(), Hook::Resume, Bytes::new())
+            .await
+        {
+            let reason = failure.to_string();
+            self.suspend_again(inst, &vm, &reason).await;
+            return Err(reason);
+        }
+        inst.touch();
+        if !inst.is_doomed() {
+            self.set_state(inst, MicrovmState::Running, Some(why), Some(None));
+        }
+        self.metrics().observe_resume(restore_started.elapsed());
+        tracing::info!(
+            microvm = %inst.id,
+            restore_ms = restore_started.elapsed().as_millis() as u64,
+            "resumed: {why}"
+        );
+        Ok(vm)
+    }
+
+    /// Restores a deep-suspended VM from its snapshot on disk, which the
+    /// new VM consumes. On failure the VM stays SUSPENDED if its snapshot
+    /// is still whole, or is ended.
+    async fn restore_from_disk(&self, inst: &Arc<Instance>) -> Result<Arc<dyn Vm>, String> {
         let dir = self.suspended_dir(&inst.id);
         if let Err(reason) = self.expand_suspended(inst).await {
             tracing::error!(microvm = %inst.id, "{reason}");
             self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);
             return Err(reason);
         }
-        let restore_started = std::time::Instant::now();
         match self
             .hv
             .restore_with(&inst.id, &dir, RestoreMemory::Consume)
@@ -327,26 +372,6 @@ impl Microvms {
                 self.watch_app_exit(inst);
                 self.serve_metadata(inst, vm.as_ref());
                 let _ = remove_dir_if_exists(&dir);
-                // Traffic is held (the caller holds the transition lock)
-                // until `/resume` said yes; a no puts the VM back to sleep.
-                if let Err(failure) = self
-                    .call_hook(inst, vm.as_ref(), Hook::Resume, Bytes::new())
-                    .await
-                {
-                    let reason = failure.to_string();
-                    self.suspend_again(inst, vm.as_ref(), &reason).await;
-                    return Err(reason);
-                }
-                inst.touch();
-                if !inst.is_doomed() {
-                    self.set_state(inst, MicrovmState::Running, Some(why), Some(None));
-                }
-                self.metrics().observe_resume(restore_started.elapsed());
-                tracing::info!(
-                    microvm = %inst.id,
-                    restore_ms = restore_started.elapsed().as_millis() as u64,
-                    "resumed: {why}"
-                );
                 Ok(vm)
             }
             Err(e) => {
@@ -461,7 +486,13 @@ impl Microvms {
     /// A resume whose `/resume` hook said no: the VM is saved again
     /// without calling `/suspend` (the app never resumed) and stays
     /// SUSPENDED with the hook's answer as its reason.
-    async fn suspend_again(&self, inst: &Arc<Instance>, vm: &dyn Vm, reason: &str) {
+    async fn suspend_again(&self, inst: &Arc<Instance>, vm: &Arc<dyn Vm>, reason: &str) {
+        if self.park_for_suspend(inst, vm).await {
+            let reason = format!("{reason}; the microVM stays SUSPENDED");
+            self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);
+            self.warm_budget_changed();
+            return;
+        }
         let dir = self.suspended_dir(&inst.id);
         match vm.suspend(&dir).await {
             Ok(_) => {

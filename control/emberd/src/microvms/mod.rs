@@ -19,6 +19,7 @@ mod reaper;
 mod recovery;
 pub mod spec;
 mod upstream;
+mod warm;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ pub use capacity::{Capacity, DiskReserve};
 pub use instance::Instance;
 pub use lifecycle::RunPlan;
 pub use upstream::VmUpstream;
+pub use warm::default_warm_budget_bytes;
 
 /// How endpoints are addressed.
 #[derive(Debug, Clone)]
@@ -62,6 +64,9 @@ pub struct MicrovmsConfig {
     pub metadata: Arc<crate::metadata::Metadata>,
     pub capacity: Capacity,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Host memory parked (warm-suspended) VMs may hold in all; 0 sends
+    /// every suspend to disk.
+    pub warm_suspended_bytes: u64,
 }
 
 pub struct Microvms {
@@ -77,6 +82,8 @@ pub struct Microvms {
     live: Mutex<HashMap<String, Arc<Instance>>>,
     /// For tasks started where only `&self` is at hand (a resume).
     me: Weak<Microvms>,
+    /// Wakes the task that keeps parked VMs within their budget.
+    warm_tier: Arc<tokio::sync::Notify>,
 }
 
 impl Microvms {
@@ -98,6 +105,7 @@ impl Microvms {
             tokens,
             config,
             live: Mutex::new(HashMap::new()),
+            warm_tier: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -142,8 +150,11 @@ impl Microvms {
         self.config.metadata.serve(&inst.id, role, vm.agent());
     }
 
-    /// Starts the idle reaper; call once.
+    /// Starts the idle reaper and the warm tier's budget keeper; call once.
     pub fn start_background(self: &Arc<Self>) {
         reaper::spawn(Arc::clone(self));
+        self.spawn_warm_tier();
+        // VMs recovered parked may already be over a smaller budget.
+        self.warm_budget_changed();
     }
 }

@@ -60,7 +60,9 @@ impl Microvms {
             );
             return;
         }
+        // A parked VM has no snapshot on disk to compact (yet).
         if status.state == MicrovmState::Suspended
+            && inst.parked().is_none()
             && t - status.suspended_at.unwrap_or(t) >= f64::from(self.config.compact_after_seconds)
         {
             self.compact_suspended(inst);

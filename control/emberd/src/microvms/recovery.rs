@@ -122,12 +122,7 @@ impl Microvms {
             if has_snapshot {
                 return true;
             }
-            self.finish_termination(
-                inst,
-                "its suspended state was missing when emberd restarted",
-            )
-            .await;
-            return false;
+            return self.attach_parked(rec, inst).await;
         }
         match self.hv.attach(&rec.id).await {
             Ok(vm) => {
@@ -141,13 +136,22 @@ impl Microvms {
                     }
                     MicrovmState::Running => {}
                     // A start, resume or suspend was cut short but the VM
-                    // runs: it is running.
-                    _ => self.set_state(
-                        inst,
-                        MicrovmState::Running,
-                        Some("emberd restarted during a state change; the VM kept running"),
-                        Some(None),
-                    ),
+                    // is whole: it is running. A suspend cut short may have
+                    // left it paused, so it is continued (and told time
+                    // moved on).
+                    _ => {
+                        if let Some(vm) = inst.vm() {
+                            if let Err(e) = vm.wake().await {
+                                tracing::warn!(microvm = %rec.id, "continuing it: {e}");
+                            }
+                        }
+                        self.set_state(
+                            inst,
+                            MicrovmState::Running,
+                            Some("emberd restarted during a state change; the VM kept running"),
+                            Some(None),
+                        )
+                    }
                 }
                 tracing::info!(microvm = %rec.id, "re-attached");
                 true
@@ -170,6 +174,40 @@ impl Microvms {
                 } else {
                     format!("its VM process was gone when emberd restarted: {e}")
                 };
+                self.finish_termination(inst, &reason).await;
+                false
+            }
+        }
+    }
+
+    /// A SUSPENDED VM without a snapshot on disk was parked by the
+    /// previous emberd: its QEMU is still there, paused, and is taken back
+    /// parked. Without a process, the VM's state is lost.
+    async fn attach_parked(self: &Arc<Self>, rec: &MicrovmRecord, inst: &Arc<Instance>) -> bool {
+        let vm = match self.hv.attach(&rec.id).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                tracing::warn!(microvm = %rec.id, "no suspended state: {e}");
+                self.finish_termination(
+                    inst,
+                    "its suspended state was missing when emberd restarted",
+                )
+                .await;
+                return false;
+            }
+        };
+        // The attach ran the guest for its handshake: park it again.
+        match vm.park().await {
+            Ok(host_bytes) => {
+                self.serve_metadata(inst, vm.as_ref());
+                inst.set_parked(vm, host_bytes);
+                self.watch_app_exit(inst);
+                tracing::info!(microvm = %rec.id, "re-attached, parked");
+                true
+            }
+            Err(e) => {
+                inst.set_vm(Some(vm));
+                let reason = format!("emberd restarted and could not suspend it again: {e}");
                 self.finish_termination(inst, &reason).await;
                 false
             }

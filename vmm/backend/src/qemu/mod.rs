@@ -11,6 +11,7 @@ pub mod jail;
 mod launch;
 mod migration;
 mod net;
+mod park;
 mod process;
 mod qcow2;
 mod qmp;

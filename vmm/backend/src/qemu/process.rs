@@ -27,6 +27,10 @@ impl QemuProcess {
         })
     }
 
+    pub fn pidfd(&self) -> &Pidfd {
+        &self.pidfd
+    }
+
     /// A process an earlier backend instance started.
     pub fn adopted(pidfd: Pidfd) -> Self {
         Self {
@@ -107,6 +111,10 @@ impl Pidfd {
         // here on and never replaces.
         let fd = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }?;
         Ok(Self { fd })
+    }
+
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.get_ref().as_raw_fd()
     }
 
     pub fn kill(&self) -> std::io::Result<()> {

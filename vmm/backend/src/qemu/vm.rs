@@ -330,6 +330,36 @@ impl Vm for QemuVm {
         Ok(info)
     }
 
+    async fn park(&self) -> Result<u64, VmmError> {
+        if self.memory != Memory::OwnFile {
+            return Err(VmmError::WrongState(
+                "running on memory that is not a file of its own",
+            ));
+        }
+        self.refuse_if_checkpointed().await?;
+        self.pause().await?;
+        // Opened checked: the file lies in the VM's own folder.
+        let ram = vm_files::open_checked(&self.jail_dir().join(MEMORY), self.ids.0)?;
+        // Dirty pages are not reclaimed by an advice, only clean ones.
+        let ram = tokio::task::spawn_blocking(move || ram.sync_data().map(|()| ram))
+            .await
+            .map_err(|e| VmmError::io("sync guest memory")(std::io::Error::other(e)))?
+            .map_err(VmmError::io("sync guest memory"))?;
+        let process = self.process.lock().await;
+        let process = process.as_ref().ok_or(VmmError::WrongState("stopped"))?;
+        let ranges = super::park::mapped_ranges(self.pid, &ram)
+            .map_err(VmmError::io("read the VM process's mappings"))?;
+        if ranges.is_empty() {
+            return Err(VmmError::WrongState("not mapping its memory file"));
+        }
+        super::park::page_out(process.pidfd(), &ranges)
+            .map_err(VmmError::io("release guest memory (process_madvise)"))?;
+        let (rss, _) =
+            super::host::rss_bytes(self.pid).map_err(VmmError::io("read VM process status"))?;
+        tracing::debug!(vm = %self.name, rss, "parked");
+        Ok(rss)
+    }
+
     fn exited(&self) -> Option<String> {
         // Held only while the VM is being stopped: then it is ending anyway.
         let mut process = self.process.try_lock().ok()?;
