@@ -11,6 +11,7 @@ size, with no ext4 reserve that root may still write into. The kill
 lands at a given step by holding emberd's opens of the snapshot's state
 file (`open_gate.py`), not by timing."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -150,3 +151,52 @@ def test_qemu_killed_after_its_state_is_written(small_fs_emberd):
     finally:
         terminate_quietly(client, vm_id)
 
+
+def fill(path):
+    """Writes `path` until its filesystem has no byte left."""
+    with open(path, "wb", buffering=0) as out:
+        for block in (b"\xff" * (1 << 20), b"\xff" * 4096):
+            try:
+                while True:
+                    out.write(block)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+
+
+@pytest.mark.skip(reason="finds two emberd bugs on a full data disk, not fixed yet: "
+                  "SuspendMicrovm's connection is closed with no answer, and the failed "
+                  "suspend's reason cannot be stored")
+def test_a_full_data_disk_fails_the_suspend_and_loses_nothing(small_fs_emberd):
+    ember, fs_root = small_fs_emberd
+    client = ember.client()
+    vm_id, endpoint, token = running_vm(client)
+    filler = fs_root / "filler"
+    try:
+        fill(filler)
+        client.suspend_microvm(microvmIdentifier=vm_id)
+        got = settled(client, vm_id)
+        # No reason here: the store cannot record one on a full disk (its
+        # row keeps RUNNING, which stays true).
+        assert got["state"] in ("RUNNING", "TERMINATED"), got
+        assert not (microvm_dir(ember, vm_id) / "suspended").exists(), "a half snapshot was kept"
+        if got["state"] == "RUNNING":
+            assert counter(endpoint, token) == 2
+        else:
+            assert got["state"] == "TERMINATED", got
+        filler.unlink()
+        # Space again: what the store holds agrees, and the VM (or, if it
+        # ended, the image) goes on.
+        got = client.get_microvm(microvmIdentifier=vm_id)
+        assert got["state"] in ("RUNNING", "TERMINATED"), got
+        if got["state"] == "RUNNING":
+            client.suspend_microvm(microvmIdentifier=vm_id)
+            wait_microvm(client, vm_id, "SUSPENDED", timeout=90)
+            client.resume_microvm(microvmIdentifier=vm_id)
+            wait_microvm(client, vm_id, "RUNNING", timeout=90)
+            assert counter(endpoint, token) == 3, "the VM lost its memory"
+        again, _, _ = running_vm(client)
+        terminate_quietly(client, again)
+    finally:
+        filler.unlink(missing_ok=True)
+        terminate_quietly(client, vm_id)
