@@ -37,6 +37,7 @@ test: lint setup bins hostile-agent
 soak: setup bins
 	scripts/setup-venv.sh
 	EMBER_SOAK_CYCLES=100 EMBER_SOAK_RUNS=300 build/venv/bin/python -m pytest -q -p no:cacheprovider tests/api/test_soak.py
+	EMBER_RECOVERY_VMS=100 build/venv/bin/python -m pytest -q -s -p no:cacheprovider tests/api/test_recovery_many.py
 
 ## fuzz: run every fuzz target (fuzz/) for FUZZ_SECONDS seconds each
 ## (default 60); `make fuzz FUZZ_SECONDS=3600 FUZZ_TARGETS="zip oci_layer"`

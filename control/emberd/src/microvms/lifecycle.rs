@@ -266,7 +266,15 @@ impl Microvms {
                     tracing::error!(microvm = %inst.id, "{reason}");
                     self.set_state(inst, MicrovmState::Running, Some(&reason), None);
                 } else {
-                    let reason = format!("suspend failed and the VM could not continue: {e}");
+                    // A QEMU that died mid-save shows only as a broken
+                    // monitor in `e`: name the death instead.
+                    let reason = match vm.exited() {
+                        Some(how) => format!(
+                            "suspend failed: the microVM's virtual machine process ended \
+                             unexpectedly ({how}); its memory was lost"
+                        ),
+                        None => format!("suspend failed and the VM could not continue: {e}"),
+                    };
                     self.finish_termination(inst, &reason).await;
                 }
             }
