@@ -52,7 +52,8 @@ pub async fn run(data_dir: &Path, agent: &Path, opts: &Opts) -> anyhow::Result<V
     // The same data folder (and image) under an emberd whose suspends all
     // go to disk: the deep tier's figures and the host's capacity.
     daemon.stop(&dir);
-    let mut daemon = Emberd::start(&dir, &assets, agent, opts, &["--warm-suspended-mib", "0"]).await?;
+    let mut daemon =
+        Emberd::start(&dir, &assets, agent, opts, &["--warm-suspended-mib", "0"]).await?;
     let result = measure_deep(&dir, opts, &daemon, warm).await;
     end_run(&mut daemon, &dir, "microvm", result)
 }
@@ -76,12 +77,7 @@ pub(crate) fn end_run(
 }
 
 /// Cold boot, run, the endpoint, and suspends that park the VM in place.
-async fn measure_warm(
-    dir: &Path,
-    root: &Path,
-    agent: &Path,
-    opts: &Opts,
-) -> anyhow::Result<Value> {
+async fn measure_warm(dir: &Path, root: &Path, agent: &Path, opts: &Opts) -> anyhow::Result<Value> {
     let api = Arc::new(ApiClient::from_data_dir(dir, None, "us-east-1")?);
     build_image(&api).await?;
     let cold = cold_boot_to_answer(dir, root, agent, opts).await?;
@@ -171,7 +167,9 @@ async fn measure_deep(
     let proxy = crate::proxy_overhead::measure().await?;
     let fill = fill_host(&api, &http, dir, opts, daemon).await?;
 
-    let cold_ms = figures["cold_boot_to_first_answer_ms"].as_f64().unwrap_or(f64::NAN);
+    let cold_ms = figures["cold_boot_to_first_answer_ms"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
     let resume = med(resume_ms);
     let more = json!({
         "resume_disk_to_first_answer_ms": resume,

@@ -26,7 +26,7 @@ from open_gate import OpenGate
 
 # The emberd flags that make SuspendMicrovm write the snapshot to disk
 # (the deep suspend) rather than keep a paused QEMU.
-DEEP_SUSPEND_FLAGS = ()
+DEEP_SUSPEND_FLAGS = ("--warm-suspended-mib", "0")
 # Room for the hello-http image, its build cache and two VMs' touched RAM.
 DATA_FS_MIB = 1536
 IDLE = {"maxIdleDurationSeconds": 600, "suspendedDurationSeconds": 600, "autoResumeEnabled": True}

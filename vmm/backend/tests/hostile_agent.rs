@@ -3,7 +3,8 @@
 //! process's memory stays bounded, and a normal VM beside it keeps
 //! answering.
 
-use crate::common;
+#[path = "it/common/mod.rs"]
+mod common;
 
 use std::time::Duration;
 
