@@ -124,9 +124,9 @@ async fn measure_warm(dir: &Path, root: &Path, agent: &Path, opts: &Opts) -> any
         "runs": opts.runs,
         "cold_boot_to_first_answer_ms": cold_ms,
         "run_to_first_answer_ms": med(run_ms),
-        "resume_to_first_answer_ms": resume,
-        "resume_pct_of_cold_boot": (resume / cold_ms * 1000.0).round() / 10.0,
-        "suspend_ms": med(suspend_ms),
+        "warm_resume_to_first_answer_ms": resume,
+        "warm_resume_pct_of_cold_boot": (resume / cold_ms * 1000.0).round() / 10.0,
+        "warm_suspend_ms": med(suspend_ms),
         "warm_suspended_rss_mib": round3(med(parked_rss)),
         "endpoint_p50_ms": med(steady),
     }))
@@ -172,10 +172,10 @@ async fn measure_deep(
         .unwrap_or(f64::NAN);
     let resume = med(resume_ms);
     let more = json!({
-        "resume_disk_to_first_answer_ms": resume,
-        "resume_disk_pct_of_cold_boot": (resume / cold_ms * 1000.0).round() / 10.0,
-        "resume_compacted_to_first_answer_ms": med(compacted_resume_ms),
-        "suspend_disk_ms": med(suspend_ms),
+        "deep_resume_to_first_answer_ms": resume,
+        "deep_resume_pct_of_cold_boot": (resume / cold_ms * 1000.0).round() / 10.0,
+        "deep_resume_compacted_to_first_answer_ms": med(compacted_resume_ms),
+        "deep_suspend_ms": med(suspend_ms),
         "proxy_direct_p50_ms": round3(proxy.direct_p50_ms),
         "proxy_overhead_p50_ms": round3(proxy.proxied_p50_ms - proxy.direct_p50_ms),
         "proxy_rps": proxy.proxied_rps.round(),

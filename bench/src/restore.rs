@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ember_vmm::agent::ExecRequest;
 use ember_vmm::qemu::{QemuConfig, QemuHypervisor};
-use ember_vmm::{AccelChoice, Hypervisor, RestoreMemory, Vm, VmConfig};
+use ember_vmm::{AccelChoice, Hypervisor, RestoreMemory, RestoreOptions, Vm, VmConfig};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -61,14 +61,18 @@ pub async fn run(
         vm.stop().await?;
 
         let t = Instant::now();
-        let r = hv.restore(&format!("r{i}"), &snap).await?;
+        let r = hv
+            .restore(&format!("r{i}"), &snap, RestoreOptions::default())
+            .await?;
         restore_agent.push(ms(t.elapsed()));
         r.agent().sh("true").await?;
         restore_exec.push(ms(t.elapsed()));
         r.stop().await?;
 
         let t = Instant::now();
-        let r = hv.restore(&format!("t{i}"), &snap).await?;
+        let r = hv
+            .restore(&format!("t{i}"), &snap, RestoreOptions::default())
+            .await?;
         http_get(&*r).await?;
         restore_tcp.push(ms(t.elapsed()));
         // Idle cost: let the restored guest settle, then read its RSS.
@@ -89,7 +93,9 @@ pub async fn run(
         stream_bytes.push(sinfo.device_state_bytes as f64);
         r.stop().await?;
         let t = Instant::now();
-        let s = hv.restore(&format!("s{i}"), &stream_snap).await?;
+        let s = hv
+            .restore(&format!("s{i}"), &stream_snap, RestoreOptions::default())
+            .await?;
         s.agent().sh("true").await?;
         stream_restore_exec.push(ms(t.elapsed()));
         s.stop().await?;
@@ -97,7 +103,11 @@ pub async fn run(
         // A VM with its own RAM file: suspend moves files, resume takes them.
         let t = Instant::now();
         let own = hv
-            .restore_with(&format!("own{i}"), &snap, RestoreMemory::Copy)
+            .restore(
+                &format!("own{i}"),
+                &snap,
+                RestoreOptions::memory(RestoreMemory::Copy),
+            )
             .await?;
         own.agent().sh("true").await?;
         copy_restore_exec.push(ms(t.elapsed()));
@@ -107,7 +117,11 @@ pub async fn run(
         suspend_ms.push(ms(t.elapsed()));
         let t = Instant::now();
         let resumed = hv
-            .restore_with(&format!("resumed{i}"), &suspended, RestoreMemory::Consume)
+            .restore(
+                &format!("resumed{i}"),
+                &suspended,
+                RestoreOptions::memory(RestoreMemory::Consume),
+            )
             .await?;
         resumed.agent().sh("true").await?;
         resume_exec.push(ms(t.elapsed()));

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use ember_assets::{AssetStore, BaseRootfs, GuestAssets};
 use ember_vmm::agent::ExecRequest;
 use ember_vmm::qemu::{QemuConfig, QemuHypervisor};
-use ember_vmm::{AccelChoice, Hypervisor, Vm, VmConfig};
+use ember_vmm::{AccelChoice, Hypervisor, RestoreOptions, Vm, VmConfig};
 
 /// Builds (or reuses) the guest kernel, initramfs and base rootfs.
 pub async fn prepare_assets(data_dir: &Path, agent: &Path) -> anyhow::Result<GuestAssets> {
@@ -97,7 +97,7 @@ async fn demo_flow(
     println!("stopped {}: its QEMU process is gone", vm.name());
 
     let t = Instant::now();
-    let restored = hv.restore(clone, &snap).await?;
+    let restored = hv.restore(clone, &snap, RestoreOptions::default()).await?;
     let after = counter(&*restored).await?;
     println!(
         "restored {clone} in a new QEMU process; first exec answered after {} ms",

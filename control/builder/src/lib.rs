@@ -317,7 +317,10 @@ impl Builder {
             .snapshot(spec, &plan.config, &rootfs, &finish_key, log)
             .await?;
 
-        let memory_bytes = allocated(&spec.output_dir.join("memory.ram"));
+        let snapshot = self
+            .hv
+            .snapshot_info(&spec.output_dir)
+            .map_err(|e| BuildError::new("snapshot", e.to_string()))?;
         // The image's own disk: every layer its steps made over the base
         // (shared with other images where steps match), plus the snapshot's.
         let layer_bytes: u64 = image_layer_keys
@@ -327,8 +330,8 @@ impl Builder {
             .sum();
         Ok(BuildOutput {
             snapshot_dir: spec.output_dir.clone(),
-            memory_bytes,
-            disk_bytes: allocated(&spec.output_dir.join("disk.qcow2")) + layer_bytes,
+            memory_bytes: snapshot.memory_bytes,
+            disk_bytes: snapshot.disk_bytes + layer_bytes,
             code_bytes: context.total_bytes(),
             steps: total_steps,
             cached_steps,

@@ -161,7 +161,11 @@ async fn dockerfile_instructions_shape_the_snapshot() {
     assert_eq!(env.vm_dirs(), 0, "no build or image VM is left running");
 
     // The snapshot holds the running app: restore it and look inside.
-    let vm = env.hv.restore("check", &out.snapshot_dir).await.unwrap();
+    let vm = env
+        .hv
+        .restore("check", &out.snapshot_dir, RestoreOptions::default())
+        .await
+        .unwrap();
     let sh = |s: &'static str| {
         let vm = Arc::clone(&vm);
         async move {
@@ -223,7 +227,7 @@ async fn dockerfile_instructions_shape_the_snapshot() {
     assert_eq!((changed.cached_steps, changed.snapshot_reused), (4, false));
     let vm = env
         .hv
-        .restore("check2", &changed.snapshot_dir)
+        .restore("check2", &changed.snapshot_dir, RestoreOptions::default())
         .await
         .unwrap();
     let out = vm
@@ -271,7 +275,7 @@ async fn a_multi_stage_build_copies_from_an_earlier_stage() {
 
     let vm = env
         .hv
-        .restore("check-stages", &out.snapshot_dir)
+        .restore("check-stages", &out.snapshot_dir, RestoreOptions::default())
         .await
         .unwrap();
     let o = vm
@@ -317,7 +321,11 @@ async fn a_multi_stage_build_copies_from_an_earlier_stage() {
     assert_eq!((changed.cached_steps, changed.snapshot_reused), (1, false));
     let vm = env
         .hv
-        .restore("check-stages2", &changed.snapshot_dir)
+        .restore(
+            "check-stages2",
+            &changed.snapshot_dir,
+            RestoreOptions::default(),
+        )
         .await
         .unwrap();
     let o = vm.agent().sh("cat /app/sub/made.txt").await.unwrap();
@@ -428,7 +436,7 @@ async fn ready_and_validate_hooks_gate_the_snapshot() {
     };
     let vm = env
         .hv
-        .restore("hooks-check", &out.snapshot_dir)
+        .restore("hooks-check", &out.snapshot_dir, RestoreOptions::default())
         .await
         .unwrap();
     let o = vm
@@ -480,7 +488,7 @@ async fn an_image_snapshot_restores_isolated_or_with_internet() {
 
     let vm = env
         .hv
-        .restore_with_options(
+        .restore(
             "online-check",
             &out.snapshot_dir,
             RestoreOptions {

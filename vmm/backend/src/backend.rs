@@ -182,36 +182,37 @@ pub trait Hypervisor: Send + Sync {
     /// answers and has been told it was restored (clock stepped, RNG
     /// reseeded). `options` says what happens to the snapshot's RAM image
     /// and which network the VM gets.
-    async fn restore_with_options(
+    async fn restore(
         &self,
         name: &str,
         snapshot_dir: &Path,
         options: RestoreOptions,
     ) -> Result<Arc<dyn Vm>, VmmError>;
 
-    /// [`Hypervisor::restore_with_options`] on the network the snapshot was
-    /// taken with.
-    async fn restore_with(
-        &self,
-        name: &str,
-        snapshot_dir: &Path,
-        memory: RestoreMemory,
-    ) -> Result<Arc<dyn Vm>, VmmError> {
-        self.restore_with_options(
-            name,
-            snapshot_dir,
-            RestoreOptions {
-                memory,
-                network: None,
-            },
-        )
-        .await
+    /// The sizes of the snapshot in `dir`; an error unless it holds a
+    /// whole one (how callers tell a finished snapshot from a torn one).
+    fn snapshot_info(&self, dir: &Path) -> Result<SnapshotInfo, VmmError> {
+        Ok(SnapshotInfo::read(dir)?)
     }
 
-    /// An independent clone: [`RestoreMemory::Clone`].
-    async fn restore(&self, name: &str, snapshot_dir: &Path) -> Result<Arc<dyn Vm>, VmmError> {
-        self.restore_with(name, snapshot_dir, RestoreMemory::Clone)
-            .await
+    /// Stores the memory of the (unused) snapshot in `dir` as a difference
+    /// from the snapshot `base`: pages equal to base's, and zero pages,
+    /// stop taking disk. [`Hypervisor::expand_snapshot`] undoes it, and
+    /// must run before `dir` is restored. Blocking. An already compacted
+    /// snapshot is a [`VmmError::MemoryDelta`] `AlreadyCompacted`.
+    fn compact_snapshot(
+        &self,
+        dir: &Path,
+        base: &Path,
+    ) -> Result<crate::memory_delta::CompactStats, VmmError> {
+        Ok(crate::memory_delta::compact(dir, base)?)
+    }
+
+    /// Makes a compacted snapshot's memory whole again; a no-op for one
+    /// that is not compacted. Blocking.
+    fn expand_snapshot(&self, dir: &Path) -> Result<(), VmmError> {
+        crate::memory_delta::expand(dir)?;
+        Ok(())
     }
 
     /// Takes over a VM named `name` that a previous instance of the
@@ -235,6 +236,16 @@ pub struct RestoreOptions {
     /// [`VmmError::NetworkMismatch`]. A later snapshot or suspend of the
     /// restored VM records the network it runs with.
     pub network: Option<Network>,
+}
+
+impl RestoreOptions {
+    /// `memory`, on the network the snapshot was taken with.
+    pub fn memory(memory: RestoreMemory) -> Self {
+        Self {
+            memory,
+            network: None,
+        }
+    }
 }
 
 /// What a restore does with the snapshot's memory image.

@@ -21,8 +21,9 @@ pub enum VmmError {
         program: String,
         source: std::io::Error,
     },
-    #[error("QEMU exited unexpectedly ({status}); last console lines:\n{console_tail}")]
-    QemuExited {
+    /// The VM's process (QEMU here) ended during a launch or restore.
+    #[error("the VM process exited unexpectedly ({status}); last console lines:\n{console_tail}")]
+    ProcessExited {
         status: String,
         console_tail: String,
     },
@@ -32,12 +33,15 @@ pub enum VmmError {
         seconds: u64,
         console_tail: String,
     },
-    #[error("QEMU monitor: {0}")]
-    Qmp(#[from] QmpError),
+    /// The VM process's control channel (QMP here) failed.
+    #[error("VM monitor: {0}")]
+    Monitor(#[from] QmpError),
     #[error("guest agent: {0}")]
     Agent(#[from] AgentError),
     #[error("snapshot: {0}")]
     Snapshot(#[from] SnapshotError),
+    #[error("snapshot memory: {0}")]
+    MemoryDelta(#[from] crate::memory_delta::MemoryDeltaError),
     #[error("{tool} failed: {message}")]
     Tool { tool: &'static str, message: String },
     #[error("{context}: {source}")]

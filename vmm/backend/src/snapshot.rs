@@ -82,6 +82,26 @@ pub struct SnapshotInfo {
     pub duration_ms: u64,
 }
 
+impl SnapshotInfo {
+    /// The sizes of the snapshot in `dir`, from its manifest; an error
+    /// unless `dir` holds a whole snapshot. Its duration is unknown (0).
+    pub fn read(dir: &Path) -> Result<Self, SnapshotError> {
+        let manifest = SnapshotManifest::load(dir)?;
+        let allocated = |name: &str| crate::qemu::files::allocated_bytes(&dir.join(name));
+        let memory_bytes = match &manifest.memory {
+            MemoryImage::File(rec) => allocated(&rec.name),
+            MemoryImage::InStream => 0,
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            memory_bytes,
+            device_state_bytes: manifest.device_state.size,
+            disk_bytes: allocated(&manifest.disk.name),
+            duration_ms: 0,
+        })
+    }
+}
+
 impl SnapshotManifest {
     pub fn write(&self, dir: &Path) -> Result<(), SnapshotError> {
         let path = dir.join(MANIFEST_FILE);

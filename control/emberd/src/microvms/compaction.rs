@@ -8,7 +8,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use ember_vmm::memory_delta;
+use ember_vmm::memory_delta::MemoryDeltaError;
+use ember_vmm::VmmError;
 
 use super::instance::Instance;
 use super::Microvms;
@@ -20,18 +21,17 @@ impl Microvms {
             return;
         }
         let dir = self.suspended_dir(&inst.id);
-        if dir.join(memory_delta::DELTA_FILE).exists() {
-            return;
-        }
         let base = inst.spec.snapshot_dir.clone();
         let id = inst.id.clone();
-        tokio::task::spawn_blocking(move || match memory_delta::compact(&dir, &base) {
+        let hv = Arc::clone(&self.hv);
+        tokio::task::spawn_blocking(move || match hv.compact_snapshot(&dir, &base) {
             Ok(s) => tracing::info!(
                 microvm = %id,
                 freed_mib = s.bytes_freed() >> 20,
                 ms = s.duration.as_millis() as u64,
                 "suspended memory compacted against its image"
             ),
+            Err(VmmError::MemoryDelta(MemoryDeltaError::AlreadyCompacted { .. })) => {}
             Err(e) => tracing::warn!(microvm = %id, "compacting suspended memory: {e}"),
         });
     }
@@ -40,7 +40,8 @@ impl Microvms {
     /// a compaction in progress.
     pub(super) async fn expand_suspended(&self, inst: &Instance) -> Result<(), String> {
         let dir = self.suspended_dir(&inst.id);
-        let expanded = tokio::task::spawn_blocking(move || memory_delta::expand(&dir))
+        let hv = Arc::clone(&self.hv);
+        let expanded = tokio::task::spawn_blocking(move || hv.expand_snapshot(&dir))
             .await
             .map_err(|e| format!("expanding suspended memory: {e}"))?;
         inst.compaction.store(false, Ordering::Relaxed);

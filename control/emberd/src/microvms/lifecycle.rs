@@ -139,10 +139,7 @@ impl Microvms {
             memory: RestoreMemory::Copy,
             network: spec.internet().then_some(Network::Internet),
         };
-        let restored = self
-            .hv
-            .restore_with_options(&inst.id, &spec.snapshot_dir, options)
-            .await;
+        let restored = self.hv.restore(&inst.id, &spec.snapshot_dir, options).await;
         let vm = match restored {
             Ok(vm) => {
                 self.admission.started(&inst.id);
@@ -371,7 +368,11 @@ impl Microvms {
         }
         match self
             .hv
-            .restore_with(&inst.id, &dir, RestoreMemory::Consume)
+            .restore(
+                &inst.id,
+                &dir,
+                RestoreOptions::memory(RestoreMemory::Consume),
+            )
             .await
         {
             Ok(vm) => {
@@ -385,7 +386,7 @@ impl Microvms {
             Err(e) => {
                 let reason = format!("resume failed: {e}");
                 tracing::error!(microvm = %inst.id, "{reason}");
-                if ember_vmm::SnapshotManifest::load(&dir).is_ok() {
+                if self.hv.snapshot_info(&dir).is_ok() {
                     self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);
                 } else {
                     self.finish_termination(inst, &reason).await;

@@ -117,7 +117,7 @@ impl Microvms {
     /// ends it); the caller holds its transition lock.
     async fn attach_recovered(self: &Arc<Self>, rec: &MicrovmRecord, inst: &Arc<Instance>) -> bool {
         let state = inst.state();
-        let has_snapshot = ember_vmm::SnapshotManifest::load(&self.suspended_dir(&rec.id)).is_ok();
+        let has_snapshot = self.hv.snapshot_info(&self.suspended_dir(&rec.id)).is_ok();
         if state == MicrovmState::Suspended {
             if has_snapshot {
                 return true;

@@ -165,7 +165,7 @@ fn write_record(
 ) -> Result<(), VmmError> {
     let record = RuntimeRecord {
         pid,
-        start_ticks: process_start_ticks(pid).ok_or_else(|| VmmError::QemuExited {
+        start_ticks: process_start_ticks(pid).ok_or_else(|| VmmError::ProcessExited {
             status: "gone right after it started".into(),
             console_tail: files::tail(&dir.join("qemu.stderr"), 10),
         })?,
@@ -413,7 +413,7 @@ pub(super) fn exited(dir: &Path, guard: &mut LaunchGuard) -> Option<VmmError> {
     let status = guard.child.as_mut()?.try_exit()?;
     let stderr = files::tail(&dir.join("qemu.stderr"), 10);
     let console = files::tail(&dir.join(JAIL_DIR).join(CONSOLE_LOG), 20);
-    Some(VmmError::QemuExited {
+    Some(VmmError::ProcessExited {
         status,
         console_tail: format!("{stderr}\n{console}").trim().to_string(),
     })

@@ -5,7 +5,7 @@ mod attach;
 mod cgroup;
 mod command;
 mod egress_guard;
-mod files;
+pub(crate) mod files;
 mod host;
 pub mod jail;
 mod launch;
@@ -285,7 +285,7 @@ impl Hypervisor for QemuHypervisor {
         Ok(Arc::new(vm))
     }
 
-    async fn restore_with_options(
+    async fn restore(
         &self,
         name: &str,
         snapshot_dir: &Path,

@@ -4,7 +4,7 @@ use crate::common;
 
 use std::path::Path;
 
-use ember_vmm::{Hypervisor, VmmError};
+use ember_vmm::{Hypervisor, RestoreOptions, VmmError};
 
 /// A named way to break a copy of a snapshot directory.
 type Damage = (&'static str, fn(&Path));
@@ -61,7 +61,11 @@ async fn missing_files_and_bad_names_are_refused_before_launch() {
     }
     let err = env
         .hv
-        .restore("x", Path::new("/nonexistent/snap"))
+        .restore(
+            "x",
+            Path::new("/nonexistent/snap"),
+            RestoreOptions::default(),
+        )
         .await
         .err()
         .expect("must fail");
@@ -92,7 +96,7 @@ async fn name_in_use_and_damaged_snapshots_fail_cleanly() {
     vm.resume().await.unwrap();
     let err = env
         .hv
-        .restore("taken", &snap)
+        .restore("taken", &snap, RestoreOptions::default())
         .await
         .err()
         .expect("must fail");
@@ -137,7 +141,7 @@ async fn name_in_use_and_damaged_snapshots_fail_cleanly() {
         let name = format!("damaged{i}");
         let err = env
             .hv
-            .restore(&name, &copy)
+            .restore(&name, &copy, RestoreOptions::default())
             .await
             .err()
             .unwrap_or_else(|| panic!("{what}: restore succeeded"));
@@ -146,7 +150,11 @@ async fn name_in_use_and_damaged_snapshots_fail_cleanly() {
     }
 
     // The undamaged snapshot still restores after all that.
-    let ok = env.hv.restore("good", &snap).await.unwrap();
+    let ok = env
+        .hv
+        .restore("good", &snap, RestoreOptions::default())
+        .await
+        .unwrap();
     assert_eq!(common::sh(&*ok, "echo restored").await, "restored\n");
     ok.stop().await.unwrap();
 }

@@ -6,7 +6,7 @@ use crate::common;
 use std::path::PathBuf;
 
 use ember_vmm::qemu::{CgroupConfig, CgroupVersion, IoLimits};
-use ember_vmm::{Hypervisor, RestoreMemory};
+use ember_vmm::{Hypervisor, RestoreMemory, RestoreOptions};
 
 /// The directory of `pid`'s cgroup in the hierarchy holding `controller`.
 fn cgroup_dir(pid: u32, version: CgroupVersion, controller: &str) -> PathBuf {
@@ -99,7 +99,11 @@ async fn vm_runs_in_its_own_limited_cgroup_until_it_stops() {
     assert!(!memory.exists() && !cpu.exists() && !pids.exists());
     let vm = env
         .hv
-        .restore_with("limited", &snap, RestoreMemory::Consume)
+        .restore(
+            "limited",
+            &snap,
+            RestoreOptions::memory(RestoreMemory::Consume),
+        )
         .await
         .unwrap();
     assert!(vm.isolation().cgroup);

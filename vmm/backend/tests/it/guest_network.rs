@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use ember_vmm::{Hypervisor, Network, Vm, DNS_ADDRESS};
+use ember_vmm::{Hypervisor, Network, RestoreOptions, Vm, DNS_ADDRESS};
 
 /// Fetches the head of Debian's bookworm Release file over plain HTTP.
 async fn fetch_release(vm: &dyn Vm) -> String {
@@ -67,7 +67,11 @@ async fn network_survives_snapshot_and_restore() {
     vm.snapshot(&snap).await.unwrap();
     vm.stop().await.unwrap();
 
-    let restored = env.hv.restore("net-clone", &snap).await.unwrap();
+    let restored = env
+        .hv
+        .restore("net-clone", &snap, RestoreOptions::default())
+        .await
+        .unwrap();
     // Same card, same MAC as the guest saw at boot, and it still works
     // through the new process's fresh slirp instance.
     assert_eq!(

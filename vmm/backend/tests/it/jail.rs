@@ -10,7 +10,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use ember_vmm::{Hypervisor, RestoreMemory};
+use ember_vmm::{Hypervisor, RestoreMemory, RestoreOptions};
 
 /// A `Name:` line of /proc/PID/status, as numbers.
 fn status_ids(pid: u32, field: &str) -> Vec<u64> {
@@ -85,7 +85,7 @@ async fn each_vm_is_jailed_alone_and_cannot_reach_another_vms_files() {
     a.resume().await.unwrap();
     let b = env
         .hv
-        .restore_with("jail-b", &snap, RestoreMemory::Copy)
+        .restore("jail-b", &snap, RestoreOptions::memory(RestoreMemory::Copy))
         .await
         .unwrap();
     assert_eq!(
@@ -169,7 +169,11 @@ async fn each_vm_is_jailed_alone_and_cannot_reach_another_vms_files() {
     }
     let b = env
         .hv
-        .restore_with("jail-b", &suspended, RestoreMemory::Consume)
+        .restore(
+            "jail-b",
+            &suspended,
+            RestoreOptions::memory(RestoreMemory::Consume),
+        )
         .await
         .unwrap();
     assert_eq!(common::sh(&*b, "cat /tmp/mem").await.trim(), "kept");

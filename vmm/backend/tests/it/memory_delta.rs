@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use ember_vmm::memory_delta::{compact, expand, MemoryDeltaError, DELTA_FILE, MEMORY_FILE, PAGE};
-use ember_vmm::{Hypervisor, RestoreMemory};
+use ember_vmm::{Hypervisor, RestoreMemory, RestoreOptions};
 
 const P: usize = PAGE as usize;
 
@@ -290,7 +290,11 @@ async fn suspended_guest_resumes_after_compact_and_expand() {
 
     let vm = env
         .hv
-        .restore_with("delta-vm", &base, RestoreMemory::Copy)
+        .restore(
+            "delta-vm",
+            &base,
+            RestoreOptions::memory(RestoreMemory::Copy),
+        )
         .await
         .unwrap();
     common::sh(
@@ -323,7 +327,11 @@ async fn suspended_guest_resumes_after_compact_and_expand() {
         .unwrap();
     let resumed = env
         .hv
-        .restore_with("delta-vm", &suspended, RestoreMemory::Consume)
+        .restore(
+            "delta-vm",
+            &suspended,
+            RestoreOptions::memory(RestoreMemory::Consume),
+        )
         .await
         .unwrap();
     assert_eq!(common::sh(&*resumed, "cat /tmp/blob.md5").await, sum);

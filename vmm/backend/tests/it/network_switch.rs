@@ -119,7 +119,7 @@ async fn isolated_snapshot_restores_with_internet_or_isolated() {
     // Plugged into the internet at restore: same card, and it reaches out.
     let online = env
         .hv
-        .restore_with_options(
+        .restore(
             "sw-inet",
             &snap,
             options(RestoreMemory::Copy, Some(Network::Internet)),
@@ -148,7 +148,7 @@ async fn isolated_snapshot_restores_with_internet_or_isolated() {
     // The same snapshot isolated: no DNS, no mirror by address, no host.
     let offline = env
         .hv
-        .restore_with_options(
+        .restore(
             "sw-iso",
             &snap,
             options(RestoreMemory::Clone, Some(Network::Isolated)),
@@ -189,7 +189,11 @@ async fn isolated_snapshot_restores_with_internet_or_isolated() {
     );
     let resumed = env
         .hv
-        .restore_with("sw-back", &suspended, RestoreMemory::Consume)
+        .restore(
+            "sw-back",
+            &suspended,
+            RestoreOptions::memory(RestoreMemory::Consume),
+        )
         .await
         .expect("resume");
     let release = try_fetch_release(&*resumed, 3).await;
@@ -249,7 +253,7 @@ async fn a_network_card_cannot_be_added_or_removed_at_restore() {
         let name = format!("sw-mismatch-{i}");
         let err = env
             .hv
-            .restore_with_options(&name, &snap, options(RestoreMemory::Clone, Some(asked)))
+            .restore(&name, &snap, options(RestoreMemory::Clone, Some(asked)))
             .await
             .err()
             .expect("refused");
@@ -284,7 +288,7 @@ async fn a_reattached_vm_keeps_the_network_it_was_restored_with() {
     origin.stop().await.unwrap();
     let vm = env
         .hv
-        .restore_with_options(
+        .restore(
             "sw-kept",
             &snap,
             options(RestoreMemory::Copy, Some(Network::Internet)),

@@ -7,7 +7,7 @@ use crate::common;
 use std::time::Duration;
 
 use ember_vmm::qemu::{QemuConfig, QemuHypervisor};
-use ember_vmm::{Hypervisor, RestoreMemory, VmmError};
+use ember_vmm::{Hypervisor, RestoreMemory, RestoreOptions, VmmError};
 
 fn keep_running(cfg: &mut QemuConfig) {
     cfg.die_with_parent = false;
@@ -52,7 +52,11 @@ async fn attach_takes_over_a_vm_that_outlived_its_handle() {
     vm.suspend(&snap).await.unwrap();
     assert!(env.live_qemus("kept").is_empty());
     let vm = hv
-        .restore_with("kept", &snap, RestoreMemory::Consume)
+        .restore(
+            "kept",
+            &snap,
+            RestoreOptions::memory(RestoreMemory::Consume),
+        )
         .await
         .unwrap();
     drop(vm);
@@ -63,7 +67,11 @@ async fn attach_takes_over_a_vm_that_outlived_its_handle() {
     let info = vm.suspend(&snap2).await.unwrap();
     assert!(info.memory_bytes > 0, "memory moved as a file: {info:?}");
     let vm = hv
-        .restore_with("kept", &snap2, RestoreMemory::Consume)
+        .restore(
+            "kept",
+            &snap2,
+            RestoreOptions::memory(RestoreMemory::Consume),
+        )
         .await
         .unwrap();
     assert_eq!(common::sh(&*vm, "cat /tmp/token").await.trim(), token);

@@ -5,7 +5,7 @@ use crate::common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ember_vmm::{Hypervisor, RestoreMemory};
+use ember_vmm::{Hypervisor, RestoreMemory, RestoreOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Counts in tmpfs (guest memory only); each value lands by rename, so a
@@ -71,7 +71,11 @@ async fn restored_vm_keeps_running_process_memory_and_disk() {
         "origin QEMU still running"
     );
 
-    let restored = env.hv.restore("restored", &snap).await.unwrap();
+    let restored = env
+        .hv
+        .restore("restored", &snap, RestoreOptions::default())
+        .await
+        .unwrap();
     let first = counter(&*restored).await;
     assert!(
         first >= 3 && first <= at_snapshot + 1,
@@ -97,7 +101,11 @@ async fn restored_vm_keeps_running_process_memory_and_disk() {
     restored.resume().await.unwrap();
     let at_second = counter(&*restored).await;
     restored.stop().await.unwrap();
-    let again = env.hv.restore("restored-again", &snap2).await.unwrap();
+    let again = env
+        .hv
+        .restore("restored-again", &snap2, RestoreOptions::default())
+        .await
+        .unwrap();
     let value = counter(&*again).await;
     assert!(
         value >= later && value <= at_second + 1,
@@ -122,8 +130,16 @@ async fn clones_of_one_snapshot_diverge() {
     // Let the snapshot's clock fall behind, so a restore must step it.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let a = env.hv.restore("clone-a", &snap).await.unwrap();
-    let b = env.hv.restore("clone-b", &snap).await.unwrap();
+    let a = env
+        .hv
+        .restore("clone-a", &snap, RestoreOptions::default())
+        .await
+        .unwrap();
+    let b = env
+        .hv
+        .restore("clone-b", &snap, RestoreOptions::default())
+        .await
+        .unwrap();
 
     common::sh(&*a, "echo only-a > /root/mine; echo a-mem > /tmp/mem").await;
     let b_sees = common::sh(&*b, "cat /root/mine /tmp/mem 2>/dev/null; cat /root/base").await;
@@ -183,7 +199,11 @@ async fn guest_tcp_server_answers_through_a_stream_opened_after_restore() {
     vm.snapshot(&snap).await.unwrap();
     vm.stop().await.unwrap();
 
-    let restored = env.hv.restore("web2", &snap).await.unwrap();
+    let restored = env
+        .hv
+        .restore("web2", &snap, RestoreOptions::default())
+        .await
+        .unwrap();
     let mut stream = restored.agent().connect(8080).await.unwrap();
     stream
         .write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
@@ -239,7 +259,7 @@ async fn suspend_and_resume_in_place_keep_state() {
     // A VM of its own from the image: RAM copied, so it suspends cheaply.
     let run = env
         .hv
-        .restore_with("run", &image, RestoreMemory::Copy)
+        .restore("run", &image, RestoreOptions::memory(RestoreMemory::Copy))
         .await
         .unwrap();
     common::sh(&*run, "echo mine > /root/owned").await;
@@ -262,7 +282,11 @@ async fn suspend_and_resume_in_place_keep_state() {
         name = format!("resumed{cycle}");
         current = env
             .hv
-            .restore_with(&name, &saved, RestoreMemory::Consume)
+            .restore(
+                &name,
+                &saved,
+                RestoreOptions::memory(RestoreMemory::Consume),
+            )
             .await
             .unwrap();
         assert!(!saved.exists(), "a consumed snapshot must be gone");
@@ -278,7 +302,11 @@ async fn suspend_and_resume_in_place_keep_state() {
     current.stop().await.unwrap();
 
     // The image snapshot was never written to: a clone starts where it was.
-    let clone = env.hv.restore("clone", &image).await.unwrap();
+    let clone = env
+        .hv
+        .restore("clone", &image, RestoreOptions::default())
+        .await
+        .unwrap();
     let out = clone.agent().sh("cat /root/owned").await.unwrap();
     assert!(!out.success(), "the image saw a later VM's file");
     clone.stop().await.unwrap();
