@@ -130,12 +130,18 @@ def test_metrics_follow_a_microvm_through_its_life(separate_emberd, hello_zip):
     # A suspended VM has no cgroup to read: its series are gone.
     assert value(suspended, "ember_microvm_memory_bytes", microvm_id=vm_id) == 0
     assert value(suspended, "ember_capacity_running_slots", kind="used") == 0
+    # Parked in place: the warm tier counts it and the memory it holds.
+    assert value(suspended, "ember_warm_suspended_microvms") == 1
+    assert value(suspended, "ember_warm_suspended_memory_bytes", kind="held") > 0
+    assert value(suspended, "ember_warm_suspended_memory_bytes", kind="held") < \
+        value(suspended, "ember_warm_suspended_memory_bytes", kind="budget")
 
     # A request wakes it (autoResumeEnabled): a resume, and the time that
     # request waited for its first byte.
     assert counter(vm["endpoint"], token) == 3
     resumed = scrape(url)
     assert value(resumed, "ember_microvms", state="RUNNING") == 1
+    assert value(resumed, "ember_warm_suspended_microvms") == 0
     assert value(resumed, "ember_microvm_resume_duration_seconds",
                  "ember_microvm_resume_duration_seconds_count") == 1
     assert value(resumed, "ember_microvm_auto_resume_first_byte_seconds",

@@ -77,6 +77,8 @@ struct Sampled {
     capacity_memory: Family<KindLabel, Gauge>,
     capacity_slots: Family<KindLabel, Gauge>,
     capacity_microvms: Family<KindLabel, Gauge>,
+    warm_microvms: Gauge,
+    warm_memory: Family<KindLabel, Gauge>,
 }
 
 /// Every metric emberd exports, and the registry that encodes them.
@@ -191,6 +193,17 @@ impl Metrics {
             "Host CPU time used by a running microVM (its cgroup, else its QEMU process)",
             Unit::Seconds,
             s.vm_cpu.clone(),
+        );
+        r.register(
+            "ember_warm_suspended_microvms",
+            "SUSPENDED microVMs parked in place (their QEMU kept, memory released)",
+            s.warm_microvms.clone(),
+        );
+        r.register_with_unit(
+            "ember_warm_suspended_memory",
+            "Host memory parked microVMs hold (held) and may hold in all (budget)",
+            Unit::Bytes,
+            s.warm_memory.clone(),
         );
         r.register_with_unit(
             "ember_microvm_memory",

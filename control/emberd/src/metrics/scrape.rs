@@ -74,6 +74,10 @@ impl Metrics {
         set(&s.capacity_slots, "used", clamp(usage.running));
         set(&s.capacity_microvms, "total", clamp(usage.max_live));
         set(&s.capacity_microvms, "used", clamp(usage.live));
+        let (parked, held, budget) = microvms.warm_tier_usage();
+        s.warm_microvms.set(clamp(parked));
+        set(&s.warm_memory, "held", clamp(held));
+        set(&s.warm_memory, "budget", clamp(budget));
         let mut text = String::new();
         encode(&mut text, &registry).map_err(|e| format!("encoding: {e}"))?;
         Ok(text)

@@ -82,6 +82,20 @@ impl Microvms {
         }
     }
 
+    /// Parked VMs, the host memory they hold, and the budget (bytes).
+    pub fn warm_tier_usage(&self) -> (u64, u64, u64) {
+        let held: Vec<u64> = self
+            .instances()
+            .iter()
+            .filter_map(|inst| inst.parked().map(|(_, bytes)| bytes))
+            .collect();
+        (
+            held.len() as u64,
+            held.iter().sum(),
+            self.config.warm_suspended_bytes,
+        )
+    }
+
     /// Asks the tier task to check the budget.
     pub(super) fn warm_budget_changed(&self) {
         self.warm_tier.notify_one();
