@@ -23,12 +23,13 @@ use crate::error_code::ProxyErrorCode;
 use crate::headers::{
     strip_for_h2, strip_hop_by_hop, wants_h2_upstream, wants_upgrade, ClientAddress,
 };
-use crate::idle::{Activity, Watched};
+use crate::idle::Activity;
 use crate::pool::{AppProtocol, UpstreamPool};
 use crate::proxy::Shared;
 use crate::response::{error, ProxyBody};
 use crate::routing::{request_host, vm_from_host, Route};
 use crate::shell;
+use crate::tap::Tap;
 
 static SUBPROTOCOL_VALUE: HeaderValue = HeaderValue::from_static(SUBPROTOCOL);
 
@@ -270,7 +271,8 @@ async fn splice(
                 return;
             }
         };
-        let mut client = Watched::new(TokioIo::new(client), Arc::clone(&activity));
+        let watched = Arc::clone(&activity);
+        let mut client = Tap::new(TokioIo::new(client), move |_, _| watched.mark());
         let mut upstream = TokioIo::new(upstream);
         if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             debug!(error = %e, "upgraded connection ended");

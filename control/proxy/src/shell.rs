@@ -57,9 +57,10 @@ use tracing::{debug, info, warn};
 use crate::auth::{authorize_shell, ShellGrant, SUBPROTOCOL};
 use crate::error_code::ProxyErrorCode;
 use crate::headers::wants_upgrade;
-use crate::idle::{Activity, Watched};
+use crate::idle::Activity;
 use crate::proxy::Shared;
 use crate::response::{error, ProxyBody};
+use crate::tap::Tap;
 use crate::token::TokenKey;
 use crate::upstream::{AsyncStream, Shell, ShellControl, TerminalSize, UpstreamError};
 use framing::{exit_text, new_session_id, parse_client_text, session_init, ClientText};
@@ -80,7 +81,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 const GUEST_ANSWER: Duration = Duration::from_secs(10);
 const EXIT_REASON: &str = "shell exited";
 
-type Socket = WebSocketStream<Watched<TokioIo<Upgraded>>>;
+type Socket = WebSocketStream<Tap<TokioIo<Upgraded>>>;
 
 /// The shell grant, when `req` is a request for the shell: `/shell` with a
 /// valid shell token for `microvm_id`. Anything else goes to the app (or
@@ -234,7 +235,8 @@ async fn run(
         }
     };
     let activity = Activity::new();
-    let watched = Watched::new(TokioIo::new(upgraded), Arc::clone(&activity));
+    let watched = Arc::clone(&activity);
+    let watched: Tap<_> = Tap::new(TokioIo::new(upgraded), Box::new(move |_, _| watched.mark()));
     let socket = Socket::from_raw_socket(watched, Role::Server, Some(config())).await;
     let (mut sink, mut source) = socket.split();
     if sink
