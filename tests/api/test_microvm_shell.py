@@ -158,18 +158,20 @@ def test_header_token_opens_the_shell_too(ember, shell_vm):
         ws.close()
 
 
-def test_an_open_shell_keeps_the_vm_awake_and_a_suspended_vm_resumes_for_one(ember, shell_vm):
-    """The VM idles out after 2 s without traffic, but not while a shell
-    is open; a shell to the suspended VM resumes it (autoResumeEnabled)."""
+def test_an_idle_shell_is_closed_and_a_suspended_vm_resumes_for_one(ember, shell_vm):
+    """A shell with no byte either way is closed after the endpoint idle
+    timeout (1 s here, half the 2 s idle floor) with 1001 "idle", so a
+    forgotten shell does not keep the VM awake: it idles out; a shell to
+    the suspended VM resumes it (autoResumeEnabled)."""
     client = ember.client()
     vm_id, endpoint = shell_vm["microvmId"], shell_vm["endpoint"]
     ws = open_shell(endpoint, shell_token(client, vm_id))
     try:
         session_init(ws)
-        time.sleep(IDLE_SECONDS * 4)
-        assert client.get_microvm(microvmIdentifier=vm_id)["state"] == "RUNNING"
         assert "still-here" in type_and_read(ws, "echo still-$((0))here | tr -d 0\n",
                                              "still-here")
+        _, code, reason = read_to_close(ws)
+        assert (code, reason) == (1001, "idle")
     finally:
         ws.close()
     wait_microvm(client, vm_id, "SUSPENDED", timeout=60)

@@ -1,5 +1,5 @@
 """TLS on the API and on endpoints, with the clients users have: the AWS
-CLI with `--ca-bundle`, boto3 with `verify=`, the `ember` CLI, urllib and
+CLI with `--ca-bundle`, boto3 with `verify=`, the `ember` CLI (`shell` too), urllib and
 a WebSocket client over wss. One emberd with `--tls-self-signed` serves
 one built hello-http image; `--tls-cert/--tls-key` and their SIGHUP
 reload get an emberd of their own (no image); the loopback rule is
@@ -189,6 +189,16 @@ def test_ember_cli_over_tls(tls_emberd, tls_vm):
     untrusted = ember("get", vm_id)
     assert untrusted.returncode != 0
     assert "certificate" in untrusted.stderr.lower(), untrusted.stderr
+
+    # `ember shell` over wss, trusting the same bundle.
+    def shell(*args):
+        return subprocess.run([str(CLI), "--data-dir", str(emberd.data_dir), *args],
+                              input="echo $((6*7))\nexit 3\n", capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "RUST_BACKTRACE": "0"})
+
+    shelled = shell("--ca-bundle", str(ca), "shell", vm_id)
+    assert shelled.returncode == 3, shelled
+    assert "\n42" in shelled.stdout.replace("\r", ""), shelled.stdout
 
 
 def make_pair(dest, name):

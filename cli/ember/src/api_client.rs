@@ -2,7 +2,8 @@
 //! folder (`endpoint`, `credentials`) and signs every request with SigV4,
 //! like the AWS CLI does.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -24,6 +25,7 @@ pub struct ApiClient {
     secret_access_key: String,
     region: String,
     http: reqwest::Client,
+    ca_bundle: Option<PathBuf>,
 }
 
 impl ApiClient {
@@ -59,6 +61,7 @@ impl ApiClient {
             secret_access_key: creds.secret_access_key,
             region: region.to_string(),
             http: http_client(None)?,
+            ca_bundle: None,
         })
     }
 
@@ -69,7 +72,34 @@ impl ApiClient {
         if bundle.is_some() {
             self.http = http_client(bundle)?;
         }
+        self.ca_bundle = bundle.map(Path::to_path_buf);
         Ok(self)
+    }
+
+    /// The TLS trust of the HTTP client, for connections it cannot make
+    /// (the shell's WebSocket): the CA bundle's certificates only, else the
+    /// platform's verifier, as reqwest uses.
+    pub fn tls_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let builder = rustls::ClientConfig::builder();
+        let config = match &self.ca_bundle {
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in read_pem_certs(path)? {
+                    roots
+                        .add(cert)
+                        .with_context(|| format!("the CA bundle {}", path.display()))?;
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            None => {
+                use rustls_platform_verifier::BuilderVerifierExt as _;
+                builder
+                    .with_platform_verifier()
+                    .context("the platform's certificate verifier")?
+                    .with_no_client_auth()
+            }
+        };
+        Ok(Arc::new(config))
     }
 
     /// The HTTP client API calls use, for requests to endpoints too.
@@ -173,6 +203,19 @@ impl ApiClient {
             .await
             .with_context(|| format!("calling emberd at {}", self.endpoint))
     }
+}
+
+fn read_pem_certs(path: &Path) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject as _;
+    let pem =
+        std::fs::read(path).with_context(|| format!("reading the CA bundle {}", path.display()))?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("the CA bundle {}", path.display()))?;
+    if certs.is_empty() {
+        bail!("the CA bundle {} holds no PEM certificate", path.display());
+    }
+    Ok(certs)
 }
 
 fn http_client(ca_bundle: Option<&Path>) -> anyhow::Result<reqwest::Client> {

@@ -19,6 +19,7 @@ use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::Connector;
 
 use ember::api_client::ApiClient;
 use ember::microvm_api::{get, MICROVMS};
@@ -65,7 +66,7 @@ pub async fn run(client: &ApiClient, id: &str) -> anyhow::Result<i32> {
     let endpoint = vm["endpoint"]
         .as_str()
         .context("GetMicrovm answered without an endpoint")?;
-    let mut socket = connect(endpoint, token).await?;
+    let mut socket = connect(client, endpoint, token).await?;
     let first = socket
         .next()
         .await
@@ -80,7 +81,7 @@ pub async fn run(client: &ApiClient, id: &str) -> anyhow::Result<i32> {
     result
 }
 
-async fn connect(endpoint: &str, token: &str) -> anyhow::Result<Socket> {
+async fn connect(client: &ApiClient, endpoint: &str, token: &str) -> anyhow::Result<Socket> {
     let mut url = url::Url::parse(endpoint)
         .with_context(|| format!("the microVM's endpoint {endpoint:?}"))?
         .join("/shell")?;
@@ -93,7 +94,13 @@ async fn connect(endpoint: &str, token: &str) -> anyhow::Result<Socket> {
         "Sec-WebSocket-Protocol",
         offer.parse().context("token header")?,
     );
-    match tokio_tungstenite::connect_async(request).await {
+    let connector = match scheme {
+        "wss" => Connector::Rustls(client.tls_config()?),
+        _ => Connector::Plain,
+    };
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector));
+    match connecting.await {
         Ok((socket, _)) => Ok(socket),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let body = resp

@@ -2,6 +2,7 @@
 //! keeps its state in SQLite under `--data-dir`, and builds images in
 //! microVMs.
 
+mod api_server;
 mod build_logs;
 mod builds;
 mod connectors;
@@ -193,6 +194,8 @@ struct Args {
     registries: registries::RegistryArgs,
     #[command(flatten)]
     tls: tls::TlsArgs,
+    #[command(flatten)]
+    api_limits: api_server::ApiLimits,
 }
 
 #[tokio::main]
@@ -367,18 +370,13 @@ async fn main() -> anyhow::Result<()> {
     write_endpoint(&layout, &url)?;
     println!("emberd listening on {url}");
     tracing::info!(%url, accel = hv.accel().as_str(), data_dir = %data_dir.display(), "emberd ready");
+    let limits = args.api_limits.clone();
     match &tls {
         Some(t) => {
             let listener = tls::TlsListener::new(listener, t.server_config(tls::API_ALPN)?)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await?
+            api_server::serve(listener, app, limits, shutdown_signal()).await
         }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await?
-        }
+        None => api_server::serve(listener, app, limits, shutdown_signal()).await,
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! connections; `/shell` with a shell token goes to the shell (`shell.rs`)
 //! instead.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{HOST, SEC_WEBSOCKET_PROTOCOL};
@@ -18,16 +18,18 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::auth::{authorize, strip_credentials, SUBPROTOCOL};
+use crate::caps::VmPlace;
 use crate::error_code::ProxyErrorCode;
 use crate::headers::{
     strip_for_h2, strip_hop_by_hop, wants_h2_upstream, wants_upgrade, ClientAddress,
 };
-use crate::idle::{Activity, Watched};
+use crate::idle::Activity;
 use crate::pool::{AppProtocol, UpstreamPool};
 use crate::proxy::Shared;
 use crate::response::{error, ProxyBody};
 use crate::routing::{request_host, vm_from_host, Route};
 use crate::shell;
+use crate::tap::Tap;
 
 static SUBPROTOCOL_VALUE: HeaderValue = HeaderValue::from_static(SUBPROTOCOL);
 
@@ -40,6 +42,9 @@ pub(crate) struct ClientConnection {
     shutdown: watch::Receiver<()>,
     /// Also the idle clock of the connections it upgrades.
     activity: Arc<Activity>,
+    /// On a shared listener, its places under the caps of the microVMs it
+    /// sent requests for.
+    places: Mutex<Vec<VmPlace>>,
 }
 
 impl ClientConnection {
@@ -57,6 +62,26 @@ impl ClientConnection {
             upstreams: UpstreamPool::default(),
             shutdown,
             activity,
+            places: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Counts this connection against `microvm_id`'s cap on a shared
+    /// listener (a per-VM listener's own cap already did); false past it.
+    fn hold_place(&self, microvm_id: &Arc<str>) -> bool {
+        if let Route::Fixed(_) = self.route {
+            return true;
+        }
+        let mut places = self.places.lock().unwrap_or_else(PoisonError::into_inner);
+        if places.iter().any(|p| p.microvm_id() == &**microvm_id) {
+            return true;
+        }
+        match self.shared.vm_counts.take(microvm_id) {
+            Some(place) => {
+                places.push(place);
+                true
+            }
+            None => false,
         }
     }
 
@@ -76,6 +101,9 @@ impl ClientConnection {
             }
         };
         if let Some(shell) = shell::shell_request(&self.shared.key, &req, &microvm_id, unix_now()) {
+            if !self.hold_place(&microvm_id) {
+                return too_many_connections();
+            }
             self.shared.upstream.touch(&microvm_id);
             return shell::open(&self.shared, &microvm_id, req, shell, self.shutdown.clone()).await;
         }
@@ -83,6 +111,9 @@ impl ClientConnection {
             Ok(grant) => grant,
             Err(rejection) => return error(rejection.code, rejection.message),
         };
+        if !self.hold_place(&microvm_id) {
+            return too_many_connections();
+        }
         self.shared.upstream.touch(&microvm_id);
 
         let upgrade = wants_upgrade(req.headers());
@@ -118,7 +149,12 @@ impl ClientConnection {
                 );
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
+            // The HTTP/1.1 connection ends with the upgrade; the splice
+            // keeps its places.
+            let places =
+                std::mem::take(&mut *self.places.lock().unwrap_or_else(PoisonError::into_inner));
             tokio::spawn(splice(
+                places,
                 client_upgrade,
                 upstream_upgrade,
                 self.shutdown.clone(),
@@ -139,6 +175,13 @@ impl ClientConnection {
         }
         response.map(Either::Left)
     }
+}
+
+fn too_many_connections() -> Response<ProxyBody> {
+    error(
+        ProxyErrorCode::MicrovmUnavailable,
+        "the microVM's endpoint has too many open connections; retry later",
+    )
 }
 
 fn unix_now() -> u64 {
@@ -213,6 +256,7 @@ fn to_http2(req: &mut Request<Incoming>) {
 /// Copies both ways until either side closes, the listener shuts down or
 /// no byte moved either way for `idle_timeout`.
 async fn splice(
+    _places: Vec<VmPlace>,
     client: OnUpgrade,
     upstream: OnUpgrade,
     mut shutdown: watch::Receiver<()>,
@@ -227,7 +271,8 @@ async fn splice(
                 return;
             }
         };
-        let mut client = Watched::new(TokioIo::new(client), Arc::clone(&activity));
+        let watched = Arc::clone(&activity);
+        let mut client = Tap::new(TokioIo::new(client), move |_, _| watched.mark());
         let mut upstream = TokioIo::new(upstream);
         if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             debug!(error = %e, "upgraded connection ended");

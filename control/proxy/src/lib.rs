@@ -55,6 +55,7 @@ mod routing;
 pub mod scope;
 mod serve;
 mod shell;
+pub mod tap;
 mod tls;
 pub mod token;
 pub mod upstream;

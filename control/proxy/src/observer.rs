@@ -3,13 +3,11 @@
 //! `x-aws-proxy-error` code; every byte to and from clients, upgraded
 //! connections included. The proxy keeps no counters of its own.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::tap::{Direction, Tap};
 
 /// Called on the request path: implementations must be cheap and must not
 /// block (atomic counters).
@@ -39,11 +37,16 @@ impl Observer {
     }
 
     /// Wraps a client connection so its bytes are counted.
-    pub(crate) fn count<I>(&self, io: I) -> Counted<I> {
-        Counted {
-            io,
-            observer: self.0.clone(),
-        }
+    pub(crate) fn count<I>(&self, io: I) -> Tap<I, impl FnMut(Direction, usize) + Send + Unpin> {
+        let observer = self.0.clone();
+        Tap::new(io, move |direction, n| {
+            if let Some(o) = &observer {
+                match direction {
+                    Direction::Read => o.bytes_in(n as u64),
+                    Direction::Written => o.bytes_out(n as u64),
+                }
+            }
+        })
     }
 }
 
@@ -54,69 +57,6 @@ impl std::fmt::Debug for Observer {
         } else {
             "Observer(none)"
         })
-    }
-}
-
-/// A client stream whose reads and writes are reported.
-pub(crate) struct Counted<I> {
-    io: I,
-    observer: Option<Arc<dyn ProxyObserver>>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if let (Poll::Ready(Ok(())), Some(o)) = (&polled, &self.observer) {
-            o.bytes_in((buf.filled().len() - before) as u64);
-        }
-        polled
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.wrote(&polled);
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.wrote(&polled);
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-impl<I> Counted<I> {
-    fn wrote(&self, polled: &Poll<io::Result<usize>>) {
-        if let (Poll::Ready(Ok(n)), Some(o)) = (polled, &self.observer) {
-            o.bytes_out(*n as u64);
-        }
     }
 }
 

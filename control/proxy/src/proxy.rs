@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::caps::Caps;
+use crate::caps::{Caps, VmCounts};
 use crate::routing::Route;
 use crate::serve::{serve_plain, Served};
 use crate::tls::{serve_tls, EndpointTls};
@@ -56,7 +56,8 @@ pub struct ProxyConfig {
     /// than the shortest idle policy, or an idle connection delays the
     /// suspend of its microVM.
     pub idle_timeout: Duration,
-    /// Client connections one microVM's own listener serves at once.
+    /// Client connections one microVM's own listener serves at once, and
+    /// the shared listeners serve for one microVM at once.
     pub max_connections_per_vm: usize,
     /// Client connections a shared (wildcard-domain) listener serves at
     /// once, all microVMs together.
@@ -83,6 +84,8 @@ pub(crate) struct Shared {
     pub(crate) key: Arc<TokenKey>,
     pub(crate) upstream: Arc<dyn Upstream>,
     pub(crate) config: ProxyConfig,
+    /// Per-microVM caps on the shared listeners.
+    pub(crate) vm_counts: Arc<VmCounts>,
 }
 
 struct VmListener {
@@ -103,6 +106,7 @@ impl Proxy {
             shared: Arc::new(Shared {
                 key,
                 upstream,
+                vm_counts: VmCounts::new(config.max_connections_per_vm),
                 config,
             }),
             vm_listeners: Mutex::new(HashMap::new()),

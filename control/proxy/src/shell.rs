@@ -20,8 +20,9 @@
 //! - a message or frame over [`MAX_MESSAGE`] closes the session with 1009,
 //!   a client close or a dropped connection hangs the terminal up (the
 //!   shell gets SIGHUP), unbinding the endpoint closes with 1001;
-//! - no idle timeout: an open shell keeps the VM from idling out for as
-//!   long as the upstream counts it as an open stream.
+//! - no byte either way for `ProxyConfig::idle_timeout` closes the session
+//!   with 1001 "idle" and hangs up, like any idle endpoint connection: a
+//!   forgotten shell must not keep its microVM from idling out.
 //!
 //! Before the 101 the answers are plain HTTP: 400 (not a WebSocket
 //! handshake), 404 (unknown microVM), 503 (cannot serve now), 502 (the
@@ -56,8 +57,10 @@ use tracing::{debug, info, warn};
 use crate::auth::{authorize_shell, ShellGrant, SUBPROTOCOL};
 use crate::error_code::ProxyErrorCode;
 use crate::headers::wants_upgrade;
+use crate::idle::Activity;
 use crate::proxy::Shared;
 use crate::response::{error, ProxyBody};
+use crate::tap::Tap;
 use crate::token::TokenKey;
 use crate::upstream::{AsyncStream, Shell, ShellControl, TerminalSize, UpstreamError};
 use framing::{exit_text, new_session_id, parse_client_text, session_init, ClientText};
@@ -78,7 +81,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 const GUEST_ANSWER: Duration = Duration::from_secs(10);
 const EXIT_REASON: &str = "shell exited";
 
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Socket = WebSocketStream<Tap<TokioIo<Upgraded>>>;
 
 /// The shell grant, when `req` is a request for the shell: `/shell` with a
 /// valid shell token for `microvm_id`. Anything else goes to the app (or
@@ -125,7 +128,8 @@ pub(crate) async fn open(
     let session_id = new_session_id();
     info!(microvm_id, session_id, "shell opened");
     let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(run(upgrade, shell, session_id, shutdown));
+    let idle_timeout = shared.config.idle_timeout;
+    tokio::spawn(run(upgrade, shell, session_id, (shutdown, idle_timeout)));
 
     let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -214,13 +218,14 @@ enum Ended {
     Output(bool),
     Client(ClientEnd),
     Shutdown,
+    Idle,
 }
 
 async fn run(
     upgrade: OnUpgrade,
     shell: Shell,
     session_id: String,
-    mut shutdown: watch::Receiver<()>,
+    (mut shutdown, idle_timeout): (watch::Receiver<()>, Duration),
 ) {
     let upgraded = match upgrade.await {
         Ok(upgraded) => upgraded,
@@ -229,8 +234,10 @@ async fn run(
             return;
         }
     };
-    let socket =
-        Socket::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config())).await;
+    let activity = Activity::new();
+    let watched = Arc::clone(&activity);
+    let watched: Tap<_> = Tap::new(TokioIo::new(upgraded), Box::new(move |_, _| watched.mark()));
+    let socket = Socket::from_raw_socket(watched, Role::Server, Some(config())).await;
     let (mut sink, mut source) = socket.split();
     if sink
         .send(Message::text(session_init(&session_id)))
@@ -245,6 +252,7 @@ async fn run(
         delivered = pump_output(&mut output, &mut sink) => Ended::Output(delivered),
         end = pump_input(&mut source, &mut input, &*control) => Ended::Client(end),
         _ = shutdown.changed() => Ended::Shutdown,
+        () = activity.idle_for(idle_timeout) => Ended::Idle,
     };
     match ended {
         Ended::Output(false) => {}
@@ -281,6 +289,10 @@ async fn run(
         Ended::Shutdown => {
             let close = close_frame(CloseCode::Away, "the endpoint closed");
             close_and_drain(sink, source, close).await;
+        }
+        Ended::Idle => {
+            debug!(session_id, "closing an idle shell");
+            close_and_drain(sink, source, close_frame(CloseCode::Away, "idle")).await;
         }
     }
     // Dropping the terminal here hangs it up if the shell still runs.

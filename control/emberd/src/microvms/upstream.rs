@@ -3,14 +3,11 @@
 //! resuming the VM first when it is suspended and allowed to. Both count as
 //! an open stream for the idle policy while they last.
 
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
 use ember_api::model::MicrovmState;
+use ember_proxy::tap::{Direction, Tap};
 use ember_proxy::{AsyncStream, Shell, TerminalSize, Upstream, UpstreamError};
 use ember_vmm::Vm;
 
@@ -60,11 +57,8 @@ impl Upstream for VmUpstream {
             .connect(port)
             .await
             .map_err(|e| UpstreamError::Refused(format!("guest port {port}: {e}")))?;
-        Ok(Box::new(Tracked {
-            inner: stream,
-            guard,
-            first_byte: resuming.then(|| (asked, Arc::clone(&microvms.config.metrics))),
-        }))
+        let first_byte = resuming.then(|| (asked, Arc::clone(&microvms.config.metrics)));
+        Ok(Box::new(tracked(stream, guard, first_byte)))
     }
 
     async fn open_shell(
@@ -89,11 +83,7 @@ impl Upstream for VmUpstream {
             .await
             .map_err(|e| UpstreamError::Refused(format!("starting a shell: {e}")))?;
         Ok(Shell {
-            terminal: Box::new(Tracked {
-                inner: terminal,
-                guard,
-                first_byte: None,
-            }),
+            terminal: Box::new(tracked(terminal, guard, None)),
             control: Box::new(control),
         })
     }
@@ -141,51 +131,19 @@ impl Microvms {
 }
 
 /// A guest stream that counts as an open connection while it lives, and
-/// its bytes as activity.
-struct Tracked<S> {
+/// its bytes as activity; for a request that found its VM suspended,
+/// `first_byte` (when it asked) times the app's first byte back.
+fn tracked<S: AsyncStream + 'static>(
     inner: S,
     guard: StreamGuard,
-    /// For a request that found its VM suspended: when it asked, until
-    /// the app's first byte comes back.
-    first_byte: Option<(Instant, Arc<Metrics>)>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            if let Some((asked, metrics)) = self.first_byte.take() {
+    mut first_byte: Option<(Instant, Arc<Metrics>)>,
+) -> Tap<S, impl FnMut(Direction, usize) + Send + Unpin + 'static> {
+    Tap::new(inner, move |direction, _| {
+        if direction == Direction::Read {
+            if let Some((asked, metrics)) = first_byte.take() {
                 metrics.observe_auto_resume_first_byte(asked.elapsed());
             }
-            self.guard.moved();
         }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.guard.moved();
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+        guard.moved();
+    })
 }

@@ -1,14 +1,15 @@
-//! Callers are bounded: connections past a listener's cap are refused
-//! with a 503 and closed; idle connections, plain or upgraded, are closed.
+//! Callers are bounded: connections past a listener's cap (or, on the
+//! shared listener, a microVM's cap) are refused with a 503; idle connections, plain or upgraded, are closed.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
 use ember_proxy::ProxyConfig;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -17,16 +18,22 @@ use tokio_tungstenite::tungstenite::Message;
 const AT_MOST: Duration = Duration::from_secs(20);
 
 fn raw_get(path: &str, token: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nx-aws-proxy-auth: {token}\r\n\r\n")
+    raw_get_at("127.0.0.1", path, token)
+}
+
+fn raw_get_at(host: &str, path: &str, token: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nx-aws-proxy-auth: {token}\r\n\r\n")
 }
 
 /// Sends one request on `stream` and reads until the answer's body (small
 /// and with a length) is in.
 async fn answer_on(stream: &mut TcpStream, path: &str, token: &str) -> String {
-    stream
-        .write_all(raw_get(path, token).as_bytes())
-        .await
-        .unwrap();
+    answer_with(stream, raw_get(path, token)).await
+}
+
+/// Sends `request` on `stream` and reads until the answer's body is in.
+async fn answer_with(stream: &mut TcpStream, request: String) -> String {
+    stream.write_all(request.as_bytes()).await.unwrap();
     let mut read = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -173,4 +180,57 @@ async fn an_idle_websocket_is_closed_an_active_one_is_not() {
         !matches!(ended, Some(Ok(Message::Text(_) | Message::Binary(_)))),
         "{ended:?}"
     );
+}
+
+#[tokio::test]
+async fn the_shared_listener_caps_connections_per_microvm() {
+    let h = Arc::new(
+        Harness::with_config(ProxyConfig {
+            max_connections_per_vm: 2,
+            ..Default::default()
+        })
+        .await,
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = Arc::clone(&h);
+    tokio::spawn(async move { serving.proxy.serve_shared(listener, "ember.test").await });
+    let (token_a, token_b) = (h.endpoint_token("vm-a"), h.endpoint_token("vm-b"));
+    let get_a = || raw_get_at("vm-a.ember.test", "/", &token_a);
+
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    for held in [&mut first, &mut second] {
+        let answer = answer_with(held, get_a()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let refused = answer_with(&mut third, get_a()).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        refused
+            .to_ascii_lowercase()
+            .contains("x-aws-proxy-error: microvm_unavailable"),
+        "{refused}"
+    );
+    // Another microVM on the same listener is not held back.
+    let answer = answer_with(&mut third, raw_get_at("vm-b.ember.test", "/", &token_b)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A closed connection frees its place (once the proxy saw it close).
+    drop(first);
+    let mut served = false;
+    for _ in 0..100 {
+        let mut next = TcpStream::connect(addr).await.unwrap();
+        if answer_with(&mut next, get_a())
+            .await
+            .starts_with("HTTP/1.1 200")
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the place of a closed connection was never freed");
+    drop(second);
 }

@@ -470,3 +470,48 @@ async fn wait_until(done: impl Fn() -> bool) {
     }
     panic!("condition not reached in 5 s");
 }
+
+#[tokio::test]
+async fn an_idle_shell_is_closed_with_1001_and_hung_up_but_not_a_busy_one() {
+    let (app, app_stats) = start_app().await;
+    let seen = Arc::new(Seen::default());
+    let key = Arc::new(TokenKey::generate());
+    let upstream = Arc::new(ShellUpstream {
+        app,
+        seen: seen.clone(),
+    });
+    let config = ProxyConfig {
+        idle_timeout: std::time::Duration::from_millis(1000),
+        ..Default::default()
+    };
+    let s = Setup {
+        proxy: Proxy::new(key.clone(), upstream, config),
+        key,
+        seen,
+        app_stats,
+    };
+    let mut ws = open_session(&s).await;
+    // Typing more often than the timeout keeps it open.
+    for i in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        run_line(&mut ws, &format!("line {i}"), &format!("> line {i}")).await;
+    }
+    // Then silence: the proxy closes the session and hangs the shell up
+    // (a proxy that never does fails here rather than stalling the suite).
+    let closing = async {
+        let mut close = None;
+        while let Some(Ok(frame)) = ws.next().await {
+            if let Message::Close(frame) = frame {
+                close = frame;
+            }
+        }
+        close
+    };
+    let close = tokio::time::timeout(std::time::Duration::from_secs(20), closing)
+        .await
+        .expect("an idle shell was kept open")
+        .expect("a close frame");
+    assert_eq!(close.code, CloseCode::Away);
+    assert_eq!(close.reason.as_str(), "idle");
+    wait_until(|| s.seen.hung_up.load(Ordering::SeqCst) == 1).await;
+}
