@@ -41,7 +41,7 @@ failed=$((failed + fuzz_failed))
 py_passed=0
 py_failed=0
 if "$root/scripts/setup-venv.sh"; then
-    (cd "$root" && build/venv/bin/python -m pytest -q -rfE -p no:cacheprovider \
+    (cd "$root" && build/venv/bin/python -m pytest -q -rfE --durations=25 -p no:cacheprovider \
         --junitxml="$junit" tests/api)
     py_status=$?
     read -r py_passed py_failed < <("$root/build/venv/bin/python" - "$junit" <<'PY'

@@ -2,6 +2,7 @@
 //! per result. Figures that are compared (cold boot vs restore) are taken
 //! in the same run, so their ratio survives a noisy machine.
 
+mod edge;
 mod hostile_guest;
 mod image_build;
 mod local_registry;
@@ -49,7 +50,7 @@ struct Args {
     #[arg(long = "example", value_name = "NAME")]
     examples: Vec<String>,
     /// Which benchmarks to run (default: all).
-    #[arg(value_parser = ["restore", "image_build", "microvm", "hostile_guest"])]
+    #[arg(value_parser = ["restore", "image_build", "microvm", "edge", "hostile_guest"])]
     only: Vec<String>,
 }
 
@@ -72,14 +73,18 @@ async fn main() -> anyhow::Result<()> {
             println!("{line}");
         }
     }
+    let opts = microvm::Opts {
+        runs: args.runs.max(1),
+        running_vms: args.running_vms,
+        suspended_vms: args.suspended_vms,
+        accel: args.accel.clone(),
+    };
     if wants("microvm") {
-        let opts = microvm::Opts {
-            runs: args.runs.max(1),
-            running_vms: args.running_vms,
-            suspended_vms: args.suspended_vms,
-            accel: args.accel.clone(),
-        };
         let line = microvm::run(&args.data_dir, &args.agent, &opts).await?;
+        println!("{line}");
+    }
+    if wants("edge") {
+        let line = edge::run(&args.data_dir, &args.agent, &opts).await?;
         println!("{line}");
     }
     if wants("hostile_guest") {

@@ -36,6 +36,7 @@ impl DataDir {
             self.root.join("vms"),
             self.root.join("microvms"),
             self.root.join("logs/microvms"),
+            self.pool(),
         ] {
             std::fs::create_dir_all(dir)?;
         }
@@ -96,6 +97,12 @@ impl DataDir {
     /// The app's output of one microVM, kept across suspend and resume.
     pub fn microvm_log(&self, id: &str) -> PathBuf {
         self.root.join("logs/microvms").join(format!("{id}.log"))
+    }
+
+    /// One empty file per VM in the warm pool, named by its id: what a
+    /// restarted emberd must end (pooled VMs have no microVM record).
+    pub fn pool(&self) -> PathBuf {
+        self.root.join("pool")
     }
 
     /// The key endpoint tokens are signed with.

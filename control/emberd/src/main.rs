@@ -107,6 +107,11 @@ struct Args {
     /// to disk. 0 sends every suspend to disk. Default: an eighth of RAM.
     #[arg(long)]
     warm_suspended_mib: Option<u64>,
+    /// MicroVMs per image version restored ahead of time, so a RunMicrovm
+    /// claims one instead of restoring (egress-less runs only). They count
+    /// against --max-microvms and the running slots.
+    #[arg(long, default_value_t = 0)]
+    warm_pool: usize,
     /// CPU a microVM may use, in percent of one host core (its cgroup).
     #[arg(long, default_value_t = 100)]
     vm_cpu_percent: u32,
@@ -457,6 +462,7 @@ async fn start_microvms(
                 .warm_suspended_mib
                 .map(|mib| mib.saturating_mul(1 << 20))
                 .unwrap_or_else(microvms::default_warm_budget_bytes),
+            warm_pool: args.warm_pool,
         },
     );
     upstream.attach(&microvms);

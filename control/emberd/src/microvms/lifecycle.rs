@@ -37,14 +37,28 @@ impl Microvms {
     /// `RunMicrovm`: records the VM as PENDING with its endpoint and
     /// restores it in the background.
     pub async fn run(self: &Arc<Self>, plan: RunPlan) -> Result<MicrovmRecord, ApiError> {
-        let id = crate::service::names::new_id();
-        // The slot is taken before the first await, so parallel runs see
-        // each other; every way out before the start task gives it back.
-        self.admission.admit_run(&id, plan.spec.memory_mib)?;
+        // A pooled VM holds its slot already, under the id it was restored as.
+        let pooled = self.claim_pooled(&plan.spec);
+        let id = match &pooled {
+            Some((id, _)) => id.clone(),
+            None => {
+                let id = crate::service::names::new_id();
+                // The slot is taken before the first await, so parallel
+                // runs see each other; every way out before the start
+                // task gives it back.
+                self.admission.admit_run(&id, plan.spec.memory_mib)?;
+                id
+            }
+        };
+        let pooled = pooled.map(|(_, vm)| vm);
+        let give_back = |pooled: Option<Arc<dyn Vm>>| match pooled {
+            Some(vm) => self.discard_pooled(&id, vm),
+            None => self.admission.release(&id),
+        };
         let (endpoint, proxy_addr) = match self.bind_endpoint(&id, None).await {
             Ok(bound) => bound,
             Err(e) => {
-                self.admission.release(&id);
+                give_back(pooled);
                 return Err(e);
             }
         };
@@ -67,7 +81,7 @@ impl Microvms {
         };
         if let Err(e) = self.store.insert_microvm(&record) {
             self.proxy.unbind_vm(&id);
-            self.admission.release(&id);
+            give_back(pooled);
             return Err(internal(e));
         }
         let inst = Arc::new(Instance::new(
@@ -87,7 +101,7 @@ impl Microvms {
         let guard = Arc::clone(&inst.transition).lock_owned().await;
         self.live_map().insert(id, Arc::clone(&inst));
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.start(inst, guard).await });
+        tokio::spawn(async move { this.start(inst, guard, pooled).await });
         Ok(record)
     }
 
@@ -129,7 +143,12 @@ impl Microvms {
         }
     }
 
-    async fn start(self: Arc<Self>, inst: Arc<Instance>, _guard: OwnedMutexGuard<()>) {
+    async fn start(
+        self: Arc<Self>,
+        inst: Arc<Instance>,
+        _guard: OwnedMutexGuard<()>,
+        pooled: Option<Arc<dyn Vm>>,
+    ) {
         let started = std::time::Instant::now();
         let spec = &inst.spec;
         // Image snapshots have an unconnected network card; egress plugs
@@ -139,7 +158,10 @@ impl Microvms {
             memory: RestoreMemory::Copy,
             network: spec.internet().then_some(Network::Internet),
         };
-        let restored = self.hv.restore(&inst.id, &spec.snapshot_dir, options).await;
+        let restored = match pooled {
+            Some(vm) => Ok(vm),
+            None => self.hv.restore(&inst.id, &spec.snapshot_dir, options).await,
+        };
         let vm = match restored {
             Ok(vm) => {
                 self.admission.started(&inst.id);
@@ -179,6 +201,8 @@ impl Microvms {
             self.metrics().observe_run(started.elapsed());
         }
         tracing::info!(microvm = %inst.id, image = %inst.image, version = inst.version, "running");
+        // After the run, not beside it: a pool restore would slow it.
+        self.refill_pool(&inst.image, &inst.spec);
     }
 
     /// `SuspendMicrovm`.
@@ -207,7 +231,8 @@ impl Microvms {
         Ok(())
     }
 
-    /// Saves a running VM and ends its QEMU process. Caller holds the
+    /// Suspends a running VM: parked in place when the warm tier takes
+    /// it, else saved to disk and its process ended. Caller holds the
     /// transition lock.
     pub(super) async fn suspend_locked(&self, inst: &Arc<Instance>, why: &str) {
         let Some(vm) = inst.vm() else {
@@ -216,66 +241,71 @@ impl Microvms {
         let started = std::time::Instant::now();
         let reason = self.hook_then(inst, vm.as_ref(), Hook::Suspend, why).await;
         self.sync_logs(inst, vm.as_ref()).await;
-        if self.park_for_suspend(inst, &vm).await {
-            self.metrics().observe_suspend(started.elapsed());
-            if !inst.is_doomed() {
-                self.set_state(
-                    inst,
-                    MicrovmState::Suspended,
-                    Some(&reason),
-                    Some(Some(now())),
-                );
-            }
+        let tier = if self.park_for_suspend(inst, &vm).await {
             self.warm_budget_changed();
-            tracing::info!(microvm = %inst.id, "suspended (warm): {reason}");
-            return;
+            "parked"
+        } else {
+            match self.save_to_disk(inst, vm.as_ref()).await {
+                Ok(()) => "on disk",
+                Err(e) => return self.suspend_failed(inst, vm.as_ref(), &e).await,
+            }
+        };
+        self.metrics().observe_suspend(started.elapsed());
+        // A termination queued meanwhile (the app exited, or
+        // TerminateMicrovm) finishes next; TERMINATING stays the truth
+        // until then.
+        if !inst.is_doomed() {
+            self.set_state(
+                inst,
+                MicrovmState::Suspended,
+                Some(&reason),
+                Some(Some(now())),
+            );
         }
+        tracing::info!(microvm = %inst.id, tier, "suspended: {reason}");
+    }
+
+    /// Writes the VM to its suspended folder and ends its process. On an
+    /// error no half snapshot is left.
+    async fn save_to_disk(&self, inst: &Instance, vm: &dyn Vm) -> Result<(), String> {
         let dir = self.suspended_dir(&inst.id);
         if let Err(e) = remove_dir_if_exists(&dir) {
             tracing::warn!(microvm = %inst.id, "clearing {}: {e}", dir.display());
         }
-        let suspended = match std::fs::create_dir_all(self.vm_dir(&inst.id)) {
+        let saved = match std::fs::create_dir_all(self.vm_dir(&inst.id)) {
             Ok(()) => vm.suspend(&dir).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        match suspended {
+        match saved {
             Ok(_) => {
                 inst.set_vm(None);
-                self.metrics().observe_suspend(started.elapsed());
-                // A termination queued meanwhile (the app exited, or
-                // TerminateMicrovm) finishes next; TERMINATING stays the
-                // truth until then.
-                if !inst.is_doomed() {
-                    self.set_state(
-                        inst,
-                        MicrovmState::Suspended,
-                        Some(&reason),
-                        Some(Some(now())),
-                    );
-                }
-                tracing::info!(microvm = %inst.id, "suspended: {reason}");
+                Ok(())
             }
             Err(e) => {
-                // The VM may still be whole; a failed save must not lose it.
                 let _ = remove_dir_if_exists(&dir);
-                if vm.resume().await.is_ok() {
-                    let reason = format!("suspend failed, still running: {e}");
-                    tracing::error!(microvm = %inst.id, "{reason}");
-                    self.set_state(inst, MicrovmState::Running, Some(&reason), None);
-                } else {
-                    // A QEMU that died mid-save shows only as a broken
-                    // monitor in `e`: name the death instead.
-                    let reason = match vm.exited() {
-                        Some(how) => format!(
-                            "suspend failed: the microVM's virtual machine process ended \
-                             unexpectedly ({how}); its memory was lost"
-                        ),
-                        None => format!("suspend failed and the VM could not continue: {e}"),
-                    };
-                    self.finish_termination(inst, &reason).await;
-                }
+                Err(e)
             }
         }
+    }
+
+    /// A save that failed: the VM may still be whole, and must not be lost.
+    async fn suspend_failed(&self, inst: &Arc<Instance>, vm: &dyn Vm, e: &str) {
+        if vm.resume().await.is_ok() {
+            let reason = format!("suspend failed, still running: {e}");
+            tracing::error!(microvm = %inst.id, "{reason}");
+            self.set_state(inst, MicrovmState::Running, Some(&reason), None);
+            return;
+        }
+        // A QEMU that died mid-save shows only as a broken monitor in `e`:
+        // name the death instead.
+        let reason = match vm.exited() {
+            Some(how) => format!(
+                "suspend failed: the microVM's virtual machine process ended \
+                 unexpectedly ({how}); its memory was lost"
+            ),
+            None => format!("suspend failed and the VM could not continue: {e}"),
+        };
+        self.finish_termination(inst, &reason).await;
     }
 
     /// `ResumeMicrovm`.

@@ -15,6 +15,7 @@ mod instance;
 mod lifecycle;
 pub mod logs;
 mod observed;
+mod pool;
 mod reaper;
 mod recovery;
 pub mod spec;
@@ -67,6 +68,8 @@ pub struct MicrovmsConfig {
     /// Host memory parked (warm-suspended) VMs may hold in all; 0 sends
     /// every suspend to disk.
     pub warm_suspended_bytes: u64,
+    /// VMs per image version restored ahead of time for `RunMicrovm`.
+    pub warm_pool: usize,
 }
 
 pub struct Microvms {
@@ -84,6 +87,8 @@ pub struct Microvms {
     me: Weak<Microvms>,
     /// Wakes the task that keeps parked VMs within their budget.
     warm_tier: Arc<tokio::sync::Notify>,
+    /// VMs restored ahead of time, waiting for a `RunMicrovm`.
+    pool: pool::Pool,
 }
 
 impl Microvms {
@@ -106,6 +111,7 @@ impl Microvms {
             config,
             live: Mutex::new(HashMap::new()),
             warm_tier: Arc::new(tokio::sync::Notify::new()),
+            pool: pool::Pool::default(),
         })
     }
 

@@ -25,6 +25,7 @@ impl Microvms {
     /// transition lock, so an operation or a request on it waits for its
     /// attach instead of racing it. Returns how many were registered.
     pub async fn recover(self: &Arc<Self>) -> Result<usize, ember_store::StoreError> {
+        self.end_leftover_pool().await;
         let records = self.store.live_microvms()?;
         let slots = Arc::new(tokio::sync::Semaphore::new(ATTACH_PARALLELISM));
         let mut registered = 0;

@@ -1,0 +1,73 @@
+"""The warm pool (`--warm-pool N`): after a run of an image version emberd
+restores N VMs of it ahead of time, each under the id it will have; the
+next RunMicrovm claims one (its id is the pooled VM's, its state is the
+image's, not another run's), the pool is topped up again, and an emberd
+restart ends the pooled VMs it left (they have no record) while the
+microVMs keep running."""
+
+import time
+
+from harness import (counter, create_and_wait, endpoint_token, qemu_pids, terminate_quietly,
+                     wait_microvm)
+
+
+def pooled_ids(emberd):
+    return sorted(p.name for p in (emberd.data_dir / "pool").iterdir())
+
+
+def wait_pooled(emberd, exclude=(), timeout=90):
+    """The id of a VM restored into the pool (its QEMU up and its restore
+    logged), other than `exclude`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = [i for i in pooled_ids(emberd) if i not in exclude]
+        restored = [line for line in emberd.log_path.read_text(errors="replace").splitlines()
+                    if "warm pool: restored" in line]
+        ready = [i for i in ids if qemu_pids(emberd, i) and any(i in line for line in restored)]
+        if ready:
+            return ready[0]
+        assert time.monotonic() < deadline, f"no pooled VM after {timeout} s\n{emberd.log_tail()}"
+        time.sleep(0.5)
+
+
+def test_runs_claim_pooled_vms_and_a_restart_ends_the_pool(separate_emberd, hello_zip):
+    emberd = separate_emberd("--warm-pool", "1")
+    client = emberd.client()
+    image, version = create_and_wait(client, "hello-http", hello_zip)
+    assert image["state"] == "CREATED", version.get("stateReason")
+    assert pooled_ids(emberd) == []
+
+    first = client.run_microvm(imageIdentifier="hello-http")["microvmId"]
+    ids = [first]
+    try:
+        vm = wait_microvm(client, first, "RUNNING")
+        first_token = endpoint_token(client, first)
+        assert counter(vm["endpoint"], first_token) == 1
+        pooled = wait_pooled(emberd)
+        assert pooled != first
+
+        second = client.run_microvm(imageIdentifier="hello-http")["microvmId"]
+        ids.append(second)
+        assert second == pooled, "the run did not claim the pooled VM"
+        vm2 = wait_microvm(client, second, "RUNNING")
+        # The image's state, not the first run's: its own counter.
+        assert counter(vm2["endpoint"], endpoint_token(client, second)) == 1
+        assert counter(vm["endpoint"], first_token) == 2
+        # Claimed means out of the pool, which is topped up again.
+        refill = wait_pooled(emberd, exclude=(pooled,))
+        assert second not in pooled_ids(emberd)
+        client.terminate_microvm(microvmIdentifier=second)
+        wait_microvm(client, second, "TERMINATED")
+        assert qemu_pids(emberd, second) == []
+
+        emberd.kill9()
+        emberd.start()
+        # The pooled VM had no record: ended, not adopted.
+        deadline = time.monotonic() + 60
+        while qemu_pids(emberd, refill) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert qemu_pids(emberd, refill) == [], "a pooled VM outlived the restart"
+        assert refill not in [m["microvmId"] for m in client.list_microvms()["microvms"]]
+        assert counter(vm["endpoint"], first_token) == 3
+    finally:
+        terminate_quietly(client, *ids)
