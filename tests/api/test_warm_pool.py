@@ -67,7 +67,7 @@ def test_runs_claim_pooled_vms_and_a_restart_ends_the_pool(separate_emberd, hell
         while qemu_pids(emberd, refill) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert qemu_pids(emberd, refill) == [], "a pooled VM outlived the restart"
-        assert refill not in [m["microvmId"] for m in client.list_microvms()["microvms"]]
+        assert refill not in [m["microvmId"] for m in client.list_microvms()["items"]]
         assert counter(vm["endpoint"], first_token) == 3
     finally:
         terminate_quietly(client, *ids)
