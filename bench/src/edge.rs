@@ -27,11 +27,7 @@ const RPS_CLIENTS: usize = 8;
 const PATH: &str = "/health";
 
 pub async fn run(data_dir: &Path, agent: &Path, opts: &Opts) -> anyhow::Result<Value> {
-    let root = std::path::absolute(data_dir)?;
-    let dir = root.join("bench-edge");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let assets = root.join("assets");
+    let (_, dir, assets) = microvm::fresh_dir(data_dir, "bench-edge")?;
     let cap = CAP.to_string();
     let tls_args = ["--tls-self-signed", "--max-connections-per-vm", &cap];
     let mut daemon = Emberd::start(&dir, &assets, agent, opts, &tls_args).await?;

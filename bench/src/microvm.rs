@@ -40,12 +40,22 @@ pub struct Opts {
     pub accel: String,
 }
 
-pub async fn run(data_dir: &Path, agent: &Path, opts: &Opts) -> anyhow::Result<Value> {
+/// A bench's own empty folder under the data dir: (the data dir, it, the
+/// assets).
+pub(crate) fn fresh_dir(
+    data_dir: &Path,
+    name: &str,
+) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     let root = std::path::absolute(data_dir)?;
-    let dir = root.join("bench-microvm");
+    let dir = root.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let assets = root.join("assets");
+    Ok((root, dir, assets))
+}
+
+pub async fn run(data_dir: &Path, agent: &Path, opts: &Opts) -> anyhow::Result<Value> {
+    let (root, dir, assets) = fresh_dir(data_dir, "bench-microvm")?;
     let mut daemon = Emberd::start(&dir, &assets, agent, opts, &["--warm-pool", "1"]).await?;
     let warm = measure_warm(&dir, &root, agent, opts).await;
     let Ok(warm) = warm else {
