@@ -85,15 +85,19 @@ impl Microvms {
         drop(current);
         if let Some(how) = vm.exited() {
             tracing::warn!(microvm = %inst.id, how, "the microVM's QEMU process ended on its own");
-            let reason = format!(
-                "the microVM's virtual machine process ended unexpectedly ({how}); its memory was lost"
-            );
+            let reason = process_lost("unexpectedly", &how);
             drop(vm);
             if let Some(this) = self.me.upgrade() {
                 this.terminate(Arc::clone(inst), reason);
             }
         }
     }
+}
+
+/// The state reason of a VM whose process ended on its own, `when` (e.g.
+/// "unexpectedly", "while it was suspended") and `how` (its exit status).
+pub(super) fn process_lost(when: &str, how: &str) -> String {
+    format!("the microVM's virtual machine process ended {when} ({how}); its memory was lost")
 }
 
 /// How long a deliberate end of a VM may take to show in its state.

@@ -300,8 +300,8 @@ impl Microvms {
         // name the death instead.
         let reason = match vm.exited() {
             Some(how) => format!(
-                "suspend failed: the microVM's virtual machine process ended \
-                 unexpectedly ({how}); its memory was lost"
+                "suspend failed: {}",
+                super::app_exit::process_lost("unexpectedly", &how)
             ),
             None => format!("suspend failed and the VM could not continue: {e}"),
         };

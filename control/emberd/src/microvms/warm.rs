@@ -13,6 +13,7 @@ use std::sync::Arc;
 use ember_api::model::MicrovmState;
 use ember_vmm::Vm;
 
+use super::app_exit::process_lost;
 use super::instance::Instance;
 use super::lifecycle::remove_dir_if_exists;
 use super::Microvms;
@@ -70,8 +71,8 @@ impl Microvms {
             Err(e) => {
                 let reason = match vm.exited() {
                     Some(how) => format!(
-                        "resume failed: the microVM's virtual machine process ended while it \
-                         was suspended ({how}); its memory was lost"
+                        "resume failed: {}",
+                        process_lost("while it was suspended", &how)
                     ),
                     None => format!("resume failed: the suspended microVM could not continue: {e}"),
                 };
@@ -174,10 +175,7 @@ impl Microvms {
             Err(e) => {
                 let _ = remove_dir_if_exists(&dir);
                 if let Some(how) = vm.exited() {
-                    let reason = format!(
-                        "the microVM's virtual machine process ended while it was suspended \
-                         ({how}); its memory was lost"
-                    );
+                    let reason = process_lost("while it was suspended", &how);
                     self.finish_termination(inst, &reason).await;
                 } else {
                     tracing::error!(microvm = %inst.id, "moving to disk failed, stays parked: {e}");
