@@ -111,7 +111,7 @@ class SeparateEmberds:
     def __call__(self, *extra_args):
         base = self.root / str(len(self.made))
         data_dir = base / "data"
-        data_dir.mkdir(parents=True)
+        data_dir.mkdir(parents=True, exist_ok=True)
         credentials = data_dir / "credentials"
         credentials.write_bytes((self.ember.data_dir / "credentials").read_bytes())
         credentials.chmod(0o600)

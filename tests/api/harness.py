@@ -122,6 +122,13 @@ class Emberd:
                 os.killpg(pgid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        # SIGKILL is delivered, not done: a guest's QEMU still holds its
+        # files open for a moment, and a test that unmounts the data dir
+        # next would find it busy.
+        deadline = time.monotonic() + 20
+        for pgid in self.pgids:
+            while time.monotonic() < deadline and group_alive(pgid):
+                time.sleep(0.05)
 
     def log_tail(self, lines=40):
         try:
@@ -149,6 +156,19 @@ class Emberd:
             urllib.request.Request(prepared.url, headers=dict(prepared.headers), method="GET"),
             timeout=timeout,
         )
+
+
+def group_alive(pgid):
+    """Whether any process of group `pgid` is still running (zombies,
+    which hold no files, do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def aws(emberd, *args, check=True, env=None):

@@ -290,7 +290,7 @@ impl Microvms {
 
     /// A save that failed: the VM may still be whole, and must not be lost.
     async fn suspend_failed(&self, inst: &Arc<Instance>, vm: &dyn Vm, e: &str) {
-        if vm.resume().await.is_ok() {
+        if vm.exited().is_none() && vm.resume().await.is_ok() {
             let reason = format!("suspend failed, still running: {e}");
             tracing::error!(microvm = %inst.id, "{reason}");
             self.set_state(inst, MicrovmState::Running, Some(&reason), None);

@@ -102,6 +102,7 @@ pub(super) async fn boot(
     std::fs::File::create(&mem_path)
         .and_then(|f| f.set_len(u64::from(config.mem_mib) << 20))
         .map_err(VmmError::io(format!("create {}", mem_path.display())))?;
+    files::reserve_blocks(&mem_path)?;
     vm_files::give(&[&disk, &mem_path], ids)?;
     let spec = LaunchSpec {
         config: &config,
@@ -263,6 +264,7 @@ pub(super) async fn restore(
     };
     let mut given: Vec<&Path> = vec![&own_disk];
     if memory == Memory::OwnFile {
+        files::reserve_blocks(&own_memory)?;
         given.push(&own_memory);
     }
     vm_files::give(&given, ids)?;

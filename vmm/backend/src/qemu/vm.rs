@@ -287,7 +287,16 @@ impl Vm for QemuVm {
     }
 
     async fn resume(&self) -> Result<(), VmmError> {
-        self.set_run_state(RunState::Running).await
+        // Always asked of QEMU, even when the VM should be running: a
+        // `stop` that failed because QEMU died left the cached state at
+        // Running, and a resume must not report a dead VM as continued.
+        let mut state = self.state.lock().await;
+        if *state == RunState::Stopped {
+            return Err(VmmError::WrongState("stopped"));
+        }
+        self.qmp.execute("cont", json!({})).await?;
+        *state = RunState::Running;
+        Ok(())
     }
 
     async fn snapshot(&self, dir: &Path) -> Result<SnapshotInfo, VmmError> {
