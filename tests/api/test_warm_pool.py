@@ -3,7 +3,7 @@ restores N VMs of it ahead of time, each under the id it will have; the
 next RunMicrovm claims one (its id is the pooled VM's, its state is the
 image's, not another run's), the pool is topped up again, and an emberd
 restart ends the pooled VMs it left (they have no record) while the
-microVMs keep running."""
+microVMs keep running; deleting the image ends its pool."""
 
 import time
 
@@ -69,5 +69,20 @@ def test_runs_claim_pooled_vms_and_a_restart_ends_the_pool(separate_emberd, hell
         assert qemu_pids(emberd, refill) == [], "a pooled VM outlived the restart"
         assert refill not in [m["microvmId"] for m in client.list_microvms()["items"]]
         assert counter(vm["endpoint"], first_token) == 3
+
+        # Deleting the image ends its pool: nothing may read its snapshot.
+        third = client.run_microvm(imageIdentifier="hello-http")["microvmId"]
+        ids.append(third)
+        wait_microvm(client, third, "RUNNING")
+        last = wait_pooled(emberd, exclude=(pooled, refill))
+        terminate_quietly(client, *ids)
+        for vm_id in ids:
+            wait_microvm(client, vm_id, "TERMINATED")
+        client.delete_microvm_image(imageIdentifier="hello-http")
+        deadline = time.monotonic() + 30
+        while (qemu_pids(emberd, last) or last in pooled_ids(emberd)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert qemu_pids(emberd, last) == [], "a deleted image's pooled VM lives on"
+        assert last not in pooled_ids(emberd)
     finally:
         terminate_quietly(client, *ids)

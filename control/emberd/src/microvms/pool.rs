@@ -146,6 +146,24 @@ impl Microvms {
         }
     }
 
+    /// Ends the pooled VMs of `image` (of one version's snapshot, if
+    /// given): its snapshot is being deleted, and a pooled VM would keep
+    /// a slot and read the deleted files until the next run of the image.
+    pub fn end_pool_of(&self, image: &str, snapshot_dir: Option<&std::path::Path>) {
+        let ended: Vec<Pooled> = {
+            let mut state = self.pool.lock();
+            let (ended, kept) = std::mem::take(&mut state.vms).into_iter().partition(|p| {
+                p.image == image && snapshot_dir.map_or(true, |dir| p.snapshot_dir == dir)
+            });
+            state.vms = kept;
+            ended
+        };
+        for old in ended {
+            tracing::info!(pooled = %old.id, image, "warm pool: ended, its image is deleted");
+            self.end_pooled(old);
+        }
+    }
+
     fn end_pooled(&self, old: Pooled) {
         self.admission.release(&old.id);
         let marker = self.layout.pool().join(&old.id);

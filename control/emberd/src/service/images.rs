@@ -341,6 +341,7 @@ impl Daemon {
         self.store.delete_image(&image.name).map_err(internal)?;
         // The rows are gone first: a crash below leaves unreferenced files,
         // never a version whose snapshot is missing.
+        self.microvms.end_pool_of(&image.name, None);
         remove_tree(&self.layout.image_dir(&image.name));
         for b in logs {
             let _ = std::fs::remove_file(&b.log_path);
@@ -422,6 +423,11 @@ impl Daemon {
         self.store
             .delete_version(&image.name, rec.version)
             .map_err(internal)?;
+        // The pool knows a version by the snapshot folder its runs name.
+        if let Some(dir) = &rec.snapshot_dir {
+            self.microvms
+                .end_pool_of(&image.name, Some(std::path::Path::new(dir)));
+        }
         if let Some(parent) = self.layout.snapshot(&image.name, rec.version).parent() {
             remove_tree(parent);
         }
