@@ -116,6 +116,50 @@ pub fn reserve_blocks(path: &Path) -> Result<(), VmmError> {
     Ok(())
 }
 
+/// Gives back the blocks [`reserve_blocks`] gave a RAM file that its VM
+/// never wrote (they read as holes): a stored snapshot keeps only its data.
+pub fn release_unwritten(path: &Path) -> Result<(), VmmError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let context = || format!("release unused blocks of {}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| VmmError::io(context())(e))?;
+    let fd = file.as_raw_fd();
+    let len = file
+        .metadata()
+        .map_err(|e| VmmError::io(context())(e))?
+        .len();
+    let end = i64::try_from(len).unwrap_or(i64::MAX);
+    let mut pos: i64 = 0;
+    while pos < end {
+        // SAFETY: plain lseek on a descriptor we own.
+        let hole = unsafe { libc::lseek(fd, pos, libc::SEEK_HOLE) };
+        if hole < 0 || hole >= end {
+            break;
+        }
+        // SAFETY: as above.
+        let data = unsafe { libc::lseek(fd, hole, libc::SEEK_DATA) };
+        let until = if data < 0 { end } else { data };
+        // SAFETY: fallocate on a descriptor we own; punching a range that
+        // reads as a hole changes no data.
+        let rc = unsafe {
+            libc::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                hole,
+                until - hole,
+            )
+        };
+        if rc != 0 {
+            return Err(VmmError::io(context())(std::io::Error::last_os_error()));
+        }
+        pos = until;
+    }
+    Ok(())
+}
+
 /// Copies `[start, end)` page by page, leaving all-zero pages as holes.
 fn copy_nonzero_pages(
     input: &std::fs::File,

@@ -157,6 +157,9 @@ impl QemuVm {
                 // that name, make it root's, then move it.
                 Transfer::Move => {
                     vm_files::take_back(&src, self.ids.0)?;
+                    if name == MEMORY {
+                        files::release_unwritten(&src)?;
+                    }
                     std::fs::rename(&src, &dst).map_err(VmmError::io(format!(
                         "move {} into {}",
                         src.display(),
