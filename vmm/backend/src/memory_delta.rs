@@ -350,7 +350,7 @@ fn overlaps(extents: &[(u64, u64)], start: u64, end: u64) -> bool {
 
 /// The file's data regions, widened to whole pages and clipped to `size`.
 /// On a filesystem without `SEEK_DATA` the whole file is one region.
-fn data_extents(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+pub(crate) fn data_extents(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
     let fd = file.as_raw_fd();
     let mut extents: Vec<(u64, u64)> = Vec::new();
     let mut pos: u64 = 0;
@@ -382,7 +382,7 @@ fn data_extents(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
     Ok(extents)
 }
 
-fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     // SAFETY: fallocate on a descriptor we own; punching only deallocates
     // blocks within the file and keeps its size.
     let rc = unsafe {

@@ -297,17 +297,8 @@ impl Microvms {
             return;
         }
         // A QEMU that died mid-save shows only as a broken monitor in `e`:
-        // name the death instead. Its monitor closes while the process is
-        // still exiting, so the exit is given a moment to be seen.
-        let mut exited = vm.exited();
-        for _ in 0..100 {
-            if exited.is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            exited = vm.exited();
-        }
-        let reason = match exited {
+        // name the death instead.
+        let reason = match vm.exited() {
             Some(how) => format!(
                 "suspend failed: {}",
                 super::app_exit::process_lost("unexpectedly", &how)

@@ -88,24 +88,13 @@ pub fn sparse_copy(src: &Path, dst: &Path, zeros: Zeros) -> Result<u64, VmmError
 /// reserved unwritten (no I/O, still read as holes by `SEEK_DATA`); on
 /// tmpfs they are host memory.
 pub fn reserve_blocks(path: &Path) -> Result<(), VmmError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let context = || {
         format!(
             "reserve disk space for the guest memory in {}",
             path.display()
         )
     };
-    // Only files emberd just made are reserved, before the VM's uid gets
-    // them; no symlink is followed all the same.
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| VmmError::io(context())(e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| VmmError::io(context())(e))?
-        .len();
+    let (file, len) = open_for_blocks(path).map_err(|e| VmmError::io(context())(e))?;
     let len = i64::try_from(len)
         .map_err(|_| VmmError::io(context())(std::io::ErrorKind::InvalidInput.into()))?;
     // SAFETY: fallocate on a descriptor we own, over the file's own length;
@@ -119,45 +108,34 @@ pub fn reserve_blocks(path: &Path) -> Result<(), VmmError> {
 /// Gives back the blocks [`reserve_blocks`] gave a RAM file that its VM
 /// never wrote (they read as holes): a stored snapshot keeps only its data.
 pub fn release_unwritten(path: &Path) -> Result<(), VmmError> {
+    let released = || -> std::io::Result<()> {
+        let (file, len) = open_for_blocks(path)?;
+        let mut from = 0;
+        let data = crate::memory_delta::data_extents(&file, len)?;
+        for (start, end) in data.into_iter().chain([(len, len)]) {
+            if start > from {
+                crate::memory_delta::punch_hole(&file, from, start - from)?;
+            }
+            from = end;
+        }
+        Ok(())
+    };
+    released().map_err(VmmError::io(format!(
+        "release unused blocks of {}",
+        path.display()
+    )))
+}
+
+/// Opens a RAM file for changing its blocks, never through a symlink, with
+/// its length.
+fn open_for_blocks(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
     use std::os::unix::fs::OpenOptionsExt;
-    let context = || format!("release unused blocks of {}", path.display());
     let file = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| VmmError::io(context())(e))?;
-    let fd = file.as_raw_fd();
-    let len = file
-        .metadata()
-        .map_err(|e| VmmError::io(context())(e))?
-        .len();
-    let end = i64::try_from(len).unwrap_or(i64::MAX);
-    let mut pos: i64 = 0;
-    while pos < end {
-        // SAFETY: plain lseek on a descriptor we own.
-        let hole = unsafe { libc::lseek(fd, pos, libc::SEEK_HOLE) };
-        if hole < 0 || hole >= end {
-            break;
-        }
-        // SAFETY: as above.
-        let data = unsafe { libc::lseek(fd, hole, libc::SEEK_DATA) };
-        let until = if data < 0 { end } else { data };
-        // SAFETY: fallocate on a descriptor we own; punching a range that
-        // reads as a hole changes no data.
-        let rc = unsafe {
-            libc::fallocate(
-                fd,
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                hole,
-                until - hole,
-            )
-        };
-        if rc != 0 {
-            return Err(VmmError::io(context())(std::io::Error::last_os_error()));
-        }
-        pos = until;
-    }
-    Ok(())
+        .open(path)?;
+    let len = file.metadata()?.len();
+    Ok((file, len))
 }
 
 /// Copies `[start, end)` page by page, leaving all-zero pages as holes.

@@ -256,6 +256,9 @@ enum Transfer {
     Move,
 }
 
+/// How long a QEMU whose monitor broke mid-save may take to be seen ended.
+const EXIT_AFTER_MONITOR_LOSS: Duration = Duration::from_secs(2);
+
 fn create_snapshot_dir(dir: &Path) -> Result<PathBuf, VmmError> {
     let dir = super::absolute(dir)?;
     std::fs::create_dir(&dir).map_err(VmmError::io(format!(
@@ -325,7 +328,14 @@ impl Vm for QemuVm {
         let device_state = match self.save_device_state(&dir).await {
             Ok(rec) => rec,
             Err(e) => {
-                // Nothing moved yet: the VM is intact (paused).
+                // Nothing moved yet: the VM is intact (paused), unless
+                // QEMU died. Its monitor closes before its exit shows, so
+                // the exit gets a moment: `exited()` must then name it.
+                if matches!(e, VmmError::Monitor(_)) {
+                    if let Some(process) = self.process.lock().await.as_mut() {
+                        process.wait_exit(EXIT_AFTER_MONITOR_LOSS).await;
+                    }
+                }
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
             }
