@@ -158,15 +158,22 @@ class Emberd:
         )
 
 
+def proc_stat(pid):
+    """The fields of /proc/PID/stat after the command name (state, ppid,
+    pgrp, ...), or None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def group_alive(pgid):
     """Whether any process of group `pgid` is still running (zombies,
     which hold no files, do not count)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
+    for proc in Path("/proc").glob("[0-9]*"):
+        fields = proc_stat(proc.name)
+        if fields and int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False
 

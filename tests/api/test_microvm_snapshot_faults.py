@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SeparateEmberds
-from harness import (counter, create_and_wait, endpoint_token, microvm_dir, qemu_pids,
+from harness import (counter, create_and_wait, endpoint_token, microvm_dir, proc_stat, qemu_pids,
                      terminate_quietly, wait_microvm)
 from open_gate import OpenGate
 
@@ -92,11 +92,8 @@ def kill_and_reap_wait(pid):
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return
-        except FileNotFoundError:
+        fields = proc_stat(pid)
+        if fields is None or fields[0] == "Z":
             return
         time.sleep(0.01)
     raise AssertionError(f"QEMU {pid} still alive 10 s after SIGKILL")

@@ -37,6 +37,15 @@ struct PoolState {
     filling: Vec<PathBuf>,
 }
 
+impl PoolState {
+    /// Takes the pooled VMs `which` picks out of the pool.
+    fn take_where(&mut self, which: impl Fn(&Pooled) -> bool) -> Vec<Pooled> {
+        let (taken, kept) = std::mem::take(&mut self.vms).into_iter().partition(which);
+        self.vms = kept;
+        taken
+    }
+}
+
 impl Pool {
     fn lock(&self) -> MutexGuard<'_, PoolState> {
         self.state
@@ -83,11 +92,7 @@ impl Microvms {
                 return;
             }
             state.filling.push(spec.snapshot_dir.clone());
-            let (stale, kept) = std::mem::take(&mut state.vms)
-                .into_iter()
-                .partition(|p| p.image == image && p.snapshot_dir != spec.snapshot_dir);
-            state.vms = kept;
-            stale
+            state.take_where(|p| p.image == image && p.snapshot_dir != spec.snapshot_dir)
         };
         for old in stale {
             self.end_pooled(old);
@@ -150,14 +155,9 @@ impl Microvms {
     /// given): its snapshot is being deleted, and a pooled VM would keep
     /// a slot and read the deleted files until the next run of the image.
     pub fn end_pool_of(&self, image: &str, snapshot_dir: Option<&std::path::Path>) {
-        let ended: Vec<Pooled> = {
-            let mut state = self.pool.lock();
-            let (ended, kept) = std::mem::take(&mut state.vms).into_iter().partition(|p| {
-                p.image == image && snapshot_dir.map_or(true, |dir| p.snapshot_dir == dir)
-            });
-            state.vms = kept;
-            ended
-        };
+        let ended = self.pool.lock().take_where(|p| {
+            p.image == image && snapshot_dir.map_or(true, |dir| p.snapshot_dir == dir)
+        });
         for old in ended {
             tracing::info!(pooled = %old.id, image, "warm pool: ended, its image is deleted");
             self.end_pooled(old);
