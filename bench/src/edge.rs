@@ -88,16 +88,8 @@ async fn measure_tls(dir: &Path) -> anyhow::Result<(Vm, Value)> {
         endpoint,
         token,
     };
-    let client = |pool: bool| -> anyhow::Result<reqwest::Client> {
-        let pem = std::fs::read(&ca)?;
-        let mut b = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
-        if !pool {
-            b = b.pool_max_idle_per_host(0);
-        }
-        Ok(b.build()?)
-    };
+    let pem = std::fs::read(&ca)?;
+    let client = |pool: bool| http_client(pool, Some(&pem));
     let kept = latencies(&client(true)?, &vm.endpoint, &vm.token, REQUESTS).await?;
     let fresh = latencies(&client(false)?, &vm.endpoint, &vm.token, NEW_CONNECTIONS).await?;
     let rps = requests_per_second(&client(true)?, &vm.endpoint, &vm.token).await?;
@@ -129,13 +121,7 @@ async fn measure_plain(dir: &Path, vm: &Vm) -> anyhow::Result<Value> {
     let api = ApiClient::from_data_dir(dir, None, "us-east-1")?;
     microvm::wait_running(&api, &vm.id).await?;
     let endpoint = vm.endpoint.replacen("https://", "http://", 1);
-    let client = |pool: bool| -> anyhow::Result<reqwest::Client> {
-        let mut b = reqwest::Client::builder().tcp_nodelay(true);
-        if !pool {
-            b = b.pool_max_idle_per_host(0);
-        }
-        Ok(b.build()?)
-    };
+    let client = |pool: bool| http_client(pool, None);
     let kept = latencies(&client(true)?, &endpoint, &vm.token, REQUESTS).await?;
     let fresh = latencies(&client(false)?, &endpoint, &vm.token, NEW_CONNECTIONS).await?;
     let rps = requests_per_second(&client(true)?, &endpoint, &vm.token).await?;
@@ -148,6 +134,19 @@ async fn measure_plain(dir: &Path, vm: &Vm) -> anyhow::Result<Value> {
         "plain_new_connection_p99_ms": pct(&fresh, 99.0),
         "plain_rps": rps.round(),
     }))
+}
+
+/// A client that keeps its connections (`pool`) or opens one per
+/// request, trusting `ca_pem` when given.
+fn http_client(pool: bool, ca_pem: Option<&[u8]>) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().tcp_nodelay(true);
+    if let Some(pem) = ca_pem {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+    }
+    if !pool {
+        b = b.pool_max_idle_per_host(0);
+    }
+    Ok(b.build()?)
 }
 
 async fn get(http: &reqwest::Client, endpoint: &str, token: &str) -> anyhow::Result<()> {
