@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -148,14 +149,32 @@ class Emberd:
 
     def signed_get(self, path, timeout=30):
         """GET an Ember-specific path signed with SigV4 (service "lambda")."""
+        return self.signed_request("GET", path, timeout=timeout)
+
+    def signed_request(self, method, path, body=None, timeout=30):
+        """An Ember-specific request signed with SigV4 (service "lambda");
+        urllib's response (an HTTPError for an error status)."""
         creds = boto3.session.Session().get_credentials().get_frozen_credentials()
-        request = AWSRequest(method="GET", url=self.url + path)
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        request = AWSRequest(method=method, url=self.url + path, data=body, headers=headers)
         SigV4Auth(creds, "lambda", REGION).add_auth(request)
         prepared = request.prepare()
         return urllib.request.urlopen(
-            urllib.request.Request(prepared.url, headers=dict(prepared.headers), method="GET"),
+            urllib.request.Request(prepared.url, data=prepared.body,
+                                   headers=dict(prepared.headers), method=method),
             timeout=timeout,
         )
+
+    def fork(self, microvm_id, body=None):
+        """Ember's fork of a running microVM: (status, answer as JSON).
+        `body` is the request's JSON text; None asks for one child."""
+        path = f"/ember/v1/microvms/{microvm_id}/fork"
+        data = (body if body is not None else '{"count": 1}').encode()
+        try:
+            with self.signed_request("POST", path, data, timeout=120) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
 
 
 def proc_stat(pid):

@@ -35,10 +35,19 @@ sync
 wc -l < /var/soak/log
 """
 
+# Who the guest thinks it is, and 16 bytes from its kernel RNG: VMs
+# restored from one snapshot must differ in both.
+WHOAMI_CGI = """#!/bin/sh
+echo "Content-Type: text/plain"
+echo
+cat /run/ember-microvm-id; echo
+head -c 16 /dev/urandom | md5sum | cut -d' ' -f1
+"""
+
 DOCKERFILE = """FROM busybox
 COPY start.sh /app/start.sh
-COPY sum.cgi append.cgi /www/cgi-bin/
-RUN chmod 755 /app/start.sh /www/cgi-bin/sum.cgi /www/cgi-bin/append.cgi
+COPY sum.cgi append.cgi whoami.cgi /www/cgi-bin/
+RUN chmod 755 /app/start.sh /www/cgi-bin/sum.cgi /www/cgi-bin/append.cgi /www/cgi-bin/whoami.cgi
 EXPOSE 8080
 CMD ["/bin/sh", "/app/start.sh"]
 """
@@ -48,7 +57,7 @@ CMD ["/bin/sh", "/app/start.sh"]
 def zip_memory_app(dest):
     return zip_files(dest, {
         "Dockerfile": DOCKERFILE, "start.sh": START, "sum.cgi": SUM_CGI,
-        "append.cgi": APPEND_CGI})
+        "append.cgi": APPEND_CGI, "whoami.cgi": WHOAMI_CGI})
 
 
 def get(vm, token, path):

@@ -60,6 +60,10 @@ def test_quota_and_running_limit(separate_emberd, hello_zip):
         wait_microvm(client, b["microvmId"], "RUNNING", timeout=90)
         # Two live VMs: the quota.
         refused("ServiceQuotaExceededException", client.run_microvm, imageIdentifier="hello-http")
+        # A fork counts like a run, and is refused before B pauses.
+        status, answer = ember.fork(b["microvmId"])
+        assert (status, answer.get("__type")) == (402, "ServiceQuotaExceededException"), answer
+        assert len(client.list_microvms()["items"]) == len(ids)
         # B holds the running slot: A can be resumed neither by hand nor by a request.
         refused("InsufficientCapacityException", client.resume_microvm,
                 microvmIdentifier=a["microvmId"])

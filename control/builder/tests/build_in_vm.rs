@@ -494,6 +494,7 @@ async fn an_image_snapshot_restores_isolated_or_with_internet() {
             RestoreOptions {
                 memory: RestoreMemory::Clone,
                 network: Some(Network::Internet),
+                ..RestoreOptions::default()
             },
         )
         .await

@@ -37,6 +37,7 @@ impl DataDir {
             self.root.join("microvms"),
             self.root.join("logs/microvms"),
             self.pool(),
+            self.forks(),
         ] {
             std::fs::create_dir_all(dir)?;
         }
@@ -92,6 +93,12 @@ impl DataDir {
     /// state).
     pub fn microvm_dir(&self, id: &str) -> PathBuf {
         self.root.join("microvms").join(id)
+    }
+
+    /// Snapshots of running microVMs that forks start from; each lives
+    /// until its children have started.
+    pub fn forks(&self) -> PathBuf {
+        self.root.join("forks")
     }
 
     /// The app's output of one microVM, kept across suspend and resume.

@@ -11,6 +11,7 @@ mod endpoint;
 mod layout;
 mod metadata;
 mod metrics;
+mod microvm_fork;
 mod microvm_logs;
 mod microvms;
 mod registries;

@@ -236,6 +236,9 @@ pub struct RestoreOptions {
     /// [`VmmError::NetworkMismatch`]. A later snapshot or suspend of the
     /// restored VM records the network it runs with.
     pub network: Option<Network>,
+    /// What the restored VM's disk is made of; ignored by
+    /// [`RestoreMemory::Consume`], which takes the snapshot's disk.
+    pub disk: RestoreDisk,
 }
 
 impl RestoreOptions {
@@ -243,9 +246,23 @@ impl RestoreOptions {
     pub fn memory(memory: RestoreMemory) -> Self {
         Self {
             memory,
-            network: None,
+            ..Self::default()
         }
     }
+}
+
+/// How a restored VM gets its writable disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestoreDisk {
+    /// A new empty layer on top of the snapshot's disk: nothing is copied,
+    /// and the snapshot must outlive the VM (an image's snapshot, which
+    /// every run of the image shares).
+    #[default]
+    Layered,
+    /// A copy of the snapshot's own layer (only what its VM wrote): the VM
+    /// depends on nothing in the snapshot directory once the restore
+    /// returns, so a snapshot made for a fork can go.
+    Copied,
 }
 
 /// What a restore does with the snapshot's memory image.
@@ -282,6 +299,23 @@ pub trait Vm: Send + Sync {
     /// Pauses the VM (it stays paused) and writes memory, vCPU/device state
     /// and disk into `dir`, which must not exist yet.
     async fn snapshot(&self, dir: &Path) -> Result<SnapshotInfo, VmmError>;
+
+    /// Writes a snapshot of the VM into `dir` (which must not exist) and
+    /// continues it: the VM is paused only while its state is written. What
+    /// a fork starts from. A VM that cannot continue afterwards is a
+    /// [`VmmError`] even though the snapshot was written (it is removed).
+    async fn snapshot_live(&self, dir: &Path) -> Result<SnapshotInfo, VmmError> {
+        let info = self.snapshot(dir).await;
+        let continued = self.resume().await;
+        match (info, continued) {
+            (Ok(info), Ok(())) => Ok(info),
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => {
+                let _ = std::fs::remove_dir_all(dir);
+                Err(e)
+            }
+        }
+    }
 
     /// Saves the VM into `dir` (which must not exist) and ends it. Unlike
     /// `snapshot` + `stop`, memory and disk files are moved, not copied,

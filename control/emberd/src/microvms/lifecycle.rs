@@ -12,7 +12,7 @@ use ember_api::model::MicrovmState;
 use ember_api::{ApiError, ErrorKind};
 use ember_builder::hooks::HookFailure;
 use ember_store::{MicrovmRecord, MicrovmUpdate, StoreError};
-use ember_vmm::{Network, RestoreMemory, RestoreOptions, Vm};
+use ember_vmm::{Network, RestoreDisk, RestoreMemory, RestoreOptions, Vm};
 
 use super::instance::{Instance, Status};
 use super::spec::{Hook, RunSpec};
@@ -24,6 +24,20 @@ const RESOURCE: &str = "Microvm";
 pub(super) const TERMINATED_BY_API: &str = "terminated by TerminateMicrovm";
 /// Where the guest finds its own microVM id.
 const IDENTITY_FILE: &str = "/run/ember-microvm-id";
+
+/// Where a new microVM's QEMU comes from.
+pub(super) enum Origin {
+    /// Restored from its image version's snapshot.
+    Image,
+    /// Restored ahead of time into the warm pool, under the VM's id.
+    Pooled(Arc<dyn Vm>),
+    /// A snapshot of the running microVM `parent`.
+    Fork {
+        parent: String,
+        snapshot: Arc<super::fork::ForkSnapshot>,
+        memory: RestoreMemory,
+    },
+}
 
 /// A run the service has validated: which snapshot, and how to run it.
 pub struct RunPlan {
@@ -51,20 +65,38 @@ impl Microvms {
             }
         };
         let pooled = pooled.map(|(_, vm)| vm);
-        let give_back = |pooled: Option<Arc<dyn Vm>>| match pooled {
-            Some(vm) => self.discard_pooled(&id, vm),
-            None => self.admission.release(&id),
-        };
-        let (endpoint, proxy_addr) = match self.bind_endpoint(&id, None).await {
-            Ok(bound) => bound,
-            Err(e) => {
-                give_back(pooled);
-                return Err(e);
+        match self.create_pending(&id, plan).await {
+            Ok((record, inst, guard)) => {
+                let origin = match pooled {
+                    Some(vm) => Origin::Pooled(vm),
+                    None => Origin::Image,
+                };
+                self.spawn_start(inst, guard, origin);
+                Ok(record)
             }
-        };
+            Err(e) => {
+                match pooled {
+                    Some(vm) => self.discard_pooled(&id, vm),
+                    None => self.admission.release(&id),
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A new microVM `id`, which holds its admission slot: its endpoint
+    /// bound, its row PENDING, its instance in the map with the transition
+    /// lock taken (returned, for the task that starts it). On an error
+    /// nothing is left but the slot, which is the caller's to give back.
+    pub(super) async fn create_pending(
+        &self,
+        id: &str,
+        plan: RunPlan,
+    ) -> Result<(MicrovmRecord, Arc<Instance>, OwnedMutexGuard<()>), ApiError> {
+        let (endpoint, proxy_addr) = self.bind_endpoint(id, None).await?;
         let t = now();
         let record = MicrovmRecord {
-            id: id.clone(),
+            id: id.to_string(),
             image: plan.image.clone(),
             version: plan.version,
             image_arn: plan.image_arn,
@@ -80,12 +112,11 @@ impl Microvms {
             updated_at: t,
         };
         if let Err(e) = self.store.insert_microvm(&record) {
-            self.proxy.unbind_vm(&id);
-            give_back(pooled);
+            self.proxy.unbind_vm(id);
             return Err(internal(e));
         }
         let inst = Arc::new(Instance::new(
-            id.clone(),
+            id.to_string(),
             plan.image,
             plan.version,
             t,
@@ -99,10 +130,18 @@ impl Microvms {
         // Taken before the instance is visible, so a request that arrives
         // first waits for the start instead of finding no VM.
         let guard = Arc::clone(&inst.transition).lock_owned().await;
-        self.live_map().insert(id, Arc::clone(&inst));
+        self.live_map().insert(id.to_string(), Arc::clone(&inst));
+        Ok((record, inst, guard))
+    }
+
+    pub(super) fn spawn_start(
+        self: &Arc<Self>,
+        inst: Arc<Instance>,
+        guard: OwnedMutexGuard<()>,
+        origin: Origin,
+    ) {
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.start(inst, guard, pooled).await });
-        Ok(record)
+        tokio::spawn(async move { this.start(inst, guard, origin).await });
     }
 
     /// The endpoint URL of a VM and, for per-VM ports, the listener's
@@ -147,31 +186,61 @@ impl Microvms {
         self: Arc<Self>,
         inst: Arc<Instance>,
         _guard: OwnedMutexGuard<()>,
-        pooled: Option<Arc<dyn Vm>>,
+        origin: Origin,
     ) {
         let started = std::time::Instant::now();
         let spec = &inst.spec;
-        // Image snapshots have an unconnected network card; egress plugs
-        // it into user-mode networking behind the egress guard. Without
-        // egress the snapshot's own (isolated) network stays.
-        let options = RestoreOptions {
-            memory: RestoreMemory::Copy,
-            network: spec.internet().then_some(Network::Internet),
+        let forked_from = match &origin {
+            Origin::Fork { parent, .. } => Some(parent.clone()),
+            _ => None,
         };
-        let restored = match pooled {
-            Some(vm) => Ok(vm),
-            None => self.hv.restore(&inst.id, &spec.snapshot_dir, options).await,
+        let restored = match origin {
+            Origin::Pooled(vm) => Ok(vm),
+            Origin::Image => {
+                // Image snapshots have an unconnected network card; egress
+                // plugs it into user-mode networking behind the egress
+                // guard. Without egress the snapshot's own (isolated)
+                // network stays.
+                let options = RestoreOptions {
+                    memory: RestoreMemory::Copy,
+                    network: spec.internet().then_some(Network::Internet),
+                    ..RestoreOptions::default()
+                };
+                self.hv
+                    .restore(&inst.id, &spec.snapshot_dir, options)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "could not start from version {} of image {}: {e}",
+                            inst.version, inst.image
+                        )
+                    })
+            }
+            // The parent's snapshot already has the parent's network; the
+            // child's disk copies the parent's layer so the snapshot can
+            // go once every child has started.
+            Origin::Fork {
+                parent,
+                snapshot,
+                memory,
+            } => {
+                let options = RestoreOptions {
+                    memory,
+                    network: None,
+                    disk: RestoreDisk::Copied,
+                };
+                self.hv
+                    .restore(&inst.id, snapshot.dir(), options)
+                    .await
+                    .map_err(|e| format!("could not start as a fork of {parent}: {e}"))
+            }
         };
         let vm = match restored {
             Ok(vm) => {
                 self.admission.started(&inst.id);
                 vm
             }
-            Err(e) => {
-                let reason = format!(
-                    "could not start from version {} of image {}: {e}",
-                    inst.version, inst.image
-                );
+            Err(reason) => {
                 tracing::error!(microvm = %inst.id, "{reason}");
                 self.finish_termination(&inst, &reason).await;
                 return;
@@ -188,21 +257,27 @@ impl Microvms {
             tracing::warn!(microvm = %inst.id, "writing {IDENTITY_FILE}: {e}");
         }
         // Endpoint traffic waits on the transition lock this task holds,
-        // so nothing reaches the app before `/run` said yes.
-        let body = ember_builder::hooks::run_body(&inst.id, spec.run_hook_payload.as_deref());
-        if let Err(failure) = self.call_hook(&inst, vm.as_ref(), Hook::Run, body).await {
-            self.sync_logs(&inst, vm.as_ref()).await;
-            self.finish_termination(&inst, &failure.to_string()).await;
-            return;
+        // so nothing reaches the app before `/run` said yes. A fork's app
+        // had its `/run` as the parent and goes on from there.
+        if forked_from.is_none() {
+            let body = ember_builder::hooks::run_body(&inst.id, spec.run_hook_payload.as_deref());
+            if let Err(failure) = self.call_hook(&inst, vm.as_ref(), Hook::Run, body).await {
+                self.sync_logs(&inst, vm.as_ref()).await;
+                self.finish_termination(&inst, &failure.to_string()).await;
+                return;
+            }
         }
         inst.touch();
         if !inst.is_doomed() {
-            self.set_state(&inst, MicrovmState::Running, None, None);
+            let reason = forked_from.as_ref().map(|p| format!("forked from {p}"));
+            self.set_state(&inst, MicrovmState::Running, reason.as_deref(), None);
             self.metrics().observe_run(started.elapsed());
         }
-        tracing::info!(microvm = %inst.id, image = %inst.image, version = inst.version, "running");
+        tracing::info!(microvm = %inst.id, image = %inst.image, version = inst.version, forked_from, "running");
         // After the run, not beside it: a pool restore would slow it.
-        self.refill_pool(&inst.image, &inst.spec);
+        if forked_from.is_none() {
+            self.refill_pool(&inst.image, &inst.spec);
+        }
     }
 
     /// `SuspendMicrovm`.
@@ -577,7 +652,7 @@ impl Microvms {
 
     /// The live instance, or the right error for a terminated or unknown
     /// id.
-    fn live_instance(&self, id: &str) -> Result<Arc<Instance>, ApiError> {
+    pub(super) fn live_instance(&self, id: &str) -> Result<Arc<Instance>, ApiError> {
         if let Some(inst) = self.instance(id) {
             return Ok(inst);
         }
@@ -590,7 +665,7 @@ impl Microvms {
     }
 }
 
-fn forbidden(id: &str, state: MicrovmState, verb: &str, needed: &str) -> ApiError {
+pub(super) fn forbidden(id: &str, state: MicrovmState, verb: &str, needed: &str) -> ApiError {
     ApiError::conflict(
         RESOURCE,
         id,

@@ -11,6 +11,7 @@
 mod app_exit;
 mod capacity;
 mod compaction;
+mod fork;
 mod instance;
 mod lifecycle;
 pub mod logs;

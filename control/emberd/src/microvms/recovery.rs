@@ -26,6 +26,7 @@ impl Microvms {
     /// attach instead of racing it. Returns how many were registered.
     pub async fn recover(self: &Arc<Self>) -> Result<usize, ember_store::StoreError> {
         self.end_leftover_pool().await;
+        self.remove_leftover_forks();
         let records = self.store.live_microvms()?;
         let slots = Arc::new(tokio::sync::Semaphore::new(ATTACH_PARALLELISM));
         let mut registered = 0;

@@ -18,6 +18,12 @@ use crate::microvms::spec::{RunHooks, RunSpec, DEFAULT_MAX_DURATION_S};
 use crate::microvms::RunPlan;
 
 const RESOURCE: &str = "Microvm";
+
+/// What a fork answers.
+#[derive(serde::Serialize)]
+pub struct ForkedMicrovms {
+    pub microvms: Vec<Microvm>,
+}
 /// The header a token travels in, as the real service names it.
 pub const AUTH_HEADER: &str = "X-aws-proxy-auth";
 const MAX_TOKEN_MINUTES: i32 = 60;
@@ -120,6 +126,14 @@ impl Daemon {
             )));
         }
         Ok(())
+    }
+
+    /// Ember's fork (`crate::microvm_fork`): the new microVMs, PENDING.
+    pub async fn fork_microvm(&self, id: &str, count: u32) -> Result<ForkedMicrovms, ApiError> {
+        let records = self.microvms.fork(id, count).await?;
+        Ok(ForkedMicrovms {
+            microvms: records.iter().map(microvm_output).collect::<Result<_, _>>()?,
+        })
     }
 
     pub(super) fn get_microvm(&self, id: &str) -> Result<Microvm, ApiError> {

@@ -12,7 +12,7 @@ mod tags;
 use crate::connectors::DefaultEgress;
 use std::sync::Arc;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use ember_api::{Action, ApiError, Credentials, ErrorKind, Reply};
@@ -22,7 +22,7 @@ use crate::builds::Builds;
 use crate::layout::DataDir;
 use crate::microvms::Microvms;
 use crate::now;
-use crate::{build_logs, microvm_logs};
+use crate::{build_logs, microvm_fork, microvm_logs};
 use names::Arns;
 
 pub struct Daemon {
@@ -82,6 +82,7 @@ pub fn router(daemon: Arc<Daemon>, credentials: Arc<Credentials>) -> Router {
     let extra = Router::new()
         .route(build_logs::ROUTE, get(build_logs::get_build_log))
         .route(microvm_logs::ROUTE, get(microvm_logs::get_microvm_log))
+        .route(microvm_fork::ROUTE, post(microvm_fork::fork_microvm))
         .with_state(Arc::clone(&daemon))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&credentials),

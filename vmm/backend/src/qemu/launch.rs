@@ -21,7 +21,7 @@ use super::vm::{Memory, QemuVm, RunState};
 use super::QemuHypervisor;
 use super::{files, qcow2, vm_files};
 use crate::agent::AgentClient;
-use crate::backend::{RestoreMemory, VmConfig};
+use crate::backend::{RestoreDisk, RestoreMemory, RestoreOptions, VmConfig};
 use crate::snapshot::{FileRecord, MemoryImage, SnapshotManifest};
 use crate::VmmError;
 
@@ -218,8 +218,9 @@ pub(super) async fn restore(
     manifest: SnapshotManifest,
     snapshot_dir: &Path,
     dir: PathBuf,
-    mode: RestoreMemory,
+    options: RestoreOptions,
 ) -> Result<QemuVm, VmmError> {
+    let mode = options.memory;
     let t0 = Instant::now();
     let phase = |what: &str| tracing::debug!(vm = %name, ms = t0.elapsed().as_secs_f64() * 1e3, "restore: {what}");
     let mut guard = LaunchGuard::new(dir.clone());
@@ -243,9 +244,14 @@ pub(super) async fn restore(
     // snapshot is untouched); the other modes leave the snapshot pristine.
     let own_disk = jail_dir.join(DISK);
     let own_memory = jail_dir.join(MEMORY);
-    match mode {
-        RestoreMemory::Consume => take_file(&disk, &own_disk)?,
-        _ => qcow2::create_overlay(&disk, "qcow2", &own_disk)?,
+    match (mode, options.disk) {
+        (RestoreMemory::Consume, _) => take_file(&disk, &own_disk)?,
+        // A copy keeps the snapshot layer's own backing file (the layer
+        // below it), so the VM no longer needs the snapshot directory.
+        (_, RestoreDisk::Copied) => {
+            files::sparse_copy(&disk, &own_disk, files::Zeros::Keep)?;
+        }
+        (_, RestoreDisk::Layered) => qcow2::create_overlay(&disk, "qcow2", &own_disk)?,
     }
     // A Clone would map the snapshot's image privately, but QEMU 7.2 opens
     // even a private mapping's file read-write, which the VM's uid may not

@@ -328,7 +328,7 @@ impl Hypervisor for QemuHypervisor {
             )));
         }
         let dir = self.claim_dir(name)?;
-        let vm = launch::restore(self, name, manifest, &snapshot_dir, dir, options.memory).await?;
+        let vm = launch::restore(self, name, manifest, &snapshot_dir, dir, options).await?;
         Ok(Arc::new(vm))
     }
 

@@ -18,7 +18,11 @@ use ember_vmm::{
 const RELEASE_URL: &str = "http://deb.debian.org/debian/dists/bookworm/Release";
 
 fn options(memory: RestoreMemory, network: Option<Network>) -> RestoreOptions {
-    RestoreOptions { memory, network }
+    RestoreOptions {
+        memory,
+        network,
+        ..RestoreOptions::default()
+    }
 }
 
 /// Fetches the head of Debian's bookworm Release file, retrying (a slow
