@@ -15,9 +15,9 @@ pub mod qemu;
 pub mod snapshot;
 
 pub use backend::{
-    validate_vm_name, Accel, AccelChoice, Hypervisor, Isolation, Network, RestoreDisk, RestoreMemory,
-    RestoreOptions, Vm, VmConfig, VmStats, DNS_ADDRESS, GATEWAY_ADDRESS, GUEST_ADDRESS,
-    GUEST_PREFIX_LEN,
+    validate_vm_name, Accel, AccelChoice, Hypervisor, Isolation, Network, RestoreDisk,
+    RestoreMemory, RestoreOptions, Vm, VmConfig, VmStats, DNS_ADDRESS, GATEWAY_ADDRESS,
+    GUEST_ADDRESS, GUEST_PREFIX_LEN,
 };
 pub use error::VmmError;
 pub use snapshot::{SnapshotInfo, SnapshotManifest};

@@ -59,11 +59,16 @@ impl Microvms {
             )));
         }
         let parent = self.live_instance(parent_id)?;
-        let parent_record = self.store.microvm(parent_id).map_err(not_found(parent_id))?;
+        let parent_record = self
+            .store
+            .microvm(parent_id)
+            .map_err(not_found(parent_id))?;
         let ids: Vec<String> = (0..count).map(|_| new_id()).collect();
         for (admitted, id) in ids.iter().enumerate() {
             if let Err(e) = self.admission.admit_run(id, parent.spec.memory_mib) {
-                ids[..admitted].iter().for_each(|id| self.admission.release(id));
+                ids[..admitted]
+                    .iter()
+                    .for_each(|id| self.admission.release(id));
                 return Err(e);
             }
         }

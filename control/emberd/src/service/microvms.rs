@@ -132,7 +132,10 @@ impl Daemon {
     pub async fn fork_microvm(&self, id: &str, count: u32) -> Result<ForkedMicrovms, ApiError> {
         let records = self.microvms.fork(id, count).await?;
         Ok(ForkedMicrovms {
-            microvms: records.iter().map(microvm_output).collect::<Result<_, _>>()?,
+            microvms: records
+                .iter()
+                .map(microvm_output)
+                .collect::<Result<_, _>>()?,
         })
     }
 
