@@ -113,6 +113,7 @@ async fn measure_warm(dir: &Path, root: &Path, agent: &Path, opts: &Opts) -> any
         claims += usize::from(pooled.contains(&run.id));
         terminate(&api, &run.id).await?;
     }
+    let forks = measure_forks(&api, &http, &vm.id, opts.runs).await?;
     let mut steady = Vec::new();
     for _ in 0..100 {
         let t = Instant::now();
@@ -146,7 +147,82 @@ async fn measure_warm(dir: &Path, root: &Path, agent: &Path, opts: &Opts) -> any
         "warm_suspend_ms": med(suspend_ms),
         "warm_suspended_rss_mib": round3(med(parked_rss)),
         "endpoint_p50_ms": med(steady),
+        "fork_call_ms": forks.call_ms,
+        "fork_ms": forks.one_ms,
+        "fork_pct_of_cold_boot": (forks.one_ms / cold_ms * 1000.0).round() / 10.0,
+        "fork_10_ms": forks.ten_ms,
     }))
+}
+
+struct ForkFigures {
+    /// The fork call alone: the parent's pause and the API around it.
+    call_ms: f64,
+    /// Fork of one, to the child's first answer.
+    one_ms: f64,
+    /// Fork of ten, to the last child's first answer.
+    ten_ms: f64,
+}
+
+/// Forks the running VM `parent`: `runs` forks of one and a fork of ten,
+/// each timed from the call to its children's first answers.
+async fn measure_forks(
+    api: &Arc<ApiClient>,
+    http: &reqwest::Client,
+    parent: &str,
+    runs: usize,
+) -> anyhow::Result<ForkFigures> {
+    let (mut call_ms, mut one_ms) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t = Instant::now();
+        let [child] = <[RunningVm; 1]>::try_from(fork(api, parent, 1).await?)
+            .map_err(|_| anyhow::anyhow!("a fork of one made another number"))?;
+        call_ms.push(ms(t));
+        let child_token = token(api, &child.id).await?;
+        get(http, &child.endpoint, &child_token).await?;
+        one_ms.push(ms(t));
+        terminate(api, &child.id).await?;
+    }
+    let t = Instant::now();
+    let children = Arc::new(fork(api, parent, 10).await?);
+    anyhow::ensure!(children.len() == 10, "a fork of ten made {}", children.len());
+    let answered = parallel(children.len(), |i| {
+        let (api, http, children) = (Arc::clone(api), http.clone(), Arc::clone(&children));
+        async move {
+            let child = &children[i];
+            let child_token = token(&api, &child.id).await?;
+            get(&http, &child.endpoint, &child_token).await
+        }
+    })
+    .await;
+    let ten_ms = ms(t);
+    for child in children.iter() {
+        terminate(api, &child.id).await?;
+    }
+    answered.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(ForkFigures {
+        call_ms: med(call_ms),
+        one_ms: med(one_ms),
+        ten_ms,
+    })
+}
+
+/// Ember's fork: the children, PENDING.
+async fn fork(api: &ApiClient, parent: &str, count: u32) -> anyhow::Result<Vec<RunningVm>> {
+    let path = format!("/ember/v1/microvms/{parent}/fork");
+    let out = api
+        .call(Method::POST, &path, &[], Some(&json!({ "count": count })))
+        .await?;
+    out["microvms"]
+        .as_array()
+        .context("the fork answered without its microvms")?
+        .iter()
+        .map(|c| {
+            Ok(RunningVm {
+                id: c["microvmId"].as_str().context("no id")?.to_string(),
+                endpoint: c["endpoint"].as_str().context("no endpoint")?.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Suspends to disk (whole and compacted memory), the proxy, and how many

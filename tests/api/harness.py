@@ -177,6 +177,17 @@ class Emberd:
             return err.code, json.loads(err.read() or b"{}")
 
 
+CLI = Path(os.environ.get("EMBER_CLI_BIN", REPO / "target" / "release" / "ember"))
+
+
+def ember_cli(ember, *args, stdin=None, timeout=120):
+    """The `ember` CLI against `ember`'s data dir: the finished process."""
+    assert CLI.exists(), f"ember CLI not found at {CLI} (set EMBER_CLI_BIN)"
+    return subprocess.run([str(CLI), "--data-dir", str(ember.data_dir), *args], input=stdin,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "RUST_BACKTRACE": "0"})
+
+
 def proc_stat(pid):
     """The fields of /proc/PID/stat after the command name (state, ppid,
     pgrp, ...), or None once the process is gone."""

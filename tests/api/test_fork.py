@@ -4,9 +4,11 @@ call, then live their own lives: their own id, endpoint and tokens, their
 own RNG, memory and disk that diverge from the parent's, and a fork of a
 fork works. Bad requests get the model's error shapes and create nothing."""
 
+import json
+
 import pytest
 
-from harness import (create_and_wait, endpoint_request, endpoint_token, terminate_quietly,
+from harness import (create_and_wait, ember_cli, endpoint_request, endpoint_token, terminate_quietly,
                      wait_microvm)
 from memory_app import PORT, get, zip_memory_app
 
@@ -83,12 +85,14 @@ def test_forks_start_from_the_parents_state_and_then_diverge(ember, client, fork
         assert a_sums[1] != parent_sums[1]
         assert get(b, b_token, "/cgi-bin/sum.cgi") == [memory_sum, disk_sum, "1"]
 
-        # A fork of a fork, of one child: from A's state, not the parent's.
-        status, answer = ember.fork(a["microvmId"])
-        assert status == 200, answer
-        grandchild_id = answer["microvms"][0]["microvmId"]
-        ids.append(grandchild_id)
-        grandchild, g_token = running(client, grandchild_id)
+        # A fork of a fork, of one child, with the CLI: from A's state,
+        # not the parent's.
+        out = ember_cli(ember, "fork", a["microvmId"], "--count", "1")
+        assert out.returncode == 0, out.stderr
+        [grandchild] = json.loads(out.stdout)
+        ids.append(grandchild["microvmId"])
+        assert grandchild["state"] == "RUNNING", grandchild
+        g_token = endpoint_token(client, grandchild["microvmId"])
         assert get(grandchild, g_token, "/cgi-bin/sum.cgi") == a_sums
 
         # The children need nothing of the parent: it ends, they go on,

@@ -8,36 +8,24 @@ here by a WebSocket client written to that framing and by `ember shell`;
 plus `ember logs` and `ember curl` against the same VM."""
 
 import json
-import os
 import re
 import struct
-import subprocess
 import time
 import urllib.parse
 import uuid
-from pathlib import Path
 
 import pytest
 import websocket
 from botocore.exceptions import ClientError
 
-from harness import (REPO, endpoint_request, endpoint_token, error_code, terminate_quietly,
+from harness import (ember_cli, endpoint_request, endpoint_token, error_code, terminate_quietly,
                      wait_microvm)
 
-CLI = Path(os.environ.get("EMBER_CLI_BIN", REPO / "target" / "release" / "ember"))
 # The session emberd's idle floor is 2 s (conftest): the shell VM idles
 # out between tests, so every test also exercises an auto-resume.
 IDLE_SECONDS = 2
 SHELL_IDLE = {"maxIdleDurationSeconds": IDLE_SECONDS, "suspendedDurationSeconds": 3600,
               "autoResumeEnabled": True}
-
-
-def ember_cli(ember, *args, stdin=None, timeout=120):
-    if not CLI.exists():
-        pytest.fail(f"ember CLI not found at {CLI} (set EMBER_CLI_BIN)")
-    return subprocess.run([str(CLI), "--data-dir", str(ember.data_dir), *args], input=stdin,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "RUST_BACKTRACE": "0"})
 
 
 @pytest.fixture(scope="module")

@@ -84,6 +84,17 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// New microVMs that start from a running microVM's current memory
+    /// and disk (Ember's own, not in the AWS API). Prints them as JSON.
+    Fork {
+        microvm: String,
+        /// How many (1 to 16).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Return at once (PENDING) instead of waiting for RUNNING.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Terminate a microVM and remove its files.
     Rm {
         microvm: String,
@@ -164,6 +175,11 @@ async fn api_command(client: &api_client::ApiClient, command: Command) -> anyhow
         Command::Resume { microvm, no_wait } => {
             microvm::transition(client, &microvm, Transition::Resume, !no_wait).await
         }
+        Command::Fork {
+            microvm,
+            count,
+            no_wait,
+        } => microvm::fork(client, &microvm, count, !no_wait).await,
         Command::Rm { microvm, no_wait } => {
             microvm::transition(client, &microvm, Transition::Terminate, !no_wait).await
         }

@@ -1,4 +1,4 @@
-//! `ember run`, `ls`, `get`, `suspend`, `resume`, `rm`, `curl`, `logs`:
+//! `ember run`, `fork`, `ls`, `get`, `suspend`, `resume`, `rm`, `curl`, `logs`:
 //! microVMs through a running emberd.
 
 use std::io::Write as _;
@@ -82,6 +82,30 @@ pub async fn run(client: &ApiClient, a: RunArgs) -> anyhow::Result<()> {
         wait_state(client, &id, "RUNNING", POLL, Duration::from_secs(120)).await?
     };
     println!("{}", serde_json::to_string_pretty(&vm)?);
+    Ok(())
+}
+
+/// Forks a running microVM into `count` new ones.
+pub async fn fork(client: &ApiClient, id: &str, count: u32, wait: bool) -> anyhow::Result<()> {
+    let path = format!("/ember/v1/microvms/{id}/fork");
+    let out = client
+        .call(Method::POST, &path, &[], Some(&json!({ "count": count })))
+        .await?;
+    let children = out["microvms"]
+        .as_array()
+        .context("the fork answered without its microvms")?;
+    let mut shown = Vec::with_capacity(children.len());
+    for child in children {
+        let child_id = child["microvmId"]
+            .as_str()
+            .context("a forked microVM without a microvmId")?;
+        shown.push(if wait {
+            wait_state(client, child_id, "RUNNING", POLL, Duration::from_secs(120)).await?
+        } else {
+            child.clone()
+        });
+    }
+    println!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(())
 }
 
