@@ -184,7 +184,11 @@ async fn measure_forks(
     }
     let t = Instant::now();
     let children = Arc::new(fork(api, parent, 10).await?);
-    anyhow::ensure!(children.len() == 10, "a fork of ten made {}", children.len());
+    anyhow::ensure!(
+        children.len() == 10,
+        "a fork of ten made {}",
+        children.len()
+    );
     let answered = parallel(children.len(), |i| {
         let (api, http, children) = (Arc::clone(api), http.clone(), Arc::clone(&children));
         async move {
