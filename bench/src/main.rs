@@ -2,6 +2,7 @@
 //! per result. Figures that are compared (cold boot vs restore) are taken
 //! in the same run, so their ratio survives a noisy machine.
 
+mod density;
 mod edge;
 mod hostile_guest;
 mod image_build;
@@ -45,12 +46,16 @@ struct Args {
     /// Suspended microVMs the microvm bench fills the host with.
     #[arg(long, default_value_t = 1000)]
     suspended_vms: usize,
+    /// The density bench stops at this many idle microVMs.
+    #[arg(long, default_value_t = 400)]
+    density_max: usize,
     /// image_build: only this example (hello-http, python-counter,
     /// hello-oci); repeatable. Default: all.
     #[arg(long = "example", value_name = "NAME")]
     examples: Vec<String>,
-    /// Which benchmarks to run (default: all).
-    #[arg(value_parser = ["restore", "image_build", "microvm", "edge", "hostile_guest"])]
+    /// Which benchmarks to run (default: all but density, which fills
+    /// the host for minutes).
+    #[arg(value_parser = ["restore", "image_build", "microvm", "edge", "hostile_guest", "density"])]
     only: Vec<String>,
 }
 
@@ -85,6 +90,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("edge") {
         let line = edge::run(&args.data_dir, &args.agent, &opts).await?;
+        println!("{line}");
+    }
+    if args.only.iter().any(|o| o == "density") {
+        let line = density::run(&args.data_dir, &args.agent, &opts, args.density_max).await?;
         println!("{line}");
     }
     if wants("hostile_guest") {

@@ -220,12 +220,7 @@ async fn fork(api: &ApiClient, parent: &str, count: u32) -> anyhow::Result<Vec<R
         .as_array()
         .context("the fork answered without its microvms")?
         .iter()
-        .map(|c| {
-            Ok(RunningVm {
-                id: c["microvmId"].as_str().context("no id")?.to_string(),
-                endpoint: c["endpoint"].as_str().context("no endpoint")?.to_string(),
-            })
-        })
+        .map(RunningVm::from_answer)
         .collect()
 }
 
@@ -479,9 +474,19 @@ async fn cold_boot_to_answer(
     Ok(out)
 }
 
-struct RunningVm {
-    id: String,
-    endpoint: String,
+pub(crate) struct RunningVm {
+    pub(crate) id: String,
+    pub(crate) endpoint: String,
+}
+
+impl RunningVm {
+    /// The VM a `RunMicrovm` (or a fork) answered with.
+    pub(crate) fn from_answer(out: &Value) -> anyhow::Result<Self> {
+        Ok(Self {
+            id: out["microvmId"].as_str().context("no id")?.to_string(),
+            endpoint: out["endpoint"].as_str().context("no endpoint")?.to_string(),
+        })
+    }
 }
 
 async fn run_vm(api: &ApiClient, idle: Option<u32>) -> anyhow::Result<RunningVm> {
@@ -490,10 +495,7 @@ async fn run_vm(api: &ApiClient, idle: Option<u32>) -> anyhow::Result<RunningVm>
         body["idlePolicy"] = json!({"maxIdleDurationSeconds": s, "suspendedDurationSeconds": 86400, "autoResumeEnabled": true});
     }
     let out = api.call(Method::POST, MICROVMS, &[], Some(&body)).await?;
-    Ok(RunningVm {
-        id: out["microvmId"].as_str().context("no id")?.to_string(),
-        endpoint: out["endpoint"].as_str().context("no endpoint")?.to_string(),
-    })
+    RunningVm::from_answer(&out)
 }
 
 pub(crate) async fn token(api: &ApiClient, id: &str) -> anyhow::Result<String> {
@@ -502,7 +504,7 @@ pub(crate) async fn token(api: &ApiClient, id: &str) -> anyhow::Result<String> {
 
 /// One request through the endpoint; returns once the answer's first
 /// bytes (status and headers) arrived, and reads the rest.
-async fn get(http: &reqwest::Client, endpoint: &str, token: &str) -> anyhow::Result<String> {
+pub(crate) async fn get(http: &reqwest::Client, endpoint: &str, token: &str) -> anyhow::Result<String> {
     let r = http
         .get(format!("{endpoint}/"))
         .header("X-aws-proxy-auth", token)
@@ -644,7 +646,7 @@ async fn suspend(api: &ApiClient, id: &str, poll: Duration) -> anyhow::Result<()
 }
 
 /// Runs `n` jobs, `PARALLEL` at a time; results in order.
-async fn parallel<F, Fut, T>(n: usize, job: F) -> Vec<anyhow::Result<T>>
+pub(crate) async fn parallel<F, Fut, T>(n: usize, job: F) -> Vec<anyhow::Result<T>>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,

@@ -57,3 +57,17 @@ pub fn dir_allocated(dir: &Path) -> u64 {
     }
     total
 }
+
+/// The host's `MemAvailable`, in MiB.
+pub fn mem_available_mib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
+}
