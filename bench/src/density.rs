@@ -107,7 +107,10 @@ async fn measure(dir: &Path, max: usize) -> anyhow::Result<Value> {
         }
     })
     .await;
-    let answer_ms: Vec<f64> = answered.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+    let answer_ms: Vec<f64> = answered
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
     let n = running.len().max(1) as f64;
     Ok(json!({
         "bench": "density",

@@ -504,7 +504,11 @@ pub(crate) async fn token(api: &ApiClient, id: &str) -> anyhow::Result<String> {
 
 /// One request through the endpoint; returns once the answer's first
 /// bytes (status and headers) arrived, and reads the rest.
-pub(crate) async fn get(http: &reqwest::Client, endpoint: &str, token: &str) -> anyhow::Result<String> {
+pub(crate) async fn get(
+    http: &reqwest::Client,
+    endpoint: &str,
+    token: &str,
+) -> anyhow::Result<String> {
     let r = http
         .get(format!("{endpoint}/"))
         .header("X-aws-proxy-auth", token)
