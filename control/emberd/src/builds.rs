@@ -53,7 +53,13 @@ pub struct Builds {
     /// Builds queued or running: id → (image, log).
     live: Mutex<HashMap<String, (String, Arc<BuildLog>)>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Told the image of every version whose build succeeded.
+    succeeded: Mutex<Option<tokio::sync::mpsc::Sender<String>>>,
 }
+
+/// Successes waiting for their subscriber; beyond this the news is
+/// dropped (what it starts, the warm pool, is also filled by runs).
+const SUCCESS_QUEUE: usize = 64;
 
 impl Builds {
     pub fn new(
@@ -74,7 +80,19 @@ impl Builds {
             log_max_bytes: limits.log_max_bytes,
             live: Mutex::new(HashMap::new()),
             metrics,
+            succeeded: Mutex::new(None),
         }
+    }
+
+    /// The images of the versions whose builds succeed from now on, one
+    /// per success; replaces any earlier subscriber.
+    pub fn subscribe_successes(&self) -> tokio::sync::mpsc::Receiver<String> {
+        let (tx, rx) = tokio::sync::mpsc::channel(SUCCESS_QUEUE);
+        *self
+            .succeeded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        rx
     }
 
     /// Where this emberd's builds may take artifacts from.
@@ -160,6 +178,14 @@ impl Builds {
                 }
                 self.record(job, "SUCCESSFUL", None, Some(&dir));
                 tracing::info!(image = %job.image, version = job.version, "build succeeded");
+                let subscriber = self
+                    .succeeded
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                if let Some(tx) = subscriber {
+                    let _ = tx.try_send(job.image.clone());
+                }
             }
             Err(reason) => {
                 tracing::warn!(image = %job.image, version = job.version, "build failed: {reason}");

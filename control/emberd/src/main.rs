@@ -366,6 +366,7 @@ async fn main() -> anyhow::Result<()> {
         args.account.clone(),
         args.default_egress,
     ));
+    service::start_pools(&daemon);
     let app = service::router(daemon, Arc::new(creds));
 
     let listener = tokio::net::TcpListener::bind(args.listen)

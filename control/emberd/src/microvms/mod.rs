@@ -36,6 +36,7 @@ use capacity::Admission;
 pub use capacity::{Capacity, DiskReserve};
 pub use instance::Instance;
 pub use lifecycle::RunPlan;
+pub use pool::{parse_pool_size, PoolKey, WARM_POOL_TAG};
 pub use upstream::VmUpstream;
 pub use warm::default_warm_budget_bytes;
 

@@ -1,15 +1,17 @@
-//! The warm pool: per image version, `--warm-pool N` VMs restored from its
-//! snapshot ahead of time, each under the id it will have. `RunMicrovm`
-//! claims one instead of restoring: the claim gives it its record, its
-//! endpoint, its identity file and its `/run` hook (so the app learns whose
-//! it is only then), exactly what a fresh restore gets after its restore.
-//! A pooled VM is never seen by the API before its claim and serves one id
-//! all its life. Pooled VMs count against capacity (quota and running
-//! slots); the pool is topped up in the background after each run of the
-//! version, and a run of a newer version ends the older version's pool.
-//! VMs that want internet egress are restored for it, never pooled.
+//! The warm pool: per image version, `--warm-pool N` VMs (or the image's
+//! `ember:warm-pool` tag's N) restored from its snapshot ahead of time,
+//! each under the id it will have. `RunMicrovm` claims one instead of
+//! restoring: the claim gives it its record, its endpoint, its identity
+//! file and its `/run` hook (so the app learns whose it is only then),
+//! exactly what a fresh restore gets after its restore. A pooled VM is
+//! never seen by the API before its claim and serves one id all its life.
+//! Pooled VMs count against capacity (quota and running slots). The pool
+//! is filled when a version's build succeeds, at emberd's start and when
+//! the tag changes, and topped up in the background after each run; a
+//! newer version ends the older version's pool. VMs that want internet
+//! egress are restored for it, never pooled.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ember_vmm::{RestoreMemory, RestoreOptions, Vm};
@@ -17,11 +19,45 @@ use ember_vmm::{RestoreMemory, RestoreOptions, Vm};
 use super::spec::RunSpec;
 use super::Microvms;
 
+/// The image tag whose value sets the pool size of the image's versions,
+/// in place of `--warm-pool`.
+pub const WARM_POOL_TAG: &str = "ember:warm-pool";
+/// The largest pool one image version may have.
+pub const MAX_WARM_POOL: usize = 16;
+
+/// A pool size as the tag gives it: a whole number up to [`MAX_WARM_POOL`].
+pub fn parse_pool_size(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n <= MAX_WARM_POOL => Ok(n),
+        _ => Err(format!(
+            "the tag {WARM_POOL_TAG} must be a number from 0 to {MAX_WARM_POOL}, not {value:?}"
+        )),
+    }
+}
+
+/// What a pooled VM was restored for: runs of this snapshot with this
+/// much memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolKey {
+    pub snapshot_dir: PathBuf,
+    pub memory_mib: u32,
+}
+
+impl PoolKey {
+    /// The pool a run like `spec` can claim from; none for a VM with
+    /// internet egress (restored with its network, never pooled).
+    fn of(spec: &RunSpec) -> Option<Self> {
+        (!spec.internet()).then(|| Self {
+            snapshot_dir: spec.snapshot_dir.clone(),
+            memory_mib: spec.memory_mib,
+        })
+    }
+}
+
 struct Pooled {
     id: String,
     image: String,
-    snapshot_dir: PathBuf,
-    memory_mib: u32,
+    key: PoolKey,
     vm: Arc<dyn Vm>,
 }
 
@@ -39,7 +75,7 @@ struct PoolState {
 
 impl PoolState {
     /// Takes the pooled VMs `which` picks out of the pool.
-    fn take_where(&mut self, which: impl Fn(&Pooled) -> bool) -> Vec<Pooled> {
+    fn take_where(&mut self, which: impl FnMut(&Pooled) -> bool) -> Vec<Pooled> {
         let (taken, kept) = std::mem::take(&mut self.vms).into_iter().partition(which);
         self.vms = kept;
         taken
@@ -58,14 +94,9 @@ impl Microvms {
     /// A pooled VM restored for a run like `spec`, out of the pool, with
     /// the id it was restored under.
     pub(super) fn claim_pooled(&self, spec: &RunSpec) -> Option<(String, Arc<dyn Vm>)> {
-        if self.config.warm_pool == 0 || spec.internet() {
-            return None;
-        }
+        let key = PoolKey::of(spec)?;
         let mut state = self.pool.lock();
-        let i = state
-            .vms
-            .iter()
-            .position(|p| p.snapshot_dir == spec.snapshot_dir && p.memory_mib == spec.memory_mib)?;
+        let i = state.vms.iter().position(|p| p.key == key)?;
         let claimed = state.vms.swap_remove(i);
         drop(state);
         let _ = std::fs::remove_file(self.layout.pool().join(&claimed.id));
@@ -80,46 +111,72 @@ impl Microvms {
         });
     }
 
-    /// Tops up the pool of `spec`'s image version in the background, and
-    /// ends the pooled VMs of the image's other versions.
+    /// How many VMs each version of `image` keeps pooled: its tag's
+    /// number, else `--warm-pool`.
+    fn pool_size(&self, image: &str) -> usize {
+        let tags = self.store.tags(image).unwrap_or_default();
+        tags.iter()
+            .find(|(k, _)| k == WARM_POOL_TAG)
+            .and_then(|(_, v)| parse_pool_size(v).ok())
+            .unwrap_or(self.config.warm_pool)
+    }
+
+    /// Tops up the pool of `spec`'s image version after a run of it.
     pub(super) fn refill_pool(self: &Arc<Self>, image: &str, spec: &RunSpec) {
-        if self.config.warm_pool == 0 || spec.internet() {
-            return;
+        if let Some(key) = PoolKey::of(spec) {
+            self.fill_pool(image, key);
         }
-        let stale: Vec<Pooled> = {
+    }
+
+    /// Brings the pool of `image`'s version `key` to the image's pool
+    /// size in the background (ending pooled VMs beyond it), and ends the
+    /// pooled VMs of the image's other versions: the version that runs by
+    /// default is this one now.
+    pub fn fill_pool(self: &Arc<Self>, image: &str, key: PoolKey) {
+        let size = self.pool_size(image);
+        let ended: Vec<Pooled> = {
             let mut state = self.pool.lock();
-            if state.filling.contains(&spec.snapshot_dir) {
+            let mut ended = state.take_where(|p| p.image == image && p.key != key);
+            let mut kept = 0;
+            ended.extend(state.take_where(|p| {
+                let this_version = p.key == key;
+                kept += usize::from(this_version);
+                this_version && kept > size
+            }));
+            if size == 0 || state.filling.contains(&key.snapshot_dir) {
+                drop(state);
+                ended.into_iter().for_each(|old| self.end_pooled(old));
                 return;
             }
-            state.filling.push(spec.snapshot_dir.clone());
-            state.take_where(|p| p.image == image && p.snapshot_dir != spec.snapshot_dir)
+            state.filling.push(key.snapshot_dir.clone());
+            ended
         };
-        for old in stale {
+        for old in ended {
             self.end_pooled(old);
         }
         let this = Arc::clone(self);
-        let (image, spec) = (image.to_string(), spec.clone());
+        let image = image.to_string();
         tokio::spawn(async move {
-            this.fill(&image, &spec).await;
-            this.pool.lock().filling.retain(|d| *d != spec.snapshot_dir);
+            this.fill(&image, &key, size).await;
+            this.pool.lock().filling.retain(|d| *d != key.snapshot_dir);
         });
     }
 
-    async fn fill(&self, image: &str, spec: &RunSpec) {
+    async fn fill(&self, image: &str, key: &PoolKey, size: usize) {
         loop {
             let have = self
                 .pool
                 .lock()
                 .vms
                 .iter()
-                .filter(|p| p.snapshot_dir == spec.snapshot_dir)
+                .filter(|p| p.key == *key)
                 .count();
-            if have >= self.config.warm_pool {
+            if have >= size {
                 return;
             }
             let id = crate::service::names::new_id();
             // No room: the pool waits for the next run to try again.
-            if self.admission.admit_run(&id, spec.memory_mib).is_err() {
+            if self.admission.admit_run(&id, key.memory_mib).is_err() {
                 return;
             }
             let marker = self.layout.pool().join(&id);
@@ -129,15 +186,14 @@ impl Microvms {
                 return;
             }
             let options = RestoreOptions::memory(RestoreMemory::Copy);
-            match self.hv.restore(&id, &spec.snapshot_dir, options).await {
+            match self.hv.restore(&id, &key.snapshot_dir, options).await {
                 Ok(vm) => {
                     self.admission.started(&id);
                     tracing::info!(pooled = %id, image, "warm pool: restored");
                     self.pool.lock().vms.push(Pooled {
                         id,
                         image: image.to_string(),
-                        snapshot_dir: spec.snapshot_dir.clone(),
-                        memory_mib: spec.memory_mib,
+                        key: key.clone(),
                         vm,
                     });
                 }
@@ -154,9 +210,9 @@ impl Microvms {
     /// Ends the pooled VMs of `image` (of one version's snapshot, if
     /// given): its snapshot is being deleted, and a pooled VM would keep
     /// a slot and read the deleted files until the next run of the image.
-    pub fn end_pool_of(&self, image: &str, snapshot_dir: Option<&std::path::Path>) {
+    pub fn end_pool_of(&self, image: &str, snapshot_dir: Option<&Path>) {
         let ended = self.pool.lock().take_where(|p| {
-            p.image == image && snapshot_dir.map_or(true, |dir| p.snapshot_dir == dir)
+            p.image == image && snapshot_dir.map_or(true, |dir| p.key.snapshot_dir == dir)
         });
         for old in ended {
             tracing::info!(pooled = %old.id, image, "warm pool: ended, its image is deleted");

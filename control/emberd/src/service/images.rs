@@ -192,6 +192,7 @@ impl Daemon {
                 "at most {MAX_TAGS} tags per image"
             )));
         }
+        super::tags::check_ember_tags(tags.iter())?;
         let (build_id, version) = self.new_version(&spec);
         let t = version.now;
         let new = NewImage {

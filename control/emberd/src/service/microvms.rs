@@ -15,7 +15,7 @@ use super::images::{token_after, ts, DEFAULT_MEMORY_MIB};
 use super::{internal, spec, Daemon};
 use crate::connectors::{self, HTTP_INGRESS, SHELL_INGRESS};
 use crate::microvms::spec::{RunHooks, RunSpec, DEFAULT_MAX_DURATION_S};
-use crate::microvms::RunPlan;
+use crate::microvms::{PoolKey, RunPlan};
 
 const RESOURCE: &str = "Microvm";
 
@@ -49,10 +49,7 @@ impl Daemon {
                 .map_err(ApiError::validation)?;
         let ingress = connectors::ingress(r.ingress_network_connectors.as_deref())
             .map_err(ApiError::validation)?;
-        let memory_mib = match build.resources.as_deref() {
-            Some([r, ..]) => u32::try_from(r.minimum_memory_in_mib).unwrap_or(DEFAULT_MEMORY_MIB),
-            _ => DEFAULT_MEMORY_MIB,
-        };
+        let memory_mib = memory_mib(&build);
         let hooks = build.hooks.as_ref();
         let spec = RunSpec {
             idle_policy: r.idle_policy.clone(),
@@ -126,6 +123,27 @@ impl Daemon {
             )));
         }
         Ok(())
+    }
+
+    /// Brings the warm pool of `image`'s default version (the newest
+    /// SUCCESSFUL, ACTIVE one) to the image's pool size; a no-op for an
+    /// image with nothing to run.
+    pub fn fill_image_pool(&self, image: &str) {
+        let Ok((Some(number), _)) = self.latest_versions(image) else {
+            return;
+        };
+        let Ok(version) = self.version_record(image, &number) else {
+            return;
+        };
+        let build: Result<MicrovmImageBuildConfig, _> = spec::from_json(&version.spec);
+        let (Some(dir), Ok(build)) = (version.snapshot_dir.as_ref(), build) else {
+            return;
+        };
+        let key = PoolKey {
+            snapshot_dir: dir.into(),
+            memory_mib: memory_mib(&build),
+        };
+        self.microvms.fill_pool(image, key);
     }
 
     /// Ember's fork (`crate::microvm_fork`): the new microVMs, PENDING.
@@ -332,6 +350,14 @@ fn port_scope(specs: &[PortSpecification]) -> Result<PortScope, ApiError> {
 fn parse_state(s: &str) -> Result<MicrovmState, ApiError> {
     s.parse()
         .map_err(|e: String| ApiError::internal(format!("stored microVM state: {e}")))
+}
+
+/// The memory a version's VMs get: its build's first resource entry.
+fn memory_mib(build: &MicrovmImageBuildConfig) -> u32 {
+    match build.resources.as_deref() {
+        Some([r, ..]) => u32::try_from(r.minimum_memory_in_mib).unwrap_or(DEFAULT_MEMORY_MIB),
+        _ => DEFAULT_MEMORY_MIB,
+    }
 }
 
 fn microvm_output(m: &MicrovmRecord) -> Result<Microvm, ApiError> {

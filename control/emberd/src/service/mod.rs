@@ -77,6 +77,31 @@ impl Daemon {
     }
 }
 
+/// Fills every image's warm pool, then each new version's as its build
+/// succeeds. Call once, after the microVMs were recovered.
+pub fn start_pools(daemon: &Arc<Daemon>) {
+    let mut successes = daemon.builds.subscribe_successes();
+    let mut after: Option<String> = None;
+    loop {
+        let Ok((images, next)) = daemon.store.list_images(after.as_deref(), None, 500) else {
+            break;
+        };
+        for image in &images {
+            daemon.fill_image_pool(&image.name);
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let daemon = Arc::clone(daemon);
+    tokio::spawn(async move {
+        while let Some(image) = successes.recv().await {
+            daemon.fill_image_pool(&image);
+        }
+    });
+}
+
 /// The API and Ember's own endpoints, all behind SigV4.
 pub fn router(daemon: Arc<Daemon>, credentials: Arc<Credentials>) -> Router {
     let extra = Router::new()

@@ -1,4 +1,5 @@
-//! Tags on images, addressed by ARN.
+//! Tags on images, addressed by ARN. Ember reads one of them:
+//! `ember:warm-pool` sets the image's warm pool size.
 
 use ember_api::model::{
     ListTagsRequest, ListTagsResponse, TagResourceRequest, UntagResourceRequest,
@@ -8,6 +9,17 @@ use ember_store::{ImageRecord, StoreError};
 
 use super::images::MAX_TAGS;
 use super::{internal, Daemon};
+use crate::microvms::{parse_pool_size, WARM_POOL_TAG};
+
+/// Refuses values Ember would not understand in the tags it reads.
+pub(super) fn check_ember_tags<'a>(
+    mut tags: impl Iterator<Item = (&'a String, &'a String)>,
+) -> Result<(), ApiError> {
+    match tags.find(|(k, _)| *k == WARM_POOL_TAG) {
+        Some((_, v)) => parse_pool_size(v).map(drop).map_err(ApiError::validation),
+        None => Ok(()),
+    }
+}
 
 impl Daemon {
     /// Only this daemon's image ARNs are taggable here.
@@ -21,20 +33,29 @@ impl Daemon {
 
     pub(super) fn tag(&self, r: TagResourceRequest) -> Result<(), ApiError> {
         let image = self.tagged_image(&r.resource)?;
+        check_ember_tags(r.tags.iter())?;
         let tags: Vec<(String, String)> = r.tags.into_iter().collect();
         self.store
             .set_tags(&image.name, &tags, MAX_TAGS)
             .map_err(|e| match e {
                 StoreError::Conflict(m) => ApiError::new(ErrorKind::Validation, m),
                 other => internal(other),
-            })
+            })?;
+        if tags.iter().any(|(k, _)| k == WARM_POOL_TAG) {
+            self.fill_image_pool(&image.name);
+        }
+        Ok(())
     }
 
     pub(super) fn untag(&self, r: UntagResourceRequest) -> Result<(), ApiError> {
         let image = self.tagged_image(&r.resource)?;
         self.store
             .remove_tags(&image.name, &r.tag_keys)
-            .map_err(internal)
+            .map_err(internal)?;
+        if r.tag_keys.iter().any(|k| k == WARM_POOL_TAG) {
+            self.fill_image_pool(&image.name);
+        }
+        Ok(())
     }
 
     pub(super) fn list_tags(&self, r: ListTagsRequest) -> Result<ListTagsResponse, ApiError> {
