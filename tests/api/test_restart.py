@@ -1,11 +1,29 @@
 """9. emberd killed with SIGKILL in the middle of a build, then restarted on
-the same data dir: the interrupted build fails with a reason, everything
-that was finished before is still there."""
+the same data dir: the interrupted build fails with a reason, its build
+VM's QEMU died with emberd, everything that was finished before is still
+there."""
 
+import os
 import time
 
 from artifacts import zip_files
 from harness import BUILD_ROLE, BUSYBOX_ARN, wait_image
+
+
+def build_qemus(ember):
+    """The QEMUs of build VMs (named build-<id>-<n>) under this emberd."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if cwd.startswith(str(ember.data_dir)) and "/build-" in cwd \
+                and cmdline.startswith(b"qemu-system"):
+            found.append(int(entry))
+    return found
 
 
 def test_build_interrupted_by_restart(ember, client, hello_http, tmp_path):
@@ -24,7 +42,13 @@ def test_build_interrupted_by_restart(ember, client, hello_http, tmp_path):
         assert time.monotonic() < deadline, "the build never started"
         time.sleep(0.5)
     time.sleep(3)  # let it get into the guest
+    assert build_qemus(ember), "no build VM was running"
     ember.kill9()
+    # Build VMs die with their emberd (a restart cannot take them back).
+    deadline = time.monotonic() + 10
+    while build_qemus(ember) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert build_qemus(ember) == [], "a build VM outlived the emberd that ran it"
     ember.start()
 
     image = wait_image(client, "restart-victim", timeout=120)
