@@ -1,10 +1,16 @@
 """`--metrics-listen`: Prometheus metrics an operator can scrape, read
 with prometheus_client's own parser while a microVM runs, is requested,
-suspends and auto-resumes. Without the flag, no listener exists."""
+suspends and auto-resumes. Without the flag, no listener exists. With TLS
+on, the metrics are served over it; `--metrics-token-file` answers only
+scrapes that carry its bearer token."""
 
+import http.client
 import os
 import re
+import ssl
+import subprocess
 import time
+import urllib.error
 import urllib.request
 
 # emberd serves OpenMetrics text (what the prometheus-client crate writes,
@@ -16,7 +22,7 @@ from harness import (BUILD_ROLE, BUSYBOX_ARN, counter, endpoint_request, endpoin
                      wait_image, wait_microvm)
 
 IDLE = {"maxIdleDurationSeconds": 600, "suspendedDurationSeconds": 600, "autoResumeEnabled": True}
-METRICS_LINE = re.compile(r"^emberd metrics on (http://\S+/metrics)$", re.M)
+METRICS_LINE = re.compile(r"^emberd metrics on (https?://\S+/metrics)( \(bearer token\))?$", re.M)
 
 
 def metrics_url(daemon, timeout=10):
@@ -29,9 +35,10 @@ def metrics_url(daemon, timeout=10):
         time.sleep(0.1)
 
 
-def scrape(url):
+def scrape(url, headers=None, context=None):
     """{family name: [(sample name, labels, value)]}, as Prometheus reads it."""
-    with urllib.request.urlopen(url, timeout=30) as resp:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=30, context=context) as resp:
         assert resp.status == 200
         assert resp.headers["content-type"].startswith("application/openmetrics-text")
         text = resp.read().decode()
@@ -153,3 +160,43 @@ def test_without_the_flag_nothing_serves_metrics(separate_emberd):
     daemon = separate_emberd()
     assert listening_ports(daemon.proc.pid) == {daemon.port}
     assert not METRICS_LINE.search(daemon.log_path.read_text(errors="replace"))
+
+
+def test_metrics_over_tls_need_the_bearer_token(separate_emberd, tmp_path):
+    token = "s3cret-scrape-token-0123"
+    token_file = tmp_path / "metrics.token"
+    token_file.write_text(token + "\n")
+    daemon = separate_emberd("--tls-self-signed", "--metrics-listen", "127.0.0.1:0",
+                             "--metrics-token-file", str(token_file))
+    url = metrics_url(daemon)
+    assert url.startswith("https://"), url
+    ca = ssl.create_default_context(cafile=str(daemon.data_dir / "tls" / "cert.pem"))
+    for headers in ({}, {"Authorization": "Bearer wrong-token-of-some-length"},
+                    {"Authorization": token}):
+        try:
+            scrape(url, headers, ca)
+        except urllib.error.HTTPError as err:
+            assert err.code == 401, (headers, err.code)
+        else:
+            raise AssertionError(f"a scrape with {headers} was answered")
+    families = scrape(url, {"Authorization": f"Bearer {token}"}, ca)
+    assert "ember_capacity_microvms" in families, sorted(families)
+    # Plain HTTP to the TLS listener gets no metrics.
+    plain = url.replace("https://", "http://")
+    try:
+        urllib.request.urlopen(plain, timeout=10).read()
+    except (urllib.error.URLError, http.client.HTTPException, OSError):
+        pass
+    else:
+        raise AssertionError("the metrics answered over plain HTTP")
+
+
+def test_a_weak_metrics_token_stops_emberd(ember, tmp_path):
+    token_file = tmp_path / "short.token"
+    token_file.write_text("short")
+    proc = subprocess.run(
+        [str(ember.binary), "--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:0",
+         "--metrics-listen", "127.0.0.1:0", "--metrics-token-file", str(token_file)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0
+    assert "--metrics-token-file" in proc.stderr and "16 characters" in proc.stderr, proc.stderr

@@ -191,11 +191,8 @@ struct Args {
     /// emberd's user, mode 0600 or stricter; re-read when it changes.
     #[arg(long, value_name = "FILE")]
     role_credentials: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a
-    /// free one). Off by default; no authentication, so bind it to
-    /// loopback or a private network.
-    #[arg(long, value_name = "ADDR")]
-    metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    metrics: metrics::MetricsArgs,
     #[command(flatten)]
     registries: registries::RegistryArgs,
     #[command(flatten)]
@@ -227,6 +224,14 @@ async fn main() -> anyhow::Result<()> {
         .create()
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let tls = load_tls(&args, &layout)?;
+    // Read before anything starts: a bad token file stops emberd at once.
+    let scrape_token = args
+        .metrics
+        .metrics_token_file
+        .as_deref()
+        .map(metrics::ScrapeToken::read)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let creds = credentials::load_or_create(&layout.credentials())?;
     let store = Arc::new(Store::open(&layout.database())?);
     let recovered = builds::recover_interrupted(&store, &layout)?;
@@ -347,15 +352,29 @@ async fn main() -> anyhow::Result<()> {
         (endpoint_tls, Arc::clone(&metrics)),
     )
     .await?;
-    if let Some(addr) = args.metrics_listen {
+    if let Some(addr) = args.metrics.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("--metrics-listen {addr}"))?;
         println!(
-            "emberd metrics on http://{}/metrics",
-            listener.local_addr()?
+            "emberd metrics on {}://{}/metrics{}",
+            if tls.is_some() { "https" } else { "http" },
+            listener.local_addr()?,
+            if scrape_token.is_some() {
+                " (bearer token)"
+            } else {
+                ""
+            }
         );
-        metrics::serve(listener, metrics, Arc::clone(&store), Arc::clone(&microvms));
+        let sources = (metrics, Arc::clone(&store), Arc::clone(&microvms));
+        let limits = args.api_limits.clone();
+        match &tls {
+            Some(t) => {
+                let listener = tls::TlsListener::new(listener, t.server_config(tls::API_ALPN)?)?;
+                metrics::serve(listener, sources, scrape_token, limits);
+            }
+            None => metrics::serve(listener, sources, scrape_token, limits),
+        }
     }
     let daemon = Arc::new(Daemon::new(
         store,
@@ -505,10 +524,16 @@ fn validate_args(args: &Args) -> anyhow::Result<()> {
 /// wildcard-domain endpoint listener.
 fn listen_ips(args: &Args) -> Vec<std::net::IpAddr> {
     let shared = args.endpoint_listen.map(|a| a.ip());
-    [Some(args.listen.ip()), Some(args.endpoint_ip), shared]
-        .into_iter()
-        .flatten()
-        .collect()
+    let metrics = args.metrics.metrics_listen.map(|a| a.ip());
+    [
+        Some(args.listen.ip()),
+        Some(args.endpoint_ip),
+        shared,
+        metrics,
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// `--tls-*`: the pair loaded (or made), its fingerprint printed, and

@@ -25,7 +25,22 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-pub use serve::serve;
+pub use serve::{serve, ScrapeToken};
+
+/// `--metrics-*`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at ADDR/metrics (port 0 picks a free
+    /// one), over TLS when the API is. Off by default. Off loopback it
+    /// needs TLS (or --insecure-http), like the API.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Only scrapes with `Authorization: Bearer <the file's token>` are
+    /// answered (at least 16 characters; Prometheus' `authorization:
+    /// credentials_file`).
+    #[arg(long, value_name = "FILE", requires = "metrics_listen")]
+    pub metrics_token_file: Option<std::path::PathBuf>,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
