@@ -2,6 +2,7 @@
 //! per result. Figures that are compared (cold boot vs restore) are taken
 //! in the same run, so their ratio survives a noisy machine.
 
+mod cold_resume;
 mod density;
 mod edge;
 mod hostile_guest;

@@ -22,7 +22,7 @@ use crate::procfs::{cpu_ticks, dir_allocated, qemu_pids, rss_bytes};
 pub(crate) const IMAGE: &str = "hello-http";
 const PORT: u16 = 8080;
 /// Polling while a figure is being timed, and while filling the host.
-const FAST_POLL: Duration = Duration::from_millis(5);
+pub(crate) const FAST_POLL: Duration = Duration::from_millis(5);
 const SLOW_POLL: Duration = Duration::from_millis(100);
 /// emberd's `--compact-after-seconds` here: resumes timed right after a
 /// suspend take the whole-memory path, the ones after a wait the
@@ -67,6 +67,26 @@ pub async fn run(data_dir: &Path, agent: &Path, opts: &Opts) -> anyhow::Result<V
     let mut daemon =
         Emberd::start(&dir, &assets, agent, opts, &["--warm-suspended-mib", "0"]).await?;
     let result = measure_deep(&dir, opts, &daemon, warm).await;
+    let Ok(mut figures) = result else {
+        return end_run(&mut daemon, &dir, "microvm", result);
+    };
+    // Once more without the working-set prefetch, for what it saves.
+    daemon.stop(&dir);
+    let mut daemon = Emberd::start(
+        &dir,
+        &assets,
+        agent,
+        opts,
+        &["--warm-suspended-mib", "0", "--no-working-set-prefetch"],
+    )
+    .await?;
+    let api = ApiClient::from_data_dir(&dir, None, "us-east-1")?;
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let without = crate::cold_resume::cold_deep_resume_ms(&api, &http, &dir, opts.runs).await;
+    let result = without.map(|ms| {
+        figures["deep_resume_cold_cache_no_prefetch_ms"] = json!(ms);
+        figures
+    });
     end_run(&mut daemon, &dir, "microvm", result)
 }
 
@@ -267,6 +287,8 @@ async fn measure_deep(
     }
     terminate(&api, &vm.id).await?;
 
+    let cold_with_prefetch =
+        crate::cold_resume::cold_deep_resume_ms(&api, &http, dir, opts.runs).await?;
     let proxy = crate::proxy_overhead::measure().await?;
     let fill = fill_host(&api, &http, dir, opts, daemon).await?;
 
@@ -281,6 +303,7 @@ async fn measure_deep(
         "deep_resume_pct_of_cold_boot": (resume / cold_ms * 1000.0).round() / 10.0,
         "deep_resume_compacted_to_first_answer_ms": med(compacted_resume_ms),
         "deep_suspend_ms": med(suspend_ms),
+        "deep_resume_cold_cache_prefetch_ms": cold_with_prefetch,
         "proxy_direct_p50_ms": round3(proxy.direct_p50_ms),
         "proxy_overhead_p50_ms": round3(proxy.proxied_p50_ms - proxy.direct_p50_ms),
         "proxy_rps": proxy.proxied_rps.round(),
@@ -327,10 +350,12 @@ impl Emberd {
             .args(["--accel", &opts.accel])
             .arg("--agent")
             .arg(agent)
+            // Room beyond the fill for the fork of ten, its parent and
+            // the pool.
             .arg("--max-running-microvms")
-            .arg((opts.running_vms + 8).to_string())
+            .arg((opts.running_vms + 16).to_string())
             .arg("--max-microvms")
-            .arg((opts.suspended_vms + opts.running_vms + 8).to_string())
+            .arg((opts.suspended_vms + opts.running_vms + 16).to_string())
             .args(["--memory-reserve-mib", "512"])
             .args(extra_args)
             .env("EMBER_ASSETS_DIR", assets)
@@ -489,7 +514,7 @@ impl RunningVm {
     }
 }
 
-async fn run_vm(api: &ApiClient, idle: Option<u32>) -> anyhow::Result<RunningVm> {
+pub(crate) async fn run_vm(api: &ApiClient, idle: Option<u32>) -> anyhow::Result<RunningVm> {
     let mut body = json!({"imageIdentifier": IMAGE});
     if let Some(s) = idle {
         body["idlePolicy"] = json!({"maxIdleDurationSeconds": s, "suspendedDurationSeconds": 86400, "autoResumeEnabled": true});
@@ -529,7 +554,7 @@ async fn wait_state(api: &ApiClient, id: &str, want: &str, poll: Duration) -> an
         .map(drop)
 }
 
-async fn terminate(api: &ApiClient, id: &str) -> anyhow::Result<()> {
+pub(crate) async fn terminate(api: &ApiClient, id: &str) -> anyhow::Result<()> {
     api.call(Method::DELETE, &format!("{MICROVMS}/{id}"), &[], None)
         .await?;
     wait_state(api, id, "TERMINATED", SLOW_POLL).await
@@ -644,7 +669,7 @@ async fn wait_compacted(dir: &Path, prefix: &str, count: usize) -> anyhow::Resul
 }
 
 /// Suspends and waits for SUSPENDED, polling every `poll`.
-async fn suspend(api: &ApiClient, id: &str, poll: Duration) -> anyhow::Result<()> {
+pub(crate) async fn suspend(api: &ApiClient, id: &str, poll: Duration) -> anyhow::Result<()> {
     microvm_api::suspend(api, id).await?;
     wait_state(api, id, "SUSPENDED", poll).await
 }

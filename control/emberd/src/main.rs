@@ -116,6 +116,10 @@ struct Args {
     /// CPU a microVM may use, in percent of one host core (its cgroup).
     #[arg(long, default_value_t = 100)]
     vm_cpu_percent: u32,
+    /// Do not record a suspended VM's working set, nor read it in first
+    /// when the VM resumes from disk (for measuring what it saves).
+    #[arg(long)]
+    no_working_set_prefetch: bool,
     /// The address per-VM endpoint listeners bind to.
     #[arg(long, default_value = "127.0.0.1")]
     endpoint_ip: std::net::IpAddr,
@@ -290,6 +294,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut vm_qemu = qemu;
     vm_qemu.die_with_parent = false;
+    vm_qemu.prefetch_working_set = !args.no_working_set_prefetch;
     vm_qemu.cgroup = Some(CgroupConfig {
         nest_in_own_cgroup: true,
         cpu_max_percent: args.vm_cpu_percent,

@@ -117,6 +117,7 @@ pub(super) async fn attach(hv: &QemuHypervisor, name: &str) -> Result<QemuVm, Vm
         cgroup: record.cgroup,
         ids,
         checkpoints: Mutex::new(record.checkpoints),
+        prefetch_working_set: hv.config.prefetch_working_set,
         config: record.vm,
     })
 }

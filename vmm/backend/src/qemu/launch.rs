@@ -208,6 +208,7 @@ fn running_vm(
         process: Mutex::new(child),
         state: Mutex::new(RunState::Running),
         checkpoints: Mutex::new(Vec::new()),
+        prefetch_working_set: hv.config.prefetch_working_set,
         config,
     }
 }
@@ -265,6 +266,12 @@ pub(super) async fn restore(
         }
         (Some(image), RestoreMemory::Consume) => {
             take_file(image, &own_memory)?;
+            // Read in the background while QEMU starts: the pages the
+            // guest touched before its suspend, in file order.
+            if hv.config.prefetch_working_set {
+                let bytes = super::working_set::prefetch(snapshot_dir, &own_memory);
+                tracing::debug!(vm = %name, bytes, "working set prefetch asked");
+            }
             (RamBacking::SharedFile(&own_memory), Memory::OwnFile)
         }
     };

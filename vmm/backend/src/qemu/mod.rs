@@ -20,6 +20,7 @@ mod spawn;
 mod stub_kernel;
 mod vm;
 mod vm_files;
+mod working_set;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,6 +53,9 @@ pub struct QemuConfig {
     pub restore_timeout: Duration,
     /// TCG translation cache size; the default (1 GiB) dominates idle RSS.
     pub tcg_tb_size_mib: u32,
+    /// Record a suspended VM's working set and read it in first when the
+    /// VM resumes from its own snapshot (see `working_set`).
+    pub prefetch_working_set: bool,
     /// Kill QEMU when this process dies (tests, one-shot tools). A daemon
     /// that re-attaches to its VMs after a restart leaves this off.
     pub die_with_parent: bool,
@@ -78,6 +82,7 @@ impl QemuConfig {
             boot_timeout: Duration::from_secs(120),
             restore_timeout: Duration::from_secs(30),
             tcg_tb_size_mib: 64,
+            prefetch_working_set: true,
             die_with_parent: true,
             egress_guard: true,
             cgroup: None,

@@ -13,19 +13,27 @@ use super::process::Pidfd;
 /// `/proc/PID/maps`, matched by device and inode (the path QEMU sees is
 /// its jail's, and a name proves nothing).
 pub(super) fn mapped_ranges(pid: u32, file: &File) -> std::io::Result<Vec<(u64, u64)>> {
+    Ok(mappings(pid, file)?
+        .into_iter()
+        .map(|(start, end, _)| (start, end))
+        .collect())
+}
+
+/// As [`mapped_ranges`], each with the file offset it starts at.
+pub(super) fn mappings(pid: u32, file: &File) -> std::io::Result<Vec<(u64, u64, u64)>> {
     let meta = file.metadata()?;
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
     Ok(parse_maps(&maps, meta.dev(), meta.ino()))
 }
 
-fn parse_maps(maps: &str, dev: u64, ino: u64) -> Vec<(u64, u64)> {
+fn parse_maps(maps: &str, dev: u64, ino: u64) -> Vec<(u64, u64, u64)> {
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     maps.lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
             let range = fields.next()?;
             let _perms = fields.next()?;
-            let _offset = fields.next()?;
+            let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
             let device = fields.next()?;
             let inode: u64 = fields.next()?.parse().ok()?;
             let (maj, min) = device.split_once(':')?;
@@ -37,7 +45,7 @@ fn parse_maps(maps: &str, dev: u64, ino: u64) -> Vec<(u64, u64)> {
             let (start, end) = range.split_once('-')?;
             let start = u64::from_str_radix(start, 16).ok()?;
             let end = u64::from_str_radix(end, 16).ok()?;
-            (end > start).then_some((start, end))
+            (end > start).then_some((start, end, offset))
         })
         .collect()
 }
@@ -86,7 +94,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges_are_matched_by_device_and_inode() {
+    fn ranges_are_matched_by_device_and_inode_with_their_offsets() {
         let dev = libc::makedev(0xfd, 0x01);
         let maps = "\
 7f0000000000-7f0010000000 rw-s 00000000 fd:01 1234    /ram/memory.ram
@@ -98,8 +106,8 @@ garbage line
         assert_eq!(
             parse_maps(maps, dev, 1234),
             vec![
-                (0x7f00_0000_0000, 0x7f00_1000_0000),
-                (0x7f00_3000_0000, 0x7f00_4000_0000)
+                (0x7f00_0000_0000, 0x7f00_1000_0000, 0),
+                (0x7f00_3000_0000, 0x7f00_4000_0000, 0x1000_0000)
             ]
         );
         assert!(parse_maps(maps, dev, 42).is_empty());

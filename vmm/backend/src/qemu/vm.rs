@@ -66,6 +66,8 @@ pub struct QemuVm {
     /// Disk layers frozen by `checkpoint_disk`; once any exist, the disk is
     /// a chain inside the runtime folder that snapshots cannot carry.
     pub(super) checkpoints: Mutex<Vec<PathBuf>>,
+    /// Record the working set at suspend (the backend's setting).
+    pub(super) prefetch_working_set: bool,
 }
 
 impl QemuVm {
@@ -214,6 +216,27 @@ impl QemuVm {
         })
     }
 
+    /// Writes the pages the stopped guest had touched into `dir` for the
+    /// resume's prefetch. A hint: failing costs the prefetch only.
+    fn record_working_set(&self, dir: &Path) {
+        if self.memory != Memory::OwnFile || !self.prefetch_working_set {
+            return;
+        }
+        let recorded =
+            vm_files::open_checked(&self.jail_dir().join(MEMORY), self.ids.0).and_then(|ram| {
+                super::working_set::record(
+                    self.pid,
+                    &ram,
+                    &dir.join(super::working_set::WORKING_SET),
+                )
+                .map_err(VmmError::io("record the working set"))
+            });
+        match recorded {
+            Ok(pages) => tracing::debug!(vm = %self.name, pages, "working set recorded"),
+            Err(e) => tracing::warn!(vm = %self.name, "no working set recorded: {e}"),
+        }
+    }
+
     /// Rewrites the runtime record `attach` reads, after a change to it.
     fn update_record(&self, change: impl FnOnce(&mut RuntimeRecord)) -> Result<(), VmmError> {
         let mut record = RuntimeRecord::load(&self.dir).map_err(VmmError::Record)?;
@@ -340,6 +363,7 @@ impl Vm for QemuVm {
                 return Err(e);
             }
         };
+        self.record_working_set(&dir);
         let mut state = self.state.lock().await;
         self.end_process(&mut state).await?;
         // From here on the VM exists only as files: on an error they stay
