@@ -21,15 +21,18 @@ pub fn qemu_pids(dir: &Path) -> Vec<u32> {
 
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+    Some(kib_field(&s, "VmRSS:")? * 1024)
+}
+
+/// The value of a `NAME:   123 kB` line.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
-        .ok()?;
-    Some(kib * 1024)
+        .ok()
 }
 
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
@@ -61,13 +64,5 @@ pub fn dir_allocated(dir: &Path) -> u64 {
 /// The host's `MemAvailable`, in MiB.
 pub fn mem_available_mib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024)
+    Some(kib_field(&s, "MemAvailable:")? / 1024)
 }

@@ -379,6 +379,12 @@ def microvm_dir(emberd, microvm_id):
 def qemu_pids(emberd, microvm_id):
     """The QEMUs of a microVM: their working directory is its jail, in a
     folder under the data dir named by its id."""
+    return qemu_pids_where(emberd, lambda cwd: f"/{microvm_id}/" in cwd)
+
+
+def qemu_pids_where(emberd, wanted):
+    """The QEMUs under `emberd`'s data dir whose working directory
+    `wanted(cwd)` picks."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -389,7 +395,7 @@ def qemu_pids(emberd, microvm_id):
                 cmdline = f.read()
         except OSError:
             continue
-        inside = cwd.startswith(str(emberd.data_dir)) and f"/{microvm_id}/" in cwd
+        inside = cwd.startswith(str(emberd.data_dir)) and wanted(cwd)
         if inside and cmdline.startswith(b"qemu-system"):
             pids.append(int(entry))
     return pids

@@ -3,27 +3,15 @@ the same data dir: the interrupted build fails with a reason, its build
 VM's QEMU died with emberd, everything that was finished before is still
 there."""
 
-import os
 import time
 
 from artifacts import zip_files
-from harness import BUILD_ROLE, BUSYBOX_ARN, wait_image
+from harness import BUILD_ROLE, BUSYBOX_ARN, qemu_pids_where, wait_image
 
 
 def build_qemus(ember):
     """The QEMUs of build VMs (named build-<id>-<n>) under this emberd."""
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if cwd.startswith(str(ember.data_dir)) and "/build-" in cwd \
-                and cmdline.startswith(b"qemu-system"):
-            found.append(int(entry))
-    return found
+    return qemu_pids_where(ember, lambda cwd: "/build-" in cwd)
 
 
 def test_build_interrupted_by_restart(ember, client, hello_http, tmp_path):
