@@ -269,7 +269,8 @@ pub(super) async fn restore(
             // Read in the background while QEMU starts: the pages the
             // guest touched before its suspend, in file order.
             if hv.config.prefetch_working_set {
-                let bytes = super::working_set::prefetch(snapshot_dir, &own_memory);
+                let (ram, _) = vm_files::open_regular(&own_memory)?;
+                let bytes = super::working_set::prefetch(snapshot_dir, &ram);
                 tracing::debug!(vm = %name, bytes, "working set prefetch asked");
             }
             (RamBacking::SharedFile(&own_memory), Memory::OwnFile)

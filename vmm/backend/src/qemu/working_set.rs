@@ -65,10 +65,7 @@ pub(super) fn record(pid: u32, ram: &File, out: &Path) -> std::io::Result<u64> {
 /// `POSIX_FADV_WILLNEED` per run of recorded pages, which returns at once
 /// and reads in the background. Returns the bytes asked for; 0 without a
 /// usable bitmap.
-pub(super) fn prefetch(snapshot_dir: &Path, ram: &Path) -> u64 {
-    let Ok(ram) = File::open(ram) else {
-        return 0;
-    };
+pub(super) fn prefetch(snapshot_dir: &Path, ram: &File) -> u64 {
     let Ok(len) = ram.metadata().map(|m| m.len()) else {
         return 0;
     };
@@ -179,6 +176,6 @@ mod tests {
         assert_eq!(present, 3);
         let bits = read_bits(&out, 64).unwrap();
         assert_eq!(runs(&bits), vec![(3, 2), (40, 1)]);
-        assert_eq!(prefetch(dir.path(), &path), 3 * PAGE);
+        assert_eq!(prefetch(dir.path(), &file), 3 * PAGE);
     }
 }
