@@ -6,8 +6,6 @@ without it (`--no-working-set-prefetch`, which records nothing)."""
 
 import os
 
-import pytest
-
 from harness import create_and_wait, endpoint_token, terminate_quietly, wait_microvm
 from memory_app import get, zip_memory_app
 
@@ -32,10 +30,27 @@ def set_bits(data):
     return sum(bin(b).count("1") for b in data)
 
 
-@pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "no-prefetch"])
-def test_deep_resume_from_a_cold_cache_keeps_memory_and_disk(separate_emberd, tmp_path, prefetch):
-    flags = ["--warm-suspended-mib", "0"] + ([] if prefetch else ["--no-working-set-prefetch"])
-    emberd = separate_emberd(*flags)
+def suspend_evict_resume(client, emberd, vm_id, token, sums, prefetch):
+    """Suspends the VM to disk, checks its recorded working set, drops the
+    page cache of its suspended files, resumes it and checks its state."""
+    client.suspend_microvm(microvmIdentifier=vm_id)
+    wait_microvm(client, vm_id, "SUSPENDED")
+    suspended = emberd.data_dir / "microvms" / vm_id / "suspended"
+    bits = suspended / "working-set.bits"
+    if prefetch:
+        data = bits.read_bytes()
+        assert len(data) == MEMORY_MIB * 1024 * 1024 // PAGE // 8
+        assert set_bits(data) >= 64 * 1024 * 1024 // PAGE, f"{set_bits(data)} pages recorded"
+    else:
+        assert not bits.exists()
+    evict(suspended)
+    client.resume_microvm(microvmIdentifier=vm_id)
+    vm = wait_microvm(client, vm_id, "RUNNING")
+    assert get(vm, token, "/cgi-bin/sum.cgi") == sums
+
+
+def test_deep_resume_from_a_cold_cache_keeps_memory_and_disk(separate_emberd, tmp_path):
+    emberd = separate_emberd("--warm-suspended-mib", "0")
     client = emberd.client()
     image, version = create_and_wait(client, "ws", zip_memory_app(tmp_path / "ws.zip"),
                                      timeout=600)
@@ -47,21 +62,11 @@ def test_deep_resume_from_a_cold_cache_keeps_memory_and_disk(separate_emberd, tm
         assert get(vm, token, "/cgi-bin/append.cgi?one") == ["1"]
         # md5sum reads all 64 MiB in tmpfs: those pages are touched.
         sums = get(vm, token, "/cgi-bin/sum.cgi")
-        for cycle in (1, 2):
-            client.suspend_microvm(microvmIdentifier=vm_id)
-            wait_microvm(client, vm_id, "SUSPENDED")
-            suspended = emberd.data_dir / "microvms" / vm_id / "suspended"
-            bits = suspended / "working-set.bits"
-            if prefetch:
-                data = bits.read_bytes()
-                assert len(data) == MEMORY_MIB * 1024 * 1024 // PAGE // 8
-                assert set_bits(data) >= 64 * 1024 * 1024 // PAGE, \
-                    f"cycle {cycle}: {set_bits(data)} pages recorded"
-            else:
-                assert not bits.exists()
-            evict(suspended)
-            client.resume_microvm(microvmIdentifier=vm_id)
-            vm = wait_microvm(client, vm_id, "RUNNING")
-            assert get(vm, token, "/cgi-bin/sum.cgi") == sums, f"cycle {cycle}"
+        for _ in range(2):
+            suspend_evict_resume(client, emberd, vm_id, token, sums, prefetch=True)
+        # The same VM (re-attached) under an emberd without the prefetch.
+        emberd.extra_args.append("--no-working-set-prefetch")
+        emberd.restart()
+        suspend_evict_resume(client, emberd, vm_id, token, sums, prefetch=False)
     finally:
         terminate_quietly(client, vm_id)
