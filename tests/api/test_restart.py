@@ -3,6 +3,8 @@ the same data dir: the interrupted build fails with a reason, its build
 VM's QEMU died with emberd, everything that was finished before is still
 there."""
 
+import os
+import signal
 import time
 
 from artifacts import zip_files
@@ -61,3 +63,23 @@ def test_graceful_restart_keeps_everything(ember, client, hello_http):
     ember.restart()
     after = {i["name"]: i["state"] for i in client.list_microvm_images()["items"]}
     assert after == before
+
+
+def test_a_build_vm_killed_mid_step_says_how_it_ended(ember, client, tmp_path):
+    path = zip_files(tmp_path / "killed.zip",
+                     {"Dockerfile": "FROM busybox\nRUN sleep 600\nCMD [\"sleep\", \"9\"]\n"})
+    client.create_microvm_image(name="build-vm-killed", codeArtifact={"uri": f"file://{path}"},
+                                baseImageArn=BUSYBOX_ARN, buildRoleArn=BUILD_ROLE)
+    deadline = time.monotonic() + 120
+    while not build_qemus(ember):
+        assert time.monotonic() < deadline, "no build VM started"
+        time.sleep(0.5)
+    time.sleep(3)  # into the RUN step
+    for pid in build_qemus(ember):
+        os.kill(pid, signal.SIGKILL)
+    image = wait_image(client, "build-vm-killed", timeout=120)
+    assert image["state"] == "CREATE_FAILED"
+    reason = client.get_microvm_image_version(imageIdentifier="build-vm-killed",
+                                              imageVersion="1").get("stateReason", "")
+    # The step's failure names the VM's death, not only a closed connection.
+    assert "the build VM's QEMU ended (killed by signal 9" in reason, reason

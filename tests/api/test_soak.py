@@ -3,7 +3,7 @@ guest memory and a growing file on its disk intact, checked after every
 cycle, and many runs/terminates; emberd's RSS and open file descriptors
 stay flat throughout.
 
-`make test` runs a short soak (EMBER_SOAK_CYCLES=6, EMBER_SOAK_RUNS=12
+`make test` runs a short soak (EMBER_SOAK_CYCLES=6, EMBER_SOAK_RUNS=8
 by default); `make soak` runs the full one (100 cycles, 300 runs)."""
 
 import os
@@ -13,7 +13,7 @@ from harness import create_and_wait, endpoint_token, terminate_quietly, wait_mic
 from memory_app import get, zip_memory_app
 
 CYCLES = int(os.environ.get("EMBER_SOAK_CYCLES", "6"))
-RUNS = int(os.environ.get("EMBER_SOAK_RUNS", "12"))
+RUNS = int(os.environ.get("EMBER_SOAK_RUNS", "8"))
 # How much emberd may grow over the soak: allocator noise and the store's
 # page cache, not a leak (a leak per cycle would pass these quickly).
 RSS_SLACK_KIB = 24 * 1024

@@ -272,9 +272,14 @@ impl Builder {
             ));
             let t = Instant::now();
             let tars = exported.get(i).map_or(&[][..], |t| &t[..]);
-            steps::run_step(agent, context, step, (&spec.work_dir, tars), log)
-                .await
-                .map_err(|e| BuildError::new(step_stage(label, stage.steps, i), e))?;
+            if let Err(e) = steps::run_step(agent, context, step, (&spec.work_dir, tars), log).await
+            {
+                let why = match ended_how(vm).await {
+                    Some(how) => format!("{e}; the build VM's QEMU ended ({how})"),
+                    None => e,
+                };
+                return Err(BuildError::new(step_stage(label, stage.steps, i), why));
+            }
             let save = |m: String| BuildError::new("save layer", m);
             steps::guest_sh(agent, "sync").await.map_err(save)?;
             let dest = self.cache.new_layer_path(&stage.keys[i], &spec.id);
@@ -290,5 +295,24 @@ impl Builder {
             ));
         }
         Ok(top)
+    }
+}
+
+/// How the build VM's QEMU ended, when a step failed because it did: its
+/// agent connection closes a moment before the exit shows, so a closed
+/// agent gets up to 2 s.
+async fn ended_how(vm: &dyn Vm) -> Option<String> {
+    if !vm.agent().is_closed() {
+        return vm.exited();
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        if let Some(how) = vm.exited() {
+            return Some(how);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

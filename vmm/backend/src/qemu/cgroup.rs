@@ -294,6 +294,20 @@ impl VmCgroup {
         read_u64(&self.dirs.first()?.join(file))
     }
 
+    /// How many processes the kernel's OOM killer ended in the cgroup for
+    /// reaching its memory limit (v2's `memory.events`, v1's
+    /// `memory.oom_control`: both name it `oom_kill`).
+    pub fn oom_kills(&self) -> Option<u64> {
+        let file = match self.version {
+            CgroupVersion::V2 => "memory.events",
+            CgroupVersion::V1 => "memory.oom_control",
+        };
+        let text = std::fs::read_to_string(self.dirs.first()?.join(file)).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// CPU time used in the cgroup, in microseconds: v2's `cpu.stat`
     /// `usage_usec`, or v1's `cpuacct.usage` (nanoseconds) where cpuacct
     /// shares the cpu hierarchy; `None` where it does not.

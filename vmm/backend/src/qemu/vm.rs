@@ -409,7 +409,15 @@ impl Vm for QemuVm {
     fn exited(&self) -> Option<String> {
         // Held only while the VM is being stopped: then it is ending anyway.
         let mut process = self.process.try_lock().ok()?;
-        process.as_mut().and_then(QemuProcess::try_exit)
+        let how = process.as_mut().and_then(QemuProcess::try_exit)?;
+        // A SIGKILL alone does not say who sent it; the cgroup can.
+        match self.cgroup.as_ref().and_then(VmCgroup::oom_kills) {
+            Some(n) if n > 0 => Some(format!(
+                "{how}, by the kernel's OOM killer: the VM's cgroup reached its memory limit \
+                 (guest memory plus overhead; page cache of the VM's files counts)"
+            )),
+            _ => Some(how),
+        }
     }
 
     fn isolation(&self) -> Isolation {
