@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ember::api_client::ApiClient;
-use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::microvm::{
-    build_image, end_run, fresh_dir, get, parallel, round3, token, wait_running, Emberd, Opts,
-    RunningVm, IMAGE,
+    build_image, end_run, fresh_dir, get, parallel, round3, run_vm, token, wait_running, Emberd,
+    Opts, RunningVm, IMAGE,
 };
 use crate::procfs::{cpu_ticks, qemu_pids, rss_bytes};
 
@@ -56,7 +55,8 @@ async fn measure(dir: &Path, max: usize) -> anyhow::Result<Value> {
         let started = parallel(n, |_| {
             let (api, http) = (Arc::clone(&api), http.clone());
             async move {
-                let vm = run_idle(&api).await?;
+                // No idle policy: it stays RUNNING, idle.
+                let vm = run_vm(&api, None).await?;
                 tokio::time::timeout(SLOW_START, async {
                     wait_running(&api, &vm.id).await?;
                     let token = token(&api, &vm.id).await?;
@@ -126,17 +126,4 @@ async fn measure(dir: &Path, max: usize) -> anyhow::Result<Value> {
         "last_batch_ms": round3(batch_ms.last().copied().unwrap_or(0.0)),
         "fill_seconds": (fill_seconds * 10.0).round() / 10.0,
     }))
-}
-
-/// A run without an idle policy: it stays RUNNING, idle.
-async fn run_idle(api: &ApiClient) -> anyhow::Result<RunningVm> {
-    let out = api
-        .call(
-            Method::POST,
-            ember::microvm_api::MICROVMS,
-            &[],
-            Some(&json!({ "imageIdentifier": IMAGE })),
-        )
-        .await?;
-    RunningVm::from_answer(&out)
 }

@@ -274,7 +274,14 @@ impl Builder {
             let tars = exported.get(i).map_or(&[][..], |t| &t[..]);
             if let Err(e) = steps::run_step(agent, context, step, (&spec.work_dir, tars), log).await
             {
-                let why = match ended_how(vm).await {
+                // A closed agent is the VM ending: its exit shows a moment
+                // later.
+                let ended = if agent.is_closed() {
+                    vm.wait_exited(std::time::Duration::from_secs(2)).await
+                } else {
+                    vm.exited()
+                };
+                let why = match ended {
                     Some(how) => format!("{e}; the build VM's QEMU ended ({how})"),
                     None => e,
                 };
@@ -295,24 +302,5 @@ impl Builder {
             ));
         }
         Ok(top)
-    }
-}
-
-/// How the build VM's QEMU ended, when a step failed because it did: its
-/// agent connection closes a moment before the exit shows, so a closed
-/// agent gets up to 2 s.
-async fn ended_how(vm: &dyn Vm) -> Option<String> {
-    if !vm.agent().is_closed() {
-        return vm.exited();
-    }
-    let deadline = Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        if let Some(how) = vm.exited() {
-            return Some(how);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

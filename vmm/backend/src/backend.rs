@@ -351,6 +351,14 @@ pub trait Vm: Send + Sync {
         None
     }
 
+    /// As [`Vm::exited`], after waiting up to `limit` for the process to
+    /// end: for a caller who saw the VM's monitor or agent connection
+    /// close, which happens a moment before the exit shows.
+    async fn wait_exited(&self, limit: std::time::Duration) -> Option<String> {
+        let _ = limit;
+        self.exited()
+    }
+
     /// The isolation measures in force for this VM.
     fn isolation(&self) -> Isolation {
         Isolation::default()

@@ -134,7 +134,7 @@ impl Microvms {
     /// default is this one now.
     pub fn fill_pool(self: &Arc<Self>, image: &str, key: PoolKey) {
         let size = self.pool_size(image);
-        let ended: Vec<Pooled> = {
+        let (ended, start_filler) = {
             let mut state = self.pool.lock();
             let mut ended = state.take_where(|p| p.image == image && p.key != key);
             let mut kept = 0;
@@ -143,16 +143,18 @@ impl Microvms {
                 kept += usize::from(this_version);
                 this_version && kept > size
             }));
-            if size == 0 || state.filling.contains(&key.snapshot_dir) {
-                drop(state);
-                ended.into_iter().for_each(|old| self.end_pooled(old));
-                return;
+            // One filler per version at a time.
+            let start_filler = size > 0 && !state.filling.contains(&key.snapshot_dir);
+            if start_filler {
+                state.filling.push(key.snapshot_dir.clone());
             }
-            state.filling.push(key.snapshot_dir.clone());
-            ended
+            (ended, start_filler)
         };
         for old in ended {
             self.end_pooled(old);
+        }
+        if !start_filler {
+            return;
         }
         let this = Arc::clone(self);
         let image = image.to_string();

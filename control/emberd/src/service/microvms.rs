@@ -18,15 +18,15 @@ use crate::microvms::spec::{RunHooks, RunSpec, DEFAULT_MAX_DURATION_S};
 use crate::microvms::{PoolKey, RunPlan};
 
 const RESOURCE: &str = "Microvm";
+/// The header a token travels in, as the real service names it.
+pub const AUTH_HEADER: &str = "X-aws-proxy-auth";
+const MAX_TOKEN_MINUTES: i32 = 60;
 
 /// What a fork answers.
 #[derive(serde::Serialize)]
 pub struct ForkedMicrovms {
     pub microvms: Vec<Microvm>,
 }
-/// The header a token travels in, as the real service names it.
-pub const AUTH_HEADER: &str = "X-aws-proxy-auth";
-const MAX_TOKEN_MINUTES: i32 = 60;
 
 impl Daemon {
     pub(super) async fn run_microvm(&self, r: RunMicrovmRequest) -> Result<Microvm, ApiError> {

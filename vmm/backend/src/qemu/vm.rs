@@ -355,9 +355,7 @@ impl Vm for QemuVm {
                 // QEMU died. Its monitor closes before its exit shows, so
                 // the exit gets a moment: `exited()` must then name it.
                 if matches!(e, VmmError::Monitor(_)) {
-                    if let Some(process) = self.process.lock().await.as_mut() {
-                        process.wait_exit(EXIT_AFTER_MONITOR_LOSS).await;
-                    }
+                    self.wait_exited(EXIT_AFTER_MONITOR_LOSS).await;
                 }
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
@@ -418,6 +416,13 @@ impl Vm for QemuVm {
             )),
             _ => Some(how),
         }
+    }
+
+    async fn wait_exited(&self, limit: Duration) -> Option<String> {
+        if let Some(process) = self.process.lock().await.as_mut() {
+            process.wait_exit(limit).await;
+        }
+        self.exited()
     }
 
     fn isolation(&self) -> Isolation {
