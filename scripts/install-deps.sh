@@ -38,6 +38,10 @@ tools=(
     skopeo:skopeo
     htpasswd:apache2-utils
     openssl:openssl
+    # The Postgres state store's tests: a real server in a fresh cluster
+    # (initdb), run as the package's postgres account when root.
+    /usr/lib/postgresql/15/bin/initdb:postgresql-15
+    /usr/lib/postgresql/15/bin/postgres:postgresql-15
     # The fuzz targets: libfuzzer-sys builds libFuzzer's C++ runtime.
     g++:g++
 )

@@ -41,7 +41,7 @@ pub async fn get_build_log(
     Query(q): Query<LogQuery>,
 ) -> Response {
     let image = daemon.image_name(&image);
-    let record = match daemon.store().build(&build) {
+    let record = match daemon.store().build(&build).await {
         Ok(b) if b.image == image && b.version.to_string() == version => b,
         _ => {
             return not_found(format!(

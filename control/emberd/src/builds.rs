@@ -9,7 +9,7 @@ use std::time::Duration;
 use ember_artifact::ArtifactSource;
 use ember_assets::AssetStore;
 use ember_builder::{BuildLog, BuildSpec, Builder, ImageHooks, ManagedBase};
-use ember_store::Store;
+use ember_store::StateStore;
 use tokio::sync::Semaphore;
 
 use crate::layout::DataDir;
@@ -41,7 +41,7 @@ pub struct BuildLimits {
 }
 
 pub struct Builds {
-    store: Arc<Store>,
+    store: Arc<dyn StateStore>,
     builder: Arc<Builder>,
     assets: AssetStore,
     layout: DataDir,
@@ -63,7 +63,7 @@ const SUCCESS_QUEUE: usize = 64;
 
 impl Builds {
     pub fn new(
-        store: Arc<Store>,
+        store: Arc<dyn StateStore>,
         builder: Arc<Builder>,
         assets: AssetStore,
         layout: DataDir,
@@ -153,10 +153,10 @@ impl Builds {
             log.line(&format!("build FAILED: {reason}"));
             log.finish();
             tracing::warn!(image = %job.image, version = job.version, "{reason}");
-            self.record(job, "FAILED", Some(&reason), None);
+            self.record(job, "FAILED", Some(&reason), None).await;
             return;
         }
-        self.record(job, "IN_PROGRESS", None, None);
+        self.record(job, "IN_PROGRESS", None, None).await;
         let started = std::time::Instant::now();
         let result = self.build(job, log).await;
         let result_label = if result.is_ok() {
@@ -168,15 +168,19 @@ impl Builds {
         match result {
             Ok(out) => {
                 let dir = out.snapshot_dir.display().to_string();
-                if let Err(e) = self.store.set_build_sizes(
-                    &job.build_id,
-                    out.memory_bytes,
-                    out.disk_bytes,
-                    out.code_bytes,
-                ) {
+                if let Err(e) = self
+                    .store
+                    .set_build_sizes(
+                        &job.build_id,
+                        out.memory_bytes,
+                        out.disk_bytes,
+                        out.code_bytes,
+                    )
+                    .await
+                {
                     tracing::error!(build = %job.build_id, "recording sizes: {e}");
                 }
-                self.record(job, "SUCCESSFUL", None, Some(&dir));
+                self.record(job, "SUCCESSFUL", None, Some(&dir)).await;
                 tracing::info!(image = %job.image, version = job.version, "build succeeded");
                 let subscriber = self
                     .succeeded
@@ -189,7 +193,7 @@ impl Builds {
             }
             Err(reason) => {
                 tracing::warn!(image = %job.image, version = job.version, "build failed: {reason}");
-                self.record(job, "FAILED", Some(&reason), None);
+                self.record(job, "FAILED", Some(&reason), None).await;
             }
         }
     }
@@ -227,7 +231,13 @@ impl Builds {
     }
 
     /// Writes a build's state to its build, version and image rows.
-    fn record(&self, job: &BuildJob, state: &str, reason: Option<&str>, snapshot: Option<&str>) {
+    async fn record(
+        &self,
+        job: &BuildJob,
+        state: &str,
+        reason: Option<&str>,
+        snapshot: Option<&str>,
+    ) {
         let t = now();
         let version_state = state;
         let image_state = match (state, job.creates_image) {
@@ -239,17 +249,13 @@ impl Builds {
         };
         let results = [
             self.store
-                .update_build_state(&job.build_id, state, reason, t),
-            self.store.update_version_state(
-                &job.image,
-                job.version,
-                version_state,
-                reason,
-                snapshot,
-                t,
-            ),
+                .update_build_state(&job.build_id, state, reason, t)
+                .await,
+            self.store
+                .update_version_state(&job.image, job.version, version_state, reason, snapshot, t)
+                .await,
             match image_state {
-                Some(s) => self.store.set_image_state(&job.image, s, t),
+                Some(s) => self.store.set_image_state(&job.image, s, t).await,
                 None => Ok(()),
             },
         ];
@@ -263,21 +269,28 @@ impl Builds {
 
 /// Marks builds a previous emberd left unfinished as FAILED (their VMs
 /// died with it), and removes their scratch and partial snapshots.
-pub fn recover_interrupted(store: &Store, layout: &DataDir) -> anyhow::Result<usize> {
-    let unfinished = store.unfinished_builds()?;
+pub async fn recover_interrupted(
+    store: &dyn StateStore,
+    layout: &DataDir,
+) -> anyhow::Result<usize> {
+    let unfinished = store.unfinished_builds().await?;
     let t = now();
     let reason = "emberd stopped while this build was running and found it unfinished at restart; \
                   the build was abandoned. Run UpdateMicrovmImage to build again.";
     for b in &unfinished {
-        store.update_build_state(&b.id, "FAILED", Some(reason), t)?;
-        store.update_version_state(&b.image, b.version, "FAILED", Some(reason), None, t)?;
-        let image = store.image(&b.image)?;
+        store
+            .update_build_state(&b.id, "FAILED", Some(reason), t)
+            .await?;
+        store
+            .update_version_state(&b.image, b.version, "FAILED", Some(reason), None, t)
+            .await?;
+        let image = store.image(&b.image).await?;
         let state = if b.version == 1 || image.state == "CREATING" {
             "CREATE_FAILED"
         } else {
             "UPDATE_FAILED"
         };
-        store.set_image_state(&b.image, state, t)?;
+        store.set_image_state(&b.image, state, t).await?;
         remove_quietly(&layout.build_work(&b.id));
         remove_quietly(&layout.snapshot(&b.image, b.version));
         tracing::warn!(build = %b.id, image = %b.image, version = b.version, "interrupted build marked FAILED");

@@ -30,7 +30,7 @@ use clap::Parser;
 use ember_assets::AssetStore;
 use ember_builder::{Builder, BuilderConfig};
 use ember_proxy::{Proxy, ProxyConfig, TokenKey};
-use ember_store::Store;
+use ember_store::StateStore;
 use ember_vmm::qemu::{CgroupConfig, IdRange, IoLimits, JailConfig, QemuConfig, QemuHypervisor};
 use ember_vmm::Hypervisor;
 
@@ -48,6 +48,12 @@ struct Args {
     /// Where emberd keeps its database, credentials, images and VMs.
     #[arg(long, env = "EMBER_DATA_DIR", default_value = "build/data")]
     data_dir: PathBuf,
+    /// Where the state (images, builds, microVMs, idempotency records)
+    /// lives: a SQLite file (default: DATA_DIR/ember.db) or
+    /// `postgres://user:password@host/db`. One emberd per database for
+    /// now: a second is refused until hosts can share one.
+    #[arg(long, env = "EMBER_STORE")]
+    store: Option<ember_store::StoreLocation>,
     /// Address to serve the API on (port 0 picks a free one; see DATA_DIR/endpoint).
     #[arg(long, default_value = "127.0.0.1:9070")]
     listen: SocketAddr,
@@ -237,8 +243,15 @@ async fn main() -> anyhow::Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let creds = credentials::load_or_create(&layout.credentials())?;
-    let store = Arc::new(Store::open(&layout.database())?);
-    let recovered = builds::recover_interrupted(&store, &layout)?;
+    let location = args
+        .store
+        .clone()
+        .unwrap_or_else(|| ember_store::StoreLocation::Sqlite(layout.database()));
+    let store = ember_store::open(&location)
+        .await
+        .with_context(|| format!("opening the state store {location}"))?;
+    tracing::info!(store = %location, "state store open");
+    let recovered = builds::recover_interrupted(&*store, &layout).await?;
     if recovered > 0 {
         tracing::warn!(
             builds = recovered,
@@ -390,7 +403,7 @@ async fn main() -> anyhow::Result<()> {
         args.account.clone(),
         args.default_egress,
     ));
-    service::start_pools(&daemon);
+    service::start_pools(&daemon).await;
     let app = service::router(daemon, Arc::new(creds));
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -416,7 +429,7 @@ async fn main() -> anyhow::Result<()> {
 /// left running or suspended taken back.
 async fn start_microvms(
     args: &Args,
-    store: &Arc<Store>,
+    store: &Arc<dyn StateStore>,
     layout: &DataDir,
     hv: Arc<dyn Hypervisor>,
     disk: microvms::DiskReserve,

@@ -28,7 +28,7 @@ pub async fn get_microvm_log(
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Response {
-    if daemon.store().microvm(&id).is_err() {
+    if daemon.store().microvm(&id).await.is_err() {
         return ApiError::new(ErrorKind::ResourceNotFound, format!("no microVM {id}"))
             .into_response();
     }

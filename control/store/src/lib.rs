@@ -1,80 +1,195 @@
-//! emberd's state: images, their versions and builds, tags and
-//! idempotency records, in one embedded SQLite database.
+//! emberd's state: images, their versions and builds, tags, microVMs and
+//! idempotency records, behind one async trait, [`StateStore`], with two
+//! backends: an embedded SQLite file (the default; one host needs nothing
+//! else) and Postgres (`--store postgres://…`), which several emberd hosts
+//! can share.
 //!
 //! Nothing lives only in memory: a killed daemon finds everything here on
 //! restart. Every multi-row change is one transaction, so a crash never
 //! leaves an image without its version or a version without its build.
 //! States are stored as the API's enum strings; the service owns their
-//! meaning, the store only keeps them consistent.
+//! meaning, the store only keeps them consistent. Both backends pass one
+//! conformance suite (`tests/conformance/`).
 
-mod counts;
-pub use counts::Counted;
-mod idempotency;
-pub use idempotency::{Claim, IDEMPOTENCY_MAX_RECORDS, IDEMPOTENCY_WINDOW_SECS};
-mod images;
-pub use images::Page;
-mod microvms;
-pub use microvms::{MicrovmRecord, MicrovmUpdate};
 mod records;
-mod schema;
+pub use records::{
+    BuildRecord, Claim, Counted, ImageRecord, MicrovmRecord, MicrovmUpdate, NewImage, NewVersion,
+    Page, VersionRecord, IDEMPOTENCY_MAX_RECORDS, IDEMPOTENCY_WINDOW_SECS,
+};
+mod location;
+pub use location::StoreLocation;
+mod postgres;
+pub use postgres::PostgresStore;
+mod sqlite;
+pub use sqlite::SqliteStore;
 
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
-
-use rusqlite::Connection;
-
-pub use records::{BuildRecord, ImageRecord, NewImage, NewVersion, VersionRecord};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("state database (Postgres): {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("state database (Postgres): no connection: {0}")]
+    Pool(String),
     #[error("{0} not found")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
     #[error("state database at {path}: {message}")]
     Open { path: String, message: String },
+    #[error("state database: {0}")]
+    Corrupt(String),
 }
 
-/// The database handle. Statements are short, so one connection behind a
-/// mutex serves the whole daemon.
-pub struct Store {
-    conn: Mutex<Connection>,
+/// Opens the store `location` names for one emberd, bringing its schema
+/// up to date; a Postgres database another emberd holds is refused.
+pub async fn open(location: &StoreLocation) -> Result<Arc<dyn StateStore>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+        StoreLocation::Postgres(url) => {
+            let store = PostgresStore::connect(url).await?;
+            store.claim_single_host().await?;
+            Arc::new(store)
+        }
+    })
 }
 
-impl Store {
-    /// Opens (creating if needed) the database file and brings its schema
-    /// up to date.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(|e| StoreError::Open {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        Self::init(conn)
-    }
+/// Declares [`StateStore`] from one list of methods and implements it for
+/// both backends by calling their own (SQLite: blocking, Postgres: async)
+/// methods of the same name, so a method's signature is written once.
+macro_rules! state_store {
+    ($( $(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty; )*) => {
+        /// The state every emberd keeps. Methods are short statements or
+        /// one transaction each; none holds a lock across calls.
+        #[async_trait::async_trait]
+        pub trait StateStore: Send + Sync {
+            /// Which backend this is, for logs and `--help`-level messages.
+            fn backend(&self) -> &'static str;
+            $( $(#[$doc])* async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError>; )*
+        }
 
-    /// A private in-memory database, for tests of code built on the store.
-    pub fn open_in_memory() -> Result<Self, StoreError> {
-        Self::init(Connection::open_in_memory()?)
-    }
+        #[async_trait::async_trait]
+        impl StateStore for SqliteStore {
+            fn backend(&self) -> &'static str {
+                "sqlite"
+            }
+            // SQLite statements here take microseconds on a local file, so
+            // they run inline rather than on a blocking thread.
+            $( async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError> {
+                SqliteStore::$name(self $(, $arg)*)
+            } )*
+        }
 
-    fn init(conn: Connection) -> Result<Self, StoreError> {
-        schema::migrate(&conn)?;
-        idempotency::drop_claims(&conn)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
-    }
-
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite half-written
-        // (transactions roll back on drop), so a poisoned lock is usable.
-        self.conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+        #[async_trait::async_trait]
+        impl StateStore for PostgresStore {
+            fn backend(&self) -> &'static str {
+                "postgres"
+            }
+            $( async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError> {
+                PostgresStore::$name(self $(, $arg)*).await
+            } )*
+        }
+    };
 }
 
-#[cfg(test)]
-mod tests;
+state_store! {
+    /// Creates an image with its version 1 and that version's build;
+    /// `Conflict` if the name is taken (nothing of the second is kept).
+    fn create_image(&self, new: &NewImage) -> ();
+    /// Adds the next version (and its build) to an image and sets the
+    /// image's state; returns the new version number.
+    fn add_version(&self, image: &str, image_state: &str, version: &NewVersion) -> u32;
+    fn image(&self, name: &str) -> ImageRecord;
+    /// Images ordered by name, after `after`, whose name contains `filter`.
+    fn list_images(
+        &self,
+        after: Option<&str>,
+        filter: Option<&str>,
+        limit: usize,
+    ) -> Page<ImageRecord, String>;
+    fn set_image_state(&self, name: &str, state: &str, now: f64) -> ();
+    /// Removes an image with its versions, builds and tags.
+    fn delete_image(&self, name: &str) -> ();
+    fn version(&self, image: &str, version: u32) -> VersionRecord;
+    /// Versions of one image in ascending order, after version `after`.
+    fn list_versions(&self, image: &str, after: u32, limit: usize) -> Page<VersionRecord, u32>;
+    /// Every version of every image, for start-up checks.
+    fn all_versions(&self) -> Vec<VersionRecord>;
+    /// Sets a version's state and reason; `snapshot_dir` only if given.
+    fn update_version_state(
+        &self,
+        image: &str,
+        version: u32,
+        state: &str,
+        reason: Option<&str>,
+        snapshot_dir: Option<&str>,
+        now: f64,
+    ) -> ();
+    fn set_version_status(&self, image: &str, version: u32, status: &str, now: f64) -> ();
+    fn delete_version(&self, image: &str, version: u32) -> ();
+    fn build(&self, id: &str) -> BuildRecord;
+    /// Builds of one version, oldest first, after build id `after`.
+    fn list_builds(
+        &self,
+        image: &str,
+        version: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Page<BuildRecord, String>;
+    /// Builds that were pending or running, e.g. when the daemon died.
+    fn unfinished_builds(&self) -> Vec<BuildRecord>;
+    fn update_build_state(&self, id: &str, state: &str, reason: Option<&str>, now: f64) -> ();
+    fn set_build_sizes(&self, id: &str, memory_bytes: u64, disk_bytes: u64, code_bytes: u64) -> ();
+    /// An image's tags, by key.
+    fn tags(&self, image: &str) -> Vec<(String, String)>;
+    /// Adds or overwrites tags, refusing to go over `max_tags` in total.
+    fn set_tags(&self, image: &str, tags: &[(String, String)], max_tags: usize) -> ();
+    fn remove_tags(&self, image: &str, keys: &[String]) -> ();
+    /// Claims `(operation, token)` in one transaction, pruning records that
+    /// fell out of the window (or beyond the cap) first.
+    fn claim_idempotency(&self, operation: &str, token: &str, params_hash: &str, now: f64) -> Claim;
+    /// Turns this caller's claim into the answer replayed to retries.
+    fn record_idempotent_reply(
+        &self,
+        operation: &str,
+        token: &str,
+        params_hash: &str,
+        reply: &str,
+        now: f64,
+    ) -> ();
+    /// Gives up a claim whose request failed, so a retry acts afresh.
+    /// An answered record is kept.
+    fn release_idempotency(&self, operation: &str, token: &str) -> ();
+    /// The recorded answer for `(operation, token)`, with the hash of the
+    /// parameters it was made with; a claim still in flight is no answer.
+    fn idempotent_reply(&self, operation: &str, token: &str) -> Option<(String, String)>;
+    /// `(state, rows)` of every state that has at least one row.
+    fn count_by_state(&self, table: Counted) -> Vec<(String, u64)>;
+    /// `Conflict` if the id is taken.
+    fn insert_microvm(&self, vm: &MicrovmRecord) -> ();
+    fn microvm(&self, id: &str) -> MicrovmRecord;
+    /// MicroVMs in the order they were run, after the one with id `after`,
+    /// optionally only those of one image (and version).
+    fn list_microvms(
+        &self,
+        after: Option<&str>,
+        image: Option<&str>,
+        version: Option<u32>,
+        limit: usize,
+    ) -> Page<MicrovmRecord, String>;
+    /// Every microVM not yet TERMINATED: what a restarted daemon takes
+    /// back.
+    fn live_microvms(&self) -> Vec<MicrovmRecord>;
+    /// A microVM not yet TERMINATED that runs from `image` (and
+    /// `version`), if any: what keeps them from being deleted.
+    fn first_live_microvm(&self, image: &str, version: Option<u32>) -> Option<MicrovmRecord>;
+    fn count_live_microvms(&self) -> u64;
+    fn update_microvm(&self, id: &str, update: &MicrovmUpdate<'_>) -> ();
+    /// Records the last inbound request (never moving it back), so idle
+    /// timers survive a restart.
+    fn set_microvm_last_active(&self, id: &str, at: f64) -> ();
+    /// A restarted daemon could not re-bind the old endpoint port.
+    fn set_microvm_endpoint(&self, id: &str, endpoint: &str, proxy_addr: Option<&str>) -> ();
+}

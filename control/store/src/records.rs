@@ -1,7 +1,5 @@
 //! Plain rows, as the service reads and writes them.
 
-use rusqlite::Row;
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageRecord {
     pub name: String,
@@ -9,20 +7,6 @@ pub struct ImageRecord {
     pub state: String,
     pub created_at: f64,
     pub updated_at: f64,
-}
-
-impl ImageRecord {
-    pub(crate) const COLUMNS: &'static str = "name, arn, state, created_at, updated_at";
-
-    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            name: r.get(0)?,
-            arn: r.get(1)?,
-            state: r.get(2)?,
-            created_at: r.get(3)?,
-            updated_at: r.get(4)?,
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -41,25 +25,6 @@ pub struct VersionRecord {
     pub updated_at: f64,
 }
 
-impl VersionRecord {
-    pub(crate) const COLUMNS: &'static str =
-        "image, version, spec, state, status, state_reason, snapshot_dir, created_at, updated_at";
-
-    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            image: r.get(0)?,
-            version: r.get(1)?,
-            spec: r.get(2)?,
-            state: r.get(3)?,
-            status: r.get(4)?,
-            state_reason: r.get(5)?,
-            snapshot_dir: r.get(6)?,
-            created_at: r.get(7)?,
-            updated_at: r.get(8)?,
-        })
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildRecord {
     pub id: String,
@@ -73,27 +38,6 @@ pub struct BuildRecord {
     pub code_bytes: Option<u64>,
     pub created_at: f64,
     pub updated_at: f64,
-}
-
-impl BuildRecord {
-    pub(crate) const COLUMNS: &'static str = "id, image, version, state, state_reason, log_path, \
-         memory_bytes, disk_bytes, code_bytes, created_at, updated_at";
-
-    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            id: r.get(0)?,
-            image: r.get(1)?,
-            version: r.get(2)?,
-            state: r.get(3)?,
-            state_reason: r.get(4)?,
-            log_path: r.get(5)?,
-            memory_bytes: r.get(6)?,
-            disk_bytes: r.get(7)?,
-            code_bytes: r.get(8)?,
-            created_at: r.get(9)?,
-            updated_at: r.get(10)?,
-        })
-    }
 }
 
 /// A new image with its first version and build, created together.
@@ -116,4 +60,108 @@ pub struct NewVersion {
     pub build_state: String,
     pub log_path: String,
     pub now: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MicrovmRecord {
+    pub id: String,
+    pub image: String,
+    pub version: u32,
+    pub image_arn: String,
+    /// The run request as the service serialised it; opaque here.
+    pub spec: String,
+    pub state: String,
+    pub state_reason: Option<String>,
+    pub endpoint: String,
+    /// The proxy listener's address for per-VM-port endpoints, kept so a
+    /// restarted daemon serves the same endpoint again.
+    pub proxy_addr: Option<String>,
+    pub started_at: f64,
+    pub terminated_at: Option<f64>,
+    pub last_active_at: f64,
+    pub suspended_at: Option<f64>,
+    pub updated_at: f64,
+}
+
+/// A state change: the new state and what else changes with it.
+#[derive(Debug, Clone, Default)]
+pub struct MicrovmUpdate<'a> {
+    pub state: &'a str,
+    /// `Some(None)` clears the reason; `None` leaves it.
+    pub state_reason: Option<Option<&'a str>>,
+    pub suspended_at: Option<Option<f64>>,
+    pub terminated_at: Option<f64>,
+    pub now: f64,
+}
+
+/// One page of a listing, and the key to continue after, if more remain.
+pub type Page<T, K> = (Vec<T>, Option<K>);
+
+/// SQL LIMIT for a page of `limit` rows: one extra tells whether another
+/// page exists.
+pub(crate) fn fetch_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1)
+}
+
+/// Rows were fetched with one extra to learn whether another page exists.
+pub(crate) fn paginate<T, K>(mut rows: Vec<T>, limit: usize, key: impl Fn(&T) -> K) -> Page<T, K> {
+    if rows.len() > limit {
+        rows.truncate(limit);
+        let next = rows.last().map(key);
+        (rows, next)
+    } else {
+        (rows, None)
+    }
+}
+
+/// How long a token is remembered: AWS documents a retried request as
+/// idempotent for a day, not forever.
+pub const IDEMPOTENCY_WINDOW_SECS: f64 = 24.0 * 3600.0;
+
+/// At most this many records are kept, the oldest pruned first, so a
+/// caller minting tokens cannot grow the database without bound.
+pub const IDEMPOTENCY_MAX_RECORDS: i64 = 10_000;
+
+/// What claiming `(operation, token)` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The token was free and is now this caller's: act, then record the
+    /// reply or release the claim.
+    Claimed,
+    /// Another request with this token is still acting.
+    InFlight { params_hash: String },
+    /// A request with this token was answered.
+    Answered { params_hash: String, reply: String },
+}
+
+/// Which table to count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    Microvms,
+    Images,
+    Builds,
+}
+
+impl ImageRecord {
+    /// The columns every backend selects, in the order its row mapping reads them.
+    pub(crate) const COLUMNS: &'static str = "name, arn, state, created_at, updated_at";
+}
+
+impl VersionRecord {
+    /// The columns every backend selects, in the order its row mapping reads them.
+    pub(crate) const COLUMNS: &'static str =
+        "image, version, spec, state, status, state_reason, snapshot_dir, created_at, updated_at";
+}
+
+impl BuildRecord {
+    /// The columns every backend selects, in the order its row mapping reads them.
+    pub(crate) const COLUMNS: &'static str = "id, image, version, state, state_reason, log_path, \
+         memory_bytes, disk_bytes, code_bytes, created_at, updated_at";
+}
+
+impl MicrovmRecord {
+    /// The columns every backend selects, in the order its row mapping reads them.
+    pub(crate) const COLUMNS: &'static str =
+        "id, image, version, image_arn, spec, state, state_reason, \
+         endpoint, proxy_addr, started_at, terminated_at, last_active_at, suspended_at, updated_at";
 }

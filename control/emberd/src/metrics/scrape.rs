@@ -5,17 +5,34 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use ember_store::{Counted, Store};
+use ember_store::{Counted, StateStore};
 
 use super::{KindLabel, Metrics, MicrovmLabel, StateLabel};
 use crate::microvms::Microvms;
 
 const MIB: i64 = 1024 * 1024;
 
+/// `(state, rows)` per counted table, as the store answered.
+pub struct StateCounts(Vec<(Counted, Vec<(String, u64)>)>);
+
 impl Metrics {
-    /// The whole exposition, in OpenMetrics text. Blocking (SQLite,
-    /// cgroup files): call it off the async workers.
-    pub fn scrape(&self, store: &Store, microvms: &Microvms) -> Result<String, String> {
+    /// Rows per state of each counted table, read before [`Self::scrape`]
+    /// (which blocks and holds the registry lock).
+    pub async fn state_counts(store: &dyn StateStore) -> Result<StateCounts, String> {
+        let mut counts = Vec::new();
+        for table in [Counted::Microvms, Counted::Images, Counted::Builds] {
+            let rows = store
+                .count_by_state(table)
+                .await
+                .map_err(|e| format!("reading states: {e}"))?;
+            counts.push((table, rows));
+        }
+        Ok(StateCounts(counts))
+    }
+
+    /// The whole exposition, in OpenMetrics text. Blocking (cgroup
+    /// files): call it off the async workers.
+    pub fn scrape(&self, states: StateCounts, microvms: &Microvms) -> Result<String, String> {
         // Held while the sampled families are cleared, refilled and
         // encoded, so concurrent scrapes never see a half-filled family.
         let registry = self
@@ -23,14 +40,12 @@ impl Metrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let s = &self.sampled;
-        for (family, table) in [
-            (&s.microvms, Counted::Microvms),
-            (&s.images, Counted::Images),
-            (&s.builds, Counted::Builds),
-        ] {
-            let counts = store
-                .count_by_state(table)
-                .map_err(|e| format!("reading states: {e}"))?;
+        for (table, counts) in states.0 {
+            let family = match table {
+                Counted::Microvms => &s.microvms,
+                Counted::Images => &s.images,
+                Counted::Builds => &s.builds,
+            };
             family.clear();
             for (state, n) in counts {
                 family

@@ -17,7 +17,7 @@ use axum::Router;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use ember_store::Store;
+use ember_store::StateStore;
 
 use super::Metrics;
 use crate::api_server::ApiLimits;
@@ -32,7 +32,7 @@ const MAX_TOKEN_FILE: u64 = 4096;
 #[derive(Clone)]
 struct Sources {
     metrics: Arc<Metrics>,
-    store: Arc<Store>,
+    store: Arc<dyn StateStore>,
     microvms: Arc<Microvms>,
 }
 
@@ -78,7 +78,7 @@ impl ScrapeToken {
 /// Serves `/metrics` on `listener` until the process ends.
 pub fn serve<L>(
     listener: L,
-    (metrics, store, microvms): (Arc<Metrics>, Arc<Store>, Arc<Microvms>),
+    (metrics, store, microvms): (Arc<Metrics>, Arc<dyn StateStore>, Arc<Microvms>),
     token: Option<ScrapeToken>,
     limits: ApiLimits,
 ) where
@@ -117,12 +117,15 @@ async fn require_token(State(token): State<ScrapeToken>, request: Request, next:
 }
 
 async fn scrape(State(sources): State<Sources>) -> Response {
-    let scraped = tokio::task::spawn_blocking(move || {
-        sources.metrics.scrape(&sources.store, &sources.microvms)
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
+    let scraped = match Metrics::state_counts(&*sources.store).await {
+        Ok(states) => {
+            tokio::task::spawn_blocking(move || sources.metrics.scrape(states, &sources.microvms))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+        }
+        Err(e) => Err(e),
+    };
     match scraped {
         Ok(text) => (
             [(

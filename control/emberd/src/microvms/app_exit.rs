@@ -46,7 +46,7 @@ impl Microvms {
                     tracing::info!(microvm = %inst.id, ?status, "the app's main process ended");
                     // Through the API's path: the terminate hook, the app
                     // log, the files; a no-op when the VM is already ending.
-                    this.terminate(inst, reason);
+                    this.terminate(inst, reason).await;
                 }
                 // A guest that broke the protocol: the reaper terminates it.
                 Err(AgentError::Violation(_)) => {}
@@ -88,7 +88,7 @@ impl Microvms {
             let reason = process_lost("unexpectedly", &how);
             drop(vm);
             if let Some(this) = self.me.upgrade() {
-                this.terminate(Arc::clone(inst), reason);
+                this.terminate(Arc::clone(inst), reason).await;
             }
         }
     }

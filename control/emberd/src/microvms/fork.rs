@@ -58,10 +58,11 @@ impl Microvms {
                 "count must be between 1 and {MAX_FORK_COUNT}, not {count}"
             )));
         }
-        let parent = self.live_instance(parent_id)?;
+        let parent = self.live_instance(parent_id).await?;
         let parent_record = self
             .store
             .microvm(parent_id)
+            .await
             .map_err(not_found(parent_id))?;
         let ids: Vec<String> = (0..count).map(|_| new_id()).collect();
         for (admitted, id) in ids.iter().enumerate() {
@@ -110,7 +111,7 @@ impl Microvms {
                     ids[n..].iter().for_each(|id| self.admission.release(id));
                     let reason = format!("its fork failed: {}", e.message());
                     for child in started {
-                        self.terminate(child, reason.clone());
+                        self.terminate(child, reason.clone()).await;
                     }
                     return Err(e);
                 }

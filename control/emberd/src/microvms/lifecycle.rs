@@ -111,7 +111,7 @@ impl Microvms {
             suspended_at: None,
             updated_at: t,
         };
-        if let Err(e) = self.store.insert_microvm(&record) {
+        if let Err(e) = self.store.insert_microvm(&record).await {
             self.proxy.unbind_vm(id);
             return Err(internal(e));
         }
@@ -270,7 +270,8 @@ impl Microvms {
         inst.touch();
         if !inst.is_doomed() {
             let reason = forked_from.as_ref().map(|p| format!("forked from {p}"));
-            self.set_state(&inst, MicrovmState::Running, reason.as_deref(), None);
+            self.set_state(&inst, MicrovmState::Running, reason.as_deref(), None)
+                .await;
             self.metrics().observe_run(started.elapsed());
         }
         tracing::info!(microvm = %inst.id, image = %inst.image, version = inst.version, forked_from, "running");
@@ -281,8 +282,8 @@ impl Microvms {
     }
 
     /// `SuspendMicrovm`.
-    pub fn request_suspend(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
-        let inst = self.live_instance(id)?;
+    pub async fn request_suspend(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
+        let inst = self.live_instance(id).await?;
         let state = inst.state();
         // As on the real service: suspending a suspended VM is a success.
         if matches!(state, MicrovmState::Suspended | MicrovmState::Suspending) {
@@ -296,7 +297,8 @@ impl Microvms {
             MicrovmState::Suspending,
             Some("suspended by SuspendMicrovm"),
             None,
-        );
+        )
+        .await;
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let _guard = inst.transition.lock().await;
@@ -335,7 +337,8 @@ impl Microvms {
                 MicrovmState::Suspended,
                 Some(&reason),
                 Some(Some(now())),
-            );
+            )
+            .await;
         }
         tracing::info!(microvm = %inst.id, tier, "suspended: {reason}");
     }
@@ -368,7 +371,8 @@ impl Microvms {
         if vm.exited().is_none() && vm.resume().await.is_ok() {
             let reason = format!("suspend failed, still running: {e}");
             tracing::error!(microvm = %inst.id, "{reason}");
-            self.set_state(inst, MicrovmState::Running, Some(&reason), None);
+            self.set_state(inst, MicrovmState::Running, Some(&reason), None)
+                .await;
             return;
         }
         // A QEMU that died mid-save shows only as a broken monitor in `e`:
@@ -384,8 +388,8 @@ impl Microvms {
     }
 
     /// `ResumeMicrovm`.
-    pub fn request_resume(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
-        let inst = self.live_instance(id)?;
+    pub async fn request_resume(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
+        let inst = self.live_instance(id).await?;
         let state = inst.state();
         // As on the real service: resuming a running (or starting) VM is
         // a success.
@@ -401,7 +405,8 @@ impl Microvms {
             MicrovmState::Pending,
             Some("resumed by ResumeMicrovm"),
             None,
-        );
+        )
+        .await;
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let _guard = inst.transition.lock().await;
@@ -430,7 +435,8 @@ impl Microvms {
         // auto-resume takes it here.
         if let Err(e) = self.admission.admit_start(&inst.id, inst.spec.memory_mib) {
             let reason = format!("could not resume: {}", e.message());
-            self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);
+            self.set_state(inst, MicrovmState::Suspended, Some(&reason), None)
+                .await;
             return Err(reason);
         }
         let restore_started = std::time::Instant::now();
@@ -450,7 +456,8 @@ impl Microvms {
         }
         inst.touch();
         if !inst.is_doomed() {
-            self.set_state(inst, MicrovmState::Running, Some(why), Some(None));
+            self.set_state(inst, MicrovmState::Running, Some(why), Some(None))
+                .await;
         }
         self.metrics().observe_resume(restore_started.elapsed());
         tracing::info!(
@@ -468,7 +475,8 @@ impl Microvms {
         let dir = self.suspended_dir(&inst.id);
         if let Err(reason) = self.expand_suspended(inst).await {
             tracing::error!(microvm = %inst.id, "{reason}");
-            self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);
+            self.set_state(inst, MicrovmState::Suspended, Some(&reason), None)
+                .await;
             return Err(reason);
         }
         match self
@@ -492,7 +500,8 @@ impl Microvms {
                 let reason = format!("resume failed: {e}");
                 tracing::error!(microvm = %inst.id, "{reason}");
                 if self.hv.snapshot_info(&dir).is_ok() {
-                    self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);
+                    self.set_state(inst, MicrovmState::Suspended, Some(&reason), None)
+                        .await;
                 } else {
                     self.finish_termination(inst, &reason).await;
                 }
@@ -502,11 +511,18 @@ impl Microvms {
     }
 
     /// `TerminateMicrovm`: idempotent.
-    pub fn request_terminate(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
+    pub async fn request_terminate(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
         let inst = match self.instance(id) {
             Some(i) => i,
             // Already terminated (or never existed: NotFound).
-            None => return self.store.microvm(id).map(|_| ()).map_err(not_found(id)),
+            None => {
+                return self
+                    .store
+                    .microvm(id)
+                    .await
+                    .map(|_| ())
+                    .map_err(not_found(id))
+            }
         };
         if matches!(
             inst.state(),
@@ -514,17 +530,18 @@ impl Microvms {
         ) {
             return Ok(());
         }
-        self.terminate(inst, TERMINATED_BY_API.into());
+        self.terminate(inst, TERMINATED_BY_API.into()).await;
         Ok(())
     }
 
     /// Marks the VM TERMINATING and ends it once the transition in
     /// progress, if any, is done.
-    pub(super) fn terminate(self: &Arc<Self>, inst: Arc<Instance>, why: String) {
+    pub(super) async fn terminate(self: &Arc<Self>, inst: Arc<Instance>, why: String) {
         if inst.doom() {
             return;
         }
-        self.set_state(&inst, MicrovmState::Terminating, Some(&why), None);
+        self.set_state(&inst, MicrovmState::Terminating, Some(&why), None)
+            .await;
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let _guard = inst.transition.lock().await;
@@ -564,7 +581,7 @@ impl Microvms {
             terminated_at: Some(t),
             now: t,
         };
-        if let Err(e) = self.store.update_microvm(&inst.id, &update) {
+        if let Err(e) = self.store.update_microvm(&inst.id, &update).await {
             tracing::error!(microvm = %inst.id, "recording termination: {e}");
         }
         tracing::info!(microvm = %inst.id, "terminated: {reason}");
@@ -572,7 +589,7 @@ impl Microvms {
 
     /// Records a state in the mirror and the store. `reason: None` clears
     /// the state reason.
-    pub(super) fn set_state(
+    pub(super) async fn set_state(
         &self,
         inst: &Instance,
         state: MicrovmState,
@@ -592,7 +609,7 @@ impl Microvms {
             terminated_at: None,
             now: now(),
         };
-        if let Err(e) = self.store.update_microvm(&inst.id, &update) {
+        if let Err(e) = self.store.update_microvm(&inst.id, &update).await {
             tracing::error!(microvm = %inst.id, "recording state {state}: {e}");
         }
     }
@@ -603,7 +620,8 @@ impl Microvms {
     async fn suspend_again(&self, inst: &Arc<Instance>, vm: &Arc<dyn Vm>, reason: &str) {
         if self.park_for_suspend(inst, vm).await {
             let reason = format!("{reason}; the microVM stays SUSPENDED");
-            self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);
+            self.set_state(inst, MicrovmState::Suspended, Some(&reason), None)
+                .await;
             self.warm_budget_changed();
             return;
         }
@@ -612,7 +630,8 @@ impl Microvms {
             Ok(_) => {
                 inst.set_vm(None);
                 let reason = format!("{reason}; the microVM stays SUSPENDED");
-                self.set_state(inst, MicrovmState::Suspended, Some(&reason), None);
+                self.set_state(inst, MicrovmState::Suspended, Some(&reason), None)
+                    .await;
             }
             Err(e) => {
                 let reason = format!("{reason}; saving it again failed: {e}");
@@ -652,11 +671,11 @@ impl Microvms {
 
     /// The live instance, or the right error for a terminated or unknown
     /// id.
-    pub(super) fn live_instance(&self, id: &str) -> Result<Arc<Instance>, ApiError> {
+    pub(super) async fn live_instance(&self, id: &str) -> Result<Arc<Instance>, ApiError> {
         if let Some(inst) = self.instance(id) {
             return Ok(inst);
         }
-        let rec = self.store.microvm(id).map_err(not_found(id))?;
+        let rec = self.store.microvm(id).await.map_err(not_found(id))?;
         Err(ApiError::conflict(
             RESOURCE,
             id,

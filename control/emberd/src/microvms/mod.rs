@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 
 use ember_proxy::{Proxy, TokenKey};
-use ember_store::Store;
+use ember_store::StateStore;
 use ember_vmm::Hypervisor;
 
 use crate::layout::DataDir;
@@ -75,7 +75,7 @@ pub struct MicrovmsConfig {
 }
 
 pub struct Microvms {
-    store: Arc<Store>,
+    store: Arc<dyn StateStore>,
     layout: DataDir,
     hv: Arc<dyn Hypervisor>,
     proxy: Arc<Proxy>,
@@ -95,7 +95,7 @@ pub struct Microvms {
 
 impl Microvms {
     pub fn new(
-        store: Arc<Store>,
+        store: Arc<dyn StateStore>,
         layout: DataDir,
         hv: Arc<dyn Hypervisor>,
         proxy: Arc<Proxy>,

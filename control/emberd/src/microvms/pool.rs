@@ -113,8 +113,8 @@ impl Microvms {
 
     /// How many VMs each version of `image` keeps pooled: its tag's
     /// number, else `--warm-pool`.
-    fn pool_size(&self, image: &str) -> usize {
-        let tags = self.store.tags(image).unwrap_or_default();
+    async fn pool_size(&self, image: &str) -> usize {
+        let tags = self.store.tags(image).await.unwrap_or_default();
         tags.iter()
             .find(|(k, _)| k == WARM_POOL_TAG)
             .and_then(|(_, v)| parse_pool_size(v).ok())
@@ -133,7 +133,14 @@ impl Microvms {
     /// pooled VMs of the image's other versions: the version that runs by
     /// default is this one now.
     pub fn fill_pool(self: &Arc<Self>, image: &str, key: PoolKey) {
-        let size = self.pool_size(image);
+        // The pool's size is a tag in the store, read asynchronously.
+        let this = Arc::clone(self);
+        let image = image.to_string();
+        tokio::spawn(async move { this.resize_pool(&image, key).await });
+    }
+
+    async fn resize_pool(self: &Arc<Self>, image: &str, key: PoolKey) {
+        let size = self.pool_size(image).await;
         let (ended, start_filler) = {
             let mut state = self.pool.lock();
             let mut ended = state.take_where(|p| p.image == image && p.key != key);

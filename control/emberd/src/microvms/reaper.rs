@@ -23,14 +23,14 @@ pub fn spawn(microvms: Arc<Microvms>) {
         loop {
             tick.tick().await;
             for inst in microvms.instances() {
-                microvms.check(&inst);
+                microvms.check(&inst).await;
             }
         }
     });
 }
 
 impl Microvms {
-    fn check(self: &Arc<Self>, inst: &Arc<Instance>) {
+    async fn check(self: &Arc<Self>, inst: &Arc<Instance>) {
         let t = now();
         let status = inst.status();
         if matches!(
@@ -39,14 +39,15 @@ impl Microvms {
         ) {
             return;
         }
-        self.flush_activity(inst);
+        self.flush_activity(inst).await;
         // The host ended the guest's agent session: its control plane is
         // gone, so is the VM.
         if let Some(violation) = inst.vm().and_then(|vm| vm.agent().violation()) {
             self.terminate(
                 Arc::clone(inst),
                 format!("the guest broke the agent protocol: {violation}; terminated"),
-            );
+            )
+            .await;
             return;
         }
         let max = f64::from(inst.spec.maximum_duration_s);
@@ -57,7 +58,8 @@ impl Microvms {
                     "reached its maximumDurationInSeconds ({} s) and was terminated",
                     inst.spec.maximum_duration_s
                 ),
-            );
+            )
+            .await;
             return;
         }
         // A parked VM has no snapshot on disk to compact (yet).
@@ -89,7 +91,8 @@ impl Microvms {
                             "suspended for its suspendedDurationSeconds ({} s) and was terminated",
                             policy.suspended_duration_seconds
                         ),
-                    );
+                    )
+                    .await;
                 }
             }
             _ => {}
@@ -115,14 +118,15 @@ impl Microvms {
                 return;
             }
             let why = format!("suspended after {secs} s without requests (maxIdleDurationSeconds)");
-            this.set_state(&inst, MicrovmState::Suspending, Some(&why), None);
+            this.set_state(&inst, MicrovmState::Suspending, Some(&why), None)
+                .await;
             this.suspend_locked(&inst, &why).await;
         });
     }
 
     /// Writes the idle clock to the store (at most once a tick per VM), so
     /// a restarted daemon resumes the timers where they were.
-    fn flush_activity(&self, inst: &Instance) {
+    async fn flush_activity(&self, inst: &Instance) {
         let last = inst.last_active_ms();
         let flushed = inst.flushed_active_ms.load(Ordering::Relaxed);
         if last > flushed {
@@ -130,6 +134,7 @@ impl Microvms {
             if let Err(e) = self
                 .store
                 .set_microvm_last_active(&inst.id, last as f64 / 1000.0)
+                .await
             {
                 tracing::warn!(microvm = %inst.id, "recording activity: {e}");
             }

@@ -27,7 +27,7 @@ impl Microvms {
     pub async fn recover(self: &Arc<Self>) -> Result<usize, ember_store::StoreError> {
         self.end_leftover_pool().await;
         self.remove_leftover_forks();
-        let records = self.store.live_microvms()?;
+        let records = self.store.live_microvms().await?;
         let slots = Arc::new(tokio::sync::Semaphore::new(ATTACH_PARALLELISM));
         let mut registered = 0;
         for rec in records {
@@ -81,7 +81,8 @@ impl Microvms {
                 tracing::warn!(microvm = %rec.id, %endpoint, "the endpoint moved");
                 let _ = self
                     .store
-                    .set_microvm_endpoint(&rec.id, &endpoint, addr.as_deref());
+                    .set_microvm_endpoint(&rec.id, &endpoint, addr.as_deref())
+                    .await;
             }
             Ok(_) => {}
             Err(e) => tracing::error!(microvm = %rec.id, "endpoint: {}", e.message()),
@@ -110,7 +111,7 @@ impl Microvms {
             terminated_at: Some(t),
             now: t,
         };
-        if let Err(e) = self.store.update_microvm(&rec.id, &update) {
+        if let Err(e) = self.store.update_microvm(&rec.id, &update).await {
             tracing::error!(microvm = %rec.id, "recording termination: {e}");
         }
     }
@@ -134,7 +135,8 @@ impl Microvms {
                 self.watch_app_exit(inst);
                 match state {
                     MicrovmState::Terminating => {
-                        self.terminate(Arc::clone(inst), TERMINATED_BY_API.into());
+                        self.terminate(Arc::clone(inst), TERMINATED_BY_API.into())
+                            .await;
                     }
                     MicrovmState::Running => {}
                     // A start, resume or suspend was cut short but the VM
@@ -153,6 +155,7 @@ impl Microvms {
                             Some("emberd restarted during a state change; the VM kept running"),
                             Some(None),
                         )
+                        .await
                     }
                 }
                 tracing::info!(microvm = %rec.id, "re-attached");
@@ -167,7 +170,8 @@ impl Microvms {
                     MicrovmState::Suspended,
                     Some("suspended (emberd restarted while suspending)"),
                     Some(Some(crate::now())),
-                );
+                )
+                .await;
                 true
             }
             Err(e) => {

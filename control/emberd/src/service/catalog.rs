@@ -15,7 +15,7 @@ use super::Daemon;
 const PUBLISHED: f64 = 1_793_232_000.0; // 2026-10-29T00:00:00Z
 
 impl Daemon {
-    pub(super) fn list_managed(
+    pub(super) async fn list_managed(
         &self,
         r: ListManagedMicrovmImagesInput,
     ) -> Result<ListManagedMicrovmImagesOutput, ApiError> {
@@ -37,7 +37,7 @@ impl Daemon {
         Ok(ListManagedMicrovmImagesOutput { next_token, items })
     }
 
-    pub(super) fn list_managed_versions(
+    pub(super) async fn list_managed_versions(
         &self,
         r: ListManagedMicrovmImageVersionsInput,
     ) -> Result<ListManagedMicrovmImageVersionsOutput, ApiError> {

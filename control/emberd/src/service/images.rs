@@ -127,7 +127,7 @@ impl Daemon {
         env
     }
 
-    fn start_build(
+    async fn start_build(
         &self,
         image: &str,
         version: u32,
@@ -155,13 +155,18 @@ impl Daemon {
             } else {
                 "UPDATE_FAILED"
             };
-            let _ = self
-                .store
-                .update_build_state(build_id, "FAILED", Some(&reason), t);
-            let _ =
+            let recorded = [
                 self.store
-                    .update_version_state(image, version, "FAILED", Some(&reason), None, t);
-            let _ = self.store.set_image_state(image, state, t);
+                    .update_build_state(build_id, "FAILED", Some(&reason), t)
+                    .await,
+                self.store
+                    .update_version_state(image, version, "FAILED", Some(&reason), None, t)
+                    .await,
+                self.store.set_image_state(image, state, t).await,
+            ];
+            for e in recorded.into_iter().filter_map(Result::err) {
+                tracing::error!(build = %build_id, "recording a build that could not start: {e}");
+            }
         }
     }
 
@@ -202,7 +207,7 @@ impl Daemon {
             tags: tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             version,
         };
-        self.store.create_image(&new).map_err(|e| match e {
+        self.store.create_image(&new).await.map_err(|e| match e {
             StoreError::Conflict(_) => ApiError::conflict(
                 IMAGE,
                 &r.name,
@@ -210,7 +215,7 @@ impl Daemon {
             ),
             other => internal(other),
         })?;
-        self.start_build(&r.name, 1, &build_id, true, checked);
+        self.start_build(&r.name, 1, &build_id, true, checked).await;
         Ok(with_version(
             &new.arn,
             &r.name,
@@ -230,7 +235,7 @@ impl Daemon {
         // await between the in-progress check and recording the version.
         let spec = r.config.clone();
         let checked = self.check_spec(&spec).await?;
-        let image = self.image_record(&r.image_identifier)?;
+        let image = self.image_record(&r.image_identifier).await?;
         if self.builds.building(&image.name) {
             return Err(ApiError::conflict(
                 IMAGE,
@@ -246,8 +251,10 @@ impl Daemon {
         let number = self
             .store
             .add_version(&image.name, MicrovmImageState::Updating.as_str(), &version)
+            .await
             .map_err(|e| self.not_found_or(e, &image.name))?;
-        self.start_build(&image.name, number, &build_id, false, checked);
+        self.start_build(&image.name, number, &build_id, false, checked)
+            .await;
         let mut out = with_version(
             &image.arn,
             &image.name,
@@ -258,18 +265,19 @@ impl Daemon {
             number,
         );
         out.created_at = ts(image.created_at);
-        let (active, failed) = self.latest_versions(&image.name)?;
+        let (active, failed) = self.latest_versions(&image.name).await?;
         out.latest_active_image_version = active;
         out.latest_failed_image_version = failed;
         Ok(out)
     }
 
-    pub(super) fn get_image(&self, identifier: &str) -> Result<MicrovmImage, ApiError> {
-        let image = self.image_record(identifier)?;
-        let (active, failed) = self.latest_versions(&image.name)?;
+    pub(super) async fn get_image(&self, identifier: &str) -> Result<MicrovmImage, ApiError> {
+        let image = self.image_record(identifier).await?;
+        let (active, failed) = self.latest_versions(&image.name).await?;
         let tags: Tags = self
             .store
             .tags(&image.name)
+            .await
             .map_err(internal)?
             .into_iter()
             .collect();
@@ -285,7 +293,7 @@ impl Daemon {
         })
     }
 
-    pub(super) fn list_images(
+    pub(super) async fn list_images(
         &self,
         r: ListMicrovmImagesRequest,
     ) -> Result<ListMicrovmImagesResponse, ApiError> {
@@ -301,10 +309,11 @@ impl Daemon {
                 r.name_filter.as_deref(),
                 page_size(r.max_results),
             )
+            .await
             .map_err(internal)?;
         let mut items = Vec::with_capacity(rows.len());
         for image in rows {
-            let (active, failed) = self.latest_versions(&image.name)?;
+            let (active, failed) = self.latest_versions(&image.name).await?;
             items.push(MicrovmImageSummary {
                 image_arn: image.arn,
                 name: image.name,
@@ -322,12 +331,12 @@ impl Daemon {
         })
     }
 
-    pub(super) fn delete_image(
+    pub(super) async fn delete_image(
         &self,
         identifier: &str,
     ) -> Result<DeleteMicrovmImageOutput, ApiError> {
-        let image = self.image_record(identifier)?;
-        self.refuse_if_in_use(&image.name, None)?;
+        let image = self.image_record(identifier).await?;
+        self.refuse_if_in_use(&image.name, None).await?;
         if self.builds.building(&image.name) {
             return Err(ApiError::conflict(
                 IMAGE,
@@ -338,8 +347,11 @@ impl Daemon {
                 ),
             ));
         }
-        let logs = self.all_builds(&image.name)?;
-        self.store.delete_image(&image.name).map_err(internal)?;
+        let logs = self.all_builds(&image.name).await?;
+        self.store
+            .delete_image(&image.name)
+            .await
+            .map_err(internal)?;
         // The rows are gone first: a crash below leaves unreferenced files,
         // never a version whose snapshot is missing.
         self.microvms.end_pool_of(&image.name, None);
@@ -354,21 +366,21 @@ impl Daemon {
         })
     }
 
-    pub(super) fn get_version(
+    pub(super) async fn get_version(
         &self,
         identifier: &str,
         version: &str,
     ) -> Result<MicrovmImageVersion, ApiError> {
-        let image = self.image_record(identifier)?;
-        let rec = self.version_record(&image.name, version)?;
+        let image = self.image_record(identifier).await?;
+        let rec = self.version_record(&image.name, version).await?;
         self.version_output(&image, &rec)
     }
 
-    pub(super) fn list_versions(
+    pub(super) async fn list_versions(
         &self,
         r: ListMicrovmImageVersionsInput,
     ) -> Result<ListMicrovmImageVersionsOutput, ApiError> {
-        let image = self.image_record(&r.image_identifier)?;
+        let image = self.image_record(&r.image_identifier).await?;
         let scope = format!("ListMicrovmImageVersions:{}", image.name);
         let after = match token_after(&scope, r.next_token.as_deref())? {
             Some(a) => a
@@ -379,6 +391,7 @@ impl Daemon {
         let (rows, next) = self
             .store
             .list_versions(&image.name, after, page_size(r.max_results))
+            .await
             .map_err(internal)?;
         let items = rows
             .iter()
@@ -392,28 +405,30 @@ impl Daemon {
         })
     }
 
-    pub(super) fn update_version_status(
+    pub(super) async fn update_version_status(
         &self,
         r: UpdateMicrovmImageVersionRequest,
     ) -> Result<MicrovmImageVersion, ApiError> {
-        let image = self.image_record(&r.image_identifier)?;
-        let rec = self.version_record(&image.name, &r.image_version)?;
+        let image = self.image_record(&r.image_identifier).await?;
+        let rec = self.version_record(&image.name, &r.image_version).await?;
         self.store
             .set_version_status(&image.name, rec.version, r.status.as_str(), now())
+            .await
             .map_err(internal)?;
-        let rec = self.version_record(&image.name, &r.image_version)?;
+        let rec = self.version_record(&image.name, &r.image_version).await?;
         self.version_output(&image, &rec)
     }
 
-    pub(super) fn delete_version(
+    pub(super) async fn delete_version(
         &self,
         identifier: &str,
         version: &str,
     ) -> Result<DeleteMicrovmImageVersionOutput, ApiError> {
-        let image = self.image_record(identifier)?;
-        let rec = self.version_record(&image.name, version)?;
-        self.refuse_if_in_use(&image.name, Some(rec.version))?;
-        let builds = self.version_builds(&image.name, rec.version)?;
+        let image = self.image_record(identifier).await?;
+        let rec = self.version_record(&image.name, version).await?;
+        self.refuse_if_in_use(&image.name, Some(rec.version))
+            .await?;
+        let builds = self.version_builds(&image.name, rec.version).await?;
         if builds.iter().any(|b| self.builds.live_log(&b.id).is_some()) {
             return Err(ApiError::conflict(
                 "MicrovmImageVersion",
@@ -423,6 +438,7 @@ impl Daemon {
         }
         self.store
             .delete_version(&image.name, rec.version)
+            .await
             .map_err(internal)?;
         // The pool knows a version by the snapshot folder its runs name.
         if let Some(dir) = &rec.snapshot_dir {
@@ -442,13 +458,13 @@ impl Daemon {
         })
     }
 
-    pub(super) fn get_build(
+    pub(super) async fn get_build(
         &self,
         r: GetMicrovmImageBuildInput,
     ) -> Result<MicrovmImageBuild, ApiError> {
-        let image = self.image_record(&r.image_identifier)?;
-        let version = self.version_record(&image.name, &r.image_version)?;
-        let build = match self.store.build(&r.build_id) {
+        let image = self.image_record(&r.image_identifier).await?;
+        let version = self.version_record(&image.name, &r.image_version).await?;
+        let build = match self.store.build(&r.build_id).await {
             Ok(b) if b.image == image.name && b.version == version.version => b,
             Ok(_) | Err(StoreError::NotFound(_)) => {
                 return Err(ApiError::not_found("MicrovmImageBuild", &r.build_id))
@@ -467,12 +483,12 @@ impl Daemon {
         Ok(out)
     }
 
-    pub(super) fn list_builds(
+    pub(super) async fn list_builds(
         &self,
         r: ListMicrovmImageBuildsInput,
     ) -> Result<ListMicrovmImageBuildsOutput, ApiError> {
-        let image = self.image_record(&r.image_identifier)?;
-        let version = self.version_record(&image.name, &r.image_version)?;
+        let image = self.image_record(&r.image_identifier).await?;
+        let version = self.version_record(&image.name, &r.image_version).await?;
         // Every build here is x86-64 on this host's chipset: a filter for
         // anything else matches nothing.
         let filtered_out = r.architecture.is_some_and(|a| a != Architecture::X86_64)
@@ -490,6 +506,7 @@ impl Daemon {
                 after.as_deref(),
                 page_size(r.max_results),
             )
+            .await
             .map_err(internal)?;
         if filtered_out {
             return Ok(ListMicrovmImageBuildsOutput {
@@ -505,18 +522,18 @@ impl Daemon {
         })
     }
 
-    pub(super) fn image_record(&self, identifier: &str) -> Result<ImageRecord, ApiError> {
-        let name = self.arns.image_name(identifier);
-        match name.map(|n| self.store.image(n)) {
-            Some(Ok(image)) => Ok(image),
-            Some(Err(StoreError::NotFound(_))) | None => {
-                Err(ApiError::not_found(IMAGE, identifier))
-            }
-            Some(Err(e)) => Err(internal(e)),
+    pub(super) async fn image_record(&self, identifier: &str) -> Result<ImageRecord, ApiError> {
+        let Some(name) = self.arns.image_name(identifier) else {
+            return Err(ApiError::not_found(IMAGE, identifier));
+        };
+        match self.store.image(name).await {
+            Ok(image) => Ok(image),
+            Err(StoreError::NotFound(_)) => Err(ApiError::not_found(IMAGE, identifier)),
+            Err(e) => Err(internal(e)),
         }
     }
 
-    pub(super) fn version_record(
+    pub(super) async fn version_record(
         &self,
         image: &str,
         version: &str,
@@ -524,10 +541,13 @@ impl Daemon {
         let not_found =
             || ApiError::not_found("MicrovmImageVersion", &format!("{image}:{version}"));
         let number: u32 = version.parse().map_err(|_| not_found())?;
-        self.store.version(image, number).map_err(|e| match e {
-            StoreError::NotFound(_) => not_found(),
-            other => internal(other),
-        })
+        self.store
+            .version(image, number)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => not_found(),
+                other => internal(other),
+            })
     }
 
     fn not_found_or(&self, e: StoreError, image: &str) -> ApiError {
@@ -560,7 +580,7 @@ impl Daemon {
     }
 
     /// (latest ACTIVE successful version, latest failed version).
-    pub(super) fn latest_versions(
+    pub(super) async fn latest_versions(
         &self,
         image: &str,
     ) -> Result<(Option<String>, Option<String>), ApiError> {
@@ -571,6 +591,7 @@ impl Daemon {
             let (rows, next) = self
                 .store
                 .list_versions(image, after, 500)
+                .await
                 .map_err(internal)?;
             for v in rows {
                 if v.state == "SUCCESSFUL" && v.status == "ACTIVE" {
@@ -587,13 +608,18 @@ impl Daemon {
         }
     }
 
-    fn version_builds(&self, image: &str, version: u32) -> Result<Vec<BuildRecord>, ApiError> {
+    async fn version_builds(
+        &self,
+        image: &str,
+        version: u32,
+    ) -> Result<Vec<BuildRecord>, ApiError> {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
             let (rows, next) = self
                 .store
                 .list_builds(image, version, after.as_deref(), 500)
+                .await
                 .map_err(internal)?;
             out.extend(rows);
             match next {
@@ -603,14 +629,15 @@ impl Daemon {
         }
     }
 
-    fn all_builds(&self, image: &str) -> Result<Vec<BuildRecord>, ApiError> {
+    async fn all_builds(&self, image: &str) -> Result<Vec<BuildRecord>, ApiError> {
         let mut out = Vec::new();
         let (versions, _) = self
             .store
             .list_versions(image, 0, usize::MAX / 2)
+            .await
             .map_err(internal)?;
         for v in versions {
-            out.extend(self.version_builds(image, v.version)?);
+            out.extend(self.version_builds(image, v.version).await?);
         }
         Ok(out)
     }

@@ -30,8 +30,10 @@ pub struct ForkedMicrovms {
 
 impl Daemon {
     pub(super) async fn run_microvm(&self, r: RunMicrovmRequest) -> Result<Microvm, ApiError> {
-        let image = self.image_record(&r.image_identifier)?;
-        let version = self.runnable_version(&image.name, r.image_version.as_deref())?;
+        let image = self.image_record(&r.image_identifier).await?;
+        let version = self
+            .runnable_version(&image.name, r.image_version.as_deref())
+            .await?;
         let build: MicrovmImageBuildConfig = spec::from_json(&version.spec)?;
         let snapshot_dir = version.snapshot_dir.clone().ok_or_else(|| {
             ApiError::conflict(
@@ -82,14 +84,14 @@ impl Daemon {
     }
 
     /// The named version, or the newest that can run.
-    fn runnable_version(
+    async fn runnable_version(
         &self,
         image: &str,
         version: Option<&str>,
     ) -> Result<VersionRecord, ApiError> {
         let number = match version {
             Some(v) => v.to_string(),
-            None => self.latest_versions(image)?.0.ok_or_else(|| {
+            None => self.latest_versions(image).await?.0.ok_or_else(|| {
                 ApiError::conflict(
                     "MicrovmImage",
                     image,
@@ -97,7 +99,7 @@ impl Daemon {
                 )
             })?,
         };
-        let v = self.version_record(image, &number)?;
+        let v = self.version_record(image, &number).await?;
         let runnable = v.state == MicrovmImageVersionState::Successful.as_str()
             && v.status == MicrovmImageVersionStatus::Active.as_str();
         if !runnable {
@@ -128,11 +130,11 @@ impl Daemon {
     /// Brings the warm pool of `image`'s default version (the newest
     /// SUCCESSFUL, ACTIVE one) to the image's pool size; a no-op for an
     /// image with nothing to run.
-    pub fn fill_image_pool(&self, image: &str) {
-        let Ok((Some(number), _)) = self.latest_versions(image) else {
+    pub async fn fill_image_pool(&self, image: &str) {
+        let Ok((Some(number), _)) = self.latest_versions(image).await else {
             return;
         };
-        let Ok(version) = self.version_record(image, &number) else {
+        let Ok(version) = self.version_record(image, &number).await else {
             return;
         };
         let build: Result<MicrovmImageBuildConfig, _> = spec::from_json(&version.spec);
@@ -157,11 +159,11 @@ impl Daemon {
         })
     }
 
-    pub(super) fn get_microvm(&self, id: &str) -> Result<Microvm, ApiError> {
-        microvm_output(&self.microvm_record(id)?)
+    pub(super) async fn get_microvm(&self, id: &str) -> Result<Microvm, ApiError> {
+        microvm_output(&self.microvm_record(id).await?)
     }
 
-    pub(super) fn list_microvms(
+    pub(super) async fn list_microvms(
         &self,
         r: ListMicrovmsRequest,
     ) -> Result<ListMicrovmsResponse, ApiError> {
@@ -186,6 +188,7 @@ impl Daemon {
                 version,
                 page_size(r.max_results),
             )
+            .await
             .map_err(internal)?;
         let items = rows
             .iter()
@@ -207,20 +210,20 @@ impl Daemon {
         })
     }
 
-    pub(super) fn create_auth_token(
+    pub(super) async fn create_auth_token(
         &self,
         r: CreateMicrovmAuthTokenRequest,
     ) -> Result<AuthToken, ApiError> {
-        let rec = self.tokenable(&r.microvm_identifier)?;
+        let rec = self.tokenable(&r.microvm_identifier).await?;
         let ports = port_scope(&r.allowed_ports)?;
         self.mint(&rec, ports, TokenKind::Endpoint, r.expiration_in_minutes)
     }
 
-    pub(super) fn create_shell_token(
+    pub(super) async fn create_shell_token(
         &self,
         r: CreateMicrovmShellAuthTokenRequest,
     ) -> Result<AuthToken, ApiError> {
-        let rec = self.tokenable(&r.microvm_identifier)?;
+        let rec = self.tokenable(&r.microvm_identifier).await?;
         let spec = RunSpec::from_json(&rec.spec)
             .map_err(|e| ApiError::internal(format!("stored run spec: {e}")))?;
         if !spec.shell_allowed() {
@@ -238,8 +241,8 @@ impl Daemon {
         )
     }
 
-    fn tokenable(&self, id: &str) -> Result<MicrovmRecord, ApiError> {
-        let rec = self.microvm_record(id)?;
+    async fn tokenable(&self, id: &str) -> Result<MicrovmRecord, ApiError> {
+        let rec = self.microvm_record(id).await?;
         if [MicrovmState::Terminating, MicrovmState::Terminated]
             .iter()
             .any(|s| s.as_str() == rec.state)
@@ -283,8 +286,8 @@ impl Daemon {
         })
     }
 
-    fn microvm_record(&self, id: &str) -> Result<MicrovmRecord, ApiError> {
-        self.store.microvm(id).map_err(|e| match e {
+    async fn microvm_record(&self, id: &str) -> Result<MicrovmRecord, ApiError> {
+        self.store.microvm(id).await.map_err(|e| match e {
             StoreError::NotFound(_) => ApiError::not_found(RESOURCE, id),
             other => internal(other),
         })
@@ -292,7 +295,7 @@ impl Daemon {
 
     /// Images and versions that live microVMs run from cannot be deleted:
     /// their snapshot disks back the VMs' disks.
-    pub(super) fn refuse_if_in_use(
+    pub(super) async fn refuse_if_in_use(
         &self,
         image: &str,
         version: Option<u32>,
@@ -300,6 +303,7 @@ impl Daemon {
         let in_use = self
             .store
             .first_live_microvm(image, version)
+            .await
             .map_err(internal)?;
         if let Some(vm) = in_use {
             let what = match version {

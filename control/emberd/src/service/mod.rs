@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use ember_api::{Action, ApiError, Credentials, ErrorKind, Reply};
-use ember_store::{Store, StoreError};
+use ember_store::{StateStore, StoreError};
 
 use crate::builds::Builds;
 use crate::layout::DataDir;
@@ -26,7 +26,7 @@ use crate::{build_logs, microvm_fork, microvm_logs};
 use names::Arns;
 
 pub struct Daemon {
-    store: Arc<Store>,
+    store: Arc<dyn StateStore>,
     builds: Arc<Builds>,
     microvms: Arc<Microvms>,
     layout: DataDir,
@@ -37,7 +37,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(
-        store: Arc<Store>,
+        store: Arc<dyn StateStore>,
         builds: Arc<Builds>,
         microvms: Arc<Microvms>,
         layout: DataDir,
@@ -55,8 +55,8 @@ impl Daemon {
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> &dyn StateStore {
+        &*self.store
     }
 
     pub fn builds(&self) -> &Arc<Builds> {
@@ -79,15 +79,15 @@ impl Daemon {
 
 /// Fills every image's warm pool, then each new version's as its build
 /// succeeds. Call once, after the microVMs were recovered.
-pub fn start_pools(daemon: &Arc<Daemon>) {
+pub async fn start_pools(daemon: &Arc<Daemon>) {
     let mut successes = daemon.builds.subscribe_successes();
     let mut after: Option<String> = None;
     loop {
-        let Ok((images, next)) = daemon.store.list_images(after.as_deref(), None, 500) else {
+        let Ok((images, next)) = daemon.store.list_images(after.as_deref(), None, 500).await else {
             break;
         };
         for image in &images {
-            daemon.fill_image_pool(&image.name);
+            daemon.fill_image_pool(&image.name).await;
         }
         match next {
             Some(n) => after = Some(n),
@@ -97,7 +97,7 @@ pub fn start_pools(daemon: &Arc<Daemon>) {
     let daemon = Arc::clone(daemon);
     tokio::spawn(async move {
         while let Some(image) = successes.recv().await {
-            daemon.fill_image_pool(&image);
+            daemon.fill_image_pool(&image).await;
         }
     });
 }
@@ -134,7 +134,7 @@ impl ember_api::Service for Daemon {
         // An error here drops the claim, which frees the token for a retry.
         let reply = self.dispatch(action).await?;
         if let Some(json) = spec::recordable(&reply) {
-            claimed.record(&json, now()).map_err(internal)?;
+            claimed.record(&json, now()).await.map_err(internal)?;
         }
         Ok(reply)
     }
@@ -146,63 +146,71 @@ impl Daemon {
             Action::CreateMicrovmImage(r) => Reply::CreateMicrovmImage(self.create_image(r).await?),
             Action::UpdateMicrovmImage(r) => Reply::UpdateMicrovmImage(self.update_image(r).await?),
             Action::GetMicrovmImage(r) => {
-                Reply::GetMicrovmImage(self.get_image(&r.image_identifier)?)
+                Reply::GetMicrovmImage(self.get_image(&r.image_identifier).await?)
             }
-            Action::ListMicrovmImages(r) => Reply::ListMicrovmImages(self.list_images(r)?),
+            Action::ListMicrovmImages(r) => Reply::ListMicrovmImages(self.list_images(r).await?),
             Action::DeleteMicrovmImage(r) => {
-                Reply::DeleteMicrovmImage(self.delete_image(&r.image_identifier)?)
+                Reply::DeleteMicrovmImage(self.delete_image(&r.image_identifier).await?)
             }
             Action::GetMicrovmImageVersion(r) => Reply::GetMicrovmImageVersion(
-                self.get_version(&r.image_identifier, &r.image_version)?,
+                self.get_version(&r.image_identifier, &r.image_version)
+                    .await?,
             ),
             Action::ListMicrovmImageVersions(r) => {
-                Reply::ListMicrovmImageVersions(self.list_versions(r)?)
+                Reply::ListMicrovmImageVersions(self.list_versions(r).await?)
             }
             Action::UpdateMicrovmImageVersion(r) => {
-                Reply::UpdateMicrovmImageVersion(self.update_version_status(r)?)
+                Reply::UpdateMicrovmImageVersion(self.update_version_status(r).await?)
             }
             Action::DeleteMicrovmImageVersion(r) => Reply::DeleteMicrovmImageVersion(
-                self.delete_version(&r.image_identifier, &r.image_version)?,
+                self.delete_version(&r.image_identifier, &r.image_version)
+                    .await?,
             ),
-            Action::GetMicrovmImageBuild(r) => Reply::GetMicrovmImageBuild(self.get_build(r)?),
+            Action::GetMicrovmImageBuild(r) => {
+                Reply::GetMicrovmImageBuild(self.get_build(r).await?)
+            }
             Action::ListMicrovmImageBuilds(r) => {
-                Reply::ListMicrovmImageBuilds(self.list_builds(r)?)
+                Reply::ListMicrovmImageBuilds(self.list_builds(r).await?)
             }
             Action::ListManagedMicrovmImages(r) => {
-                Reply::ListManagedMicrovmImages(self.list_managed(r)?)
+                Reply::ListManagedMicrovmImages(self.list_managed(r).await?)
             }
             Action::ListManagedMicrovmImageVersions(r) => {
-                Reply::ListManagedMicrovmImageVersions(self.list_managed_versions(r)?)
+                Reply::ListManagedMicrovmImageVersions(self.list_managed_versions(r).await?)
             }
             Action::TagResource(r) => {
-                self.tag(r)?;
+                self.tag(r).await?;
                 Reply::TagResource
             }
             Action::UntagResource(r) => {
-                self.untag(r)?;
+                self.untag(r).await?;
                 Reply::UntagResource
             }
-            Action::ListTags(r) => Reply::ListTags(self.list_tags(r)?),
+            Action::ListTags(r) => Reply::ListTags(self.list_tags(r).await?),
             Action::RunMicrovm(r) => Reply::RunMicrovm(self.run_microvm(r).await?),
-            Action::GetMicrovm(r) => Reply::GetMicrovm(self.get_microvm(&r.microvm_identifier)?),
-            Action::ListMicrovms(r) => Reply::ListMicrovms(self.list_microvms(r)?),
+            Action::GetMicrovm(r) => {
+                Reply::GetMicrovm(self.get_microvm(&r.microvm_identifier).await?)
+            }
+            Action::ListMicrovms(r) => Reply::ListMicrovms(self.list_microvms(r).await?),
             Action::SuspendMicrovm(r) => {
-                self.microvms.request_suspend(&r.microvm_identifier)?;
+                self.microvms.request_suspend(&r.microvm_identifier).await?;
                 Reply::SuspendMicrovm(Default::default())
             }
             Action::ResumeMicrovm(r) => {
-                self.microvms.request_resume(&r.microvm_identifier)?;
+                self.microvms.request_resume(&r.microvm_identifier).await?;
                 Reply::ResumeMicrovm(Default::default())
             }
             Action::TerminateMicrovm(r) => {
-                self.microvms.request_terminate(&r.microvm_identifier)?;
+                self.microvms
+                    .request_terminate(&r.microvm_identifier)
+                    .await?;
                 Reply::TerminateMicrovm(Default::default())
             }
             Action::CreateMicrovmAuthToken(r) => {
-                Reply::CreateMicrovmAuthToken(self.create_auth_token(r)?)
+                Reply::CreateMicrovmAuthToken(self.create_auth_token(r).await?)
             }
             Action::CreateMicrovmShellAuthToken(r) => {
-                Reply::CreateMicrovmShellAuthToken(self.create_shell_token(r)?)
+                Reply::CreateMicrovmShellAuthToken(self.create_shell_token(r).await?)
             }
         })
     }

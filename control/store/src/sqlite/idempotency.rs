@@ -3,31 +3,15 @@
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::{Store, StoreError};
+use crate::records::{Claim, IDEMPOTENCY_MAX_RECORDS, IDEMPOTENCY_WINDOW_SECS};
+use crate::StoreError;
 
-/// How long a token is remembered: AWS documents a retried request as
-/// idempotent for a day, not forever.
-pub const IDEMPOTENCY_WINDOW_SECS: f64 = 24.0 * 3600.0;
-/// At most this many records are kept, the oldest pruned first, so a
-/// caller minting tokens cannot grow the database without bound.
-pub const IDEMPOTENCY_MAX_RECORDS: i64 = 10_000;
+use super::SqliteStore;
 
-/// What claiming `(operation, token)` found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Claim {
-    /// The token was free and is now this caller's: act, then record the
-    /// reply or release the claim.
-    Claimed,
-    /// Another request with this token is still acting.
-    InFlight { params_hash: String },
-    /// A request with this token was answered.
-    Answered { params_hash: String, reply: String },
-}
-
-impl Store {
+impl SqliteStore {
     /// Claims `(operation, token)` in one transaction, pruning records that
     /// fell out of the window (or beyond the cap) first.
-    pub fn claim_idempotency(
+    pub(crate) fn claim_idempotency(
         &self,
         operation: &str,
         token: &str,
@@ -69,7 +53,7 @@ impl Store {
     }
 
     /// Turns this caller's claim into the answer replayed to retries.
-    pub fn record_idempotent_reply(
+    pub(crate) fn record_idempotent_reply(
         &self,
         operation: &str,
         token: &str,
@@ -87,7 +71,11 @@ impl Store {
 
     /// Gives up a claim whose request failed, so a retry acts afresh.
     /// An answered record is kept.
-    pub fn release_idempotency(&self, operation: &str, token: &str) -> Result<(), StoreError> {
+    pub(crate) fn release_idempotency(
+        &self,
+        operation: &str,
+        token: &str,
+    ) -> Result<(), StoreError> {
         self.conn().execute(
             "DELETE FROM idempotency WHERE operation = ?1 AND token = ?2 AND pending = 1",
             (operation, token),
@@ -97,7 +85,7 @@ impl Store {
 
     /// The recorded answer for `(operation, token)`, with the hash of the
     /// parameters it was made with; a claim still in flight is no answer.
-    pub fn idempotent_reply(
+    pub(crate) fn idempotent_reply(
         &self,
         operation: &str,
         token: &str,

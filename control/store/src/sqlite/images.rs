@@ -2,15 +2,16 @@
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use crate::records::{BuildRecord, ImageRecord, NewImage, NewVersion, VersionRecord};
-use crate::{Store, StoreError};
+use crate::records::{
+    fetch_limit, paginate, BuildRecord, ImageRecord, NewImage, NewVersion, Page, VersionRecord,
+};
+use crate::StoreError;
 
-/// One page of a listing, and the key to continue after, if more remain.
-pub type Page<T, K> = (Vec<T>, Option<K>);
+use super::SqliteStore;
 
-impl Store {
+impl SqliteStore {
     /// Creates an image with its version 1 and that version's build.
-    pub fn create_image(&self, new: &NewImage) -> Result<(), StoreError> {
+    pub(crate) fn create_image(&self, new: &NewImage) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let inserted = tx.execute(
@@ -37,7 +38,7 @@ impl Store {
 
     /// Adds the next version (and its build) to an image and sets the
     /// image's state; returns the new version number.
-    pub fn add_version(
+    pub(crate) fn add_version(
         &self,
         image: &str,
         image_state: &str,
@@ -62,19 +63,19 @@ impl Store {
         Ok(next)
     }
 
-    pub fn image(&self, name: &str) -> Result<ImageRecord, StoreError> {
+    pub(crate) fn image(&self, name: &str) -> Result<ImageRecord, StoreError> {
         let conn = self.conn();
         let sql = format!(
             "SELECT {} FROM images WHERE name = ?1",
             ImageRecord::COLUMNS
         );
-        conn.query_row(&sql, [name], ImageRecord::from_row)
+        conn.query_row(&sql, [name], ImageRecord::from_sqlite)
             .optional()?
             .ok_or_else(|| StoreError::NotFound(format!("microVM image {name}")))
     }
 
     /// Images ordered by name, after `after`, whose name contains `filter`.
-    pub fn list_images(
+    pub(crate) fn list_images(
         &self,
         after: Option<&str>,
         filter: Option<&str>,
@@ -93,13 +94,18 @@ impl Store {
                     filter.unwrap_or(""),
                     fetch_limit(limit)
                 ],
-                ImageRecord::from_row,
+                ImageRecord::from_sqlite,
             )?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(paginate(rows, limit, |i| i.name.clone()))
     }
 
-    pub fn set_image_state(&self, name: &str, state: &str, now: f64) -> Result<(), StoreError> {
+    pub(crate) fn set_image_state(
+        &self,
+        name: &str,
+        state: &str,
+        now: f64,
+    ) -> Result<(), StoreError> {
         let changed = self.conn().execute(
             "UPDATE images SET state = ?2, updated_at = ?3 WHERE name = ?1",
             params![name, state, now],
@@ -111,19 +117,19 @@ impl Store {
     }
 
     /// Removes an image with its versions, builds and tags.
-    pub fn delete_image(&self, name: &str) -> Result<(), StoreError> {
+    pub(crate) fn delete_image(&self, name: &str) -> Result<(), StoreError> {
         self.conn()
             .execute("DELETE FROM images WHERE name = ?1", [name])?;
         Ok(())
     }
 
-    pub fn version(&self, image: &str, version: u32) -> Result<VersionRecord, StoreError> {
+    pub(crate) fn version(&self, image: &str, version: u32) -> Result<VersionRecord, StoreError> {
         let conn = self.conn();
         let sql = format!(
             "SELECT {} FROM versions WHERE image = ?1 AND version = ?2",
             VersionRecord::COLUMNS
         );
-        conn.query_row(&sql, params![image, version], VersionRecord::from_row)
+        conn.query_row(&sql, params![image, version], VersionRecord::from_sqlite)
             .optional()?
             .ok_or_else(|| {
                 StoreError::NotFound(format!("version {version} of microVM image {image}"))
@@ -131,7 +137,7 @@ impl Store {
     }
 
     /// Versions of one image in ascending order, after version `after`.
-    pub fn list_versions(
+    pub(crate) fn list_versions(
         &self,
         image: &str,
         after: u32,
@@ -146,24 +152,24 @@ impl Store {
         let rows = stmt
             .query_map(
                 params![image, after, fetch_limit(limit)],
-                VersionRecord::from_row,
+                VersionRecord::from_sqlite,
             )?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(paginate(rows, limit, |v| v.version))
     }
 
     /// Every version of every image, for start-up checks.
-    pub fn all_versions(&self) -> Result<Vec<VersionRecord>, StoreError> {
+    pub(crate) fn all_versions(&self) -> Result<Vec<VersionRecord>, StoreError> {
         let conn = self.conn();
         let sql = format!("SELECT {} FROM versions", VersionRecord::COLUMNS);
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt
-            .query_map([], VersionRecord::from_row)?
+            .query_map([], VersionRecord::from_sqlite)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
-    pub fn update_version_state(
+    pub(crate) fn update_version_state(
         &self,
         image: &str,
         version: u32,
@@ -181,7 +187,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_version_status(
+    pub(crate) fn set_version_status(
         &self,
         image: &str,
         version: u32,
@@ -200,7 +206,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn delete_version(&self, image: &str, version: u32) -> Result<(), StoreError> {
+    pub(crate) fn delete_version(&self, image: &str, version: u32) -> Result<(), StoreError> {
         self.conn().execute(
             "DELETE FROM versions WHERE image = ?1 AND version = ?2",
             params![image, version],
@@ -208,16 +214,16 @@ impl Store {
         Ok(())
     }
 
-    pub fn build(&self, id: &str) -> Result<BuildRecord, StoreError> {
+    pub(crate) fn build(&self, id: &str) -> Result<BuildRecord, StoreError> {
         let conn = self.conn();
         let sql = format!("SELECT {} FROM builds WHERE id = ?1", BuildRecord::COLUMNS);
-        conn.query_row(&sql, [id], BuildRecord::from_row)
+        conn.query_row(&sql, [id], BuildRecord::from_sqlite)
             .optional()?
             .ok_or_else(|| StoreError::NotFound(format!("build {id}")))
     }
 
     /// Builds of one version, oldest first, after build id `after`.
-    pub fn list_builds(
+    pub(crate) fn list_builds(
         &self,
         image: &str,
         version: u32,
@@ -234,14 +240,14 @@ impl Store {
         let rows = stmt
             .query_map(
                 params![image, version, after.unwrap_or(""), fetch_limit(limit)],
-                BuildRecord::from_row,
+                BuildRecord::from_sqlite,
             )?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(paginate(rows, limit, |b| b.id.clone()))
     }
 
     /// Builds that were pending or running, e.g. when the daemon died.
-    pub fn unfinished_builds(&self) -> Result<Vec<BuildRecord>, StoreError> {
+    pub(crate) fn unfinished_builds(&self) -> Result<Vec<BuildRecord>, StoreError> {
         let conn = self.conn();
         let sql = format!(
             "SELECT {} FROM builds WHERE state IN ('PENDING', 'IN_PROGRESS') ORDER BY id",
@@ -249,12 +255,12 @@ impl Store {
         );
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt
-            .query_map([], BuildRecord::from_row)?
+            .query_map([], BuildRecord::from_sqlite)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
-    pub fn update_build_state(
+    pub(crate) fn update_build_state(
         &self,
         id: &str,
         state: &str,
@@ -268,7 +274,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_build_sizes(
+    pub(crate) fn set_build_sizes(
         &self,
         id: &str,
         memory_bytes: u64,
@@ -282,7 +288,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn tags(&self, image: &str) -> Result<Vec<(String, String)>, StoreError> {
+    pub(crate) fn tags(&self, image: &str) -> Result<Vec<(String, String)>, StoreError> {
         let conn = self.conn();
         let mut stmt =
             conn.prepare_cached("SELECT key, value FROM tags WHERE image = ?1 ORDER BY key")?;
@@ -293,7 +299,7 @@ impl Store {
     }
 
     /// Adds or overwrites tags, refusing to go over `max_tags` in total.
-    pub fn set_tags(
+    pub(crate) fn set_tags(
         &self,
         image: &str,
         tags: &[(String, String)],
@@ -321,7 +327,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn remove_tags(&self, image: &str, keys: &[String]) -> Result<(), StoreError> {
+    pub(crate) fn remove_tags(&self, image: &str, keys: &[String]) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         for k in keys {
@@ -349,21 +355,4 @@ fn insert_version(
         params![v.build_id, image, number, v.build_state, v.log_path, v.now],
     )?;
     Ok(())
-}
-
-/// SQL LIMIT for a page of `limit` rows: one extra tells whether another
-/// page exists.
-pub(crate) fn fetch_limit(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1)
-}
-
-/// Rows were fetched with one extra to learn whether another page exists.
-pub(crate) fn paginate<T, K>(mut rows: Vec<T>, limit: usize, key: impl Fn(&T) -> K) -> Page<T, K> {
-    if rows.len() > limit {
-        rows.truncate(limit);
-        let next = rows.last().map(key);
-        (rows, next)
-    } else {
-        (rows, None)
-    }
 }

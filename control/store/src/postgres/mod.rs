@@ -1,0 +1,134 @@
+//! The Postgres backend: a pool of tokio-postgres connections, the same
+//! tables as SQLite in Postgres' types, migrations serialised across hosts
+//! with an advisory lock.
+
+mod idempotency;
+mod images;
+mod microvms;
+mod rows;
+mod schema;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::StoreError;
+
+/// Connections per emberd: its statements are short, and a host's API
+/// handlers, reconciler and reapers rarely run more than a few at once.
+const POOL_SIZE: usize = 16;
+/// How long a statement waits for a free connection, for a new one, and
+/// runs at most, so a Postgres that hangs fails requests instead of
+/// piling them up.
+const WAIT: Duration = Duration::from_secs(10);
+const STATEMENT_TIMEOUT_MS: u32 = 15_000;
+
+pub struct PostgresStore {
+    pool: Pool,
+    /// The connection that holds [`SINGLE_HOST_LOCK`], once claimed; the
+    /// lock lasts as long as this session.
+    single_host: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    url: String,
+}
+
+/// Held by the one emberd that uses a database, until hosts can share one
+/// (node leases and ownership): a second emberd recovering "its" VMs from
+/// the same rows would end the first's.
+const SINGLE_HOST_LOCK: i64 = 0x0065_6d62_6572_0001;
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/db`, or
+    /// `host=/socket/dir` for a Unix socket) and brings the schema up to
+    /// date, serialised with any other emberd doing the same.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
+            path: "postgres".into(),
+            message: format!("not a Postgres URL: {e}"),
+        })?;
+        config
+            .application_name("emberd")
+            .connect_timeout(WAIT)
+            .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+        // TLS to Postgres is not built yet: a URL that requires it is
+        // refused by tokio-postgres at connect, with its own message.
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(WAIT))
+            .create_timeout(Some(WAIT))
+            .recycle_timeout(Some(WAIT))
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let store = Self {
+            pool,
+            single_host: tokio::sync::Mutex::new(None),
+            url: url.to_string(),
+        };
+        let mut client = store.client().await.map_err(|e| StoreError::Open {
+            path: "postgres".into(),
+            message: e.to_string(),
+        })?;
+        schema::migrate(&mut client).await?;
+        Ok(store)
+    }
+
+    /// Makes this emberd the database's only user, or fails naming why:
+    /// another emberd holds it. Fails closed: without the lock, no VM
+    /// state is read.
+    pub async fn claim_single_host(&self) -> Result<(), StoreError> {
+        let mut held = self.single_host.lock().await;
+        if held.is_some() {
+            return Ok(());
+        }
+        let mut config: tokio_postgres::Config = self.url.parse()?;
+        config.application_name("emberd (single-host lock)");
+        config.connect_timeout(WAIT);
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::error!(
+                    "the state database's single-host lock connection ended: {e}; \
+                     another emberd could now take this database"
+                );
+            }
+        });
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&SINGLE_HOST_LOCK])
+            .await?
+            .try_get(0)?;
+        if !locked {
+            return Err(StoreError::Conflict(
+                "another emberd already uses this Postgres database; hosts cannot share one \
+                 yet (node leases are not built), so give each emberd its own database"
+                    .into(),
+            ));
+        }
+        *held = Some(client);
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(e.to_string()))
+    }
+}
+
+/// Postgres has no unsigned integers: counts and sizes are BIGINT and
+/// version numbers INTEGER, converted at the edge in both directions.
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_i32(n: u32) -> Result<i32, StoreError> {
+    i32::try_from(n).map_err(|_| StoreError::NotFound(format!("version {n}")))
+}

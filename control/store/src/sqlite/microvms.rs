@@ -1,0 +1,172 @@
+//! MicroVMs: one row per `RunMicrovm`, kept after termination so `Get`
+//! and `List` can still report how a VM ended.
+
+use rusqlite::{params, OptionalExtension};
+
+use crate::records::{fetch_limit, paginate, MicrovmRecord, MicrovmUpdate, Page};
+use crate::StoreError;
+
+use super::SqliteStore;
+
+impl SqliteStore {
+    pub(crate) fn insert_microvm(&self, vm: &MicrovmRecord) -> Result<(), StoreError> {
+        let inserted = self.conn().execute(
+            "INSERT OR IGNORE INTO microvms (id, image, version, image_arn, spec, state, state_reason,
+                 endpoint, proxy_addr, started_at, terminated_at, last_active_at, suspended_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![
+                vm.id,
+                vm.image,
+                vm.version,
+                vm.image_arn,
+                vm.spec,
+                vm.state,
+                vm.state_reason,
+                vm.endpoint,
+                vm.proxy_addr,
+                vm.started_at,
+                vm.terminated_at,
+                vm.last_active_at,
+                vm.suspended_at,
+                vm.updated_at
+            ],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::Conflict(format!(
+                "a microVM with id {} already exists",
+                vm.id
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn microvm(&self, id: &str) -> Result<MicrovmRecord, StoreError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {} FROM microvms WHERE id = ?1",
+            MicrovmRecord::COLUMNS
+        );
+        conn.query_row(&sql, [id], MicrovmRecord::from_sqlite)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("microVM {id}")))
+    }
+
+    /// MicroVMs in the order they were run, after the one with id `after`,
+    /// optionally only those of one image (and version).
+    pub(crate) fn list_microvms(
+        &self,
+        after: Option<&str>,
+        image: Option<&str>,
+        version: Option<u32>,
+        limit: usize,
+    ) -> Result<Page<MicrovmRecord, String>, StoreError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {} FROM microvms
+             WHERE seq > COALESCE((SELECT seq FROM microvms WHERE id = ?1), 0)
+               AND (?2 IS NULL OR image = ?2) AND (?3 IS NULL OR version = ?3)
+             ORDER BY seq LIMIT ?4",
+            MicrovmRecord::COLUMNS
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt
+            .query_map(
+                params![after, image, version, fetch_limit(limit)],
+                MicrovmRecord::from_sqlite,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(paginate(rows, limit, |v| v.id.clone()))
+    }
+
+    /// Every microVM not yet TERMINATED: what a restarted daemon takes
+    /// back.
+    pub(crate) fn live_microvms(&self) -> Result<Vec<MicrovmRecord>, StoreError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {} FROM microvms WHERE state <> 'TERMINATED' ORDER BY seq",
+            MicrovmRecord::COLUMNS
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt
+            .query_map([], MicrovmRecord::from_sqlite)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// A microVM not yet TERMINATED that runs from `image` (and
+    /// `version`), if any: what keeps them from being deleted.
+    pub(crate) fn first_live_microvm(
+        &self,
+        image: &str,
+        version: Option<u32>,
+    ) -> Result<Option<MicrovmRecord>, StoreError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {} FROM microvms
+             WHERE image = ?1 AND (?2 IS NULL OR version = ?2) AND state <> 'TERMINATED'
+             ORDER BY seq LIMIT 1",
+            MicrovmRecord::COLUMNS
+        );
+        Ok(conn
+            .query_row(&sql, params![image, version], MicrovmRecord::from_sqlite)
+            .optional()?)
+    }
+
+    pub(crate) fn count_live_microvms(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM microvms WHERE state <> 'TERMINATED'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    pub(crate) fn update_microvm(&self, id: &str, u: &MicrovmUpdate<'_>) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let changed = conn.execute(
+            "UPDATE microvms SET state = ?2,
+                 state_reason = CASE WHEN ?3 THEN ?4 ELSE state_reason END,
+                 suspended_at = CASE WHEN ?5 THEN ?6 ELSE suspended_at END,
+                 terminated_at = COALESCE(?7, terminated_at),
+                 updated_at = ?8
+             WHERE id = ?1",
+            params![
+                id,
+                u.state,
+                u.state_reason.is_some(),
+                u.state_reason.flatten(),
+                u.suspended_at.is_some(),
+                u.suspended_at.flatten(),
+                u.terminated_at,
+                u.now
+            ],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!("microVM {id}")));
+        }
+        Ok(())
+    }
+
+    /// Records the last inbound request, so idle timers survive a restart.
+    pub(crate) fn set_microvm_last_active(&self, id: &str, at: f64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE microvms SET last_active_at = MAX(last_active_at, ?2) WHERE id = ?1",
+            params![id, at],
+        )?;
+        Ok(())
+    }
+
+    /// A restarted daemon could not re-bind the old endpoint port.
+    pub(crate) fn set_microvm_endpoint(
+        &self,
+        id: &str,
+        endpoint: &str,
+        proxy_addr: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE microvms SET endpoint = ?2, proxy_addr = ?3 WHERE id = ?1",
+            params![id, endpoint, proxy_addr],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,107 @@
+//! One conformance suite for both backends of `StateStore`: every case
+//! runs once against SQLite and once against a real Postgres server, each
+//! on a database of its own.
+
+mod cases;
+mod postgres_server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ember_store::{PostgresStore, SqliteStore, StateStore};
+
+/// A database a case can open, and open again to see what survived.
+pub enum Db {
+    Sqlite(PathBuf, tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Db {
+    pub async fn open(&self) -> Arc<dyn StateStore> {
+        match self {
+            Db::Sqlite(path, _) => Arc::new(SqliteStore::open(path).unwrap()),
+            Db::Postgres(conninfo) => Arc::new(PostgresStore::connect(conninfo).await.unwrap()),
+        }
+    }
+
+    /// SQLite belongs to one daemon, which drops claims left by its dead
+    /// predecessor at open; a shared Postgres keeps them, since another
+    /// host may still be acting on one.
+    pub fn drops_claims_at_open(&self) -> bool {
+        matches!(self, Db::Sqlite(..))
+    }
+}
+
+async fn sqlite() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    Db::Sqlite(dir.path().join("ember.db"), dir)
+}
+
+async fn postgres() -> Db {
+    Db::Postgres(postgres_server::fresh_database().await)
+}
+
+/// One test per case and backend, so a failure names both.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                crate::cases::$case(crate::sqlite().await).await;
+            } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                crate::cases::$case(crate::postgres().await).await;
+            } )*
+        }
+    };
+}
+
+conformance![
+    state_survives_reopening,
+    duplicate_names_conflict_and_keep_the_first,
+    listings_page_in_order_and_filter_by_name,
+    deleting_an_image_removes_everything_under_it,
+    tag_limit_is_enforced_atomically,
+    versions_update_and_delete,
+    build_states_and_sizes,
+    concurrent_versions_get_distinct_numbers,
+    idempotency_records_round_trip,
+    one_token_is_claimed_once_and_replayed_after,
+    concurrent_claims_of_one_token_have_one_winner,
+    released_claims_are_free_again_and_answers_survive_reopening,
+    records_older_than_the_window_or_beyond_the_cap_are_pruned,
+    counts_group_rows_by_state,
+    microvms_list_in_run_order_with_filters_and_pages,
+    state_updates_keep_or_clear_the_reason,
+    the_first_live_microvm_of_an_image_or_version,
+    last_active_never_moves_back_and_endpoints_change,
+];
+
+/// Until hosts can share a database, a second emberd on one is refused
+/// (it would take the first's VMs for its own), and the database is free
+/// again once the first is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_database_serves_one_emberd_at_a_time() {
+    let conninfo = postgres_server::fresh_database().await;
+    let url = ember_store::StoreLocation::Postgres(conninfo.clone());
+    let first = ember_store::open(&url).await.unwrap();
+    match ember_store::open(&url).await {
+        Err(ember_store::StoreError::Conflict(m)) => assert!(m.contains("another emberd"), "{m}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a second emberd was let in"),
+    }
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match ember_store::open(&url).await {
+            Ok(_) => break,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the database stayed taken: {e}"),
+        }
+    }
+}
