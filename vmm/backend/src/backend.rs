@@ -281,6 +281,17 @@ pub enum RestoreMemory {
     Consume,
 }
 
+/// Why a VM that nobody asked to pause is held paused by the host.
+/// The guest's failed request is kept, not failed back to it: it is
+/// retried when the VM continues ([`Vm::resume`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPause {
+    /// A write to the guest's disk found the host's filesystem full.
+    DiskFull,
+    /// A write to the guest's disk failed on the host for another reason.
+    DiskError,
+}
+
 /// One running (or paused) VM.
 #[async_trait]
 pub trait Vm: Send + Sync {
@@ -343,6 +354,14 @@ pub trait Vm: Send + Sync {
     }
 
     fn stats(&self) -> Result<VmStats, VmmError>;
+
+    /// Whether the host paused the VM by itself (not through
+    /// [`Vm::pause`]), and why: the guest waits for a request the host
+    /// could not serve. `None` for a VM that runs, or that its owner
+    /// paused. Asks the VMM, so it may wait on it; never changes the VM.
+    async fn host_pause(&self) -> Result<Option<HostPause>, VmmError> {
+        Ok(None)
+    }
 
     /// How the VM's process ended, once it has (killed, crashed, or
     /// stopped); `None` while it runs, or when a backend cannot tell.

@@ -15,7 +15,7 @@ pub mod qemu;
 pub mod snapshot;
 
 pub use backend::{
-    validate_vm_name, Accel, AccelChoice, Hypervisor, Isolation, Network, RestoreDisk,
+    validate_vm_name, Accel, AccelChoice, HostPause, Hypervisor, Isolation, Network, RestoreDisk,
     RestoreMemory, RestoreOptions, Vm, VmConfig, VmStats, DNS_ADDRESS, GATEWAY_ADDRESS,
     GUEST_ADDRESS, GUEST_PREFIX_LEN,
 };

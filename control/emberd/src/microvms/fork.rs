@@ -130,6 +130,10 @@ impl Microvms {
             Some(vm) if state == MicrovmState::Running && !parent.is_doomed() => vm,
             _ => return Err(forbidden(&parent.id, state, "forked", "RUNNING")),
         };
+        // Its snapshot would be written to the disk that is full.
+        if let Some(reason) = parent.host_pause_reason() {
+            return Err(super::lifecycle::host_paused(&parent.id, "forked", reason));
+        }
         let snapshot = ForkSnapshot {
             dir: self.layout.forks().join(new_id()),
         };

@@ -52,6 +52,8 @@ pub struct Instance {
     pub compaction: AtomicBool,
     /// One copy of the app log at a time, so no line is copied twice.
     pub log_sync: tokio::sync::Mutex<()>,
+    /// Set while the host holds the VM paused (`disk_full.rs`).
+    pub(super) host_pause: super::disk_full::HostPauseCell,
 }
 
 impl Instance {
@@ -80,6 +82,7 @@ impl Instance {
             doomed: AtomicBool::new(false),
             compaction: AtomicBool::new(false),
             log_sync: tokio::sync::Mutex::new(()),
+            host_pause: Default::default(),
         }
     }
 

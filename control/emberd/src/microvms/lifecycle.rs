@@ -292,6 +292,9 @@ impl Microvms {
         if state != MicrovmState::Running {
             return Err(forbidden(id, state, "suspended", "RUNNING"));
         }
+        if let Some(reason) = inst.host_pause_reason() {
+            return Err(host_paused(id, "suspended", reason));
+        }
         self.set_state(
             &inst,
             MicrovmState::Suspending,
@@ -315,6 +318,14 @@ impl Microvms {
         let Some(vm) = inst.vm() else {
             return;
         };
+        // Paused by the host after the suspend was asked for: the guest
+        // cannot answer its hook, nor the disk take the snapshot.
+        if let Some(paused) = inst.host_pause_reason() {
+            let reason = format!("{why}: not done, {paused}");
+            self.set_state(inst, MicrovmState::Running, Some(&reason), None)
+                .await;
+            return;
+        }
         let started = std::time::Instant::now();
         let reason = self.hook_then(inst, vm.as_ref(), Hook::Suspend, why).await;
         self.sync_logs(inst, vm.as_ref()).await;
@@ -546,8 +557,10 @@ impl Microvms {
         tokio::spawn(async move {
             let _guard = inst.transition.lock().await;
             let mut reason = why;
-            // No hooks or logs through an agent session that has ended.
-            if let Some(vm) = inst.vm().filter(|vm| !vm.agent().is_closed()) {
+            // No hooks or logs through an agent session that has ended,
+            // nor from a guest the host holds paused.
+            let answers = |vm: &Arc<dyn Vm>| !vm.agent().is_closed() && !inst.is_host_paused();
+            if let Some(vm) = inst.vm().filter(answers) {
                 reason = this
                     .hook_then(&inst, vm.as_ref(), Hook::Terminate, &reason)
                     .await;
@@ -682,6 +695,16 @@ impl Microvms {
             format!("microVM {id} is {}", rec.state),
         ))
     }
+}
+
+/// An operation the guest would have to take part in, asked of a VM the
+/// host holds paused.
+pub(super) fn host_paused(id: &str, verb: &str, reason: &str) -> ApiError {
+    ApiError::conflict(
+        RESOURCE,
+        id,
+        format!("microVM {id} cannot be {verb} now: it is {reason}"),
+    )
 }
 
 pub(super) fn forbidden(id: &str, state: MicrovmState, verb: &str, needed: &str) -> ApiError {

@@ -39,7 +39,8 @@ impl Microvms {
         let Some(inst) = self.instance(id) else {
             return;
         };
-        if let Some(vm) = inst.vm() {
+        // A guest the host holds paused cannot answer; what was copied stands.
+        if let Some(vm) = inst.vm().filter(|_| !inst.is_host_paused()) {
             self.sync_logs(&inst, vm.as_ref()).await;
         }
     }

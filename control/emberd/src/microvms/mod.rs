@@ -11,6 +11,7 @@
 mod app_exit;
 mod capacity;
 mod compaction;
+mod disk_full;
 mod fork;
 mod instance;
 mod lifecycle;
@@ -161,6 +162,7 @@ impl Microvms {
     /// Starts the idle reaper and the warm tier's budget keeper; call once.
     pub fn start_background(self: &Arc<Self>) {
         reaper::spawn(Arc::clone(self));
+        disk_full::spawn(self);
         self.spawn_warm_tier();
         // VMs recovered parked may already be over a smaller budget.
         self.warm_budget_changed();

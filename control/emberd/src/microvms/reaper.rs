@@ -73,6 +73,9 @@ impl Microvms {
             return;
         };
         match status.state {
+            // A suspend would have to write to the disk that is full;
+            // the VM is idle only because the host holds it.
+            MicrovmState::Running if inst.is_host_paused() => {}
             MicrovmState::Running => {
                 let idle_ms = now_ms().saturating_sub(inst.last_active_ms());
                 let limit_ms = u64::try_from(policy.max_idle_duration_seconds)
@@ -114,6 +117,7 @@ impl Microvms {
                 || inst.open_streams() > 0
                 || idle_ms < limit_ms
                 || inst.is_doomed()
+                || inst.is_host_paused()
             {
                 return;
             }

@@ -106,6 +106,11 @@ impl Microvms {
         &self,
         inst: &Arc<Instance>,
     ) -> Result<Arc<dyn Vm>, UpstreamError> {
+        // The guest cannot answer: a request would wait for the host's
+        // disk, and the client rather hears so now.
+        if let Some(reason) = inst.host_pause_reason() {
+            return Err(UpstreamError::Unavailable(reason.into()));
+        }
         if inst.state() == MicrovmState::Running {
             if let Some(vm) = inst.vm() {
                 return Ok(vm);

@@ -160,7 +160,18 @@ impl Daemon {
     }
 
     pub(super) async fn get_microvm(&self, id: &str) -> Result<Microvm, ApiError> {
-        microvm_output(&self.microvm_record(id).await?)
+        let mut out = microvm_output(&self.microvm_record(id).await?)?;
+        // On a full data disk the store may not have taken the reason.
+        if out.state == MicrovmState::Running {
+            if let Some(reason) = self
+                .microvms
+                .instance(id)
+                .and_then(|i| i.host_pause_reason())
+            {
+                out.state_reason = Some(reason.into());
+            }
+        }
+        Ok(out)
     }
 
     pub(super) async fn list_microvms(

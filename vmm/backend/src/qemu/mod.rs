@@ -7,6 +7,7 @@ mod command;
 mod egress_guard;
 pub(crate) mod files;
 mod host;
+mod host_pause;
 pub mod jail;
 mod launch;
 mod migration;

@@ -19,7 +19,7 @@ use super::qmp::Qmp;
 use super::runtime_record::RuntimeRecord;
 use super::{files, vm_files};
 use crate::agent::AgentClient;
-use crate::backend::{Accel, Isolation, Vm, VmConfig, VmStats};
+use crate::backend::{Accel, HostPause, Isolation, Vm, VmConfig, VmStats};
 use crate::snapshot::{FileRecord, MemoryImage, SnapshotInfo, SnapshotManifest};
 use crate::VmmError;
 
@@ -423,6 +423,13 @@ impl Vm for QemuVm {
             process.wait_exit(limit).await;
         }
         self.exited()
+    }
+
+    async fn host_pause(&self) -> Result<Option<HostPause>, VmmError> {
+        if *self.state.lock().await == RunState::Stopped {
+            return Ok(None);
+        }
+        super::host_pause::query(&self.qmp).await
     }
 
     fn isolation(&self) -> Isolation {
