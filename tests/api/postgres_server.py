@@ -4,6 +4,7 @@ the server runs as the package's `postgres` account (it refuses root)."""
 
 import os
 import pwd
+import socket
 import shutil
 import subprocess
 import tempfile
@@ -15,8 +16,21 @@ BINDIR = Path(os.environ.get("EMBER_PG_BINDIR", "/usr/lib/postgresql/15/bin"))
 PORT = 5432
 
 
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class PostgresServer:
-    def __init__(self):
+    """`tls=True` also listens on 127.0.0.1 over TCP with TLS on (a CA and a
+    `localhost` certificate made here: `ca_file`); `tcp=True` without TLS."""
+
+    def __init__(self, tcp=False, tls=False):
+        self.tcp = tcp or tls
+        self.tls = tls
+        # One port serves the socket and TCP; a free one when on TCP.
+        self.port = _free_port() if self.tcp else PORT
         for tool in ("initdb", "postgres"):
             if not (BINDIR / tool).exists():
                 raise RuntimeError(f"{BINDIR / tool} is missing: install postgresql-15 "
@@ -36,14 +50,39 @@ class PostgresServer:
             os.setgid(gid)
             os.setuid(uid)
 
+    def _make_certificates(self):
+        """A CA and a server certificate for localhost/127.0.0.1 it signed."""
+        ca_key, self.ca_file = self.root / "ca.key", self.root / "ca.pem"
+        key, csr, cert = self.root / "server.key", self.root / "server.csr", self.root / "server.pem"
+        run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ember test CA",
+            "-keyout", str(ca_key), "-out", str(self.ca_file))
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+            "-keyout", str(key), "-out", str(csr))
+        ext = self.root / "san.ext"
+        ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        run("x509", "-req", "-in", str(csr), "-CA", str(self.ca_file), "-CAkey", str(ca_key),
+            "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert))
+        if self.user:
+            os.chown(key, *self.user)
+            os.chown(cert, *self.user)
+        key.chmod(0o600)
+        return ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}"]
+
     def start(self):
         subprocess.run(
             [str(BINDIR / "initdb"), "-D", str(self.data), "-U", "ember", "-A", "trust",
              "--no-sync", "-E", "UTF8"],
             check=True, capture_output=True, preexec_fn=self._as_server_user)
+        network = ["-c", "listen_addresses="]
+        if self.tcp:
+            # The server also listens on its Unix socket (the psql helper's
+            # way in); TCP goes on a port of its own.
+            network = ["-c", "listen_addresses=127.0.0.1"]
+        tls = self._make_certificates() if self.tls else []
         self.proc = subprocess.Popen(
             [str(BINDIR / "postgres"), "-D", str(self.data), "-k", str(self.root),
-             "-p", str(PORT), "-c", "listen_addresses=", "-c", "fsync=off"],
+             "-p", str(self.port), *network, *tls, "-c", "fsync=off"],
             stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "wb"),
             preexec_fn=self._as_server_user, start_new_session=True)
         deadline = time.monotonic() + 30
@@ -62,11 +101,15 @@ class PostgresServer:
     def url(self, database):
         """The `--store` URL: the socket folder as a percent-encoded host."""
         host = urllib.parse.quote(str(self.root), safe="")
-        return f"postgresql://ember@{host}:{PORT}/{database}"
+        return f"postgresql://ember@{host}:{self.port}/{database}"
+
+    def tcp_url(self, database, query=""):
+        """The `--store` URL over TCP to localhost (TLS unless `query` says)."""
+        return f"postgresql://ember@localhost:{self.port}/{database}{query}"
 
     def psql(self, database, sql, check=True):
         return subprocess.run(
-            ["psql", "-h", str(self.root), "-p", str(PORT), "-U", "ember", "-d", database,
+            ["psql", "-h", str(self.root), "-p", str(self.port), "-U", "ember", "-d", database,
              "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql],
             check=check, capture_output=True, text=True)
 

@@ -54,6 +54,11 @@ struct Args {
     /// now: a second is refused until hosts can share one.
     #[arg(long, env = "EMBER_STORE")]
     store: Option<ember_store::StoreLocation>,
+    /// The CA (PEM) a Postgres store's server certificate must chain to;
+    /// without it, the system's roots. TCP connections to Postgres use TLS
+    /// unless the URL says `sslmode=disable` or `sslmode=prefer`.
+    #[arg(long, requires = "store")]
+    store_ca_file: Option<PathBuf>,
     /// Address to serve the API on (port 0 picks a free one; see DATA_DIR/endpoint).
     #[arg(long, default_value = "127.0.0.1:9070")]
     listen: SocketAddr,
@@ -247,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
         .store
         .clone()
         .unwrap_or_else(|| ember_store::StoreLocation::Sqlite(layout.database()));
-    let store = ember_store::open(&location)
+    let store = ember_store::open(&location, args.store_ca_file.as_deref())
         .await
         .with_context(|| format!("opening the state store {location}"))?;
     tracing::info!(store = %location, "state store open");

@@ -31,7 +31,7 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("state database (Postgres): {0}")]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("state database (Postgres): no connection: {0}")]
+    #[error("state database (Postgres): cannot connect: {0}")]
     Pool(String),
     #[error("{0} not found")]
     NotFound(String),
@@ -45,11 +45,16 @@ pub enum StoreError {
 
 /// Opens the store `location` names for one emberd, bringing its schema
 /// up to date; a Postgres database another emberd holds is refused.
-pub async fn open(location: &StoreLocation) -> Result<Arc<dyn StateStore>, StoreError> {
+/// `postgres_ca` is the CA file a Postgres server's certificate must chain
+/// to (else the system's roots).
+pub async fn open(
+    location: &StoreLocation,
+    postgres_ca: Option<&std::path::Path>,
+) -> Result<Arc<dyn StateStore>, StoreError> {
     Ok(match location {
         StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
         StoreLocation::Postgres(url) => {
-            let store = PostgresStore::connect(url).await?;
+            let store = PostgresStore::connect(url, postgres_ca).await?;
             store.claim_single_host().await?;
             Arc::new(store)
         }

@@ -7,11 +7,12 @@ mod images;
 mod microvms;
 mod rows;
 mod schema;
+mod tls;
 
+use std::path::Path;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 use crate::StoreError;
 
@@ -29,7 +30,8 @@ pub struct PostgresStore {
     /// The connection that holds [`SINGLE_HOST_LOCK`], once claimed; the
     /// lock lasts as long as this session.
     single_host: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
-    url: String,
+    config: tokio_postgres::Config,
+    tls: tls::Connector,
 }
 
 /// Held by the one emberd that uses a database, until hosts can share one
@@ -40,8 +42,10 @@ const SINGLE_HOST_LOCK: i64 = 0x0065_6d62_6572_0001;
 impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/db`, or
     /// `host=/socket/dir` for a Unix socket) and brings the schema up to
-    /// date, serialised with any other emberd doing the same.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    /// date, serialised with any other emberd doing the same. TCP
+    /// connections use TLS verified against `ca_file` (else the system's
+    /// roots) unless the URL's `sslmode` says otherwise.
+    pub async fn connect(url: &str, ca_file: Option<&Path>) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
             path: "postgres".into(),
             message: format!("not a Postgres URL: {e}"),
@@ -50,11 +54,11 @@ impl PostgresStore {
             .application_name("emberd")
             .connect_timeout(WAIT)
             .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
-        // TLS to Postgres is not built yet: a URL that requires it is
-        // refused by tokio-postgres at connect, with its own message.
+        tls::harden(url, &mut config);
+        let tls = tls::connector(ca_file)?;
         let manager = Manager::from_config(
-            config,
-            NoTls,
+            config.clone(),
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -70,12 +74,10 @@ impl PostgresStore {
         let store = Self {
             pool,
             single_host: tokio::sync::Mutex::new(None),
-            url: url.to_string(),
+            config,
+            tls,
         };
-        let mut client = store.client().await.map_err(|e| StoreError::Open {
-            path: "postgres".into(),
-            message: e.to_string(),
-        })?;
+        let mut client = store.client().await?;
         schema::migrate(&mut client).await?;
         Ok(store)
     }
@@ -88,10 +90,9 @@ impl PostgresStore {
         if held.is_some() {
             return Ok(());
         }
-        let mut config: tokio_postgres::Config = self.url.parse()?;
+        let mut config = self.config.clone();
         config.application_name("emberd (single-host lock)");
-        config.connect_timeout(WAIT);
-        let (client, connection) = config.connect(NoTls).await?;
+        let (client, connection) = config.connect(self.tls.clone()).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::error!(
@@ -119,8 +120,25 @@ impl PostgresStore {
         self.pool
             .get()
             .await
-            .map_err(|e| StoreError::Pool(e.to_string()))
+            .map_err(|e| StoreError::Pool(with_causes(&e)))
     }
+}
+
+/// An error with the causes under it ("error performing TLS handshake:
+/// invalid peer certificate: UnknownIssuer"): the pool's own message
+/// alone does not say what went wrong.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Postgres has no unsigned integers: counts and sizes are BIGINT and

@@ -20,7 +20,9 @@ impl Db {
     pub async fn open(&self) -> Arc<dyn StateStore> {
         match self {
             Db::Sqlite(path, _) => Arc::new(SqliteStore::open(path).unwrap()),
-            Db::Postgres(conninfo) => Arc::new(PostgresStore::connect(conninfo).await.unwrap()),
+            Db::Postgres(conninfo) => {
+                Arc::new(PostgresStore::connect(conninfo, None).await.unwrap())
+            }
         }
     }
 
@@ -87,8 +89,8 @@ conformance![
 async fn a_postgres_database_serves_one_emberd_at_a_time() {
     let conninfo = postgres_server::fresh_database().await;
     let url = ember_store::StoreLocation::Postgres(conninfo.clone());
-    let first = ember_store::open(&url).await.unwrap();
-    match ember_store::open(&url).await {
+    let first = ember_store::open(&url, None).await.unwrap();
+    match ember_store::open(&url, None).await {
         Err(ember_store::StoreError::Conflict(m)) => assert!(m.contains("another emberd"), "{m}"),
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a second emberd was let in"),
@@ -96,7 +98,7 @@ async fn a_postgres_database_serves_one_emberd_at_a_time() {
     drop(first);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match ember_store::open(&url).await {
+        match ember_store::open(&url, None).await {
             Ok(_) => break,
             Err(_) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await

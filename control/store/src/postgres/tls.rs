@@ -1,0 +1,108 @@
+//! TLS to Postgres, with rustls: a TCP connection is encrypted and its
+//! server verified unless the URL says `sslmode=disable` (or `prefer`,
+//! which allows plain text when the server has no TLS). Unix sockets carry
+//! no TLS. The roots are `--store-ca-file` if given, else the system's.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::StoreError;
+
+/// A CA file is a few certificates; anything bigger is not one.
+const MAX_CA_FILE_BYTES: u64 = 1 << 20;
+
+/// Makes `sslmode` explicit: `require` when the URL left it out and a host
+/// is reached over TCP, so a Postgres without TLS is refused rather than
+/// spoken to in plain text (tokio-postgres would otherwise `prefer`).
+pub(super) fn harden(url: &str, config: &mut tokio_postgres::Config) {
+    let names_mode = url
+        .split(['?', '&', ' '])
+        .any(|part| part.starts_with("sslmode="));
+    let tcp = config.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)));
+    if !names_mode && tcp {
+        config.ssl_mode(SslMode::Require);
+    }
+}
+
+/// rustls' connector, but for Unix sockets: their "host" is a folder,
+/// which is no server name, and Postgres never offers TLS on them anyway.
+#[derive(Clone)]
+pub(super) struct Connector(MakeRustlsConnect);
+
+impl<S> MakeTlsConnect<S> for Connector
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, host: &str) -> Result<Self::TlsConnect, Self::Error> {
+        // tokio-postgres names no host for a Unix socket (an empty name).
+        let host = if host.is_empty() || host.starts_with('/') {
+            "localhost"
+        } else {
+            host
+        };
+        <MakeRustlsConnect as MakeTlsConnect<S>>::make_tls_connect(&mut self.0, host)
+    }
+}
+
+pub(super) fn connector(ca_file: Option<&Path>) -> Result<Connector, StoreError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in read_ca_file(path)? {
+                roots.add(cert).map_err(|e| StoreError::Open {
+                    path: path.display().to_string(),
+                    message: format!("not a usable CA certificate: {e}"),
+                })?;
+            }
+        }
+        None => {
+            // Certificates the system store holds but rustls cannot parse
+            // are skipped; an empty store then fails at connect, naming it.
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Pool(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Connector(MakeRustlsConnect::new(config)))
+}
+
+fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, StoreError> {
+    let open_err = |message: String| StoreError::Open {
+        path: path.display().to_string(),
+        message,
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|e| open_err(format!("--store-ca-file: {e}")))?
+        .len();
+    if size > MAX_CA_FILE_BYTES {
+        return Err(open_err(format!(
+            "--store-ca-file is {size} bytes; a CA bundle over {MAX_CA_FILE_BYTES} is refused"
+        )));
+    }
+    let pem = std::fs::read(path).map_err(|e| open_err(format!("--store-ca-file: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| open_err(format!("--store-ca-file is not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(open_err("--store-ca-file holds no certificate".into()));
+    }
+    Ok(certs)
+}
