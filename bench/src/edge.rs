@@ -229,7 +229,7 @@ async fn hold_connections(endpoint: &str, n: usize) -> anyhow::Result<Vec<tokio:
     Ok(held)
 }
 
-fn pct(v: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(v: &[f64], p: f64) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {

@@ -13,6 +13,7 @@ mod oci_image;
 mod procfs;
 mod proxy_overhead;
 mod restore;
+mod store;
 
 use std::path::PathBuf;
 
@@ -54,9 +55,21 @@ struct Args {
     /// hello-oci); repeatable. Default: all.
     #[arg(long = "example", value_name = "NAME")]
     examples: Vec<String>,
+    /// The store bench's Postgres: an empty database it may fill (the
+    /// SQLite figures are taken either way).
+    #[arg(long, env = "EMBER_BENCH_POSTGRES_URL")]
+    postgres_url: Option<String>,
     /// Which benchmarks to run (default: all but density, which fills
     /// the host for minutes).
-    #[arg(value_parser = ["restore", "image_build", "microvm", "edge", "hostile_guest", "density"])]
+    #[arg(value_parser = [
+        "restore",
+        "image_build",
+        "microvm",
+        "edge",
+        "hostile_guest",
+        "density",
+        "store",
+    ])]
     only: Vec<String>,
 }
 
@@ -95,6 +108,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.only.iter().any(|o| o == "density") {
         let line = density::run(&args.data_dir, &args.agent, &opts, args.density_max).await?;
+        println!("{line}");
+    }
+    if wants("store") {
+        let line = store::run(&args.data_dir, args.postgres_url.as_deref()).await?;
         println!("{line}");
     }
     if wants("hostile_guest") {
