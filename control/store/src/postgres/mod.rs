@@ -112,6 +112,12 @@ impl PostgresStore {
                     .into(),
             ));
         }
+        // The only emberd on this database now: claims left pending are
+        // of one that died, and nobody will answer them (as SQLite drops
+        // them at open).
+        client
+            .execute("DELETE FROM idempotency WHERE pending", &[])
+            .await?;
         *held = Some(client);
         Ok(())
     }

@@ -84,12 +84,14 @@ conformance![
 
 /// Until hosts can share a database, a second emberd on one is refused
 /// (it would take the first's VMs for its own), and the database is free
-/// again once the first is gone.
+/// again once the first is gone, without the claims it left unanswered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_database_serves_one_emberd_at_a_time() {
     let conninfo = postgres_server::fresh_database().await;
     let url = ember_store::StoreLocation::Postgres(conninfo.clone());
     let first = ember_store::open(&url, None).await.unwrap();
+    let claimed = first.claim_idempotency("RunMicrovm", "t", "h", 1.0).await;
+    assert_eq!(claimed.unwrap(), ember_store::Claim::Claimed);
     match ember_store::open(&url, None).await {
         Err(ember_store::StoreError::Conflict(m)) => assert!(m.contains("another emberd"), "{m}"),
         Err(e) => panic!("wrong error: {e}"),
@@ -97,13 +99,16 @@ async fn a_postgres_database_serves_one_emberd_at_a_time() {
     }
     drop(first);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    let second = loop {
         match ember_store::open(&url, None).await {
-            Ok(_) => break,
+            Ok(store) => break store,
             Err(_) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await
             }
             Err(e) => panic!("the database stayed taken: {e}"),
         }
-    }
+    };
+    // The first emberd's unanswered claim died with it.
+    let again = second.claim_idempotency("RunMicrovm", "t", "h", 2.0).await;
+    assert_eq!(again.unwrap(), ember_store::Claim::Claimed);
 }
