@@ -79,11 +79,16 @@ class PostgresServer:
             # The server also listens on its Unix socket (the psql helper's
             # way in); TCP goes on a port of its own.
             network = ["-c", "listen_addresses=127.0.0.1"]
-        tls = self._make_certificates() if self.tls else []
+        self._args = [str(BINDIR / "postgres"), "-D", str(self.data), "-k", str(self.root),
+                      "-p", str(self.port), *network,
+                      *(self._make_certificates() if self.tls else []), "-c", "fsync=off"]
+        return self.resume()
+
+    def resume(self):
+        """Starts the server (again) on its cluster and waits for logins."""
         self.proc = subprocess.Popen(
-            [str(BINDIR / "postgres"), "-D", str(self.data), "-k", str(self.root),
-             "-p", str(self.port), *network, *tls, "-c", "fsync=off"],
-            stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "wb"),
+            self._args, stdout=subprocess.DEVNULL,
+            stderr=open(self.root / "server.log", "ab"),
             preexec_fn=self._as_server_user, start_new_session=True)
         deadline = time.monotonic() + 30
         while True:
@@ -93,6 +98,13 @@ class PostgresServer:
                 raise RuntimeError("postgres did not start: "
                                    + (self.root / "server.log").read_text(errors="replace"))
             time.sleep(0.1)
+
+    def pause(self):
+        """Stops the server, keeping its cluster: an outage."""
+        if self.proc and self.proc.poll() is None:
+            # Fast shutdown: clients are disconnected at once.
+            self.proc.send_signal(2)
+            self.proc.wait(timeout=30)
 
     def create_database(self, name):
         self.psql("postgres", f"CREATE DATABASE {name}")

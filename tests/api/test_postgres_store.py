@@ -2,13 +2,16 @@
 guests: the image, its build and the microVM live in Postgres' tables (no
 SQLite file is made), one clientToken makes one VM, a microVM keeps its
 memory through suspend, resume and a SIGKILL of emberd, a second emberd on
-the same database is refused (hosts cannot share one yet), and a database
-that cannot be reached stops emberd at start with the reason."""
+the same database is refused (hosts cannot share one yet), a database
+that cannot be reached stops emberd at start with the reason, and state
+changes made while Postgres is down are written once it is back."""
+
+import time
 
 import pytest
 from botocore.exceptions import ClientError
 
-from harness import (counter, create_and_wait, endpoint_token, error_code,
+from harness import (counter, create_and_wait, endpoint_token, error_code, suspended_tier,
                      terminate_quietly, wait_microvm)
 from postgres_server import PostgresServer
 
@@ -83,3 +86,65 @@ def test_an_unreachable_database_stops_emberd_at_start(separate_emberd, postgres
     with pytest.raises(RuntimeError) as info:
         separate_emberd("--store", "mysql://db/ember")
     assert "unknown store" in str(info.value)
+
+
+def test_state_changes_during_an_outage_are_written_when_postgres_is_back(
+        separate_emberd, hello_zip, postgres):
+    url = postgres.create_database("ember_outage")
+    # Deep suspends, so the suspend's end shows in the VM's folder.
+    ember = separate_emberd("--warm-suspended-mib", "0", "--store", url)
+    client = ember.client()
+    image, version = create_and_wait(client, "hello-http", hello_zip)
+    assert image["state"] == "CREATED", version.get("stateReason")
+    policy = {"maxIdleDurationSeconds": 600, "suspendedDurationSeconds": 600,
+              "autoResumeEnabled": True}
+    vm_id = client.run_microvm(imageIdentifier="hello-http", idlePolicy=policy)["microvmId"]
+    try:
+        wait_microvm(client, vm_id, "RUNNING", timeout=90)
+        run = client.get_microvm(microvmIdentifier=vm_id)
+        token = endpoint_token(client, vm_id)
+        assert counter(run["endpoint"], token) == 1
+
+        postgres.pause()
+        try:
+            # Suspending needs no read: the VM's state lives in emberd.
+            client.suspend_microvm(microvmIdentifier=vm_id)
+            deadline = time.monotonic() + 60
+            while suspended_tier(ember, vm_id) != "disk":
+                assert time.monotonic() < deadline, suspended_tier(ember, vm_id)
+                time.sleep(0.5)
+            # Reads need the store: they fail as the service's error, not a hang.
+            with pytest.raises(ClientError) as info:
+                ember.client().get_microvm(microvmIdentifier=vm_id)
+            assert error_code(info.value) == "InternalServerException", info.value.response
+        finally:
+            postgres.resume()
+
+        deadline = time.monotonic() + 20
+        while postgres.query("ember_outage", "SELECT state FROM microvms") != [["SUSPENDED"]]:
+            assert time.monotonic() < deadline, (
+                postgres.query("ember_outage", "SELECT state, state_reason FROM microvms"),
+                ember.log_tail())
+            time.sleep(0.5)
+        assert client.get_microvm(microvmIdentifier=vm_id)["state"] == "SUSPENDED"
+        # The single-host lock went with the old server's session: emberd
+        # takes it again, and a second emberd is still refused.
+        lock_held = ("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                     "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = 'ember_outage' "
+                     "AND a.application_name = 'emberd (single-host lock)'")
+        deadline = time.monotonic() + 20
+        while postgres.query("ember_outage", lock_held) != [["1"]]:
+            assert time.monotonic() < deadline, ember.log_tail()
+            time.sleep(0.5)
+        with pytest.raises(RuntimeError) as refused:
+            separate_emberd("--store", url)
+        assert "another emberd already uses this Postgres database" in str(refused.value)
+        assert counter(run["endpoint"], token) == 2, "the VM lost its memory"
+        wait_microvm(client, vm_id, "RUNNING", timeout=30)
+        # A restart reads the state the outage's write left.
+        ember.kill9()
+        ember.start()
+        assert client.get_microvm(microvmIdentifier=vm_id)["state"] == "RUNNING"
+        assert counter(run["endpoint"], token) == 3
+    finally:
+        terminate_quietly(client, vm_id)

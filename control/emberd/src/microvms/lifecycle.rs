@@ -594,9 +594,7 @@ impl Microvms {
             terminated_at: Some(t),
             now: t,
         };
-        if let Err(e) = self.store.update_microvm(&inst.id, &update).await {
-            tracing::error!(microvm = %inst.id, "recording termination: {e}");
-        }
+        self.write_state(&inst.id, &update).await;
         tracing::info!(microvm = %inst.id, "terminated: {reason}");
     }
 
@@ -622,9 +620,7 @@ impl Microvms {
             terminated_at: None,
             now: now(),
         };
-        if let Err(e) = self.store.update_microvm(&inst.id, &update).await {
-            tracing::error!(microvm = %inst.id, "recording state {state}: {e}");
-        }
+        self.write_state(&inst.id, &update).await;
     }
 
     /// A resume whose `/resume` hook said no: the VM is saved again

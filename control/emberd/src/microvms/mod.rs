@@ -21,6 +21,7 @@ mod pool;
 mod reaper;
 mod recovery;
 pub mod spec;
+mod state_writes;
 mod upstream;
 mod warm;
 
@@ -92,6 +93,8 @@ pub struct Microvms {
     warm_tier: Arc<tokio::sync::Notify>,
     /// VMs restored ahead of time, waiting for a `RunMicrovm`.
     pool: pool::Pool,
+    /// State changes the store could not take yet.
+    state_writes: state_writes::StateWrites,
 }
 
 impl Microvms {
@@ -115,6 +118,7 @@ impl Microvms {
             live: Mutex::new(HashMap::new()),
             warm_tier: Arc::new(tokio::sync::Notify::new()),
             pool: pool::Pool::default(),
+            state_writes: state_writes::StateWrites::default(),
         })
     }
 
@@ -163,6 +167,7 @@ impl Microvms {
     pub fn start_background(self: &Arc<Self>) {
         reaper::spawn(Arc::clone(self));
         disk_full::spawn(self);
+        state_writes::spawn(self);
         self.spawn_warm_tier();
         // VMs recovered parked may already be over a smaller budget.
         self.warm_budget_changed();

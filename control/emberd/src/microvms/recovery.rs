@@ -111,9 +111,7 @@ impl Microvms {
             terminated_at: Some(t),
             now: t,
         };
-        if let Err(e) = self.store.update_microvm(&rec.id, &update).await {
-            tracing::error!(microvm = %rec.id, "recording termination: {e}");
-        }
+        self.write_state(&rec.id, &update).await;
     }
 
     /// Attaches a registered VM to its QEMU (or finds it suspended, or

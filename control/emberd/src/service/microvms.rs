@@ -160,7 +160,10 @@ impl Daemon {
     }
 
     pub(super) async fn get_microvm(&self, id: &str) -> Result<Microvm, ApiError> {
-        let mut out = microvm_output(&self.microvm_record(id).await?)?;
+        let record = self
+            .microvms
+            .with_waiting_state(self.microvm_record(id).await?);
+        let mut out = microvm_output(&record)?;
         // On a full data disk the store may not have taken the reason.
         if out.state == MicrovmState::Running {
             if let Some(reason) = self
@@ -201,6 +204,10 @@ impl Daemon {
             )
             .await
             .map_err(internal)?;
+        let rows: Vec<_> = rows
+            .into_iter()
+            .map(|m| self.microvms.with_waiting_state(m))
+            .collect();
         let items = rows
             .iter()
             .map(|m| {

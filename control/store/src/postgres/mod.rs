@@ -7,6 +7,7 @@ mod images;
 mod microvms;
 mod rows;
 mod schema;
+mod single_host;
 mod tls;
 
 use std::path::Path;
@@ -27,17 +28,12 @@ const STATEMENT_TIMEOUT_MS: u32 = 15_000;
 
 pub struct PostgresStore {
     pool: Pool,
-    /// The connection that holds [`SINGLE_HOST_LOCK`], once claimed; the
+    /// The single-host lock, once claimed (`single_host.rs`); the
     /// lock lasts as long as this session.
-    single_host: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    single_host: tokio::sync::Mutex<Option<single_host::SingleHost>>,
     config: tokio_postgres::Config,
     tls: tls::Connector,
 }
-
-/// Held by the one emberd that uses a database, until hosts can share one
-/// (node leases and ownership): a second emberd recovering "its" VMs from
-/// the same rows would end the first's.
-const SINGLE_HOST_LOCK: i64 = 0x0065_6d62_6572_0001;
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/db`, or
@@ -87,38 +83,9 @@ impl PostgresStore {
     /// state is read.
     pub async fn claim_single_host(&self) -> Result<(), StoreError> {
         let mut held = self.single_host.lock().await;
-        if held.is_some() {
-            return Ok(());
+        if held.is_none() {
+            *held = Some(single_host::claim(&self.config, &self.tls).await?);
         }
-        let mut config = self.config.clone();
-        config.application_name("emberd (single-host lock)");
-        let (client, connection) = config.connect(self.tls.clone()).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::error!(
-                    "the state database's single-host lock connection ended: {e}; \
-                     another emberd could now take this database"
-                );
-            }
-        });
-        let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&SINGLE_HOST_LOCK])
-            .await?
-            .try_get(0)?;
-        if !locked {
-            return Err(StoreError::Conflict(
-                "another emberd already uses this Postgres database; hosts cannot share one \
-                 yet (node leases are not built), so give each emberd its own database"
-                    .into(),
-            ));
-        }
-        // The only emberd on this database now: claims left pending are
-        // of one that died, and nobody will answer them (as SQLite drops
-        // them at open).
-        client
-            .execute("DELETE FROM idempotency WHERE pending", &[])
-            .await?;
-        *held = Some(client);
         Ok(())
     }
 
