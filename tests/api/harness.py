@@ -401,6 +401,16 @@ def qemu_pids_where(emberd, wanted):
     return pids
 
 
+def assert_gone(ember, vm_id):
+    """Within 30 s, no QEMU and no files are left of the microVM."""
+    deadline = time.monotonic() + 30
+    while qemu_pids(ember, vm_id) or microvm_dir(ember, vm_id).exists():
+        assert time.monotonic() < deadline, (
+            f"left behind: QEMU {qemu_pids(ember, vm_id)}, files "
+            f"{sorted(p.name for p in microvm_dir(ember, vm_id).rglob('*'))}")
+        time.sleep(0.5)
+
+
 def suspended_tier(emberd, microvm_id):
     """Where a SUSPENDED microVM is kept: "warm" (its QEMU paused in place,
     nothing saved) or "disk" (its state saved in its folder, no QEMU);

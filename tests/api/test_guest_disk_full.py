@@ -20,7 +20,7 @@ import pytest
 
 from artifacts import zip_files
 from conftest import SeparateEmberds
-from harness import (create_and_wait, endpoint_request, endpoint_token, microvm_dir, qemu_pids,
+from harness import (assert_gone, create_and_wait, endpoint_request, endpoint_token, qemu_pids,
                      terminate_quietly, wait_microvm)
 from test_microvm_snapshot_faults import unmount
 
@@ -175,15 +175,6 @@ def assert_unavailable_at_once(vm, token):
     assert headers.get("x-aws-proxy-error") == "MICROVM_UNAVAILABLE", headers
     assert DISK_FULL in body, body
     assert took < ANSWERED_WITHIN_S, f"the 503 took {took:.1f}s"
-
-
-def assert_gone(ember, vm_id):
-    deadline = time.monotonic() + 30
-    while qemu_pids(ember, vm_id) or microvm_dir(ember, vm_id).exists():
-        assert time.monotonic() < deadline, (
-            f"left behind: QEMU {qemu_pids(ember, vm_id)}, files "
-            f"{sorted(p.name for p in microvm_dir(ember, vm_id).rglob('*'))}")
-        time.sleep(0.5)
 
 
 def test_a_guest_paused_on_a_full_disk_continues_once_there_is_space(full_disk_emberd):

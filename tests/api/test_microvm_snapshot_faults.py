@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SeparateEmberds
-from harness import (counter, create_and_wait, endpoint_token, microvm_dir, proc_stat, qemu_pids,
-                     terminate_quietly, wait_microvm)
+from harness import (assert_gone, counter, create_and_wait, endpoint_token, microvm_dir,
+                     proc_stat, qemu_pids, terminate_quietly, wait_microvm)
 from open_gate import OpenGate
 
 # The emberd flags that make SuspendMicrovm write the snapshot to disk
@@ -140,15 +140,6 @@ def suspend_killing_qemu_at_open(ember, client, vm_id, nth):
         got = settled(client, vm_id)
     assert len(opens) >= nth, f"emberd opened {state_file} {len(opens)} times, not {nth}"
     return got
-
-
-def assert_gone(ember, vm_id):
-    deadline = time.monotonic() + 30
-    while qemu_pids(ember, vm_id) or microvm_dir(ember, vm_id).exists():
-        assert time.monotonic() < deadline, (
-            f"left behind: QEMU {qemu_pids(ember, vm_id)}, files "
-            f"{sorted(p.name for p in microvm_dir(ember, vm_id).rglob('*'))}")
-        time.sleep(0.5)
 
 
 def test_qemu_killed_before_its_state_is_written(small_fs_emberd):

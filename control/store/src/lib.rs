@@ -43,6 +43,49 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// The errors both backends give in the same words.
+impl StoreError {
+    pub(crate) fn image_exists(name: &str) -> Self {
+        Self::Conflict(format!("a microVM image named {name} already exists"))
+    }
+
+    pub(crate) fn image_not_found(name: &str) -> Self {
+        Self::NotFound(format!("microVM image {name}"))
+    }
+
+    pub(crate) fn version_not_found(image: &str, version: u32) -> Self {
+        Self::NotFound(format!("version {version} of microVM image {image}"))
+    }
+
+    pub(crate) fn build_not_found(id: &str) -> Self {
+        Self::NotFound(format!("build {id}"))
+    }
+
+    pub(crate) fn too_many_tags(max_tags: usize, count: i64) -> Self {
+        Self::Conflict(format!(
+            "a resource can have at most {max_tags} tags; this would make {count}"
+        ))
+    }
+
+    pub(crate) fn microvm_exists(id: &str) -> Self {
+        Self::Conflict(format!("a microVM with id {id} already exists"))
+    }
+
+    pub(crate) fn microvm_not_found(id: &str) -> Self {
+        Self::NotFound(format!("microVM {id}"))
+    }
+
+    pub(crate) fn schema_too_new(
+        current: impl std::fmt::Display,
+        known: impl std::fmt::Display,
+    ) -> Self {
+        Self::Conflict(format!(
+            "the state database has schema version {current}, newer than this emberd knows \
+             ({known}); run a newer emberd"
+        ))
+    }
+}
+
 /// Opens the store `location` names for one emberd, bringing its schema
 /// up to date; a Postgres database another emberd holds is refused.
 /// `postgres_ca` is the CA file a Postgres server's certificate must chain

@@ -23,10 +23,7 @@ impl PostgresStore {
             )
             .await?;
         if inserted == 0 {
-            return Err(StoreError::Conflict(format!(
-                "a microVM image named {} already exists",
-                new.name
-            )));
+            return Err(StoreError::image_exists(&new.name));
         }
         for (k, v) in &new.tags {
             tx.execute(
@@ -57,7 +54,7 @@ impl PostgresStore {
             )
             .await?;
         if changed == 0 {
-            return Err(StoreError::NotFound(format!("microVM image {image}")));
+            return Err(StoreError::image_not_found(image));
         }
         let next: i32 = tx
             .query_one(
@@ -80,7 +77,7 @@ impl PostgresStore {
         );
         match self.client().await?.query_opt(&sql, &[&name]).await? {
             Some(row) => ImageRecord::from_pg(&row),
-            None => Err(StoreError::NotFound(format!("microVM image {name}"))),
+            None => Err(StoreError::image_not_found(name)),
         }
     }
 
@@ -126,7 +123,7 @@ impl PostgresStore {
             )
             .await?;
         if changed == 0 {
-            return Err(StoreError::NotFound(format!("microVM image {name}")));
+            return Err(StoreError::image_not_found(name));
         }
         Ok(())
     }
@@ -155,9 +152,7 @@ impl PostgresStore {
             .await?;
         match row {
             Some(row) => VersionRecord::from_pg(&row),
-            None => Err(StoreError::NotFound(format!(
-                "version {version} of microVM image {image}"
-            ))),
+            None => Err(StoreError::version_not_found(image, version)),
         }
     }
 
@@ -235,9 +230,7 @@ impl PostgresStore {
             )
             .await?;
         if changed == 0 {
-            return Err(StoreError::NotFound(format!(
-                "version {version} of microVM image {image}"
-            )));
+            return Err(StoreError::version_not_found(image, version));
         }
         Ok(())
     }
@@ -257,7 +250,7 @@ impl PostgresStore {
         let sql = format!("SELECT {} FROM builds WHERE id = $1", BuildRecord::COLUMNS);
         match self.client().await?.query_opt(&sql, &[&id]).await? {
             Some(row) => BuildRecord::from_pg(&row),
-            None => Err(StoreError::NotFound(format!("build {id}"))),
+            None => Err(StoreError::build_not_found(id)),
         }
     }
 
@@ -367,7 +360,7 @@ impl PostgresStore {
             .execute("SELECT 1 FROM images WHERE name = $1 FOR UPDATE", &[&image])
             .await?;
         if image_rows == 0 {
-            return Err(StoreError::NotFound(format!("microVM image {image}")));
+            return Err(StoreError::image_not_found(image));
         }
         for (k, v) in tags {
             tx.execute(
@@ -382,9 +375,7 @@ impl PostgresStore {
             .await?
             .try_get(0)?;
         if usize::try_from(count).unwrap_or(usize::MAX) > max_tags {
-            return Err(StoreError::Conflict(format!(
-                "a resource can have at most {max_tags} tags; this would make {count}"
-            )));
+            return Err(StoreError::too_many_tags(max_tags, count));
         }
         tx.commit().await?;
         Ok(())

@@ -36,10 +36,7 @@ impl PostgresStore {
             )
             .await?;
         if inserted == 0 {
-            return Err(StoreError::Conflict(format!(
-                "a microVM with id {} already exists",
-                vm.id
-            )));
+            return Err(StoreError::microvm_exists(&vm.id));
         }
         Ok(())
     }
@@ -51,7 +48,7 @@ impl PostgresStore {
         );
         match self.client().await?.query_opt(&sql, &[&id]).await? {
             Some(row) => MicrovmRecord::from_pg(&row),
-            None => Err(StoreError::NotFound(format!("microVM {id}"))),
+            None => Err(StoreError::microvm_not_found(id)),
         }
     }
 
@@ -152,7 +149,7 @@ impl PostgresStore {
             )
             .await?;
         if changed == 0 {
-            return Err(StoreError::NotFound(format!("microVM {id}")));
+            return Err(StoreError::microvm_not_found(id));
         }
         Ok(())
     }

@@ -104,10 +104,7 @@ pub(super) async fn migrate(client: &mut Object) -> Result<(), StoreError> {
     let known = MIGRATIONS.len();
     let current = usize::try_from(current).unwrap_or(usize::MAX);
     if current > known {
-        return Err(StoreError::Conflict(format!(
-            "the state database has schema version {current}, newer than this emberd knows ({known}); \
-             run a newer emberd"
-        )));
+        return Err(StoreError::schema_too_new(current, known));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         tx.batch_execute(sql).await?;

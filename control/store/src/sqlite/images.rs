@@ -20,10 +20,7 @@ impl SqliteStore {
             params![new.name, new.arn, new.state, new.version.now],
         )?;
         if inserted == 0 {
-            return Err(StoreError::Conflict(format!(
-                "a microVM image named {} already exists",
-                new.name
-            )));
+            return Err(StoreError::image_exists(&new.name));
         }
         for (k, v) in &new.tags {
             tx.execute(
@@ -56,7 +53,7 @@ impl SqliteStore {
             params![image, image_state, version.now],
         )?;
         if changed == 0 {
-            return Err(StoreError::NotFound(format!("microVM image {image}")));
+            return Err(StoreError::image_not_found(image));
         }
         insert_version(&tx, image, next, version)?;
         tx.commit()?;
@@ -71,7 +68,7 @@ impl SqliteStore {
         );
         conn.query_row(&sql, [name], ImageRecord::from_sqlite)
             .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("microVM image {name}")))
+            .ok_or_else(|| StoreError::image_not_found(name))
     }
 
     /// Images ordered by name, after `after`, whose name contains `filter`.
@@ -111,7 +108,7 @@ impl SqliteStore {
             params![name, state, now],
         )?;
         if changed == 0 {
-            return Err(StoreError::NotFound(format!("microVM image {name}")));
+            return Err(StoreError::image_not_found(name));
         }
         Ok(())
     }
@@ -131,9 +128,7 @@ impl SqliteStore {
         );
         conn.query_row(&sql, params![image, version], VersionRecord::from_sqlite)
             .optional()?
-            .ok_or_else(|| {
-                StoreError::NotFound(format!("version {version} of microVM image {image}"))
-            })
+            .ok_or_else(|| StoreError::version_not_found(image, version))
     }
 
     /// Versions of one image in ascending order, after version `after`.
@@ -199,9 +194,7 @@ impl SqliteStore {
             params![image, version, status, now],
         )?;
         if changed == 0 {
-            return Err(StoreError::NotFound(format!(
-                "version {version} of microVM image {image}"
-            )));
+            return Err(StoreError::version_not_found(image, version));
         }
         Ok(())
     }
@@ -219,7 +212,7 @@ impl SqliteStore {
         let sql = format!("SELECT {} FROM builds WHERE id = ?1", BuildRecord::COLUMNS);
         conn.query_row(&sql, [id], BuildRecord::from_sqlite)
             .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("build {id}")))
+            .ok_or_else(|| StoreError::build_not_found(id))
     }
 
     /// Builds of one version, oldest first, after build id `after`.
@@ -319,9 +312,7 @@ impl SqliteStore {
                 r.get(0)
             })?;
         if count as usize > max_tags {
-            return Err(StoreError::Conflict(format!(
-                "a resource can have at most {max_tags} tags; this would make {count}"
-            )));
+            return Err(StoreError::too_many_tags(max_tags, count));
         }
         tx.commit()?;
         Ok(())

@@ -32,10 +32,7 @@ impl SqliteStore {
             ],
         )?;
         if inserted == 0 {
-            return Err(StoreError::Conflict(format!(
-                "a microVM with id {} already exists",
-                vm.id
-            )));
+            return Err(StoreError::microvm_exists(&vm.id));
         }
         Ok(())
     }
@@ -48,7 +45,7 @@ impl SqliteStore {
         );
         conn.query_row(&sql, [id], MicrovmRecord::from_sqlite)
             .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("microVM {id}")))
+            .ok_or_else(|| StoreError::microvm_not_found(id))
     }
 
     /// MicroVMs in the order they were run, after the one with id `after`,
@@ -142,7 +139,7 @@ impl SqliteStore {
             ],
         )?;
         if changed == 0 {
-            return Err(StoreError::NotFound(format!("microVM {id}")));
+            return Err(StoreError::microvm_not_found(id));
         }
         Ok(())
     }

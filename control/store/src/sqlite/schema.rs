@@ -96,10 +96,7 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if current > known {
-        return Err(StoreError::Conflict(format!(
-            "the state database has schema version {current}, newer than this emberd knows ({known}); \
-             run a newer emberd"
-        )));
+        return Err(StoreError::schema_too_new(current, known));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = conn.unchecked_transaction()?;
