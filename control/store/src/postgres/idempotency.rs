@@ -14,54 +14,52 @@ impl PostgresStore {
         params_hash: &str,
         now: f64,
     ) -> Result<Claim, StoreError> {
-        let mut client = self.client().await?;
         // Pruning runs on its own, skipping rows other claims hold, so two
         // hosts pruning at once neither wait for nor deadlock on each other.
-        client
-            .execute(
-                "DELETE FROM idempotency WHERE ctid IN (
-                     SELECT ctid FROM idempotency WHERE created_at < $1 FOR UPDATE SKIP LOCKED)",
-                &[&(now - IDEMPOTENCY_WINDOW_SECS)],
-            )
-            .await?;
-        client
-            .execute(
-                "DELETE FROM idempotency WHERE ctid IN (
-                     SELECT ctid FROM idempotency ORDER BY created_at DESC OFFSET $1
-                     FOR UPDATE SKIP LOCKED)",
-                &[&(IDEMPOTENCY_MAX_RECORDS - 1)],
-            )
-            .await?;
-        let tx = client.transaction().await?;
-        // A concurrent insert of the same key makes this one wait for it
-        // to commit, then do nothing: the SELECT below sees the winner.
-        let inserted = tx
+        self.execute(
+            "DELETE FROM idempotency WHERE ctid IN (
+                 SELECT ctid FROM idempotency WHERE created_at < $1 FOR UPDATE SKIP LOCKED)",
+            &[&(now - IDEMPOTENCY_WINDOW_SECS)],
+        )
+        .await?;
+        self.execute(
+            "DELETE FROM idempotency WHERE ctid IN (
+                 SELECT ctid FROM idempotency ORDER BY created_at DESC OFFSET $1
+                 FOR UPDATE SKIP LOCKED)",
+            &[&(IDEMPOTENCY_MAX_RECORDS - 1)],
+        )
+        .await?;
+        // The insert is the claim, atomic on its own: a concurrent insert
+        // of the same key makes this one wait for it to commit, then do
+        // nothing, and the read after it sees the winner's row.
+        let inserted = self
             .execute(
                 "INSERT INTO idempotency (operation, token, params_hash, reply, created_at, pending)
                  VALUES ($1, $2, $3, '', $4, TRUE) ON CONFLICT (operation, token) DO NOTHING",
                 &[&operation, &token, &params_hash, &now],
             )
             .await?;
-        let claim = if inserted == 1 {
-            Claim::Claimed
-        } else {
-            let row = tx
-                .query_one(
-                    "SELECT params_hash, reply, pending FROM idempotency
-                     WHERE operation = $1 AND token = $2",
-                    &[&operation, &token],
-                )
-                .await?;
-            let (params_hash, reply, pending): (String, String, bool) =
-                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            if pending {
-                Claim::InFlight { params_hash }
-            } else {
-                Claim::Answered { params_hash, reply }
-            }
+        if inserted == 1 {
+            return Ok(Claim::Claimed);
+        }
+        let row = self
+            .query_opt(
+                "SELECT params_hash, reply, pending FROM idempotency
+                 WHERE operation = $1 AND token = $2",
+                &[&operation, &token],
+            )
+            .await?;
+        // Released or pruned between the insert and the read: free again.
+        let Some(row) = row else {
+            return Box::pin(self.claim_idempotency(operation, token, params_hash, now)).await;
         };
-        tx.commit().await?;
-        Ok(claim)
+        let (params_hash, reply, pending): (String, String, bool) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        Ok(if pending {
+            Claim::InFlight { params_hash }
+        } else {
+            Claim::Answered { params_hash, reply }
+        })
     }
 
     pub(crate) async fn record_idempotent_reply(
@@ -72,16 +70,14 @@ impl PostgresStore {
         reply: &str,
         now: f64,
     ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO idempotency (operation, token, params_hash, reply, created_at, pending)
+        self.execute(
+            "INSERT INTO idempotency (operation, token, params_hash, reply, created_at, pending)
                  VALUES ($1, $2, $3, $4, $5, FALSE)
                  ON CONFLICT (operation, token) DO UPDATE SET params_hash = EXCLUDED.params_hash,
                      reply = EXCLUDED.reply, created_at = EXCLUDED.created_at, pending = FALSE",
-                &[&operation, &token, &params_hash, &reply, &now],
-            )
-            .await?;
+            &[&operation, &token, &params_hash, &reply, &now],
+        )
+        .await?;
         Ok(())
     }
 
@@ -90,13 +86,11 @@ impl PostgresStore {
         operation: &str,
         token: &str,
     ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "DELETE FROM idempotency WHERE operation = $1 AND token = $2 AND pending",
-                &[&operation, &token],
-            )
-            .await?;
+        self.execute(
+            "DELETE FROM idempotency WHERE operation = $1 AND token = $2 AND pending",
+            &[&operation, &token],
+        )
+        .await?;
         Ok(())
     }
 
@@ -105,15 +99,13 @@ impl PostgresStore {
         operation: &str,
         token: &str,
     ) -> Result<Option<(String, String)>, StoreError> {
-        self.client()
-            .await?
-            .query_opt(
-                "SELECT params_hash, reply FROM idempotency
+        self.query_opt(
+            "SELECT params_hash, reply FROM idempotency
                  WHERE operation = $1 AND token = $2 AND NOT pending",
-                &[&operation, &token],
-            )
-            .await?
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .transpose()
+            &[&operation, &token],
+        )
+        .await?
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .transpose()
     }
 }

@@ -75,7 +75,7 @@ impl PostgresStore {
             "SELECT {} FROM images WHERE name = $1",
             ImageRecord::COLUMNS
         );
-        match self.client().await?.query_opt(&sql, &[&name]).await? {
+        match self.query_opt(&sql, &[&name]).await? {
             Some(row) => ImageRecord::from_pg(&row),
             None => Err(StoreError::image_not_found(name)),
         }
@@ -92,8 +92,6 @@ impl PostgresStore {
             ImageRecord::COLUMNS
         );
         let rows = self
-            .client()
-            .await?
             .query(
                 &sql,
                 &[
@@ -115,8 +113,6 @@ impl PostgresStore {
         now: f64,
     ) -> Result<(), StoreError> {
         let changed = self
-            .client()
-            .await?
             .execute(
                 "UPDATE images SET state = $2, updated_at = $3 WHERE name = $1",
                 &[&name, &state, &now],
@@ -129,9 +125,7 @@ impl PostgresStore {
     }
 
     pub(crate) async fn delete_image(&self, name: &str) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute("DELETE FROM images WHERE name = $1", &[&name])
+        self.execute("DELETE FROM images WHERE name = $1", &[&name])
             .await?;
         Ok(())
     }
@@ -145,11 +139,7 @@ impl PostgresStore {
             "SELECT {} FROM versions WHERE image = $1 AND version = $2",
             VersionRecord::COLUMNS
         );
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&image, &to_i32(version)?])
-            .await?;
+        let row = self.query_opt(&sql, &[&image, &to_i32(version)?]).await?;
         match row {
             Some(row) => VersionRecord::from_pg(&row),
             None => Err(StoreError::version_not_found(image, version)),
@@ -169,8 +159,6 @@ impl PostgresStore {
         // An `after` beyond INTEGER is after every version there is.
         let after = i32::try_from(after).unwrap_or(i32::MAX);
         let rows = self
-            .client()
-            .await?
             .query(&sql, &[&image, &after, &fetch_limit(limit)])
             .await?;
         Ok(paginate(all(rows, VersionRecord::from_pg)?, limit, |v| {
@@ -180,10 +168,7 @@ impl PostgresStore {
 
     pub(crate) async fn all_versions(&self) -> Result<Vec<VersionRecord>, StoreError> {
         let sql = format!("SELECT {} FROM versions", VersionRecord::COLUMNS);
-        all(
-            self.client().await?.query(&sql, &[]).await?,
-            VersionRecord::from_pg,
-        )
+        all(self.query(&sql, &[]).await?, VersionRecord::from_pg)
     }
 
     pub(crate) async fn update_version_state(
@@ -195,22 +180,20 @@ impl PostgresStore {
         snapshot_dir: Option<&str>,
         now: f64,
     ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE versions SET state = $3, state_reason = $4,
+        self.execute(
+            "UPDATE versions SET state = $3, state_reason = $4,
                      snapshot_dir = COALESCE($5, snapshot_dir), updated_at = $6
                  WHERE image = $1 AND version = $2",
-                &[
-                    &image,
-                    &to_i32(version)?,
-                    &state,
-                    &reason,
-                    &snapshot_dir,
-                    &now,
-                ],
-            )
-            .await?;
+            &[
+                &image,
+                &to_i32(version)?,
+                &state,
+                &reason,
+                &snapshot_dir,
+                &now,
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -221,10 +204,7 @@ impl PostgresStore {
         status: &str,
         now: f64,
     ) -> Result<(), StoreError> {
-        let changed = self
-            .client()
-            .await?
-            .execute(
+        let changed = self.execute(
                 "UPDATE versions SET status = $3, updated_at = $4 WHERE image = $1 AND version = $2",
                 &[&image, &to_i32(version)?, &status, &now],
             )
@@ -236,19 +216,17 @@ impl PostgresStore {
     }
 
     pub(crate) async fn delete_version(&self, image: &str, version: u32) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "DELETE FROM versions WHERE image = $1 AND version = $2",
-                &[&image, &to_i32(version)?],
-            )
-            .await?;
+        self.execute(
+            "DELETE FROM versions WHERE image = $1 AND version = $2",
+            &[&image, &to_i32(version)?],
+        )
+        .await?;
         Ok(())
     }
 
     pub(crate) async fn build(&self, id: &str) -> Result<BuildRecord, StoreError> {
         let sql = format!("SELECT {} FROM builds WHERE id = $1", BuildRecord::COLUMNS);
-        match self.client().await?.query_opt(&sql, &[&id]).await? {
+        match self.query_opt(&sql, &[&id]).await? {
             Some(row) => BuildRecord::from_pg(&row),
             None => Err(StoreError::build_not_found(id)),
         }
@@ -267,8 +245,6 @@ impl PostgresStore {
             BuildRecord::COLUMNS
         );
         let rows = self
-            .client()
-            .await?
             .query(
                 &sql,
                 &[
@@ -289,10 +265,7 @@ impl PostgresStore {
             "SELECT {} FROM builds WHERE state IN ('PENDING', 'IN_PROGRESS') ORDER BY id",
             BuildRecord::COLUMNS
         );
-        all(
-            self.client().await?.query(&sql, &[]).await?,
-            BuildRecord::from_pg,
-        )
+        all(self.query(&sql, &[]).await?, BuildRecord::from_pg)
     }
 
     pub(crate) async fn update_build_state(
@@ -302,13 +275,11 @@ impl PostgresStore {
         reason: Option<&str>,
         now: f64,
     ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE builds SET state = $2, state_reason = $3, updated_at = $4 WHERE id = $1",
-                &[&id, &state, &reason, &now],
-            )
-            .await?;
+        self.execute(
+            "UPDATE builds SET state = $2, state_reason = $3, updated_at = $4 WHERE id = $1",
+            &[&id, &state, &reason, &now],
+        )
+        .await?;
         Ok(())
     }
 
@@ -319,25 +290,21 @@ impl PostgresStore {
         disk_bytes: u64,
         code_bytes: u64,
     ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE builds SET memory_bytes = $2, disk_bytes = $3, code_bytes = $4 WHERE id = $1",
-                &[
-                    &id,
-                    &to_i64(memory_bytes),
-                    &to_i64(disk_bytes),
-                    &to_i64(code_bytes),
-                ],
-            )
-            .await?;
+        self.execute(
+            "UPDATE builds SET memory_bytes = $2, disk_bytes = $3, code_bytes = $4 WHERE id = $1",
+            &[
+                &id,
+                &to_i64(memory_bytes),
+                &to_i64(disk_bytes),
+                &to_i64(code_bytes),
+            ],
+        )
+        .await?;
         Ok(())
     }
 
     pub(crate) async fn tags(&self, image: &str) -> Result<Vec<(String, String)>, StoreError> {
         let rows = self
-            .client()
-            .await?
             .query(
                 "SELECT key, value FROM tags WHERE image = $1 ORDER BY key",
                 &[&image],
@@ -382,13 +349,11 @@ impl PostgresStore {
     }
 
     pub(crate) async fn remove_tags(&self, image: &str, keys: &[String]) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "DELETE FROM tags WHERE image = $1 AND key = ANY($2)",
-                &[&image, &keys],
-            )
-            .await?;
+        self.execute(
+            "DELETE FROM tags WHERE image = $1 AND key = ANY($2)",
+            &[&image, &keys],
+        )
+        .await?;
         Ok(())
     }
 
@@ -403,7 +368,7 @@ impl PostgresStore {
             Counted::Images => "SELECT state, COUNT(*) FROM images GROUP BY state",
             Counted::Builds => "SELECT state, COUNT(*) FROM builds GROUP BY state",
         };
-        let rows = self.client().await?.query(sql, &[]).await?;
+        let rows = self.query(sql, &[]).await?;
         all(rows, |r| {
             let n: i64 = r.try_get(1)?;
             Ok((r.try_get(0)?, u64::try_from(n).unwrap_or(0)))

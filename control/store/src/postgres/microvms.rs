@@ -9,8 +9,6 @@ use super::{to_i32, PostgresStore};
 impl PostgresStore {
     pub(crate) async fn insert_microvm(&self, vm: &MicrovmRecord) -> Result<(), StoreError> {
         let inserted = self
-            .client()
-            .await?
             .execute(
                 "INSERT INTO microvms (id, image, version, image_arn, spec, state, state_reason,
                      endpoint, proxy_addr, started_at, terminated_at, last_active_at, suspended_at,
@@ -46,7 +44,7 @@ impl PostgresStore {
             "SELECT {} FROM microvms WHERE id = $1",
             MicrovmRecord::COLUMNS
         );
-        match self.client().await?.query_opt(&sql, &[&id]).await? {
+        match self.query_opt(&sql, &[&id]).await? {
             Some(row) => MicrovmRecord::from_pg(&row),
             None => Err(StoreError::microvm_not_found(id)),
         }
@@ -68,8 +66,6 @@ impl PostgresStore {
         );
         let version = version.map(to_i32).transpose()?;
         let rows = self
-            .client()
-            .await?
             .query(&sql, &[&after, &image, &version, &fetch_limit(limit)])
             .await?;
         Ok(paginate(all(rows, MicrovmRecord::from_pg)?, limit, |v| {
@@ -82,10 +78,7 @@ impl PostgresStore {
             "SELECT {} FROM microvms WHERE state <> 'TERMINATED' ORDER BY seq",
             MicrovmRecord::COLUMNS
         );
-        all(
-            self.client().await?.query(&sql, &[]).await?,
-            MicrovmRecord::from_pg,
-        )
+        all(self.query(&sql, &[]).await?, MicrovmRecord::from_pg)
     }
 
     pub(crate) async fn first_live_microvm(
@@ -100,9 +93,7 @@ impl PostgresStore {
             MicrovmRecord::COLUMNS
         );
         let version = version.map(to_i32).transpose()?;
-        self.client()
-            .await?
-            .query_opt(&sql, &[&image, &version])
+        self.query_opt(&sql, &[&image, &version])
             .await?
             .map(|row| MicrovmRecord::from_pg(&row))
             .transpose()
@@ -110,8 +101,6 @@ impl PostgresStore {
 
     pub(crate) async fn count_live_microvms(&self) -> Result<u64, StoreError> {
         let n: i64 = self
-            .client()
-            .await?
             .query_one(
                 "SELECT COUNT(*) FROM microvms WHERE state <> 'TERMINATED'",
                 &[],
@@ -127,8 +116,6 @@ impl PostgresStore {
         u: &MicrovmUpdate<'_>,
     ) -> Result<(), StoreError> {
         let changed = self
-            .client()
-            .await?
             .execute(
                 "UPDATE microvms SET state = $2,
                      state_reason = CASE WHEN $3 THEN $4 ELSE state_reason END,
@@ -159,13 +146,11 @@ impl PostgresStore {
         id: &str,
         at: f64,
     ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE microvms SET last_active_at = GREATEST(last_active_at, $2) WHERE id = $1",
-                &[&id, &at],
-            )
-            .await?;
+        self.execute(
+            "UPDATE microvms SET last_active_at = GREATEST(last_active_at, $2) WHERE id = $1",
+            &[&id, &at],
+        )
+        .await?;
         Ok(())
     }
 
@@ -175,13 +160,11 @@ impl PostgresStore {
         endpoint: &str,
         proxy_addr: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE microvms SET endpoint = $2, proxy_addr = $3 WHERE id = $1",
-                &[&id, &endpoint, &proxy_addr],
-            )
-            .await?;
+        self.execute(
+            "UPDATE microvms SET endpoint = $2, proxy_addr = $3 WHERE id = $1",
+            &[&id, &endpoint, &proxy_addr],
+        )
+        .await?;
         Ok(())
     }
 }
