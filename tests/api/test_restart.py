@@ -8,12 +8,20 @@ import signal
 import time
 
 from artifacts import zip_files
-from harness import BUILD_ROLE, BUSYBOX_ARN, qemu_pids_where, wait_image
+from harness import BUILD_ROLE, BUSYBOX_ARN, build_log, qemu_pids_where, wait_image
 
 
 def build_qemus(ember):
     """The QEMUs of build VMs (named build-<id>-<n>) under this emberd."""
     return qemu_pids_where(ember, lambda cwd: "/build-" in cwd)
+
+
+def step_log(ember, client):
+    """The killed build's log so far; empty until its build is recorded."""
+    try:
+        return build_log(ember, client, "build-vm-killed", "1")
+    except AssertionError:
+        return ""
 
 
 def test_build_interrupted_by_restart(ember, client, hello_http, tmp_path):
@@ -70,11 +78,13 @@ def test_a_build_vm_killed_mid_step_says_how_it_ended(ember, client, tmp_path):
                      {"Dockerfile": "FROM busybox\nRUN sleep 600\nCMD [\"sleep\", \"9\"]\n"})
     client.create_microvm_image(name="build-vm-killed", codeArtifact={"uri": f"file://{path}"},
                                 baseImageArn=BUSYBOX_ARN, buildRoleArn=BUILD_ROLE)
+    # Killed only once the step runs in the guest: a kill while the VM
+    # still boots is a boot failure, which says so in other words.
     deadline = time.monotonic() + 120
-    while not build_qemus(ember):
-        assert time.monotonic() < deadline, "no build VM started"
+    while "RUN sleep 600" not in step_log(ember, client):
+        assert time.monotonic() < deadline, "the RUN step never started"
         time.sleep(0.5)
-    time.sleep(3)  # into the RUN step
+    assert build_qemus(ember), "no build VM is running the step"
     for pid in build_qemus(ember):
         os.kill(pid, signal.SIGKILL)
     image = wait_image(client, "build-vm-killed", timeout=120)
