@@ -16,14 +16,6 @@ def build_qemus(ember):
     return qemu_pids_where(ember, lambda cwd: "/build-" in cwd)
 
 
-def step_log(ember, client):
-    """The killed build's log so far; empty until its build is recorded."""
-    try:
-        return build_log(ember, client, "build-vm-killed", "1")
-    except AssertionError:
-        return ""
-
-
 def test_build_interrupted_by_restart(ember, client, hello_http, tmp_path):
     credentials = (ember.data_dir / "credentials").read_bytes()
     path = zip_files(tmp_path / "slow.zip",
@@ -80,8 +72,9 @@ def test_a_build_vm_killed_mid_step_says_how_it_ended(ember, client, tmp_path):
                                 baseImageArn=BUSYBOX_ARN, buildRoleArn=BUILD_ROLE)
     # Killed only once the step runs in the guest: a kill while the VM
     # still boots is a boot failure, which says so in other words.
+    # (build_log waits for the build to be recorded.)
     deadline = time.monotonic() + 120
-    while "RUN sleep 600" not in step_log(ember, client):
+    while "RUN sleep 600" not in build_log(ember, client, "build-vm-killed", "1"):
         assert time.monotonic() < deadline, "the RUN step never started"
         time.sleep(0.5)
     assert build_qemus(ember), "no build VM is running the step"
