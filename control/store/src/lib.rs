@@ -13,10 +13,12 @@
 
 mod records;
 pub use records::{
-    BuildRecord, Claim, Counted, ImageRecord, MicrovmRecord, MicrovmUpdate, NewImage, NewVersion,
-    Page, VersionRecord, IDEMPOTENCY_MAX_RECORDS, IDEMPOTENCY_WINDOW_SECS,
+    BuildRecord, Claim, Counted, DeadNode, ImageRecord, LeaseRenewal, MicrovmRecord, MicrovmUpdate,
+    NewImage, NewVersion, NodeRecord, Page, VersionRecord, IDEMPOTENCY_MAX_RECORDS,
+    IDEMPOTENCY_WINDOW_SECS,
 };
 mod location;
+mod node;
 pub use location::StoreLocation;
 mod postgres;
 pub use postgres::PostgresStore;
@@ -41,6 +43,11 @@ pub enum StoreError {
     Open { path: String, message: String },
     #[error("state database: {0}")]
     Corrupt(String),
+    /// An owner write refused because this emberd's node no longer owns
+    /// the row (its lease was lost, or a newer registration took over):
+    /// it must stop acting on that microVM.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 /// The errors both backends give in the same words.
@@ -87,7 +94,8 @@ impl StoreError {
 }
 
 /// Opens the store `location` names for one emberd, bringing its schema
-/// up to date; a Postgres database another emberd holds is refused.
+/// up to date. Nothing is claimed yet: `register_node` makes the store a
+/// node's (and, on Postgres, refuses a node id another emberd runs as).
 /// `postgres_ca` is the CA file a Postgres server's certificate must chain
 /// to (else the system's roots).
 pub async fn open(
@@ -96,11 +104,7 @@ pub async fn open(
 ) -> Result<Arc<dyn StateStore>, StoreError> {
     Ok(match location {
         StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
-        StoreLocation::Postgres(url) => {
-            let store = PostgresStore::connect(url, postgres_ca).await?;
-            store.claim_single_host().await?;
-            Arc::new(store)
-        }
+        StoreLocation::Postgres(url) => Arc::new(PostgresStore::connect(url, postgres_ca).await?),
     })
 }
 
@@ -215,7 +219,10 @@ state_store! {
     fn idempotent_reply(&self, operation: &str, token: &str) -> Option<(String, String)>;
     /// `(state, rows)` of every state that has at least one row.
     fn count_by_state(&self, table: Counted) -> Vec<(String, u64)>;
-    /// `Conflict` if the id is taken.
+    /// `Conflict` if the id is taken. The row is owned by this store's
+    /// registration (the record's `owner_node` is ignored); `Fenced` if
+    /// that registration is no longer current, since no QEMU may start
+    /// without a committed row naming its node and epoch.
     fn insert_microvm(&self, vm: &MicrovmRecord) -> ();
     fn microvm(&self, id: &str) -> MicrovmRecord;
     /// MicroVMs in the order they were run, after the one with id `after`,
@@ -227,17 +234,41 @@ state_store! {
         version: Option<u32>,
         limit: usize,
     ) -> Page<MicrovmRecord, String>;
-    /// Every microVM not yet TERMINATED: what a restarted daemon takes
-    /// back.
+    /// The microVMs not yet TERMINATED that this store's node owns (with
+    /// no registration: those no node owns): what a restarted daemon
+    /// takes back. Other nodes' VMs are theirs to recover.
     fn live_microvms(&self) -> Vec<MicrovmRecord>;
     /// A microVM not yet TERMINATED that runs from `image` (and
     /// `version`), if any: what keeps them from being deleted.
     fn first_live_microvm(&self, image: &str, version: Option<u32>) -> Option<MicrovmRecord>;
     fn count_live_microvms(&self) -> u64;
+    /// `Fenced` unless this store's node and epoch own the row (a row no
+    /// node owns is written only by an unregistered store).
     fn update_microvm(&self, id: &str, update: &MicrovmUpdate<'_>) -> ();
     /// Records the last inbound request (never moving it back), so idle
-    /// timers survive a restart.
+    /// timers survive a restart. Like `update_microvm`, `Fenced` unless
+    /// this node (and epoch) owns the row.
     fn set_microvm_last_active(&self, id: &str, at: f64) -> ();
     /// A restarted daemon could not re-bind the old endpoint port.
     fn set_microvm_endpoint(&self, id: &str, endpoint: &str, proxy_addr: Option<&str>) -> ();
+    /// Registers this emberd as node `node_id` with a lease of `lease_ms`
+    /// in the store's clock, and returns its new epoch (1, then one more
+    /// at each registration). Takes back the node's live microVMs (and
+    /// those no node owns) and drops the claims it left pending. The
+    /// store remembers the registration for its owner writes. Postgres:
+    /// `Conflict` if another emberd runs as `node_id` on the database.
+    fn register_node(&self, node_id: &str, lease_ms: u64) -> u64;
+    /// Extends this node's lease to `lease_ms` from the store's now, or
+    /// reports it lost (and forgets the registration, fencing the store's
+    /// writes until it registers again).
+    fn renew_node_lease(&self, lease_ms: u64) -> LeaseRenewal;
+    /// Declares dead every other node whose lease expired, bumping its
+    /// epoch and terminating its live microVMs, each node by exactly one
+    /// sweeper. A SQLite store serves one node: nothing to sweep.
+    fn sweep_expired_nodes(&self) -> Vec<DeadNode>;
+    /// Every node, by id.
+    fn nodes(&self) -> Vec<NodeRecord>;
+    /// Sets a node READY or DRAINING (no other state); `NotFound` if there
+    /// is no such node, `Conflict` if it is DEAD.
+    fn set_node_state(&self, node_id: &str, state: &str, reason: Option<&str>) -> ();
 }

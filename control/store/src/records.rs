@@ -81,6 +81,10 @@ pub struct MicrovmRecord {
     pub last_active_at: f64,
     pub suspended_at: Option<f64>,
     pub updated_at: f64,
+    /// The node whose emberd runs it, as the row says. On insert the
+    /// store writes its own registration instead, so a caller cannot
+    /// claim a VM for another node.
+    pub owner_node: Option<String>,
 }
 
 /// A state change: the new state and what else changes with it.
@@ -163,5 +167,52 @@ impl MicrovmRecord {
     /// The columns every backend selects, in the order its row mapping reads them.
     pub(crate) const COLUMNS: &'static str =
         "id, image, version, image_arn, spec, state, state_reason, \
-         endpoint, proxy_addr, started_at, terminated_at, last_active_at, suspended_at, updated_at";
+         endpoint, proxy_addr, started_at, terminated_at, last_active_at, suspended_at, updated_at, \
+         owner_node";
 }
+
+/// One emberd host as the cluster sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    pub id: String,
+    /// Bumped at every registration and when the node is declared dead:
+    /// writes made under an older epoch are refused.
+    pub epoch: u64,
+    /// `READY`, `DRAINING` or `DEAD`.
+    pub state: String,
+    pub state_reason: Option<String>,
+    /// Unix seconds in the store's clock (Postgres' for a shared store),
+    /// so hosts with skewed clocks agree on when a lease ran out.
+    pub lease_expires_at: f64,
+    /// Seconds until the lease expires in the store's clock (negative:
+    /// expired).
+    pub lease_left_seconds: f64,
+    pub registered_at: f64,
+    /// MicroVMs it owns that are not TERMINATED.
+    pub live_microvms: u64,
+}
+
+/// What renewing this emberd's lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseRenewal {
+    /// Still this node's: `state` is READY or DRAINING, so a drain set
+    /// through another host reaches this one.
+    Renewed { state: String },
+    /// The node was declared dead or registered again elsewhere (`epoch`
+    /// is the row's now; 0 if the row is gone). The store forgot its
+    /// registration: owner writes are refused until it registers again.
+    Lost { state: String, epoch: u64 },
+}
+
+/// A node a sweep declared dead, with the microVMs that died with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadNode {
+    pub id: String,
+    /// Its epoch after the sweep bumped it.
+    pub epoch: u64,
+    pub terminated_microvms: Vec<String>,
+}
+
+/// The states a node can be set to by an operator; DEAD is only ever
+/// reached through a sweep (or, on SQLite, by another node registering).
+pub(crate) const SETTABLE_NODE_STATES: &[&str] = &["READY", "DRAINING"];

@@ -1,13 +1,14 @@
 //! The Postgres backend: a pool of tokio-postgres connections, the same
 //! tables as SQLite in Postgres' types, migrations serialised across hosts
-//! with an advisory lock.
+//! with an advisory lock, and one emberd per node id (`node_lock.rs`).
 
 mod idempotency;
 mod images;
 mod microvms;
+mod node_lock;
+mod nodes;
 mod rows;
 mod schema;
-mod single_host;
 mod tls;
 
 use std::path::Path;
@@ -17,6 +18,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+use crate::node::Identity;
 use crate::StoreError;
 
 /// Connections per emberd: its statements are short, and a host's API
@@ -30,9 +32,11 @@ const STATEMENT_TIMEOUT_MS: u32 = 15_000;
 
 pub struct PostgresStore {
     pool: Pool,
-    /// The single-host lock, once claimed (`single_host.rs`); the
-    /// lock lasts as long as this session.
-    single_host: tokio::sync::Mutex<Option<single_host::SingleHost>>,
+    /// The node id's lock, once registered (`node_lock.rs`). An async
+    /// mutex: registrations of one store take turns, lock and all.
+    node_lock: tokio::sync::Mutex<Option<node_lock::NodeLock>>,
+    /// The node this store registered as, for its owner writes.
+    identity: Identity,
     config: tokio_postgres::Config,
     tls: tls::Connector,
 }
@@ -71,24 +75,14 @@ impl PostgresStore {
             .map_err(|e| StoreError::Pool(e.to_string()))?;
         let store = Self {
             pool,
-            single_host: tokio::sync::Mutex::new(None),
+            node_lock: tokio::sync::Mutex::new(None),
+            identity: Identity::default(),
             config,
             tls,
         };
         let mut client = store.client().await?;
         schema::migrate(&mut client).await?;
         Ok(store)
-    }
-
-    /// Makes this emberd the database's only user, or fails naming why:
-    /// another emberd holds it. Fails closed: without the lock, no VM
-    /// state is read.
-    pub async fn claim_single_host(&self) -> Result<(), StoreError> {
-        let mut held = self.single_host.lock().await;
-        if held.is_none() {
-            *held = Some(single_host::claim(&self.config, &self.tls).await?);
-        }
-        Ok(())
     }
 
     // One statement on a pooled connection, prepared once per connection

@@ -79,6 +79,7 @@ impl MicrovmRecord {
             last_active_at: r.try_get(11)?,
             suspended_at: r.try_get(12)?,
             updated_at: r.try_get(13)?,
+            owner_node: r.try_get(14)?,
         })
     }
 }

@@ -12,7 +12,8 @@ const MIGRATION_LOCK: i64 = 0x0065_6d62_6572;
 /// Each entry moves the schema from version `i` to `i + 1`. Text keys
 /// sort byte-wise (`COLLATE "C"`) as SQLite's do, so pages continue at the
 /// same key on either backend whatever the database's locale.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE images (
     name        TEXT COLLATE "C" PRIMARY KEY,
     arn         TEXT NOT NULL,
@@ -82,7 +83,24 @@ CREATE TABLE microvms (
 );
 CREATE INDEX microvms_by_image ON microvms (image, version);
 CREATE INDEX microvms_by_state ON microvms (state);
-"#];
+"#,
+    // Nodes and their leases; a microVM names the node (and epoch) whose
+    // emberd runs it, a pending claim the node acting on it. Rows from
+    // before have no owner until a node registers and takes them.
+    r#"
+CREATE TABLE nodes (
+    id                TEXT COLLATE "C" PRIMARY KEY,
+    epoch             BIGINT NOT NULL,
+    state             TEXT NOT NULL CHECK (state IN ('READY', 'DRAINING', 'DEAD')),
+    state_reason      TEXT,
+    lease_expires_at  DOUBLE PRECISION NOT NULL,
+    registered_at     DOUBLE PRECISION NOT NULL
+);
+ALTER TABLE microvms ADD COLUMN owner_node TEXT COLLATE "C", ADD COLUMN owner_epoch BIGINT;
+CREATE INDEX microvms_by_owner ON microvms (owner_node, state);
+ALTER TABLE idempotency ADD COLUMN node TEXT COLLATE "C";
+"#,
+];
 
 pub(super) async fn migrate(client: &mut Object) -> Result<(), StoreError> {
     let tx = client.transaction().await?;

@@ -5,6 +5,7 @@ mod counts;
 mod idempotency;
 mod images;
 mod microvms;
+mod nodes;
 mod rows;
 mod schema;
 
@@ -13,10 +14,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
+use crate::node::Identity;
 use crate::StoreError;
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// The node this store registered as, for its owner writes.
+    identity: Identity,
 }
 
 impl SqliteStore {
@@ -42,6 +46,7 @@ impl SqliteStore {
         idempotency::drop_claims(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            identity: Identity::default(),
         })
     }
 

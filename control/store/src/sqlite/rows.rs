@@ -67,6 +67,7 @@ impl MicrovmRecord {
             last_active_at: r.get(11)?,
             suspended_at: r.get(12)?,
             updated_at: r.get(13)?,
+            owner_node: r.get(14)?,
         })
     }
 }

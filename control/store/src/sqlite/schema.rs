@@ -83,6 +83,23 @@ CREATE INDEX microvms_by_state ON microvms (state);
 ALTER TABLE idempotency ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX idempotency_by_age ON idempotency (created_at);
 "#,
+    // Nodes and their leases; a microVM names the node (and epoch) whose
+    // emberd runs it, a pending claim the node acting on it. Rows from
+    // before have no owner until a node registers and takes them.
+    r#"
+CREATE TABLE nodes (
+    id                TEXT PRIMARY KEY,
+    epoch             INTEGER NOT NULL,
+    state             TEXT NOT NULL CHECK (state IN ('READY', 'DRAINING', 'DEAD')),
+    state_reason      TEXT,
+    lease_expires_at  REAL NOT NULL,
+    registered_at     REAL NOT NULL
+);
+ALTER TABLE microvms ADD COLUMN owner_node TEXT;
+ALTER TABLE microvms ADD COLUMN owner_epoch INTEGER;
+CREATE INDEX microvms_by_owner ON microvms (owner_node, state);
+ALTER TABLE idempotency ADD COLUMN node TEXT;
+"#,
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -47,6 +47,7 @@ fn microvm(id: &str, image: &str, version: u32) -> MicrovmRecord {
         last_active_at: 1.0,
         suspended_at: None,
         updated_at: 1.0,
+        owner_node: None,
     }
 }
 

@@ -82,33 +82,42 @@ conformance![
     last_active_never_moves_back_and_endpoints_change,
 ];
 
-/// Until hosts can share a database, a second emberd on one is refused
-/// (it would take the first's VMs for its own), and the database is free
-/// again once the first is gone, without the claims it left unanswered.
+/// Emberds share a Postgres database, but each runs as a node id of its
+/// own: a second emberd registering an id a live one holds is refused (it
+/// would take the first's VMs for its own), and the id is free again once
+/// the first is gone, without the claims it left unanswered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_database_serves_one_emberd_at_a_time() {
+async fn a_node_id_serves_one_emberd_at_a_time_on_postgres() {
     let conninfo = postgres_server::fresh_database().await;
     let url = ember_store::StoreLocation::Postgres(conninfo.clone());
     let first = ember_store::open(&url, None).await.unwrap();
+    assert_eq!(first.register_node("n1", 60_000).await.unwrap(), 1);
     let claimed = first.claim_idempotency("RunMicrovm", "t", "h", 1.0).await;
     assert_eq!(claimed.unwrap(), ember_store::Claim::Claimed);
-    match ember_store::open(&url, None).await {
-        Err(ember_store::StoreError::Conflict(m)) => assert!(m.contains("another emberd"), "{m}"),
+    // Opening is not claiming: only registering as a taken id is refused.
+    let second = ember_store::open(&url, None).await.unwrap();
+    match second.register_node("n1", 60_000).await {
+        Err(ember_store::StoreError::Conflict(m)) => {
+            assert!(m.contains("another emberd already runs as node n1"), "{m}")
+        }
         Err(e) => panic!("wrong error: {e}"),
-        Ok(_) => panic!("a second emberd was let in"),
+        Ok(_) => panic!("a second emberd was let in as n1"),
     }
+    assert_eq!(second.register_node("n2", 60_000).await.unwrap(), 1);
     drop(first);
+    let third = ember_store::open(&url, None).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let second = loop {
-        match ember_store::open(&url, None).await {
-            Ok(store) => break store,
+    let epoch = loop {
+        match third.register_node("n1", 60_000).await {
+            Ok(epoch) => break epoch,
             Err(_) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await
             }
-            Err(e) => panic!("the database stayed taken: {e}"),
+            Err(e) => panic!("the node id stayed taken: {e}"),
         }
     };
+    assert_eq!(epoch, 2);
     // The first emberd's unanswered claim died with it.
-    let again = second.claim_idempotency("RunMicrovm", "t", "h", 2.0).await;
+    let again = third.claim_idempotency("RunMicrovm", "t", "h", 2.0).await;
     assert_eq!(again.unwrap(), ember_store::Claim::Claimed);
 }

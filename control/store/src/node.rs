@@ -1,0 +1,125 @@
+//! What both backends share about nodes: the registration a store
+//! remembers, and the words of node and fencing errors.
+
+use std::sync::{Mutex, MutexGuard};
+
+use crate::StoreError;
+
+/// `(node id, epoch)` of this store's emberd, once it registered.
+pub(crate) type NodeId = (String, u64);
+
+/// The registration a store writes its owner columns with. None before
+/// `register_node` (benches, tools) and after a lost lease, so owner
+/// writes are NULL or refused until the caller registers again.
+#[derive(Default)]
+pub(crate) struct Identity(Mutex<Option<NodeId>>);
+
+impl Identity {
+    fn lock(&self) -> MutexGuard<'_, Option<NodeId>> {
+        // Only a plain value is kept under the lock, so a panic elsewhere
+        // cannot leave it half-written.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn get(&self) -> Option<NodeId> {
+        self.lock().clone()
+    }
+
+    pub(crate) fn set(&self, id: &str, epoch: u64) {
+        *self.lock() = Some((id.to_string(), epoch));
+    }
+
+    /// Forgets `me` only: a registration made since (by another task of
+    /// the same emberd) is not undone by an older renewal's answer.
+    pub(crate) fn forget(&self, me: &NodeId) {
+        let mut held = self.lock();
+        if held.as_ref() == Some(me) {
+            *held = None;
+        }
+    }
+
+    /// The registration, or the error a node-scoped call gives without one.
+    pub(crate) fn required(&self) -> Result<NodeId, StoreError> {
+        self.get().ok_or_else(StoreError::not_registered)
+    }
+}
+
+/// Who a row or a store belongs to, in an error message.
+fn owner(node: Option<&str>, epoch: Option<u64>) -> String {
+    match (node, epoch) {
+        (Some(n), Some(e)) => format!("node {n} (epoch {e})"),
+        (Some(n), None) => format!("node {n} (no epoch)"),
+        (None, _) => "no node (an unregistered emberd wrote it)".into(),
+    }
+}
+
+impl StoreError {
+    pub(crate) fn not_registered() -> Self {
+        Self::Conflict("this store has no node registration".into())
+    }
+
+    pub(crate) fn node_not_found(id: &str) -> Self {
+        Self::NotFound(format!("node {id}"))
+    }
+
+    pub(crate) fn node_dead(id: &str) -> Self {
+        Self::Conflict(format!("node {id} is DEAD"))
+    }
+
+    pub(crate) fn node_state_not_settable(state: &str) -> Self {
+        Self::Conflict(format!(
+            "a node's state can be set to READY or DRAINING, not {state}"
+        ))
+    }
+
+    /// An owner write to a microVM this store's emberd does not own (or
+    /// no longer: a sweep or a newer registration took it).
+    pub(crate) fn fenced_write(
+        vm: &str,
+        row_node: Option<&str>,
+        row_epoch: Option<u64>,
+        me: Option<&NodeId>,
+    ) -> Self {
+        let me = match me {
+            Some((n, e)) => format!("this emberd (node {n}, epoch {e})"),
+            None => "this emberd, which has no node registration".into(),
+        };
+        Self::Fenced(format!(
+            "microVM {vm} belongs to {}, not to {me}; it no longer owns it",
+            owner(row_node, row_epoch)
+        ))
+    }
+
+    /// An insert by a node whose registration was superseded.
+    pub(crate) fn fenced_node((id, epoch): &NodeId) -> Self {
+        Self::Fenced(format!(
+            "this emberd's node {id} epoch {epoch} is no longer current; it may not start \
+             microVMs"
+        ))
+    }
+}
+
+pub(crate) fn dead_node_reason(id: &str, expired_ago: f64) -> String {
+    format!(
+        "node {id} stopped renewing its lease (it expired {expired_ago:.1} s ago); it was \
+         declared dead"
+    )
+}
+
+pub(crate) fn lost_microvm_reason(id: &str) -> String {
+    format!(
+        "node {id}, which ran this microVM, stopped renewing its lease and was declared dead; \
+         the microVM's memory and disk were on that host and are lost"
+    )
+}
+
+pub(crate) fn replaced_node_reason(id: &str) -> String {
+    format!("replaced by node {id}: a SQLite store serves one node")
+}
+
+/// Lease lengths come in milliseconds; the store keeps seconds.
+pub(crate) fn lease_seconds(lease_ms: u64) -> f64 {
+    lease_ms as f64 / 1000.0
+}
