@@ -32,11 +32,15 @@ impl PostgresStore {
         // The insert is the claim, atomic on its own: a concurrent insert
         // of the same key makes this one wait for it to commit, then do
         // nothing, and the read after it sees the winner's row.
+        // The claim names its node, so only that node's next registration
+        // (or the sweep that declares it dead) drops it if unanswered.
+        let node = self.identity.get().map(|(id, _)| id);
         let inserted = self
             .execute(
-                "INSERT INTO idempotency (operation, token, params_hash, reply, created_at, pending)
-                 VALUES ($1, $2, $3, '', $4, TRUE) ON CONFLICT (operation, token) DO NOTHING",
-                &[&operation, &token, &params_hash, &now],
+                "INSERT INTO idempotency
+                     (operation, token, params_hash, reply, created_at, pending, node)
+                 VALUES ($1, $2, $3, '', $4, TRUE, $5) ON CONFLICT (operation, token) DO NOTHING",
+                &[&operation, &token, &params_hash, &now, &node],
             )
             .await?;
         if inserted == 1 {

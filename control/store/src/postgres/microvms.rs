@@ -1,19 +1,33 @@
 //! MicroVMs: one row per `RunMicrovm`, kept after termination.
 
+use crate::node::NodeId;
 use crate::records::{fetch_limit, paginate, MicrovmRecord, MicrovmUpdate, Page};
 use crate::StoreError;
 
 use super::rows::all;
-use super::{to_i32, PostgresStore};
+use super::{to_i32, to_i64, PostgresStore};
 
 impl PostgresStore {
     pub(crate) async fn insert_microvm(&self, vm: &MicrovmRecord) -> Result<(), StoreError> {
+        let me = self.identity.get();
+        let (node, epoch) = owner_params(&me);
+        // The row is written only while this node's registration is
+        // current, so no QEMU starts for a node declared dead or replaced.
+        // FOR SHARE: a sweep declaring the node dead at this moment either
+        // waits for this row (and terminates it) or commits first (and
+        // this insert sees the new epoch and writes nothing).
         let inserted = self
             .execute(
                 "INSERT INTO microvms (id, image, version, image_arn, spec, state, state_reason,
                      endpoint, proxy_addr, started_at, terminated_at, last_active_at, suspended_at,
-                     updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                     updated_at, owner_node, owner_epoch)
+                 SELECT $1::text, $2::text, $3::integer, $4::text, $5::text, $6::text, $7::text,
+                     $8::text, $9::text, $10::double precision, $11::double precision,
+                     $12::double precision, $13::double precision, $14::double precision,
+                     $15::text, $16::bigint
+                 WHERE $15::text IS NULL OR EXISTS (
+                     SELECT 1 FROM nodes WHERE id = $15 AND epoch = $16 AND state <> 'DEAD'
+                     FOR SHARE)
                  ON CONFLICT (id) DO NOTHING",
                 &[
                     &vm.id,
@@ -30,13 +44,26 @@ impl PostgresStore {
                     &vm.last_active_at,
                     &vm.suspended_at,
                     &vm.updated_at,
+                    &node,
+                    &epoch,
                 ],
             )
             .await?;
-        if inserted == 0 {
-            return Err(StoreError::microvm_exists(&vm.id));
+        if inserted == 1 {
+            return Ok(());
         }
-        Ok(())
+        if let Some(me) = &me {
+            let current = self
+                .query_opt(
+                    "SELECT 1 FROM nodes WHERE id = $1 AND epoch = $2 AND state <> 'DEAD'",
+                    &[&me.0, &to_i64(me.1)],
+                )
+                .await?;
+            if current.is_none() {
+                return Err(StoreError::fenced_node(me));
+            }
+        }
+        Err(StoreError::microvm_exists(&vm.id))
     }
 
     pub(crate) async fn microvm(&self, id: &str) -> Result<MicrovmRecord, StoreError> {
@@ -74,11 +101,14 @@ impl PostgresStore {
     }
 
     pub(crate) async fn live_microvms(&self) -> Result<Vec<MicrovmRecord>, StoreError> {
+        let me = self.identity.get().map(|(id, _)| id);
         let sql = format!(
-            "SELECT {} FROM microvms WHERE state <> 'TERMINATED' ORDER BY seq",
+            "SELECT {} FROM microvms
+             WHERE state <> 'TERMINATED' AND owner_node IS NOT DISTINCT FROM $1::text
+             ORDER BY seq",
             MicrovmRecord::COLUMNS
         );
-        all(self.query(&sql, &[]).await?, MicrovmRecord::from_pg)
+        all(self.query(&sql, &[&me]).await?, MicrovmRecord::from_pg)
     }
 
     pub(crate) async fn first_live_microvm(
@@ -115,6 +145,8 @@ impl PostgresStore {
         id: &str,
         u: &MicrovmUpdate<'_>,
     ) -> Result<(), StoreError> {
+        let me = self.identity.get();
+        let (node, epoch) = owner_params(&me);
         let changed = self
             .execute(
                 "UPDATE microvms SET state = $2,
@@ -122,7 +154,8 @@ impl PostgresStore {
                      suspended_at = CASE WHEN $5 THEN $6 ELSE suspended_at END,
                      terminated_at = COALESCE($7, terminated_at),
                      updated_at = $8
-                 WHERE id = $1",
+                 WHERE id = $1 AND owner_node IS NOT DISTINCT FROM $9::text
+                   AND owner_epoch IS NOT DISTINCT FROM $10::bigint",
                 &[
                     &id,
                     &u.state,
@@ -132,11 +165,16 @@ impl PostgresStore {
                     &u.suspended_at.flatten(),
                     &u.terminated_at,
                     &u.now,
+                    &node,
+                    &epoch,
                 ],
             )
             .await?;
         if changed == 0 {
-            return Err(StoreError::microvm_not_found(id));
+            return Err(self
+                .fenced(id, &me)
+                .await?
+                .unwrap_or_else(|| StoreError::microvm_not_found(id)));
         }
         Ok(())
     }
@@ -146,11 +184,23 @@ impl PostgresStore {
         id: &str,
         at: f64,
     ) -> Result<(), StoreError> {
-        self.execute(
-            "UPDATE microvms SET last_active_at = GREATEST(last_active_at, $2) WHERE id = $1",
-            &[&id, &at],
-        )
-        .await?;
+        let me = self.identity.get();
+        let (node, epoch) = owner_params(&me);
+        // GREATEST in the SET, not the WHERE: an older time still matches
+        // the row, so only a row of another owner changes nothing.
+        let changed = self
+            .execute(
+                "UPDATE microvms SET last_active_at = GREATEST(last_active_at, $2)
+                 WHERE id = $1 AND owner_node IS NOT DISTINCT FROM $3::text
+                   AND owner_epoch IS NOT DISTINCT FROM $4::bigint",
+                &[&id, &at, &node, &epoch],
+            )
+            .await?;
+        if changed == 0 {
+            if let Some(e) = self.fenced(id, &me).await? {
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
@@ -160,11 +210,58 @@ impl PostgresStore {
         endpoint: &str,
         proxy_addr: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.execute(
-            "UPDATE microvms SET endpoint = $2, proxy_addr = $3 WHERE id = $1",
-            &[&id, &endpoint, &proxy_addr],
-        )
-        .await?;
+        let me = self.identity.get();
+        let (node, epoch) = owner_params(&me);
+        let changed = self
+            .execute(
+                "UPDATE microvms SET endpoint = $2, proxy_addr = $3
+                 WHERE id = $1 AND owner_node IS NOT DISTINCT FROM $4::text
+                   AND owner_epoch IS NOT DISTINCT FROM $5::bigint",
+                &[&id, &endpoint, &proxy_addr, &node, &epoch],
+            )
+            .await?;
+        if changed == 0 {
+            if let Some(e) = self.fenced(id, &me).await? {
+                return Err(e);
+            }
+        }
         Ok(())
     }
+
+    /// Why an owner write to `id` changed nothing: `Fenced` naming the
+    /// row's owner, or None if there is no such row (each write keeps its
+    /// own answer for a missing one).
+    async fn fenced(
+        &self,
+        id: &str,
+        me: &Option<NodeId>,
+    ) -> Result<Option<StoreError>, StoreError> {
+        let Some(row) = self
+            .query_opt(
+                "SELECT owner_node, owner_epoch FROM microvms WHERE id = $1",
+                &[&id],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let node: Option<String> = row.try_get(0)?;
+        let epoch: Option<i64> = row.try_get(1)?;
+        let epoch = epoch.map(|e| u64::try_from(e).unwrap_or(0));
+        Ok(Some(StoreError::fenced_write(
+            id,
+            node.as_deref(),
+            epoch,
+            me.as_ref(),
+        )))
+    }
+}
+
+/// The owner columns as this store writes and matches them: NULL before
+/// it registered.
+fn owner_params(me: &Option<NodeId>) -> (Option<&str>, Option<i64>) {
+    (
+        me.as_ref().map(|m| m.0.as_str()),
+        me.as_ref().map(|m| to_i64(m.1)),
+    )
 }

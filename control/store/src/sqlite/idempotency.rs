@@ -29,10 +29,14 @@ impl SqliteStore {
                  SELECT rowid FROM idempotency ORDER BY created_at DESC LIMIT -1 OFFSET ?1)",
             [IDEMPOTENCY_MAX_RECORDS - 1],
         )?;
+        // The claim names its node, so only that node's next registration
+        // drops it if it is never answered.
+        let node = self.identity.get().map(|(id, _)| id);
         let inserted = tx.execute(
-            "INSERT OR IGNORE INTO idempotency (operation, token, params_hash, reply, created_at, pending)
-             VALUES (?1, ?2, ?3, '', ?4, 1)",
-            (operation, token, params_hash, now),
+            "INSERT OR IGNORE INTO idempotency
+                 (operation, token, params_hash, reply, created_at, pending, node)
+             VALUES (?1, ?2, ?3, '', ?4, 1, ?5)",
+            (operation, token, params_hash, now, node),
         )?;
         let claim = if inserted == 1 {
             Claim::Claimed

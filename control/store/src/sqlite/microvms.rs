@@ -1,8 +1,9 @@
 //! MicroVMs: one row per `RunMicrovm`, kept after termination so `Get`
 //! and `List` can still report how a VM ended.
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::node::NodeId;
 use crate::records::{fetch_limit, paginate, MicrovmRecord, MicrovmUpdate, Page};
 use crate::StoreError;
 
@@ -10,10 +11,18 @@ use super::SqliteStore;
 
 impl SqliteStore {
     pub(crate) fn insert_microvm(&self, vm: &MicrovmRecord) -> Result<(), StoreError> {
-        let inserted = self.conn().execute(
+        let me = self.identity.get();
+        let (node, epoch) = owner_params(&me);
+        let conn = self.conn();
+        // The row is written only while this node's registration is
+        // current, so no QEMU starts for a node declared dead or replaced.
+        let inserted = conn.execute(
             "INSERT OR IGNORE INTO microvms (id, image, version, image_arn, spec, state, state_reason,
-                 endpoint, proxy_addr, started_at, terminated_at, last_active_at, suspended_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 endpoint, proxy_addr, started_at, terminated_at, last_active_at, suspended_at,
+                 updated_at, owner_node, owner_epoch)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
+             WHERE ?15 IS NULL OR EXISTS (
+                 SELECT 1 FROM nodes WHERE id = ?15 AND epoch = ?16 AND state <> 'DEAD')",
             params![
                 vm.id,
                 vm.image,
@@ -28,13 +37,27 @@ impl SqliteStore {
                 vm.terminated_at,
                 vm.last_active_at,
                 vm.suspended_at,
-                vm.updated_at
+                vm.updated_at,
+                node,
+                epoch
             ],
         )?;
-        if inserted == 0 {
-            return Err(StoreError::microvm_exists(&vm.id));
+        if inserted == 1 {
+            return Ok(());
         }
-        Ok(())
+        if let Some(me) = &me {
+            let current = conn
+                .query_row(
+                    "SELECT 1 FROM nodes WHERE id = ?1 AND epoch = ?2 AND state <> 'DEAD'",
+                    params![me.0, me.1],
+                    |_| Ok(()),
+                )
+                .optional()?;
+            if current.is_none() {
+                return Err(StoreError::fenced_node(me));
+            }
+        }
+        Err(StoreError::microvm_exists(&vm.id))
     }
 
     pub(crate) fn microvm(&self, id: &str) -> Result<MicrovmRecord, StoreError> {
@@ -75,17 +98,18 @@ impl SqliteStore {
         Ok(paginate(rows, limit, |v| v.id.clone()))
     }
 
-    /// Every microVM not yet TERMINATED: what a restarted daemon takes
-    /// back.
+    /// The microVMs not yet TERMINATED this node owns: what a restarted
+    /// daemon takes back.
     pub(crate) fn live_microvms(&self) -> Result<Vec<MicrovmRecord>, StoreError> {
+        let me = self.identity.get().map(|(id, _)| id);
         let conn = self.conn();
         let sql = format!(
-            "SELECT {} FROM microvms WHERE state <> 'TERMINATED' ORDER BY seq",
+            "SELECT {} FROM microvms WHERE state <> 'TERMINATED' AND owner_node IS ?1 ORDER BY seq",
             MicrovmRecord::COLUMNS
         );
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt
-            .query_map([], MicrovmRecord::from_sqlite)?
+            .query_map([me], MicrovmRecord::from_sqlite)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -119,6 +143,8 @@ impl SqliteStore {
     }
 
     pub(crate) fn update_microvm(&self, id: &str, u: &MicrovmUpdate<'_>) -> Result<(), StoreError> {
+        let me = self.identity.get();
+        let (node, epoch) = owner_params(&me);
         let conn = self.conn();
         let changed = conn.execute(
             "UPDATE microvms SET state = ?2,
@@ -126,7 +152,7 @@ impl SqliteStore {
                  suspended_at = CASE WHEN ?5 THEN ?6 ELSE suspended_at END,
                  terminated_at = COALESCE(?7, terminated_at),
                  updated_at = ?8
-             WHERE id = ?1",
+             WHERE id = ?1 AND owner_node IS ?9 AND owner_epoch IS ?10",
             params![
                 id,
                 u.state,
@@ -135,21 +161,36 @@ impl SqliteStore {
                 u.suspended_at.is_some(),
                 u.suspended_at.flatten(),
                 u.terminated_at,
-                u.now
+                u.now,
+                node,
+                epoch
             ],
         )?;
         if changed == 0 {
-            return Err(StoreError::microvm_not_found(id));
+            return Err(
+                fenced(&conn, id, &me)?.unwrap_or_else(|| StoreError::microvm_not_found(id))
+            );
         }
         Ok(())
     }
 
     /// Records the last inbound request, so idle timers survive a restart.
     pub(crate) fn set_microvm_last_active(&self, id: &str, at: f64) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE microvms SET last_active_at = MAX(last_active_at, ?2) WHERE id = ?1",
-            params![id, at],
+        let me = self.identity.get();
+        let (node, epoch) = owner_params(&me);
+        let conn = self.conn();
+        // MAX in the SET, not the WHERE: an older time still matches the
+        // row, so only a row of another owner changes nothing.
+        let changed = conn.execute(
+            "UPDATE microvms SET last_active_at = MAX(last_active_at, ?2)
+             WHERE id = ?1 AND owner_node IS ?3 AND owner_epoch IS ?4",
+            params![id, at, node, epoch],
         )?;
+        if changed == 0 {
+            if let Some(e) = fenced(&conn, id, &me)? {
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
@@ -160,10 +201,44 @@ impl SqliteStore {
         endpoint: &str,
         proxy_addr: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE microvms SET endpoint = ?2, proxy_addr = ?3 WHERE id = ?1",
-            params![id, endpoint, proxy_addr],
+        let me = self.identity.get();
+        let (node, epoch) = owner_params(&me);
+        let conn = self.conn();
+        let changed = conn.execute(
+            "UPDATE microvms SET endpoint = ?2, proxy_addr = ?3
+             WHERE id = ?1 AND owner_node IS ?4 AND owner_epoch IS ?5",
+            params![id, endpoint, proxy_addr, node, epoch],
         )?;
+        if changed == 0 {
+            if let Some(e) = fenced(&conn, id, &me)? {
+                return Err(e);
+            }
+        }
         Ok(())
     }
+}
+
+fn owner_params(me: &Option<NodeId>) -> (Option<&str>, Option<u64>) {
+    (me.as_ref().map(|m| m.0.as_str()), me.as_ref().map(|m| m.1))
+}
+
+/// Why an owner write to `id` changed nothing: `Fenced` naming the
+/// row's owner, or None if there is no such row (each write keeps its
+/// own answer for a missing one).
+fn fenced(
+    conn: &Connection,
+    id: &str,
+    me: &Option<NodeId>,
+) -> Result<Option<StoreError>, StoreError> {
+    let owner: Option<(Option<String>, Option<u64>)> = conn
+        .query_row(
+            "SELECT owner_node, owner_epoch FROM microvms WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(
+        owner
+            .map(|(node, epoch)| StoreError::fenced_write(id, node.as_deref(), epoch, me.as_ref())),
+    )
 }
