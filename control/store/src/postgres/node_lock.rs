@@ -61,7 +61,7 @@ pub(super) async fn claim(
     node_id: &str,
 ) -> Result<NodeLock, StoreError> {
     let mut config = config.clone();
-    config.application_name(&format!("emberd (node lock {node_id})"));
+    config.application_name(format!("emberd (node lock {node_id})"));
     let (client, task) = match take(&config, tls, node_id).await? {
         Taken::Yes(client, task) => (client, task),
         Taken::ByAnother => {
