@@ -259,8 +259,8 @@ state_store! {
     /// `Conflict` if another emberd runs as `node_id` on the database.
     fn register_node(&self, node_id: &str, lease_ms: u64) -> u64;
     /// Extends this node's lease to `lease_ms` from the store's now, or
-    /// reports it lost (and forgets the registration, fencing the store's
-    /// writes until it registers again).
+    /// reports it lost; then every owner write of the store is `Fenced`
+    /// until it registers again. `Conflict` if it never registered.
     fn renew_node_lease(&self, lease_ms: u64) -> LeaseRenewal;
     /// Declares dead every other node whose lease expired, bumping its
     /// epoch and terminating its live microVMs, each node by exactly one

@@ -8,14 +8,24 @@ use crate::StoreError;
 /// `(node id, epoch)` of this store's emberd, once it registered.
 pub(crate) type NodeId = (String, u64);
 
-/// The registration a store writes its owner columns with. None before
-/// `register_node` (benches, tools) and after a lost lease, so owner
-/// writes are NULL or refused until the caller registers again.
 #[derive(Default)]
-pub(crate) struct Identity(Mutex<Option<NodeId>>);
+enum Standing {
+    /// Never registered (benches, tools): owner columns are written NULL.
+    #[default]
+    Unregistered,
+    Current(NodeId),
+    /// The lease was reported lost. Kept apart from Unregistered so that
+    /// the store's writes stay refused, rather than going through as an
+    /// unregistered store's, until the caller registers again.
+    Lost(NodeId),
+}
+
+/// The registration a store writes its owner columns with.
+#[derive(Default)]
+pub(crate) struct Identity(Mutex<Standing>);
 
 impl Identity {
-    fn lock(&self) -> MutexGuard<'_, Option<NodeId>> {
+    fn lock(&self) -> MutexGuard<'_, Standing> {
         // Only a plain value is kept under the lock, so a panic elsewhere
         // cannot leave it half-written.
         self.0
@@ -23,24 +33,41 @@ impl Identity {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The node this store runs (or last ran) as, current or lost: whose
+    /// rows and claims are its own.
     pub(crate) fn get(&self) -> Option<NodeId> {
-        self.lock().clone()
-    }
-
-    pub(crate) fn set(&self, id: &str, epoch: u64) {
-        *self.lock() = Some((id.to_string(), epoch));
-    }
-
-    /// Forgets `me` only: a registration made since (by another task of
-    /// the same emberd) is not undone by an older renewal's answer.
-    pub(crate) fn forget(&self, me: &NodeId) {
-        let mut held = self.lock();
-        if held.as_ref() == Some(me) {
-            *held = None;
+        match &*self.lock() {
+            Standing::Unregistered => None,
+            Standing::Current(me) | Standing::Lost(me) => Some(me.clone()),
         }
     }
 
-    /// The registration, or the error a node-scoped call gives without one.
+    /// Who owner writes are made as: `Ok(None)` unregistered, `Err` with
+    /// the lost registration if they must be refused.
+    pub(crate) fn writer(&self) -> Result<Option<NodeId>, NodeId> {
+        match &*self.lock() {
+            Standing::Unregistered => Ok(None),
+            Standing::Current(me) => Ok(Some(me.clone())),
+            Standing::Lost(me) => Err(me.clone()),
+        }
+    }
+
+    pub(crate) fn set(&self, id: &str, epoch: u64) {
+        *self.lock() = Standing::Current((id.to_string(), epoch));
+    }
+
+    /// Marks `me` lost, unless a registration made since (by another task
+    /// of the same emberd) replaced it: an older renewal's answer does not
+    /// undo a newer registration.
+    pub(crate) fn forget(&self, me: &NodeId) {
+        let mut held = self.lock();
+        if matches!(&*held, Standing::Current(current) if current == me) {
+            *held = Standing::Lost(me.clone());
+        }
+    }
+
+    /// The registration (current or lost: renewing a lost one reports it
+    /// lost again), or the error a node-scoped call gives without one.
     pub(crate) fn required(&self) -> Result<NodeId, StoreError> {
         self.get().ok_or_else(StoreError::not_registered)
     }
@@ -89,6 +116,15 @@ impl StoreError {
         Self::Fenced(format!(
             "microVM {vm} belongs to {}, not to {me}; it no longer owns it",
             owner(row_node, row_epoch)
+        ))
+    }
+
+    /// A write by a store whose lease was reported lost, before it
+    /// registered again.
+    pub(crate) fn fenced_lost(vm: &str, (id, epoch): &NodeId) -> Self {
+        Self::Fenced(format!(
+            "this emberd's node {id} epoch {epoch} lost its lease; it may not write microVM {vm} \
+             until it registers again"
         ))
     }
 

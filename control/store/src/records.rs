@@ -199,8 +199,8 @@ pub enum LeaseRenewal {
     /// through another host reaches this one.
     Renewed { state: String },
     /// The node was declared dead or registered again elsewhere (`epoch`
-    /// is the row's now; 0 if the row is gone). The store forgot its
-    /// registration: owner writes are refused until it registers again.
+    /// is the row's now; 0 if the row is gone). The store's owner writes
+    /// are refused from then on, until it registers again.
     Lost { state: String, epoch: u64 },
 }
 

@@ -9,7 +9,10 @@ use super::{to_i32, to_i64, PostgresStore};
 
 impl PostgresStore {
     pub(crate) async fn insert_microvm(&self, vm: &MicrovmRecord) -> Result<(), StoreError> {
-        let me = self.identity.get();
+        let me = self
+            .identity
+            .writer()
+            .map_err(|lost| StoreError::fenced_node(&lost))?;
         let (node, epoch) = owner_params(&me);
         // The row is written only while this node's registration is
         // current, so no QEMU starts for a node declared dead or replaced.
@@ -145,7 +148,10 @@ impl PostgresStore {
         id: &str,
         u: &MicrovmUpdate<'_>,
     ) -> Result<(), StoreError> {
-        let me = self.identity.get();
+        let me = self
+            .identity
+            .writer()
+            .map_err(|lost| StoreError::fenced_lost(id, &lost))?;
         let (node, epoch) = owner_params(&me);
         let changed = self
             .execute(
@@ -184,7 +190,10 @@ impl PostgresStore {
         id: &str,
         at: f64,
     ) -> Result<(), StoreError> {
-        let me = self.identity.get();
+        let me = self
+            .identity
+            .writer()
+            .map_err(|lost| StoreError::fenced_lost(id, &lost))?;
         let (node, epoch) = owner_params(&me);
         // GREATEST in the SET, not the WHERE: an older time still matches
         // the row, so only a row of another owner changes nothing.
@@ -210,7 +219,10 @@ impl PostgresStore {
         endpoint: &str,
         proxy_addr: Option<&str>,
     ) -> Result<(), StoreError> {
-        let me = self.identity.get();
+        let me = self
+            .identity
+            .writer()
+            .map_err(|lost| StoreError::fenced_lost(id, &lost))?;
         let (node, epoch) = owner_params(&me);
         let changed = self
             .execute(

@@ -11,7 +11,10 @@ use super::SqliteStore;
 
 impl SqliteStore {
     pub(crate) fn insert_microvm(&self, vm: &MicrovmRecord) -> Result<(), StoreError> {
-        let me = self.identity.get();
+        let me = self
+            .identity
+            .writer()
+            .map_err(|lost| StoreError::fenced_node(&lost))?;
         let (node, epoch) = owner_params(&me);
         let conn = self.conn();
         // The row is written only while this node's registration is
@@ -143,7 +146,10 @@ impl SqliteStore {
     }
 
     pub(crate) fn update_microvm(&self, id: &str, u: &MicrovmUpdate<'_>) -> Result<(), StoreError> {
-        let me = self.identity.get();
+        let me = self
+            .identity
+            .writer()
+            .map_err(|lost| StoreError::fenced_lost(id, &lost))?;
         let (node, epoch) = owner_params(&me);
         let conn = self.conn();
         let changed = conn.execute(
@@ -176,7 +182,10 @@ impl SqliteStore {
 
     /// Records the last inbound request, so idle timers survive a restart.
     pub(crate) fn set_microvm_last_active(&self, id: &str, at: f64) -> Result<(), StoreError> {
-        let me = self.identity.get();
+        let me = self
+            .identity
+            .writer()
+            .map_err(|lost| StoreError::fenced_lost(id, &lost))?;
         let (node, epoch) = owner_params(&me);
         let conn = self.conn();
         // MAX in the SET, not the WHERE: an older time still matches the
@@ -201,7 +210,10 @@ impl SqliteStore {
         endpoint: &str,
         proxy_addr: Option<&str>,
     ) -> Result<(), StoreError> {
-        let me = self.identity.get();
+        let me = self
+            .identity
+            .writer()
+            .map_err(|lost| StoreError::fenced_lost(id, &lost))?;
         let (node, epoch) = owner_params(&me);
         let conn = self.conn();
         let changed = conn.execute(
