@@ -46,6 +46,10 @@ async fn measure(location: &StoreLocation) -> anyhow::Result<serde_json::Value> 
     let store = ember_store::open(location, None)
         .await
         .with_context(|| format!("opening {location}"))?;
+    // As emberd does: a registered node's writes carry its owner check.
+    store
+        .register_node(&format!("bench-{}", std::process::id()), 30_000)
+        .await?;
     let mut run_ms = Vec::with_capacity(RUNS);
     let mut get_ms = Vec::with_capacity(RUNS);
     let tag = std::process::id();
@@ -86,6 +90,7 @@ async fn one_run(store: &dyn StateStore, id: &str) -> anyhow::Result<()> {
             last_active_at: now,
             suspended_at: None,
             updated_at: now,
+            owner_node: None,
         })
         .await?;
     store

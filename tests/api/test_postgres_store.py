@@ -2,7 +2,7 @@
 guests: the image, its build and the microVM live in Postgres' tables (no
 SQLite file is made), one clientToken makes one VM, a microVM keeps its
 memory through suspend, resume and a SIGKILL of emberd, a second emberd on
-the same database is refused (hosts cannot share one yet), a database
+the same database with the same node id is refused, a database
 that cannot be reached stops emberd at start with the reason, and state
 changes made while Postgres is down are written once it is back."""
 
@@ -54,11 +54,12 @@ def test_emberd_keeps_its_state_in_postgres(separate_emberd, hello_zip, postgres
         assert counter(run["endpoint"], token) == 3, "the resumed VM lost its memory"
         wait_microvm(client, vm_id, "RUNNING", timeout=30)
 
-        # A second emberd on the same database would take this VM for its
-        # own at recovery: it is refused before it reads any state.
+        # A second emberd as the same node (both default to the host name)
+        # would take this VM for its own at recovery: it is refused before
+        # it reads any state.
         with pytest.raises(RuntimeError) as refused:
             separate_emberd("--store", url)
-        assert "another emberd already uses this Postgres database" in str(refused.value)
+        assert "another emberd already runs as node" in str(refused.value)
 
         ember.kill9()
         ember.start()
@@ -127,18 +128,18 @@ def test_state_changes_during_an_outage_are_written_when_postgres_is_back(
                 ember.log_tail())
             time.sleep(0.5)
         assert client.get_microvm(microvmIdentifier=vm_id)["state"] == "SUSPENDED"
-        # The single-host lock went with the old server's session: emberd
-        # takes it again, and a second emberd is still refused.
+        # The node lock went with the old server's session: emberd takes it
+        # again, and a second emberd as the same node is still refused.
         lock_held = ("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
                      "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = 'ember_outage' "
-                     "AND a.application_name = 'emberd (single-host lock)'")
+                     "AND a.application_name LIKE 'emberd (node lock %'")
         deadline = time.monotonic() + 20
         while postgres.query("ember_outage", lock_held) != [["1"]]:
             assert time.monotonic() < deadline, ember.log_tail()
             time.sleep(0.5)
         with pytest.raises(RuntimeError) as refused:
             separate_emberd("--store", url)
-        assert "another emberd already uses this Postgres database" in str(refused.value)
+        assert "another emberd already runs as node" in str(refused.value)
         assert counter(run["endpoint"], token) == 2, "the VM lost its memory"
         wait_microvm(client, vm_id, "RUNNING", timeout=30)
         # A restart reads the state the outage's write left.

@@ -4,6 +4,7 @@ use ember::api_client;
 mod demo;
 mod image;
 mod microvm;
+mod node;
 mod shell;
 
 use std::path::PathBuf;
@@ -62,6 +63,9 @@ enum Command {
     /// Build and manage microVM images through a running emberd.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// The emberd nodes sharing one store: list, drain, undrain.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Run a microVM from an image (restored from its snapshot).
     Run(microvm::RunArgs),
     /// List microVMs.
@@ -166,6 +170,7 @@ async fn api_command(client: &api_client::ApiClient, command: Command) -> anyhow
     use microvm::Transition;
     match command {
         Command::Image(cmd) => image::run(client, cmd).await,
+        Command::Node(cmd) => node::run(client, cmd).await,
         Command::Run(a) => microvm::run(client, a).await,
         Command::Ls { all } => microvm::list(client, all).await,
         Command::Get { microvm } => microvm::show(client, &microvm).await,

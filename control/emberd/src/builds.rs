@@ -273,7 +273,15 @@ pub async fn recover_interrupted(
     store: &dyn StateStore,
     layout: &DataDir,
 ) -> anyhow::Result<usize> {
-    let unfinished = store.unfinished_builds().await?;
+    // Builds run where they were asked for, and write their log there:
+    // a store shared by several nodes holds the others' builds too, and
+    // those are still running.
+    let unfinished: Vec<_> = store
+        .unfinished_builds()
+        .await?
+        .into_iter()
+        .filter(|b| std::path::Path::new(&b.log_path).starts_with(layout.root()))
+        .collect();
     let t = now();
     let reason = "emberd stopped while this build was running and found it unfinished at restart; \
                   the build was abandoned. Run UpdateMicrovmImage to build again.";

@@ -14,6 +14,10 @@ impl DataDir {
         }
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Creates the folders emberd writes into, and makes the data folder
     /// root's alone: it holds the database (environment variables, which
     /// the model marks sensitive), credentials, keys and every VM's memory.
@@ -92,7 +96,11 @@ impl DataDir {
     /// A microVM's files that outlive its QEMU process (its suspended
     /// state).
     pub fn microvm_dir(&self, id: &str) -> PathBuf {
-        self.root.join("microvms").join(id)
+        self.microvms().join(id)
+    }
+
+    pub fn microvms(&self) -> PathBuf {
+        self.root.join("microvms")
     }
 
     /// Snapshots of running microVMs that forks start from; each lives

@@ -14,6 +14,8 @@ mod metrics;
 mod microvm_fork;
 mod microvm_logs;
 mod microvms;
+mod node;
+mod nodes_api;
 mod registries;
 mod service;
 mod shell;
@@ -214,6 +216,8 @@ struct Args {
     tls: tls::TlsArgs,
     #[command(flatten)]
     api_limits: api_server::ApiLimits,
+    #[command(flatten)]
+    node: node::NodeArgs,
 }
 
 #[tokio::main]
@@ -256,6 +260,12 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening the state store {location}"))?;
     tracing::info!(store = %location, "state store open");
+    let node_id = args.node.node_id()?;
+    // Before anything reads or writes microVMs: registering bumps the
+    // node's epoch and takes back its rows under it.
+    let node = node::register(&*store, &node_id, args.node.lease())
+        .await
+        .with_context(|| format!("registering node {node_id} in the state store"))?;
     let recovered = builds::recover_interrupted(&*store, &layout).await?;
     if recovered > 0 {
         tracing::warn!(
@@ -373,8 +383,10 @@ async fn main() -> anyhow::Result<()> {
         disk,
         roles,
         (endpoint_tls, Arc::clone(&metrics)),
+        node_id,
     )
     .await?;
+    node::spawn_keeper(Arc::clone(&store), Arc::clone(&microvms), node);
     if let Some(addr) = args.metrics.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -440,6 +452,7 @@ async fn start_microvms(
     disk: microvms::DiskReserve,
     roles: Option<Arc<metadata::RoleCredentials>>,
     (tls, metrics): (Option<ember_proxy::EndpointTls>, Arc<metrics::Metrics>),
+    node_id: String,
 ) -> anyhow::Result<Arc<microvms::Microvms>> {
     let tokens =
         Arc::new(TokenKey::load_or_create(&layout.token_key()).context("the endpoint token key")?);
@@ -507,6 +520,7 @@ async fn start_microvms(
                 .map(|mib| mib.saturating_mul(1 << 20))
                 .unwrap_or_else(microvms::default_warm_budget_bytes),
             warm_pool: args.warm_pool,
+            node_id,
         },
     );
     upstream.attach(&microvms);

@@ -81,6 +81,10 @@ pub(super) fn spawn(microvms: &Arc<Microvms>) {
         loop {
             tick.tick().await;
             let Some(this) = me.upgrade() else { return };
+            // A fenced node's VMs stay paused whatever their disk.
+            if this.is_fenced() {
+                continue;
+            }
             let instances = this.instances();
             join_all(instances.iter().map(|inst| this.watch_host_pause(inst))).await;
         }

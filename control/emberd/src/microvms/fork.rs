@@ -59,6 +59,8 @@ impl Microvms {
             )));
         }
         let parent = self.live_instance(parent_id).await?;
+        self.refuse_if_fenced()?;
+        self.refuse_if_draining()?;
         let parent_record = self
             .store
             .microvm(parent_id)

@@ -51,6 +51,8 @@ impl Microvms {
     /// `RunMicrovm`: records the VM as PENDING with its endpoint and
     /// restores it in the background.
     pub async fn run(self: &Arc<Self>, plan: RunPlan) -> Result<MicrovmRecord, ApiError> {
+        self.refuse_if_fenced()?;
+        self.refuse_if_draining()?;
         // A pooled VM holds its slot already, under the id it was restored as.
         let pooled = self.claim_pooled(&plan.spec);
         let id = match &pooled {
@@ -110,6 +112,7 @@ impl Microvms {
             last_active_at: t,
             suspended_at: None,
             updated_at: t,
+            owner_node: Some(self.config.node_id.clone()),
         };
         if let Err(e) = self.store.insert_microvm(&record).await {
             self.proxy.unbind_vm(id);
@@ -284,6 +287,7 @@ impl Microvms {
     /// `SuspendMicrovm`.
     pub async fn request_suspend(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
         let inst = self.live_instance(id).await?;
+        self.refuse_if_fenced()?;
         let state = inst.state();
         // As on the real service: suspending a suspended VM is a success.
         if matches!(state, MicrovmState::Suspended | MicrovmState::Suspending) {
@@ -401,6 +405,7 @@ impl Microvms {
     /// `ResumeMicrovm`.
     pub async fn request_resume(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
         let inst = self.live_instance(id).await?;
+        self.refuse_if_fenced()?;
         let state = inst.state();
         // As on the real service: resuming a running (or starting) VM is
         // a success.
@@ -525,16 +530,14 @@ impl Microvms {
     pub async fn request_terminate(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
         let inst = match self.instance(id) {
             Some(i) => i,
-            // Already terminated (or never existed: NotFound).
+            // Already terminated (or never existed: NotFound), or
+            // another node's.
             None => {
-                return self
-                    .store
-                    .microvm(id)
-                    .await
-                    .map(|_| ())
-                    .map_err(not_found(id))
+                let rec = self.store.microvm(id).await.map_err(not_found(id))?;
+                return self.refuse_if_foreign(&rec);
             }
         };
+        self.refuse_if_fenced()?;
         if matches!(
             inst.state(),
             MicrovmState::Terminating | MicrovmState::Terminated
@@ -685,11 +688,34 @@ impl Microvms {
             return Ok(inst);
         }
         let rec = self.store.microvm(id).await.map_err(not_found(id))?;
+        self.refuse_if_foreign(&rec)?;
         Err(ApiError::conflict(
             RESOURCE,
             id,
             format!("microVM {id} is {}", rec.state),
         ))
+    }
+
+    /// A live VM another node runs: this node cannot act on it (forwarding
+    /// to the owner is not built yet), and says where it runs.
+    fn refuse_if_foreign(&self, rec: &MicrovmRecord) -> Result<(), ApiError> {
+        match rec.owner_node.as_deref() {
+            Some(owner)
+                if owner != self.config.node_id
+                    && rec.state != MicrovmState::Terminated.as_str() =>
+            {
+                Err(ApiError::conflict(
+                    RESOURCE,
+                    &rec.id,
+                    format!(
+                        "microVM {} runs on node {owner}, not on this node ({}); send the \
+                         request to that node's API",
+                        rec.id, self.config.node_id
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

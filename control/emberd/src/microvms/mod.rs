@@ -12,6 +12,7 @@ mod app_exit;
 mod capacity;
 mod compaction;
 mod disk_full;
+mod fence;
 mod fork;
 mod instance;
 mod lifecycle;
@@ -74,6 +75,8 @@ pub struct MicrovmsConfig {
     pub warm_suspended_bytes: u64,
     /// VMs per image version restored ahead of time for `RunMicrovm`.
     pub warm_pool: usize,
+    /// This emberd's `--node-id`: the owner its VMs' rows name.
+    pub node_id: String,
 }
 
 pub struct Microvms {
@@ -95,6 +98,8 @@ pub struct Microvms {
     pool: pool::Pool,
     /// State changes the store could not take yet.
     state_writes: state_writes::StateWrites,
+    /// Whether the node's lease is in doubt, and whether it drains.
+    fence: fence::Fence,
 }
 
 impl Microvms {
@@ -119,6 +124,7 @@ impl Microvms {
             warm_tier: Arc::new(tokio::sync::Notify::new()),
             pool: pool::Pool::default(),
             state_writes: state_writes::StateWrites::default(),
+            fence: fence::Fence::default(),
         })
     }
 

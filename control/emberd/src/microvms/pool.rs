@@ -140,7 +140,14 @@ impl Microvms {
     }
 
     async fn resize_pool(self: &Arc<Self>, image: &str, key: PoolKey) {
-        let size = self.pool_size(image).await;
+        if self.is_fenced() {
+            return;
+        }
+        // A draining node takes no new microVMs, so it holds none ready.
+        let size = match self.is_draining() {
+            true => 0,
+            false => self.pool_size(image).await,
+        };
         let (ended, start_filler) = {
             let mut state = self.pool.lock();
             let mut ended = state.take_where(|p| p.image == image && p.key != key);

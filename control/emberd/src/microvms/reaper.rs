@@ -22,6 +22,11 @@ pub fn spawn(microvms: Arc<Microvms>) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            // No transitions while fenced: an idle VM is suspended, a
+            // long-lived one ended, once the lease is good again.
+            if microvms.is_fenced() {
+                continue;
+            }
             for inst in microvms.instances() {
                 microvms.check(&inst).await;
             }

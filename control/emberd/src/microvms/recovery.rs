@@ -28,6 +28,8 @@ impl Microvms {
         self.end_leftover_pool().await;
         self.remove_leftover_forks();
         let records = self.store.live_microvms().await?;
+        let owned: std::collections::HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        self.end_unowned(&owned).await;
         let slots = Arc::new(tokio::sync::Semaphore::new(ATTACH_PARALLELISM));
         let mut registered = 0;
         for rec in records {
@@ -45,6 +47,41 @@ impl Microvms {
             });
         }
         Ok(registered)
+    }
+
+    /// Ends the VM processes and removes the files of microVMs this node
+    /// does not own (any more): rows TERMINATED while it was away (another
+    /// node declared it dead), or crashes between the row's end and its
+    /// files'. A process left running would be a twin of nothing.
+    async fn end_unowned(&self, owned: &std::collections::HashSet<&str>) {
+        // QEMU's runtime folders, one per VM process, and the VMs' files.
+        for root in [self.layout.vm_state().join("vms"), self.layout.microvms()] {
+            let Ok(entries) = std::fs::read_dir(&root) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                // Build VMs are the builds' to clean up.
+                let build_vm = id.starts_with("build-") || id.starts_with("image-");
+                if build_vm || owned.contains(id.as_str()) || ember_vmm::validate_vm_name(&id).is_err()
+                {
+                    continue;
+                }
+                if let Ok(vm) = self.hv.attach(&id).await {
+                    tracing::warn!(microvm = %id, "ending a VM process this node does not own");
+                    if let Err(e) = vm.stop().await {
+                        tracing::error!(microvm = %id, "stopping: {e}");
+                    }
+                }
+                if root == self.layout.microvms() {
+                    if let Err(e) = super::lifecycle::remove_dir_if_exists(&entry.path()) {
+                        tracing::warn!(microvm = %id, "removing its files: {e}");
+                    }
+                }
+            }
+        }
     }
 
     /// The in-memory instance of a stored VM, in the map, counted, its

@@ -152,6 +152,11 @@ impl StateWrites {
         rec.updated_at = waiting.now;
     }
 
+    /// Drops what waits for a VM this node no longer owns.
+    pub(super) fn forget(&self, id: &str) {
+        self.lock().by_vm.remove(id);
+    }
+
     pub fn waiting(&self) -> usize {
         self.lock().by_vm.len()
     }
@@ -173,6 +178,12 @@ impl Microvms {
             Ok(()) => self.state_writes.done(id, write.seq),
             // The row is gone (never stored): nothing to retry.
             Err(StoreError::NotFound(_)) => self.state_writes.done(id, write.seq),
+            // Another node's now (this one was declared dead): a retry
+            // would be refused the same way.
+            Err(e @ StoreError::Fenced(_)) => {
+                self.state_writes.done(id, write.seq);
+                tracing::error!(microvm = %id, "state not written: {e}");
+            }
             Err(e) => {
                 if self.state_writes.keep(id, write) {
                     tracing::error!(
@@ -191,6 +202,10 @@ impl Microvms {
                 Ok(()) | Err(StoreError::NotFound(_)) => {
                     self.state_writes.done(&id, write.seq);
                     tracing::info!(microvm = %id, state = %write.state, "state written after a retry");
+                }
+                Err(e @ StoreError::Fenced(_)) => {
+                    self.state_writes.done(&id, write.seq);
+                    tracing::error!(microvm = %id, "state not written: {e}");
                 }
                 // Still down: one failure says enough for this round.
                 Err(_) => return,

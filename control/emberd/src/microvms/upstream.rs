@@ -111,6 +111,11 @@ impl Microvms {
         if let Some(reason) = inst.host_pause_reason() {
             return Err(UpstreamError::Unavailable(reason.into()));
         }
+        if let Some(reason) = self.fenced_reason() {
+            return Err(UpstreamError::Unavailable(format!(
+                "this node holds its microVMs paused: {reason}"
+            )));
+        }
         if inst.state() == MicrovmState::Running {
             if let Some(vm) = inst.vm() {
                 return Ok(vm);

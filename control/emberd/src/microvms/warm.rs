@@ -111,6 +111,10 @@ impl Microvms {
             loop {
                 notify.notified().await;
                 let Some(this) = me.upgrade() else { return };
+                // Unfencing wakes this task again.
+                if this.is_fenced() {
+                    continue;
+                }
                 // One pass per wake-up: a VM that failed to move stays
                 // parked until the budget changes again, instead of the
                 // loop retrying a full disk without end.

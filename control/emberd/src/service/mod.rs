@@ -22,7 +22,7 @@ use crate::builds::Builds;
 use crate::layout::DataDir;
 use crate::microvms::Microvms;
 use crate::now;
-use crate::{build_logs, microvm_fork, microvm_logs};
+use crate::{build_logs, microvm_fork, microvm_logs, nodes_api};
 use names::Arns;
 
 pub struct Daemon {
@@ -61,6 +61,10 @@ impl Daemon {
 
     pub fn builds(&self) -> &Arc<Builds> {
         &self.builds
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.microvms.config().node_id
     }
 
     pub fn microvms(&self) -> &Arc<Microvms> {
@@ -108,6 +112,9 @@ pub fn router(daemon: Arc<Daemon>, credentials: Arc<Credentials>) -> Router {
         .route(build_logs::ROUTE, get(build_logs::get_build_log))
         .route(microvm_logs::ROUTE, get(microvm_logs::get_microvm_log))
         .route(microvm_fork::ROUTE, post(microvm_fork::fork_microvm))
+        .route(nodes_api::LIST_ROUTE, get(nodes_api::list_nodes))
+        .route(nodes_api::DRAIN_ROUTE, post(nodes_api::drain_node))
+        .route(nodes_api::UNDRAIN_ROUTE, post(nodes_api::undrain_node))
         .with_state(Arc::clone(&daemon))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&credentials),

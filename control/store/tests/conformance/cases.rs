@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use ember_store::{
-    Claim, Counted, MicrovmRecord, MicrovmUpdate, NewImage, NewVersion, StateStore, StoreError,
-    IDEMPOTENCY_MAX_RECORDS, IDEMPOTENCY_WINDOW_SECS,
+    Claim, Counted, DeadNode, LeaseRenewal, MicrovmRecord, MicrovmUpdate, NewImage, NewVersion,
+    NodeRecord, StateStore, StoreError, IDEMPOTENCY_MAX_RECORDS, IDEMPOTENCY_WINDOW_SECS,
 };
 
 use crate::Db;
@@ -655,5 +655,445 @@ pub async fn last_active_never_moves_back_and_endpoints_change(db: Db) {
     assert_eq!(
         (m.endpoint.as_str(), m.proxy_addr.as_deref()),
         ("http://127.0.0.1:9", Some("127.0.0.1:9"))
+    );
+}
+
+// Nodes, leases and fencing.
+
+const LONG_LEASE_MS: u64 = 60_000;
+
+fn terminate(now: f64) -> MicrovmUpdate<'static> {
+    MicrovmUpdate {
+        state: "TERMINATED",
+        terminated_at: Some(now),
+        now,
+        ..Default::default()
+    }
+}
+
+fn running(now: f64) -> MicrovmUpdate<'static> {
+    MicrovmUpdate {
+        state: "RUNNING",
+        now,
+        ..Default::default()
+    }
+}
+
+async fn node(store: &Arc<dyn StateStore>, id: &str) -> NodeRecord {
+    let nodes = store.nodes().await.unwrap();
+    match nodes.into_iter().find(|n| n.id == id) {
+        Some(n) => n,
+        None => panic!("no node {id}"),
+    }
+}
+
+fn assert_fenced<T: std::fmt::Debug>(r: Result<T, StoreError>, what: &str) {
+    match r {
+        Err(StoreError::Fenced(m)) => assert!(!m.is_empty()),
+        other => panic!("{what}: expected Fenced, got {other:?}"),
+    }
+}
+
+pub async fn nodes_register_with_rising_epochs_and_own_what_they_insert(db: Db) {
+    let store = db.open().await;
+    assert!(store.nodes().await.unwrap().is_empty());
+    assert!(matches!(
+        store.renew_node_lease(LONG_LEASE_MS).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.register_node("n1", LONG_LEASE_MS).await.unwrap(), 1);
+    assert_eq!(store.register_node("n1", LONG_LEASE_MS).await.unwrap(), 2);
+    // The caller's owner is ignored: the row names the registration.
+    let mut vm = microvm("m", "a", 1);
+    vm.owner_node = Some("someone-else".into());
+    store.insert_microvm(&vm).await.unwrap();
+    store
+        .insert_microvm(&microvm("gone", "a", 1))
+        .await
+        .unwrap();
+    store.update_microvm("gone", &terminate(2.0)).await.unwrap();
+    assert_eq!(
+        store.microvm("m").await.unwrap().owner_node.as_deref(),
+        Some("n1")
+    );
+    store.update_microvm("m", &running(2.0)).await.unwrap();
+    store.set_microvm_last_active("m", 5.0).await.unwrap();
+    store.set_microvm_last_active("m", 4.0).await.unwrap();
+    store
+        .set_microvm_endpoint("m", "http://127.0.0.1:2", None)
+        .await
+        .unwrap();
+    let m = store.microvm("m").await.unwrap();
+    assert_eq!((m.state.as_str(), m.last_active_at), ("RUNNING", 5.0));
+    assert!(matches!(
+        store.insert_microvm(&microvm("m", "a", 1)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let n = node(&store, "n1").await;
+    assert_eq!(
+        (n.epoch, n.state.as_str(), n.live_microvms),
+        (2, "READY", 1)
+    );
+    assert_eq!(n.state_reason, None);
+    assert!(
+        n.lease_left_seconds > 50.0 && n.lease_left_seconds <= 60.0,
+        "{n:?}"
+    );
+    assert!(
+        (n.lease_expires_at - n.registered_at - 60.0).abs() < 1.0,
+        "{n:?}"
+    );
+
+    assert_eq!(
+        store.renew_node_lease(LONG_LEASE_MS).await.unwrap(),
+        LeaseRenewal::Renewed {
+            state: "READY".into()
+        }
+    );
+    // A drain set through any store reaches the node at its next renewal.
+    let other = db.open().await;
+    other
+        .set_node_state("n1", "DRAINING", Some("maintenance"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.renew_node_lease(LONG_LEASE_MS).await.unwrap(),
+        LeaseRenewal::Renewed {
+            state: "DRAINING".into()
+        }
+    );
+    // A restart does not undo a drain.
+    assert_eq!(store.register_node("n1", LONG_LEASE_MS).await.unwrap(), 3);
+    let n = node(&store, "n1").await;
+    assert_eq!(
+        (n.state.as_str(), n.state_reason.as_deref()),
+        ("DRAINING", Some("maintenance"))
+    );
+    other.set_node_state("n1", "READY", None).await.unwrap();
+    assert_eq!(
+        store.renew_node_lease(LONG_LEASE_MS).await.unwrap(),
+        LeaseRenewal::Renewed {
+            state: "READY".into()
+        }
+    );
+    assert!(matches!(
+        other.set_node_state("n1", "DEAD", None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    match other.set_node_state("nope", "DRAINING", None).await {
+        Err(StoreError::NotFound(m)) => assert_eq!(m, "node nope"),
+        r => panic!("expected NotFound, got {r:?}"),
+    }
+    // The store's writes still carry epoch 3 after the registrations.
+    store.update_microvm("m", &running(6.0)).await.unwrap();
+}
+
+/// Whoever superseded the registration (a sweep on a shared database,
+/// another registration on SQLite's one host), the old one's writes are
+/// refused and change nothing, and it learns so at its next renewal.
+pub async fn a_superseded_registration_is_fenced(db: Db) {
+    let old = db.open().await;
+    assert_eq!(old.register_node("n1", 300).await.unwrap(), 1);
+    old.insert_microvm(&microvm("m", "a", 1)).await.unwrap();
+    old.update_microvm("m", &running(2.0)).await.unwrap();
+    let new = db.open().await;
+    let expect_lost = if db.serves_many_nodes() {
+        new.register_node("n2", LONG_LEASE_MS).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let dead = new.sweep_expired_nodes().await.unwrap();
+        assert_eq!(
+            dead,
+            [DeadNode {
+                id: "n1".into(),
+                epoch: 2,
+                terminated_microvms: vec!["m".into()]
+            }]
+        );
+        LeaseRenewal::Lost {
+            state: "DEAD".into(),
+            epoch: 2,
+        }
+    } else {
+        assert_eq!(new.register_node("n1", LONG_LEASE_MS).await.unwrap(), 2);
+        LeaseRenewal::Lost {
+            state: "READY".into(),
+            epoch: 2,
+        }
+    };
+    let before = old.microvm("m").await.unwrap();
+    assert_fenced(old.update_microvm("m", &terminate(9.0)).await, "update");
+    assert_fenced(old.set_microvm_last_active("m", 99.0).await, "last active");
+    assert_fenced(
+        old.set_microvm_endpoint("m", "http://127.0.0.1:9", None)
+            .await,
+        "endpoint",
+    );
+    assert_fenced(old.insert_microvm(&microvm("m2", "a", 1)).await, "insert");
+    assert_eq!(old.microvm("m").await.unwrap(), before, "nothing changed");
+    assert!(matches!(
+        old.microvm("m2").await,
+        Err(StoreError::NotFound(_))
+    ));
+    // The message names both sides.
+    match old.update_microvm("m", &running(9.0)).await {
+        Err(StoreError::Fenced(m)) => {
+            assert!(m.contains("microVM m belongs to node"), "{m}");
+            assert!(m.contains("(node n1, epoch 1)"), "{m}");
+        }
+        r => panic!("expected Fenced, got {r:?}"),
+    }
+    assert_eq!(old.renew_node_lease(300).await.unwrap(), expect_lost);
+    // Still fenced, not let through as an unregistered store's writes.
+    assert_fenced(old.insert_microvm(&microvm("m3", "a", 1)).await, "insert");
+    assert_fenced(old.update_microvm("m", &running(9.0)).await, "update");
+    assert_eq!(old.renew_node_lease(300).await.unwrap(), expect_lost);
+    // Registering again makes it a node with a current epoch.
+    assert_eq!(old.register_node("n1", LONG_LEASE_MS).await.unwrap(), 3);
+    old.insert_microvm(&microvm("m4", "a", 1)).await.unwrap();
+    old.update_microvm("m4", &running(10.0)).await.unwrap();
+    assert_eq!(
+        old.microvm("m4").await.unwrap().owner_node.as_deref(),
+        Some("n1")
+    );
+}
+
+pub async fn an_expired_node_is_declared_dead_with_its_microvms(db: Db) {
+    let n1 = db.open().await;
+    let n2 = db.open().await;
+    n1.register_node("n1", 300).await.unwrap();
+    n1.insert_microvm(&microvm("b", "a", 1)).await.unwrap();
+    n1.insert_microvm(&microvm("a", "a", 1)).await.unwrap();
+    n1.insert_microvm(&microvm("done", "a", 1)).await.unwrap();
+    n1.update_microvm("done", &terminate(2.0)).await.unwrap();
+    n1.claim_idempotency("RunMicrovm", "t", "h", 1.0)
+        .await
+        .unwrap();
+    if !db.serves_many_nodes() {
+        // One node per SQLite file: nobody else to sweep.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(n1.sweep_expired_nodes().await.unwrap().is_empty());
+        assert!(n2.sweep_expired_nodes().await.unwrap().is_empty());
+        return;
+    }
+    n2.register_node("n2", 300).await.unwrap();
+    n2.insert_microvm(&microvm("theirs", "a", 1)).await.unwrap();
+    // A lease renewed in time is not swept (renewed just before, so a
+    // slow machine's setup above does not outlast it).
+    n1.renew_node_lease(300).await.unwrap();
+    assert!(
+        n2.sweep_expired_nodes().await.unwrap().is_empty(),
+        "in time"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // n2's own lease ran out too, but a node never sweeps itself.
+    let dead = n2.sweep_expired_nodes().await.unwrap();
+    assert_eq!(
+        dead,
+        [DeadNode {
+            id: "n1".into(),
+            epoch: 2,
+            terminated_microvms: vec!["a".into(), "b".into()]
+        }]
+    );
+    for id in ["a", "b"] {
+        let m = n2.microvm(id).await.unwrap();
+        assert_eq!(m.state, "TERMINATED");
+        assert!(m.terminated_at.is_some());
+        let reason = m.state_reason.unwrap_or_default();
+        assert!(
+            reason.starts_with("node n1, which ran this microVM, stopped renewing its lease")
+                && reason.contains("are lost"),
+            "{reason}"
+        );
+    }
+    assert_eq!(n2.microvm("done").await.unwrap().terminated_at, Some(2.0));
+    assert_eq!(n2.microvm("theirs").await.unwrap().state, "PENDING");
+    let n = node(&n2, "n1").await;
+    assert_eq!((n.state.as_str(), n.epoch, n.live_microvms), ("DEAD", 2, 0));
+    assert!(n.lease_left_seconds < 0.0, "{n:?}");
+    let reason = n.state_reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("node n1 stopped renewing its lease (it expired ")
+            && reason.ends_with("s ago); it was declared dead"),
+        "{reason}"
+    );
+    // The dead node's claim went with it.
+    assert_eq!(
+        n2.claim_idempotency("RunMicrovm", "t", "h", 2.0)
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+    // Swept once: nothing left to declare dead.
+    assert!(n2.sweep_expired_nodes().await.unwrap().is_empty());
+    assert!(matches!(
+        n2.set_node_state("n1", "READY", None).await,
+        Err(StoreError::Conflict(m)) if m == "node n1 is DEAD"
+    ));
+    assert_eq!(
+        n1.renew_node_lease(300).await.unwrap(),
+        LeaseRenewal::Lost {
+            state: "DEAD".into(),
+            epoch: 2
+        }
+    );
+    assert_fenced(n1.update_microvm("a", &running(3.0)).await, "update");
+    assert_eq!(n1.register_node("n1", LONG_LEASE_MS).await.unwrap(), 3);
+    assert_eq!(node(&n2, "n1").await.state, "READY");
+    n1.insert_microvm(&microvm("c", "a", 1)).await.unwrap();
+    assert_eq!(names(&n1.live_microvms().await.unwrap(), |v| &v.id), ["c"]);
+}
+
+pub async fn two_sweepers_declare_a_dead_node_dead_once(db: Db) {
+    let n1 = db.open().await;
+    n1.register_node("n1", 300).await.unwrap();
+    n1.insert_microvm(&microvm("m", "a", 1)).await.unwrap();
+    if !db.serves_many_nodes() {
+        assert!(n1.sweep_expired_nodes().await.unwrap().is_empty());
+        return;
+    }
+    let (n2, n3) = (db.open().await, db.open().await);
+    n2.register_node("n2", LONG_LEASE_MS).await.unwrap();
+    n3.register_node("n3", LONG_LEASE_MS).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (a, b) = tokio::join!(n2.sweep_expired_nodes(), n3.sweep_expired_nodes());
+    let mut dead = a.unwrap();
+    dead.extend(b.unwrap());
+    assert_eq!(
+        dead,
+        [DeadNode {
+            id: "n1".into(),
+            epoch: 2,
+            terminated_microvms: vec!["m".into()]
+        }]
+    );
+    assert_eq!(node(&n2, "n1").await.epoch, 2, "bumped once");
+}
+
+/// A claim belongs to the node that made it: only that node's next
+/// registration drops it (nobody will answer it), not another node's.
+pub async fn pending_claims_are_dropped_by_their_own_node_only(db: Db) {
+    let n1 = db.open().await;
+    n1.register_node("n1", LONG_LEASE_MS).await.unwrap();
+    n1.claim_idempotency("RunMicrovm", "t", "h", 1.0)
+        .await
+        .unwrap();
+    let in_flight = Claim::InFlight {
+        params_hash: "h".into(),
+    };
+    if db.serves_many_nodes() {
+        let n2 = db.open().await;
+        n2.register_node("n2", LONG_LEASE_MS).await.unwrap();
+        assert_eq!(
+            n2.claim_idempotency("RunMicrovm", "t", "h", 2.0)
+                .await
+                .unwrap(),
+            in_flight
+        );
+    }
+    assert_eq!(
+        n1.claim_idempotency("RunMicrovm", "t", "h", 2.0)
+            .await
+            .unwrap(),
+        in_flight
+    );
+    n1.register_node("n1", LONG_LEASE_MS).await.unwrap();
+    assert_eq!(
+        n1.claim_idempotency("RunMicrovm", "t", "h", 3.0)
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+}
+
+/// `live_microvms` is what a restarted node takes back: its own rows on a
+/// shared database; on SQLite's one host, every live row, whichever node
+/// name wrote it. Counts and image checks stay cluster-wide.
+pub async fn live_microvms_are_the_nodes_own(db: Db) {
+    let n1 = db.open().await;
+    n1.register_node("n1", LONG_LEASE_MS).await.unwrap();
+    n1.insert_microvm(&microvm("a", "img", 1)).await.unwrap();
+    let n2 = db.open().await;
+    n2.register_node("n2", LONG_LEASE_MS).await.unwrap();
+    n2.insert_microvm(&microvm("b", "img", 1)).await.unwrap();
+    if db.serves_many_nodes() {
+        assert_eq!(names(&n1.live_microvms().await.unwrap(), |v| &v.id), ["a"]);
+        assert_eq!(names(&n2.live_microvms().await.unwrap(), |v| &v.id), ["b"]);
+        // An unregistered store sees the rows no node owns: none here.
+        let unregistered = db.open().await;
+        assert!(unregistered.live_microvms().await.unwrap().is_empty());
+        assert_eq!(node(&n1, "n1").await.live_microvms, 1);
+        assert_eq!(node(&n1, "n2").await.live_microvms, 1);
+    } else {
+        // n2 took over the host and its VMs; n1 is retired, and its
+        // store's writes are fenced.
+        assert_eq!(
+            names(&n2.live_microvms().await.unwrap(), |v| &v.id),
+            ["a", "b"]
+        );
+        let n = node(&n2, "n1").await;
+        assert_eq!(n.state, "DEAD");
+        assert_eq!(
+            n.state_reason.as_deref(),
+            Some("replaced by node n2: a SQLite store serves one node")
+        );
+        assert_eq!(node(&n2, "n2").await.live_microvms, 2);
+        assert_fenced(n1.update_microvm("a", &running(2.0)).await, "update");
+        assert_fenced(n1.insert_microvm(&microvm("c", "img", 1)).await, "insert");
+    }
+    for store in [&n1, &n2] {
+        assert_eq!(store.count_live_microvms().await.unwrap(), 2);
+        assert_eq!(
+            store
+                .first_live_microvm("img", None)
+                .await
+                .unwrap()
+                .map(|v| v.id),
+            Some("a".to_string())
+        );
+    }
+}
+
+/// A database from before nodes existed opens, and the first node to
+/// register takes its live rows.
+pub async fn rows_from_before_nodes_are_taken_by_the_first_node_to_register(db: Db) {
+    {
+        let store = db.open().await;
+        store
+            .insert_microvm(&microvm("live", "a", 1))
+            .await
+            .unwrap();
+        store
+            .insert_microvm(&microvm("gone", "a", 1))
+            .await
+            .unwrap();
+        store.update_microvm("gone", &terminate(2.0)).await.unwrap();
+        store
+            .claim_idempotency("RunMicrovm", "t", "h", 1.0)
+            .await
+            .unwrap();
+    }
+    db.downgrade_to_before_nodes().await;
+    let store = db.open().await;
+    assert!(store.nodes().await.unwrap().is_empty());
+    let live = store.live_microvms().await.unwrap();
+    assert_eq!(names(&live, |v| &v.id), ["live"]);
+    assert_eq!(live[0].owner_node, None);
+    // Unregistered, the store writes ownerless rows as before.
+    store.update_microvm("live", &running(3.0)).await.unwrap();
+    assert_eq!(store.register_node("n1", LONG_LEASE_MS).await.unwrap(), 1);
+    let live = store.live_microvms().await.unwrap();
+    assert_eq!(names(&live, |v| &v.id), ["live"]);
+    assert_eq!(live[0].owner_node.as_deref(), Some("n1"));
+    assert_eq!(store.microvm("gone").await.unwrap().owner_node, None);
+    store.update_microvm("live", &running(4.0)).await.unwrap();
+    assert_eq!(node(&store, "n1").await.live_microvms, 1);
+    // The claim from before nodes had no node: nobody will answer it.
+    assert_eq!(
+        store
+            .claim_idempotency("RunMicrovm", "t", "h", 5.0)
+            .await
+            .unwrap(),
+        Claim::Claimed
     );
 }

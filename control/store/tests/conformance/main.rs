@@ -32,6 +32,49 @@ impl Db {
     pub fn drops_claims_at_open(&self) -> bool {
         matches!(self, Db::Sqlite(..))
     }
+
+    /// Several nodes share a Postgres database; a SQLite file serves the
+    /// one host it is on, so nothing there is swept.
+    pub fn serves_many_nodes(&self) -> bool {
+        matches!(self, Db::Postgres(..))
+    }
+
+    /// Takes the database back to the schema before nodes (SQLite's
+    /// version 3, Postgres' 1), keeping its rows, as an emberd of then
+    /// would have left it: the suite has no older emberd to write one.
+    pub async fn downgrade_to_before_nodes(&self) {
+        match self {
+            Db::Sqlite(path, _) => {
+                let conn = rusqlite::Connection::open(path).unwrap();
+                conn.execute_batch(
+                    "DROP TABLE nodes;
+                     DROP INDEX microvms_by_owner;
+                     ALTER TABLE microvms DROP COLUMN owner_node;
+                     ALTER TABLE microvms DROP COLUMN owner_epoch;
+                     ALTER TABLE idempotency DROP COLUMN node;
+                     PRAGMA user_version = 3;",
+                )
+                .unwrap();
+            }
+            Db::Postgres(conninfo) => {
+                let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                let conn = tokio::spawn(conn);
+                client
+                    .batch_execute(
+                        "DROP TABLE nodes;
+                         ALTER TABLE microvms DROP COLUMN owner_node, DROP COLUMN owner_epoch;
+                         ALTER TABLE idempotency DROP COLUMN node;
+                         UPDATE ember_schema SET version = 1;",
+                    )
+                    .await
+                    .unwrap();
+                drop(client);
+                let _ = conn.await;
+            }
+        }
+    }
 }
 
 async fn sqlite() -> Db {
@@ -80,6 +123,13 @@ conformance![
     state_updates_keep_or_clear_the_reason,
     the_first_live_microvm_of_an_image_or_version,
     last_active_never_moves_back_and_endpoints_change,
+    nodes_register_with_rising_epochs_and_own_what_they_insert,
+    a_superseded_registration_is_fenced,
+    an_expired_node_is_declared_dead_with_its_microvms,
+    two_sweepers_declare_a_dead_node_dead_once,
+    pending_claims_are_dropped_by_their_own_node_only,
+    live_microvms_are_the_nodes_own,
+    rows_from_before_nodes_are_taken_by_the_first_node_to_register,
 ];
 
 /// Emberds share a Postgres database, but each runs as a node id of its
