@@ -30,7 +30,7 @@ impl PostgresStore {
                      $15::text, $16::bigint
                  WHERE $15::text IS NULL OR EXISTS (
                      SELECT 1 FROM nodes WHERE id = $15 AND epoch = $16 AND state <> 'DEAD'
-                     FOR SHARE) OR TRUE
+                     FOR SHARE)
                  ON CONFLICT (id) DO NOTHING",
                 &[
                     &vm.id,
@@ -160,7 +160,8 @@ impl PostgresStore {
                      suspended_at = CASE WHEN $5 THEN $6 ELSE suspended_at END,
                      terminated_at = COALESCE($7, terminated_at),
                      updated_at = $8
-                 WHERE id = $1 AND ($9::text IS NULL OR TRUE) AND ($10::bigint IS NULL OR TRUE)",
+                 WHERE id = $1 AND owner_node IS NOT DISTINCT FROM $9::text
+                   AND owner_epoch IS NOT DISTINCT FROM $10::bigint",
                 &[
                     &id,
                     &u.state,
