@@ -24,7 +24,9 @@ pub enum NodeCommand {
 pub async fn run(client: &ApiClient, command: NodeCommand) -> anyhow::Result<()> {
     match command {
         NodeCommand::Ls { json } => {
-            let out = client.call(Method::GET, "/ember/v1/nodes", &[], None).await?;
+            let out = client
+                .call(Method::GET, "/ember/v1/nodes", &[], None)
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
                 return Ok(());

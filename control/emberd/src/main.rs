@@ -352,10 +352,7 @@ async fn main() -> anyhow::Result<()> {
             (args.registries.clone(), layout.clone(), assets.clone());
         tokio::task::spawn_blocking(move || registries.bases(&layout, &assets)).await??
     });
-    let disk = microvms::DiskReserve {
-        dir: data_dir.clone(),
-        reserve_mib: args.disk_reserve_mib,
-    };
+    let disk = disk_reserve(&args, &layout);
     let metrics = Arc::new(metrics::Metrics::new());
     let builds = Arc::new(Builds::new(
         Arc::clone(&store),
@@ -364,7 +361,7 @@ async fn main() -> anyhow::Result<()> {
         layout.clone(),
         builds::BuildLimits {
             concurrent: args.max_builds,
-            disk: disk.clone(),
+            disk,
             log_max_bytes: args.build_log_max_mib * 1024 * 1024,
         },
         Arc::clone(&metrics),
@@ -380,7 +377,6 @@ async fn main() -> anyhow::Result<()> {
         &store,
         &layout,
         vm_hv,
-        disk,
         roles,
         (endpoint_tls, Arc::clone(&metrics)),
         node_id,
@@ -449,7 +445,6 @@ async fn start_microvms(
     store: &Arc<dyn StateStore>,
     layout: &DataDir,
     hv: Arc<dyn Hypervisor>,
-    disk: microvms::DiskReserve,
     roles: Option<Arc<metadata::RoleCredentials>>,
     (tls, metrics): (Option<ember_proxy::EndpointTls>, Arc<metrics::Metrics>),
     node_id: String,
@@ -512,7 +507,7 @@ async fn start_microvms(
                 max_live: args.max_microvms,
                 max_running: args.max_running_microvms,
                 memory_reserve_mib: args.memory_reserve_mib,
-                disk,
+                disk: disk_reserve(args, layout),
             },
             metrics,
             warm_suspended_bytes: args
@@ -533,6 +528,14 @@ async fn start_microvms(
     }
     microvms.start_background();
     Ok(microvms)
+}
+
+/// Free space kept in the data dir, for builds and microVMs alike.
+fn disk_reserve(args: &Args, layout: &DataDir) -> microvms::DiskReserve {
+    microvms::DiskReserve {
+        dir: layout.root().to_path_buf(),
+        reserve_mib: args.disk_reserve_mib,
+    }
 }
 
 /// vCPUs of a build VM; its cgroup allows that many cores.

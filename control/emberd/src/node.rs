@@ -57,8 +57,9 @@ impl NodeArgs {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_default();
-        parse_node_id(&host)
-            .map_err(|e| anyhow::anyhow!("the host name does not make a node id ({e}); pass --node-id"))
+        parse_node_id(&host).map_err(|e| {
+            anyhow::anyhow!("the host name does not make a node id ({e}); pass --node-id")
+        })
     }
 
     pub fn lease(&self) -> Duration {
@@ -98,7 +99,15 @@ fn lease_ms(lease: Duration) -> u64 {
 
 /// Keeps the lease for as long as emberd runs.
 pub fn spawn_keeper(store: Arc<dyn StateStore>, microvms: Arc<Microvms>, node: Registered) {
-    tokio::spawn(async move { Keeper { store, microvms, node }.run().await });
+    tokio::spawn(async move {
+        Keeper {
+            store,
+            microvms,
+            node,
+        }
+        .run()
+        .await
+    });
 }
 
 struct Keeper {

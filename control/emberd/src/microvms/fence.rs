@@ -92,7 +92,12 @@ impl Microvms {
     /// while the lease is in doubt, so a VM that was in a transition at
     /// the first call is paused at a later one.
     pub async fn fence(&self, reason: &str) {
-        let first = self.fence.lock().reason.replace(reason.to_string()).is_none();
+        let first = self
+            .fence
+            .lock()
+            .reason
+            .replace(reason.to_string())
+            .is_none();
         if first {
             tracing::error!(node = %self.config.node_id, "fenced: {reason}");
         }

@@ -28,7 +28,8 @@ impl Microvms {
         self.end_leftover_pool().await;
         self.remove_leftover_forks();
         let records = self.store.live_microvms().await?;
-        let owned: std::collections::HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        let owned: std::collections::HashSet<&str> =
+            records.iter().map(|r| r.id.as_str()).collect();
         self.end_unowned(&owned).await;
         let slots = Arc::new(tokio::sync::Semaphore::new(ATTACH_PARALLELISM));
         let mut registered = 0;
@@ -65,7 +66,9 @@ impl Microvms {
                 };
                 // Build VMs are the builds' to clean up.
                 let build_vm = id.starts_with("build-") || id.starts_with("image-");
-                if build_vm || owned.contains(id.as_str()) || ember_vmm::validate_vm_name(&id).is_err()
+                if build_vm
+                    || owned.contains(id.as_str())
+                    || ember_vmm::validate_vm_name(&id).is_err()
                 {
                     continue;
                 }
