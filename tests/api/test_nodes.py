@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from artifacts import zip_files
 from harness import (COUNTER_LINE, REPO, counter, create_and_wait, endpoint_request,
-                     endpoint_token, error_code, qemu_pids, terminate_quietly, wait_microvm)
+                     endpoint_token, ember_cli, error_code, qemu_pids, terminate_quietly, wait_microvm)
 from postgres_server import PostgresServer
 
 LEASE = "4"
@@ -90,6 +90,12 @@ def test_nodes_share_the_store_and_each_acts_on_its_own(cluster, separate_emberd
         "n1": ("READY", 1), "n2": ("READY", 1)}, listed
     assert listed["n2"]["thisNode"] and not listed["n1"]["thisNode"]
     assert 0 < listed["n1"]["leaseSecondsLeft"] <= 4
+    # The operator's view, through the CLI (this node starred).
+    shown = ember_cli(n1, "node", "ls")
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split()[0]: line.split()[1:4] for line in shown.stdout.splitlines()[1:]}
+    assert rows == {"n1*": ["READY", "1", rows["n1*"][2]], "n2": ["READY", "1", rows["n2"][2]]}, \
+        shown.stdout
 
     # One process per node id; the second is refused before it touches state.
     with pytest.raises(RuntimeError) as refused:
@@ -124,8 +130,8 @@ def test_nodes_share_the_store_and_each_acts_on_its_own(cluster, separate_emberd
             terminate_quietly(n2.client(), extra["microvmId"])
             return False
         wait_for("n2 refuses runs while draining", refused_on_n2, 10)
-        status, answer = post(n1, "/ember/v1/nodes/n2/undrain")
-        assert status == 200 and answer["state"] == "READY", answer
+        shown = ember_cli(n1, "node", "undrain", "n2")
+        assert shown.returncode == 0 and "READY" in shown.stdout, (shown.stdout, shown.stderr)
         status, answer = post(n1, "/ember/v1/nodes/n9/drain")
         assert status == 404, answer
     finally:
