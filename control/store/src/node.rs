@@ -52,6 +52,13 @@ impl Identity {
         }
     }
 
+    /// Who a write to microVM `vm`'s row is made as; refused while the
+    /// lease is lost.
+    pub(crate) fn writer_of(&self, vm: &str) -> Result<Option<NodeId>, StoreError> {
+        self.writer()
+            .map_err(|lost| StoreError::fenced_lost(vm, &lost))
+    }
+
     pub(crate) fn set(&self, id: &str, epoch: u64) {
         *self.lock() = Standing::Current((id.to_string(), epoch));
     }

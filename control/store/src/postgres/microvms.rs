@@ -148,10 +148,7 @@ impl PostgresStore {
         id: &str,
         u: &MicrovmUpdate<'_>,
     ) -> Result<(), StoreError> {
-        let me = self
-            .identity
-            .writer()
-            .map_err(|lost| StoreError::fenced_lost(id, &lost))?;
+        let me = self.identity.writer_of(id)?;
         let (node, epoch) = owner_params(&me);
         let changed = self
             .execute(
@@ -190,10 +187,7 @@ impl PostgresStore {
         id: &str,
         at: f64,
     ) -> Result<(), StoreError> {
-        let me = self
-            .identity
-            .writer()
-            .map_err(|lost| StoreError::fenced_lost(id, &lost))?;
+        let me = self.identity.writer_of(id)?;
         let (node, epoch) = owner_params(&me);
         // GREATEST in the SET, not the WHERE: an older time still matches
         // the row, so only a row of another owner changes nothing.
@@ -219,10 +213,7 @@ impl PostgresStore {
         endpoint: &str,
         proxy_addr: Option<&str>,
     ) -> Result<(), StoreError> {
-        let me = self
-            .identity
-            .writer()
-            .map_err(|lost| StoreError::fenced_lost(id, &lost))?;
+        let me = self.identity.writer_of(id)?;
         let (node, epoch) = owner_params(&me);
         let changed = self
             .execute(

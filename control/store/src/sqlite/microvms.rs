@@ -146,10 +146,7 @@ impl SqliteStore {
     }
 
     pub(crate) fn update_microvm(&self, id: &str, u: &MicrovmUpdate<'_>) -> Result<(), StoreError> {
-        let me = self
-            .identity
-            .writer()
-            .map_err(|lost| StoreError::fenced_lost(id, &lost))?;
+        let me = self.identity.writer_of(id)?;
         let (node, epoch) = owner_params(&me);
         let conn = self.conn();
         let changed = conn.execute(
@@ -182,10 +179,7 @@ impl SqliteStore {
 
     /// Records the last inbound request, so idle timers survive a restart.
     pub(crate) fn set_microvm_last_active(&self, id: &str, at: f64) -> Result<(), StoreError> {
-        let me = self
-            .identity
-            .writer()
-            .map_err(|lost| StoreError::fenced_lost(id, &lost))?;
+        let me = self.identity.writer_of(id)?;
         let (node, epoch) = owner_params(&me);
         let conn = self.conn();
         // MAX in the SET, not the WHERE: an older time still matches the
@@ -210,10 +204,7 @@ impl SqliteStore {
         endpoint: &str,
         proxy_addr: Option<&str>,
     ) -> Result<(), StoreError> {
-        let me = self
-            .identity
-            .writer()
-            .map_err(|lost| StoreError::fenced_lost(id, &lost))?;
+        let me = self.identity.writer_of(id)?;
         let (node, epoch) = owner_params(&me);
         let conn = self.conn();
         let changed = conn.execute(
