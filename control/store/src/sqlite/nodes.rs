@@ -58,14 +58,29 @@ impl SqliteStore {
     pub(crate) fn renew_node_lease(&self, lease_ms: u64) -> Result<LeaseRenewal, StoreError> {
         let me = self.identity.required()?;
         let conn = self.conn();
-        let renewed: Option<String> = conn
+        let renewed: Option<String> = match conn
             .query_row(
                 "UPDATE nodes SET lease_expires_at = ?3
                  WHERE id = ?1 AND epoch = ?2 AND state <> 'DEAD' RETURNING state",
                 params![me.0, me.1, now() + lease_seconds(lease_ms)],
                 |r| r.get(0),
             )
-            .optional()?;
+            .optional()
+        {
+            Ok(renewed) => renewed,
+            // A SQLite file serves one node, so no other can declare this
+            // one dead: a renewal the file cannot take now (a full disk)
+            // is answered from what it holds instead of fencing the node.
+            Err(e) => {
+                tracing::warn!(node = %me.0, "the lease's renewal was not written ({e}); it stands");
+                conn.query_row(
+                    "SELECT state FROM nodes WHERE id = ?1 AND epoch = ?2 AND state <> 'DEAD'",
+                    params![me.0, me.1],
+                    |r| r.get(0),
+                )
+                .optional()?
+            }
+        };
         if let Some(state) = renewed {
             return Ok(LeaseRenewal::Renewed { state });
         }

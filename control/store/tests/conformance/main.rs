@@ -171,3 +171,24 @@ async fn a_node_id_serves_one_emberd_at_a_time_on_postgres() {
     let again = third.claim_idempotency("RunMicrovm", "t", "h", 2.0).await;
     assert_eq!(again.unwrap(), ember_store::Claim::Claimed);
 }
+
+/// A SQLite file serves one node, so nobody can declare it dead: a lease
+/// renewal the file cannot take (here: another connection holds the write
+/// lock past the busy timeout; in life, a full disk) still stands, rather
+/// than fencing the only node there is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_renewal_that_cannot_be_written_still_stands() {
+    let Db::Sqlite(path, _dir) = sqlite().await else {
+        unreachable!()
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    store.register_node("n1", 30_000).await.unwrap();
+    let blocker = rusqlite::Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let renewal = store.renew_node_lease(30_000).await.unwrap();
+    assert!(
+        matches!(&renewal, ember_store::LeaseRenewal::Renewed { state } if state == "READY"),
+        "{renewal:?}"
+    );
+    blocker.execute_batch("ROLLBACK").unwrap();
+}
