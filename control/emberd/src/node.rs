@@ -67,6 +67,12 @@ impl NodeArgs {
     }
 }
 
+/// After a failed renewal the next comes this soon (not a third of a
+/// lease later): once the store is back, every node renews within it, well
+/// before any of them has the whole lease of good renewals it needs to
+/// sweep the others.
+const RETRY: Duration = Duration::from_millis(500);
+
 /// A registered node: what the keeper needs to go on.
 pub struct Registered {
     pub id: String,
@@ -146,8 +152,13 @@ impl Keeper {
                     good_since = Some(self.node.sent);
                 }
                 Some(Err(e)) => {
-                    good_since = None;
-                    tracing::error!(node = %self.node.id, "renewing the node's lease: {e}");
+                    // Retried twice a second: one line per outage, not per try.
+                    if good_since.take().is_some() {
+                        tracing::error!(node = %self.node.id, "renewing the node's lease: {e}");
+                    } else {
+                        tracing::debug!(node = %self.node.id, "renewing the node's lease: {e}");
+                    }
+                    next = sent + RETRY.min(every);
                 }
                 None => {
                     good_since = None;
