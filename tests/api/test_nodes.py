@@ -117,22 +117,39 @@ def test_nodes_share_the_store_and_each_acts_on_its_own(cluster, separate_emberd
             assert error_code(info.value) == "ConflictException"
             assert "runs on node n1" in str(info.value), info.value
         assert n1.client().get_microvm(microvmIdentifier=vm_id)["state"] == "RUNNING"
+        # n1's snapshot is in n1's data dir: n2 says so rather than fail a restore.
+        with pytest.raises(ClientError) as info:
+            n2.client().run_microvm(imageIdentifier=IMAGE)
+        assert error_code(info.value) == "ConflictException"
+        assert "was built by another node" in str(info.value), info.value
 
-        # A drain set through n1 reaches n2 at its next renewal.
-        status, answer = post(n1, "/ember/v1/nodes/n2/drain")
+        # A drain set through n2 reaches n1 at its next renewal; the VM it
+        # runs goes on.
+        status, answer = post(n2, "/ember/v1/nodes/n1/drain")
         assert status == 200 and answer["state"] == "DRAINING", answer
 
-        def refused_on_n2():
+        def refused_on_n1():
             try:
-                extra = n2.client().run_microvm(imageIdentifier=IMAGE)
+                extra = n1.client().run_microvm(imageIdentifier=IMAGE)
             except ClientError as e:
                 return error_code(e) == "InsufficientCapacityException" and "draining" in str(e)
-            terminate_quietly(n2.client(), extra["microvmId"])
+            terminate_quietly(n1.client(), extra["microvmId"])
             return False
-        wait_for("n2 refuses runs while draining", refused_on_n2, 10)
-        shown = ember_cli(n1, "node", "undrain", "n2")
+        wait_for("n1 refuses runs while draining", refused_on_n1, 10)
+        assert n1.client().get_microvm(microvmIdentifier=vm_id)["state"] == "RUNNING"
+        shown = ember_cli(n2, "node", "undrain", "n1")
         assert shown.returncode == 0 and "READY" in shown.stdout, (shown.stdout, shown.stderr)
-        status, answer = post(n1, "/ember/v1/nodes/n9/drain")
+
+        def runs_on_n1():
+            try:
+                extra = n1.client().run_microvm(imageIdentifier=IMAGE)
+            except ClientError as e:
+                assert "draining" in str(e), e
+                return False
+            terminate_quietly(n1.client(), extra["microvmId"])
+            return True
+        wait_for("n1 takes runs again once undrained", runs_on_n1, 10)
+        status, answer = post(n2, "/ember/v1/nodes/n9/drain")
         assert status == 404, answer
     finally:
         terminate_quietly(n1.client(), vm_id)

@@ -42,6 +42,7 @@ impl Daemon {
                 "this version has no snapshot to run",
             )
         })?;
+        self.refuse_foreign_snapshot(&image.name, version.version, &snapshot_dir)?;
         if let Some(p) = &r.idle_policy {
             self.check_idle_policy(p)?;
         }
@@ -127,6 +128,30 @@ impl Daemon {
         Ok(())
     }
 
+    /// Snapshots live in the data dir of the node that built them (until
+    /// images are kept in an object store): another node's cannot be
+    /// restored here, and saying so beats a VM that ends at its restore.
+    fn refuse_foreign_snapshot(
+        &self,
+        image: &str,
+        version: u32,
+        dir: &str,
+    ) -> Result<(), ApiError> {
+        if std::path::Path::new(dir).starts_with(self.layout.root()) {
+            return Ok(());
+        }
+        Err(ApiError::conflict(
+            "MicrovmImageVersion",
+            &format!("{image}:{version}"),
+            format!(
+                "version {version} of {image} was built by another node (or before this data \
+                 dir moved): its snapshot {dir} is not in node {}'s data dir; run it through \
+                 the node that built it",
+                self.node_id()
+            ),
+        ))
+    }
+
     /// Brings the warm pool of `image`'s default version (the newest
     /// SUCCESSFUL, ACTIVE one) to the image's pool size; a no-op for an
     /// image with nothing to run.
@@ -141,6 +166,12 @@ impl Daemon {
         let (Some(dir), Ok(build)) = (version.snapshot_dir.as_ref(), build) else {
             return;
         };
+        if self
+            .refuse_foreign_snapshot(image, version.version, dir)
+            .is_err()
+        {
+            return;
+        }
         let key = PoolKey {
             snapshot_dir: dir.into(),
             memory_mib: memory_mib(&build),
