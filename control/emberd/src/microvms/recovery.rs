@@ -56,7 +56,11 @@ impl Microvms {
     /// files'. A process left running would be a twin of nothing.
     async fn end_unowned(&self, owned: &std::collections::HashSet<&str>) {
         // QEMU's runtime folders, one per VM process, and the VMs' files.
-        for root in [self.layout.vm_state().join("vms"), self.layout.microvms()] {
+        let roots = [
+            (self.layout.vm_state().join("vms"), false),
+            (self.layout.microvms(), true),
+        ];
+        for (root, holds_files) in roots {
             let Ok(entries) = std::fs::read_dir(&root) else {
                 continue;
             };
@@ -78,7 +82,7 @@ impl Microvms {
                         tracing::error!(microvm = %id, "stopping: {e}");
                     }
                 }
-                if root == self.layout.microvms() {
+                if holds_files {
                     if let Err(e) = super::lifecycle::remove_dir_if_exists(&entry.path()) {
                         tracing::warn!(microvm = %id, "removing its files: {e}");
                     }

@@ -15,6 +15,14 @@ use super::{node_lock, to_i64, PostgresStore};
 /// would leave behind.
 const NOW: &str = "extract(epoch from clock_timestamp())::double precision";
 
+/// The store's now, read inside `tx` so a transaction's rows agree on it.
+async fn store_now(tx: &deadpool_postgres::Transaction<'_>) -> Result<f64, StoreError> {
+    Ok(tx
+        .query_one(&format!("SELECT {NOW}"), &[])
+        .await?
+        .try_get(0)?)
+}
+
 fn unsigned(r: &Row, i: usize, what: &str) -> Result<u64, StoreError> {
     let v: i64 = r.try_get(i)?;
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("a negative {what} ({v})")))
@@ -36,10 +44,7 @@ impl PostgresStore {
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let now: f64 = tx
-            .query_one(&format!("SELECT {NOW}"), &[])
-            .await?
-            .try_get(0)?;
+        let now = store_now(&tx).await?;
         // A restart keeps a drain (and why it was asked for): only an
         // operator un-drains a node. A DEAD node comes back READY.
         let row = tx
@@ -107,10 +112,7 @@ impl PostgresStore {
         let me = self.identity.get().map(|(id, _)| id);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let now: f64 = tx
-            .query_one(&format!("SELECT {NOW}"), &[])
-            .await?
-            .try_get(0)?;
+        let now = store_now(&tx).await?;
         // SKIP LOCKED: a node another sweeper (or a registration) holds is
         // that one's to handle, so no node is declared dead twice.
         let expired = tx
