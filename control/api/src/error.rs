@@ -75,6 +75,12 @@ impl ErrorKind {
         }
     }
 
+    /// The modeled kind whose shape is named `name` (what
+    /// [`name`](Self::name) gives), e.g. from another node's answer.
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        Self::MODELED.into_iter().find(|k| k.name() == name)
+    }
+
     /// The HTTP status: `error.httpStatusCode` of the shape for modeled errors.
     pub fn status(self) -> StatusCode {
         match self {

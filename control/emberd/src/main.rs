@@ -5,6 +5,7 @@
 mod api_server;
 mod build_logs;
 mod builds;
+mod cluster;
 mod connectors;
 mod credentials;
 mod endpoint;
@@ -218,6 +219,8 @@ struct Args {
     api_limits: api_server::ApiLimits,
     #[command(flatten)]
     node: node::NodeArgs,
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
 }
 
 #[tokio::main]
@@ -261,9 +264,13 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("opening the state store {location}"))?;
     tracing::info!(store = %location, "state store open");
     let node_id = args.node.node_id()?;
+    let cluster = args.cluster.start().await?;
+    let address = cluster
+        .as_ref()
+        .and_then(|c| c.internal.as_ref().map(|(_, a)| a.clone()));
     // Before anything reads or writes microVMs: registering bumps the
     // node's epoch and takes back its rows under it.
-    let node = node::register(&*store, &node_id, args.node.lease())
+    let node = node::register(&*store, &node_id, args.node.lease(), address)
         .await
         .with_context(|| format!("registering node {node_id} in the state store"))?;
     let recovered = builds::recover_interrupted(&*store, &layout).await?;
@@ -379,7 +386,7 @@ async fn main() -> anyhow::Result<()> {
         vm_hv,
         roles,
         (endpoint_tls, Arc::clone(&metrics)),
-        node_id,
+        (node_id, cluster),
     )
     .await?;
     node::spawn_keeper(Arc::clone(&store), Arc::clone(&microvms), node);
@@ -447,15 +454,37 @@ async fn start_microvms(
     hv: Arc<dyn Hypervisor>,
     roles: Option<Arc<metadata::RoleCredentials>>,
     (tls, metrics): (Option<ember_proxy::EndpointTls>, Arc<metrics::Metrics>),
-    node_id: String,
+    (node_id, cluster): (String, Option<cluster::Cluster>),
 ) -> anyhow::Result<Arc<microvms::Microvms>> {
-    let tokens =
-        Arc::new(TokenKey::load_or_create(&layout.token_key()).context("the endpoint token key")?);
+    let (cluster_key, internal_listener) = match cluster {
+        Some(c) => (Some(c.key), c.internal.map(|(listener, _)| listener)),
+        None => (None, None),
+    };
+    let tokens = Arc::new(match &cluster_key {
+        Some(key) => key.token_key(),
+        None => TokenKey::load_or_create(&layout.token_key()).context("the endpoint token key")?,
+    });
     let upstream = Arc::new(microvms::VmUpstream::default());
+    let peers = cluster_key.as_ref().map(|key| {
+        Arc::new(cluster::Peers::new(
+            Arc::clone(key),
+            node_id.clone(),
+            Arc::clone(store),
+        ))
+    });
+    let proxy_upstream: Arc<dyn ember_proxy::Upstream> = match &peers {
+        Some(peers) => Arc::new(cluster::ClusterUpstream::new(
+            Arc::clone(&upstream),
+            Arc::clone(peers),
+            Arc::clone(store),
+            node_id.clone(),
+        )),
+        None => Arc::clone(&upstream) as _,
+    };
     let default_port = if tls.is_some() { 443 } else { 80 };
     let proxy = Arc::new(Proxy::new(
         Arc::clone(&tokens),
-        Arc::clone(&upstream) as Arc<dyn ember_proxy::Upstream>,
+        proxy_upstream,
         ProxyConfig {
             bind_ip: args.endpoint_ip,
             tls,
@@ -516,9 +545,13 @@ async fn start_microvms(
                 .unwrap_or_else(microvms::default_warm_budget_bytes),
             warm_pool: args.warm_pool,
             node_id,
+            peers,
         },
     );
     upstream.attach(&microvms);
+    if let (Some(listener), Some(key)) = (internal_listener, cluster_key) {
+        cluster::serve_internal(listener, key, Arc::clone(&microvms), Arc::clone(&upstream));
+    }
     let recovered = microvms.recover().await?;
     if recovered > 0 {
         tracing::info!(
@@ -557,6 +590,7 @@ fn validate_args(args: &Args) -> anyhow::Result<()> {
         anyhow::bail!("--build-memory-mib must be 256..=16384");
     }
     args.tls.check_plain(&listen_ips(args))?;
+    args.cluster.check_plain(args.tls.insecure_http)?;
     Ok(())
 }
 

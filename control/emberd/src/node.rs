@@ -80,6 +80,8 @@ pub struct Registered {
     lease: Duration,
     /// When the registration that gave the lease was sent.
     sent: Instant,
+    /// Where other nodes reach its internal listener.
+    address: Option<String>,
 }
 
 /// Registers the node, refusing to start if another emberd runs as it.
@@ -87,15 +89,19 @@ pub async fn register(
     store: &dyn StateStore,
     id: &str,
     lease: Duration,
+    address: Option<String>,
 ) -> Result<Registered, StoreError> {
     let sent = Instant::now();
     let epoch = store.register_node(id, lease_ms(lease)).await?;
-    tracing::info!(node = %id, epoch, lease_s = lease.as_secs(), "node registered");
+    // Set at every registration: the last one may have been elsewhere.
+    store.set_node_address(address.as_deref()).await?;
+    tracing::info!(node = %id, epoch, lease_s = lease.as_secs(), address = ?address, "node registered");
     Ok(Registered {
         id: id.to_string(),
         epoch,
         lease,
         sent,
+        address,
     })
 }
 
@@ -229,7 +235,8 @@ impl Keeper {
             .abandon_all("this node was declared dead while it could not renew its lease")
             .await;
         loop {
-            match register(&*self.store, &self.node.id, self.node.lease).await {
+            let address = self.node.address.clone();
+            match register(&*self.store, &self.node.id, self.node.lease, address).await {
                 Ok(node) => {
                     self.node = node;
                     self.microvms.unfence().await;

@@ -35,6 +35,9 @@ struct Node {
     lease_seconds_left: f64,
     registered_at: f64,
     live_microvms: u64,
+    /// Where other nodes reach its internal listener (cluster mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    internal_address: Option<String>,
     /// Whether this is the node that answered.
     this_node: bool,
 }
@@ -96,5 +99,6 @@ fn node(n: NodeRecord, me: &str) -> Node {
         lease_seconds_left: n.lease_left_seconds,
         registered_at: n.registered_at,
         live_microvms: n.live_microvms,
+        internal_address: n.address,
     }
 }

@@ -126,6 +126,12 @@ impl TokenKey {
         TokenKey { key }
     }
 
+    /// A key every node of a cluster derives from the secret they share,
+    /// so a token minted on one host verifies on all of them.
+    pub fn from_bytes(key: [u8; 32]) -> Self {
+        TokenKey { key }
+    }
+
     /// Reads the key at `path`, or creates it (mode 0600) on first start.
     /// The key is written under a temporary name and linked into place, so
     /// a crash never leaves a half-written key and two racing starts agree.

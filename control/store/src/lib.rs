@@ -271,4 +271,8 @@ state_store! {
     /// Sets a node READY or DRAINING (no other state); `NotFound` if there
     /// is no such node, `Conflict` if it is DEAD.
     fn set_node_state(&self, node_id: &str, state: &str, reason: Option<&str>) -> ();
+    /// Records where other nodes reach this registered node's internal
+    /// listener (tunnels to its microVMs, forwarded actions); `None`
+    /// when it serves none. `Conflict` if it never registered.
+    fn set_node_address(&self, address: Option<&str>) -> ();
 }

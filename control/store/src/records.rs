@@ -190,6 +190,8 @@ pub struct NodeRecord {
     pub registered_at: f64,
     /// MicroVMs it owns that are not TERMINATED.
     pub live_microvms: u64,
+    /// `host:port` of its internal listener, if it serves one.
+    pub address: Option<String>,
 }
 
 /// What renewing this emberd's lease found.

@@ -696,8 +696,39 @@ impl Microvms {
         ))
     }
 
-    /// A live VM another node runs: this node cannot act on it (forwarding
-    /// to the owner is not built yet), and says where it runs.
+    /// Has the node that runs `id` carry out `action`, when that is
+    /// another node of the cluster: `Ok(true)` once it did. `Ok(false)`
+    /// when this node is to act (or to give the error: unknown,
+    /// terminated, no cluster to forward to).
+    pub async fn forward_if_foreign(
+        &self,
+        id: &str,
+        action: crate::cluster::Action,
+    ) -> Result<bool, ApiError> {
+        let Some(peers) = &self.config.peers else {
+            return Ok(false);
+        };
+        if self.instance(id).is_some() {
+            return Ok(false);
+        }
+        let Ok(rec) = self.store.microvm(id).await else {
+            return Ok(false);
+        };
+        match rec.owner_node.as_deref() {
+            Some(owner)
+                if owner != self.config.node_id
+                    && rec.state != MicrovmState::Terminated.as_str() =>
+            {
+                peers.forward(owner, id, action).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// A live VM another node runs, and this node did not forward the
+    /// request (no cluster key, or a forwarded request whose VM moved):
+    /// it says where the VM runs.
     fn refuse_if_foreign(&self, rec: &MicrovmRecord) -> Result<(), ApiError> {
         match rec.owner_node.as_deref() {
             Some(owner)
@@ -709,8 +740,15 @@ impl Microvms {
                     &rec.id,
                     format!(
                         "microVM {} runs on node {owner}, not on this node ({}); send the \
-                         request to that node's API",
-                        rec.id, self.config.node_id
+                         request to that node's API{}",
+                        rec.id,
+                        self.config.node_id,
+                        if self.config.peers.is_some() {
+                            " (it could not be forwarded: it changed hands meanwhile)"
+                        } else {
+                            ", or give every node one --cluster-key-file and an \
+                             --internal-listen so that any node forwards it"
+                        }
                     ),
                 ))
             }

@@ -77,6 +77,9 @@ pub struct MicrovmsConfig {
     pub warm_pool: usize,
     /// This emberd's `--node-id`: the owner its VMs' rows name.
     pub node_id: String,
+    /// The other nodes of a cluster, which carry out actions on the
+    /// microVMs they run (`None`: one node, or no cluster key).
+    pub peers: Option<Arc<crate::cluster::Peers>>,
 }
 
 pub struct Microvms {

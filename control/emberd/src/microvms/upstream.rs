@@ -27,6 +27,12 @@ impl VmUpstream {
         let _ = self.microvms.set(Arc::downgrade(microvms));
     }
 
+    /// Whether this node runs `microvm_id` (it is in the live map).
+    pub fn runs(&self, microvm_id: &str) -> bool {
+        self.microvms()
+            .is_ok_and(|m| m.instance(microvm_id).is_some())
+    }
+
     fn microvms(&self) -> Result<Arc<Microvms>, UpstreamError> {
         self.microvms
             .get()

@@ -19,6 +19,7 @@ use ember_api::{Action, ApiError, Credentials, ErrorKind, Reply};
 use ember_store::{StateStore, StoreError};
 
 use crate::builds::Builds;
+use crate::cluster::Action as Forward;
 use crate::layout::DataDir;
 use crate::microvms::Microvms;
 use crate::now;
@@ -200,17 +201,36 @@ impl Daemon {
             }
             Action::ListMicrovms(r) => Reply::ListMicrovms(self.list_microvms(r).await?),
             Action::SuspendMicrovm(r) => {
-                self.microvms.request_suspend(&r.microvm_identifier).await?;
+                let id = &r.microvm_identifier;
+                if !self
+                    .microvms
+                    .forward_if_foreign(id, Forward::Suspend)
+                    .await?
+                {
+                    self.microvms.request_suspend(id).await?;
+                }
                 Reply::SuspendMicrovm(Default::default())
             }
             Action::ResumeMicrovm(r) => {
-                self.microvms.request_resume(&r.microvm_identifier).await?;
+                let id = &r.microvm_identifier;
+                if !self
+                    .microvms
+                    .forward_if_foreign(id, Forward::Resume)
+                    .await?
+                {
+                    self.microvms.request_resume(id).await?;
+                }
                 Reply::ResumeMicrovm(Default::default())
             }
             Action::TerminateMicrovm(r) => {
-                self.microvms
-                    .request_terminate(&r.microvm_identifier)
-                    .await?;
+                let id = &r.microvm_identifier;
+                if !self
+                    .microvms
+                    .forward_if_foreign(id, Forward::Terminate)
+                    .await?
+                {
+                    self.microvms.request_terminate(id).await?;
+                }
                 Reply::TerminateMicrovm(Default::default())
             }
             Action::CreateMicrovmAuthToken(r) => {

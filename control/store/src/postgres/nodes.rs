@@ -181,7 +181,8 @@ impl PostgresStore {
                     "SELECT n.id, n.epoch, n.state, n.state_reason, n.lease_expires_at,
                          n.lease_expires_at - {NOW}, n.registered_at,
                          (SELECT COUNT(*) FROM microvms m
-                          WHERE m.owner_node = n.id AND m.state <> 'TERMINATED')
+                          WHERE m.owner_node = n.id AND m.state <> 'TERMINATED'),
+                         n.address
                      FROM nodes n ORDER BY n.id"
                 ),
                 &[],
@@ -198,6 +199,7 @@ impl PostgresStore {
                     lease_left_seconds: r.try_get(5)?,
                     registered_at: r.try_get(6)?,
                     live_microvms: unsigned(r, 7, "count")?,
+                    address: r.try_get(8)?,
                 })
             })
             .collect()
@@ -228,5 +230,15 @@ impl PostgresStore {
             Some(_) => StoreError::node_dead(node_id),
             None => StoreError::node_not_found(node_id),
         })
+    }
+
+    pub(crate) async fn set_node_address(&self, address: Option<&str>) -> Result<(), StoreError> {
+        let me = self.identity.required()?;
+        self.execute(
+            "UPDATE nodes SET address = $2 WHERE id = $1",
+            &[&me.0, &address],
+        )
+        .await?;
+        Ok(())
     }
 }

@@ -106,7 +106,8 @@ impl SqliteStore {
             "SELECT n.id, n.epoch, n.state, n.state_reason, n.lease_expires_at,
                  n.lease_expires_at - ?1, n.registered_at,
                  (SELECT COUNT(*) FROM microvms m
-                  WHERE m.owner_node = n.id AND m.state <> 'TERMINATED')
+                  WHERE m.owner_node = n.id AND m.state <> 'TERMINATED'),
+                 n.address
              FROM nodes n ORDER BY n.id",
         )?;
         let rows = stmt
@@ -120,6 +121,7 @@ impl SqliteStore {
                     lease_left_seconds: r.get(5)?,
                     registered_at: r.get(6)?,
                     live_microvms: r.get(7)?,
+                    address: r.get(8)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -150,5 +152,14 @@ impl SqliteStore {
             Some(()) => StoreError::node_dead(node_id),
             None => StoreError::node_not_found(node_id),
         })
+    }
+
+    pub(crate) fn set_node_address(&self, address: Option<&str>) -> Result<(), StoreError> {
+        let me = self.identity.required()?;
+        self.conn().execute(
+            "UPDATE nodes SET address = ?2 WHERE id = ?1",
+            params![me.0, address],
+        )?;
+        Ok(())
     }
 }

@@ -100,6 +100,11 @@ ALTER TABLE microvms ADD COLUMN owner_epoch INTEGER;
 CREATE INDEX microvms_by_owner ON microvms (owner_node, state);
 ALTER TABLE idempotency ADD COLUMN node TEXT;
 "#,
+    // Where other nodes reach a node's internal listener, so any node can
+    // tunnel to the microVMs another one runs.
+    r#"
+ALTER TABLE nodes ADD COLUMN address TEXT;
+"#,
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -734,7 +734,22 @@ pub async fn nodes_register_with_rising_epochs_and_own_what_they_insert(db: Db) 
         (n.epoch, n.state.as_str(), n.live_microvms),
         (2, "READY", 1)
     );
-    assert_eq!(n.state_reason, None);
+    assert_eq!(
+        (n.state_reason.as_deref(), n.address.as_deref()),
+        (None, None)
+    );
+    // Where other nodes reach it: set by the node, read by all, kept
+    // across a re-registration (which sets it again anyway).
+    let unregistered = db.open().await;
+    assert!(matches!(
+        unregistered.set_node_address(Some("10.0.0.9:1")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store.set_node_address(Some("10.0.0.1:7001")).await.unwrap();
+    assert_eq!(
+        node(&unregistered, "n1").await.address.as_deref(),
+        Some("10.0.0.1:7001")
+    );
     assert!(
         n.lease_left_seconds > 50.0 && n.lease_left_seconds <= 60.0,
         "{n:?}"

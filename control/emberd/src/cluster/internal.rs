@@ -1,0 +1,349 @@
+//! The internal listener other nodes call (`--internal-listen`): every
+//! request is signed with the cluster key, fresh and seen once; it may ask
+//! for a tunnel to a guest port of a microVM this node runs (an HTTP
+//! upgrade, then raw bytes both ways) or for a lifecycle action on one.
+//! Nothing is forwarded further: a microVM this node does not run is 404.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ember_api::ApiError;
+use ember_proxy::Upstream;
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::key::{unix_now, ClusterKey, SignatureError, SignedParts, MAX_SKEW_SECS};
+use super::peer::Action;
+use crate::microvms::{Microvms, VmUpstream};
+
+pub const HEADER_NODE: &str = "x-ember-node";
+pub const HEADER_TIME: &str = "x-ember-time";
+pub const HEADER_NONCE: &str = "x-ember-nonce";
+pub const HEADER_SIGNATURE: &str = "x-ember-signature";
+pub const TUNNEL_PROTOCOL: &str = "ember-tunnel";
+
+const PREFIX: &str = "/ember/internal/v1/microvms/";
+/// Connections served at once; each tunnel holds one.
+const MAX_CONNECTIONS: usize = 8192;
+/// Requests carry no body; anything more is not from a node.
+const MAX_BODY: usize = 16 * 1024;
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Nonces remembered for replay checks: a window's worth at a high rate.
+const MAX_NONCES: usize = 200_000;
+
+pub fn tunnel_path(microvm_id: &str, port: u16) -> String {
+    format!("{PREFIX}{microvm_id}/ports/{port}")
+}
+
+pub fn action_path(microvm_id: &str, action: Action) -> String {
+    format!("{PREFIX}{microvm_id}/actions/{}", action.as_str())
+}
+
+enum Route {
+    Tunnel { microvm_id: String, port: u16 },
+    Act { microvm_id: String, action: Action },
+}
+
+fn route(path: &str) -> Option<Route> {
+    let rest = path.strip_prefix(PREFIX)?;
+    let mut parts = rest.split('/');
+    let (id, what, arg) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || id.is_empty() {
+        return None;
+    }
+    match what {
+        "ports" => Some(Route::Tunnel {
+            microvm_id: id.to_string(),
+            port: arg.parse().ok().filter(|p| *p != 0)?,
+        }),
+        "actions" => Some(Route::Act {
+            microvm_id: id.to_string(),
+            action: Action::parse(arg)?,
+        }),
+        _ => None,
+    }
+}
+
+/// Nonces seen within the skew window, each with when it may be forgotten.
+#[derive(Default)]
+struct Nonces(Mutex<HashMap<String, u64>>);
+
+impl Nonces {
+    /// `false` for a nonce seen before, or when the table is full of
+    /// fresh ones (refusing is safe: the sender retries later).
+    fn first_sight(&self, nonce: &str, now: u64) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.len() >= MAX_NONCES {
+            seen.retain(|_, forget_at| *forget_at > now);
+            if seen.len() >= MAX_NONCES {
+                return false;
+            }
+        }
+        // A nonce outlives every time its request could still pass.
+        seen.insert(nonce.to_string(), now + 2 * MAX_SKEW_SECS + 1)
+            .is_none()
+    }
+}
+
+struct Internal {
+    key: Arc<ClusterKey>,
+    microvms: Arc<Microvms>,
+    upstream: Arc<VmUpstream>,
+    nonces: Nonces,
+}
+
+/// Serves other nodes on `listener` for as long as emberd runs.
+pub fn serve(
+    listener: TcpListener,
+    key: Arc<ClusterKey>,
+    microvms: Arc<Microvms>,
+    upstream: Arc<VmUpstream>,
+) {
+    let internal = Arc::new(Internal {
+        key,
+        microvms,
+        upstream,
+        nonces: Nonces::default(),
+    });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("internal listener: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // Past the cap the connection is closed unanswered: only
+            // nodes call here, and they retry.
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                tracing::warn!(%peer, "internal listener: {MAX_CONNECTIONS} connections open; closing one more");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let internal = Arc::clone(&internal);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let internal = Arc::clone(&internal);
+                    async move { Ok::<_, std::convert::Infallible>(internal.handle(req).await) }
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades()
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!(%peer, "internal connection: {e}");
+                }
+                drop(slot);
+            });
+        }
+    });
+}
+
+impl Internal {
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let (parts, body) = req.into_parts();
+        let Ok(body) = Limited::new(body, MAX_BODY).collect().await else {
+            return answer(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large");
+        };
+        let body = body.to_bytes();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        if let Err(e) = self.verify(parts.method.as_str(), path, &parts.headers, &body) {
+            tracing::warn!(path, "internal request refused: {e}");
+            return answer(StatusCode::FORBIDDEN, &e.to_string());
+        }
+        if parts.method != http::Method::POST {
+            return answer(StatusCode::METHOD_NOT_ALLOWED, "only POST is served here");
+        }
+        match route(parts.uri.path()) {
+            Some(Route::Tunnel { microvm_id, port }) => {
+                self.tunnel(&microvm_id, port, on_upgrade).await
+            }
+            Some(Route::Act { microvm_id, action }) => self.act(&microvm_id, action).await,
+            None => answer(StatusCode::NOT_FOUND, "no such internal route"),
+        }
+    }
+
+    fn verify(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), SignatureError> {
+        let get = |name: &'static str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .ok_or(SignatureError::Missing(name))
+        };
+        let (node, time, nonce, signature) = (
+            get(HEADER_NODE)?,
+            get(HEADER_TIME)?,
+            get(HEADER_NONCE)?,
+            get(HEADER_SIGNATURE)?,
+        );
+        let time = time
+            .parse()
+            .map_err(|_| SignatureError::Missing(HEADER_TIME))?;
+        if !(16..=64).contains(&nonce.len()) || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(SignatureError::BadNonce);
+        }
+        let now = unix_now();
+        self.key.verify(
+            &SignedParts {
+                method,
+                path_and_query,
+                node,
+                time,
+                nonce,
+                body,
+            },
+            signature,
+            now,
+        )?;
+        // Checked last, so only signed requests fill the table.
+        if !self.nonces.first_sight(nonce, now) {
+            return Err(SignatureError::Replayed);
+        }
+        Ok(())
+    }
+
+    async fn tunnel(
+        &self,
+        microvm_id: &str,
+        port: u16,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+    ) -> Response<Full<Bytes>> {
+        // As for a client of this node's own endpoint: auto-resume under
+        // the VM's transition lock, the stream counted open and its bytes
+        // as activity for the idle policy.
+        let guest = match self.upstream.connect(microvm_id, port).await {
+            Ok(guest) => guest,
+            Err(e) => {
+                let status = match e {
+                    ember_proxy::UpstreamError::NotFound => StatusCode::NOT_FOUND,
+                    ember_proxy::UpstreamError::Refused(_) => StatusCode::BAD_GATEWAY,
+                    ember_proxy::UpstreamError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                return answer(status, &e.to_string());
+            }
+        };
+        self.upstream.touch(microvm_id);
+        let id = microvm_id.to_string();
+        tokio::spawn(async move {
+            let mut guest = guest;
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let mut edge = TokioIo::new(upgraded);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut edge, &mut guest).await {
+                        tracing::debug!(microvm = %id, "a tunnel ended: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!(microvm = %id, "a tunnel was not upgraded: {e}"),
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+        headers.insert(
+            header::UPGRADE,
+            http::HeaderValue::from_static(TUNNEL_PROTOCOL),
+        );
+        resp
+    }
+
+    async fn act(&self, microvm_id: &str, action: Action) -> Response<Full<Bytes>> {
+        let done = match action {
+            Action::Suspend => self.microvms.request_suspend(microvm_id).await,
+            Action::Resume => self.microvms.request_resume(microvm_id).await,
+            Action::Terminate => self.microvms.request_terminate(microvm_id).await,
+        };
+        match done {
+            Ok(()) => {
+                let mut resp = Response::new(Full::new(Bytes::new()));
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+                resp
+            }
+            Err(e) => api_error(&e),
+        }
+    }
+}
+
+fn api_error(e: &ApiError) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(e.body().to_string())));
+    *resp.status_mut() = e.status();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn answer(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "message": message }).to_string();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_name_one_microvm_and_a_port_or_an_action() {
+        assert!(matches!(
+            route("/ember/internal/v1/microvms/m-1/ports/8080"),
+            Some(Route::Tunnel { port: 8080, .. })
+        ));
+        assert!(matches!(
+            route("/ember/internal/v1/microvms/m-1/actions/terminate"),
+            Some(Route::Act {
+                action: Action::Terminate,
+                ..
+            })
+        ));
+        for bad in [
+            "/ember/internal/v1/microvms/m-1/ports/0",
+            "/ember/internal/v1/microvms/m-1/ports/70000",
+            "/ember/internal/v1/microvms/m-1/actions/fork",
+            "/ember/internal/v1/microvms//ports/1",
+            "/ember/internal/v1/microvms/m-1/ports/1/x",
+            "/elsewhere",
+        ] {
+            assert!(route(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_nonce_passes_once() {
+        let nonces = Nonces::default();
+        assert!(nonces.first_sight("00aa", 100));
+        assert!(!nonces.first_sight("00aa", 101));
+        assert!(nonces.first_sight("00ab", 101));
+    }
+}

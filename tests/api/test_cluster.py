@@ -1,0 +1,257 @@
+"""Routing between nodes (issue 14, item 4): two real emberd nodes, n1 and
+n2, on one Postgres with one cluster key, each serving every endpoint on
+its own wildcard-domain listener. A microVM run through n1 answers through
+n2 (a tunnel to n1 over n1's internal listener) with a token minted
+through either node, WebSocket-style upgrades included; Suspend, Resume
+and Terminate sent to n2 are carried out by n1, and requests through both
+nodes to a suspended VM share one resume. The internal listener takes
+only requests signed with the cluster key."""
+
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+import urllib.parse
+
+import pytest
+from botocore.exceptions import ClientError
+
+from artifacts import zip_files
+from harness import (COUNTER_LINE, REPO, create_and_wait, endpoint_token, error_code,
+                     terminate_quietly, wait_microvm)
+from postgres_server import PostgresServer
+
+DOMAIN = "vms.cluster.test"
+IMAGE = "hello-echo"
+ECHO_PORT = 9001
+POLICY = {"maxIdleDurationSeconds": 600, "suspendedDurationSeconds": 600,
+          "autoResumeEnabled": True}
+
+# An upgrade on port 9001: busybox nc runs this per connection; it answers
+# 101 and then echoes every byte, as a WebSocket echo server would.
+ECHO_SH = r"""#!/bin/sh
+while read -r line; do
+    line=$(printf '%s' "$line" | tr -d '\r')
+    [ -z "$line" ] && break
+done
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'
+exec cat
+"""
+
+
+def zip_hello_echo(dest):
+    src = REPO / "examples" / "hello-http"
+    files = {str(p.relative_to(src)): p.read_text() for p in src.rglob("*") if p.is_file()}
+    files["echo.sh"] = ECHO_SH
+    files["start.sh"] = files["start.sh"].replace(
+        "exec ", f"nc -ll -p {ECHO_PORT} -e /app/echo.sh &\nexec ", 1)
+    files["Dockerfile"] = files["Dockerfile"].replace(
+        "COPY start.sh", "COPY echo.sh start.sh").replace(
+        "RUN chmod 755", "RUN chmod 755 /app/echo.sh")
+    return zip_files(dest, files)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    def __init__(self, emberd, endpoint_port):
+        self.emberd = emberd
+        self.endpoint_port = endpoint_port
+
+    def client(self):
+        return self.emberd.client()
+
+    def get(self, host, token, port=None, timeout=60):
+        """GET / through this node's shared endpoint listener."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.endpoint_port, timeout=timeout)
+        headers = {"Host": host, "X-aws-proxy-auth": token}
+        if port:
+            headers["X-aws-proxy-port"] = str(port)
+        try:
+            conn.request("GET", "/", headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode(errors="replace")
+        finally:
+            conn.close()
+
+    def counter(self, host, token):
+        status, body = self.get(host, token)
+        assert status == 200, (status, body)
+        return int(COUNTER_LINE.search(body).group(1))
+
+
+@pytest.fixture(scope="module")
+def cluster(module_emberd, tmp_path_factory):
+    server = PostgresServer().start()
+    url = server.create_database("ember_cluster")
+    key = tmp_path_factory.mktemp("cluster") / "cluster.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    nodes = []
+    for name in ("n1", "n2"):
+        port = free_port()
+        emberd = module_emberd(
+            "--store", url, "--node-id", name, "--node-lease-seconds", "4",
+            "--cluster-key-file", str(key), "--internal-listen", "127.0.0.1:0",
+            "--endpoint-domain", DOMAIN, "--endpoint-listen", f"127.0.0.1:{port}")
+        nodes.append(Node(emberd, port))
+    n1, n2 = nodes
+    zip_path = zip_hello_echo(tmp_path_factory.mktemp("echo") / "hello-echo.zip")
+    image, version = create_and_wait(n1.client(), IMAGE, zip_path)
+    assert image["state"] == "CREATED", version.get("stateReason")
+    yield n1, n2
+    server.stop()
+
+
+@pytest.fixture
+def vm(cluster):
+    n1, n2 = cluster
+    run = n1.client().run_microvm(imageIdentifier=IMAGE, idlePolicy=POLICY)
+    vm_id = run["microvmId"]
+    wait_microvm(n2.client(), vm_id, "RUNNING", timeout=90)
+    assert run["endpoint"].startswith(f"http://{vm_id}.{DOMAIN}:"), run
+    yield vm_id, urllib.parse.urlsplit(run["endpoint"]).netloc
+    terminate_quietly(n1.client(), vm_id)
+
+
+def internal_address(node):
+    with node.emberd.signed_get("/ember/v1/nodes") as resp:
+        listed = {n["nodeId"]: n for n in json.loads(resp.read())["nodes"]}
+    return listed
+
+
+def upgrade_echo(node, host, token):
+    """An upgrade to the guest's echo port through `node`; then one line
+    each way."""
+    with socket.create_connection(("127.0.0.1", node.endpoint_port), timeout=30) as s:
+        s.sendall((f"GET /echo HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\n"
+                   f"Upgrade: websocket\r\nX-aws-proxy-auth: {token}\r\n"
+                   f"X-aws-proxy-port: {ECHO_PORT}\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk, f"closed before the upgrade's answer: {head!r}"
+            head += chunk
+        status_line = head.split(b"\r\n", 1)[0]
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        s.sendall(b"ping through the tunnel\n")
+        while b"\n" not in rest:
+            chunk = s.recv(4096)
+            assert chunk, f"closed before the echo: {rest!r}"
+            rest += chunk
+        return status_line.decode(), rest.decode()
+
+
+def test_any_node_serves_the_endpoint_of_a_microvm_another_runs(cluster, vm):
+    n1, n2 = cluster
+    vm_id, host = vm
+    # Tokens are signed with the cluster's key: one minted through either
+    # node opens the endpoint through both, and the count is one VM's.
+    token_n2 = endpoint_token(n2.client(), vm_id)
+    token_n1 = endpoint_token(n1.client(), vm_id)
+    assert n2.counter(host, token_n2) == 1
+    assert n1.counter(host, token_n2) == 2
+    assert n2.counter(host, token_n1) == 3
+    # Keep-alive requests on one client connection through n2 share one
+    # tunnel and stay in order.
+    conn = http.client.HTTPConnection("127.0.0.1", n2.endpoint_port, timeout=60)
+    try:
+        for want in (4, 5, 6):
+            conn.request("GET", "/", headers={"Host": host, "X-aws-proxy-auth": token_n1})
+            resp = conn.getresponse()
+            body = resp.read().decode()
+            assert resp.status == 200 and COUNTER_LINE.search(body).group(1) == str(want), body
+    finally:
+        conn.close()
+    # A token that does not verify is refused by the node it reaches,
+    # before anything is tunnelled.
+    status, body = n2.get(host, token_n1[:-4] + "AAAA")
+    assert status == 403, (status, body)
+
+    # An upgraded connection through the tunnel moves bytes both ways.
+    echo_token = n2.client().create_microvm_auth_token(
+        microvmIdentifier=vm_id, expirationInMinutes=10,
+        allowedPorts=[{"port": ECHO_PORT}])["authToken"]["X-aws-proxy-auth"]
+    status_line, echoed = upgrade_echo(n2, host, echo_token)
+    assert " 101 " in status_line, status_line
+    assert echoed == "ping through the tunnel\n", echoed
+
+    # The internal listener n2 tunnels through takes only signed requests.
+    listed = internal_address(n2)
+    address = listed["n1"]["internalAddress"]
+    assert listed["n2"]["internalAddress"] != address
+    ip, port = address.rsplit(":", 1)
+    path = f"/ember/internal/v1/microvms/{vm_id}/ports/8080"
+    forged = {"x-ember-node": "n2", "x-ember-time": str(int(time.time())),
+              "x-ember-nonce": "00" * 16, "x-ember-signature": "ab" * 32,
+              "Connection": "Upgrade", "Upgrade": "ember-tunnel"}
+    for headers in ({"Connection": "Upgrade", "Upgrade": "ember-tunnel"}, forged):
+        conn = http.client.HTTPConnection(ip, int(port), timeout=10)
+        try:
+            conn.request("POST", path, headers=headers)
+            resp = conn.getresponse()
+            assert resp.status == 403, (resp.status, resp.read())
+            assert "cluster key" in json.loads(resp.read())["message"]
+        finally:
+            conn.close()
+    # Nothing of that reached the guest: its count goes on from 6.
+    assert n1.counter(host, token_n1) == 7
+
+
+def test_lifecycle_actions_sent_to_any_node_reach_the_owner(cluster, vm):
+    n1, n2 = cluster
+    vm_id, host = vm
+    token = endpoint_token(n1.client(), vm_id)
+    assert n2.counter(host, token) == 1
+
+    n2.client().suspend_microvm(microvmIdentifier=vm_id)
+    wait_microvm(n1.client(), vm_id, "SUSPENDED", timeout=90)
+    # Requests through both nodes at once to the suspended VM: one resume
+    # on its owner serves them all, with the memory it was suspended with.
+    got, errors = [], []
+
+    def ask(node):
+        try:
+            got.append(node.counter(host, token))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+    threads = [threading.Thread(target=ask, args=(node,)) for node in (n1, n2) * 5]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sorted(got) == list(range(2, 12)), got
+    vm_state = n2.client().get_microvm(microvmIdentifier=vm_id)
+    assert vm_state["state"] == "RUNNING", vm_state
+
+    # An explicit Resume through n2, after a suspend through n2.
+    n2.client().suspend_microvm(microvmIdentifier=vm_id)
+    wait_microvm(n2.client(), vm_id, "SUSPENDED", timeout=90)
+    n2.client().resume_microvm(microvmIdentifier=vm_id)
+    wait_microvm(n2.client(), vm_id, "RUNNING", timeout=90)
+    assert n2.counter(host, token) == 12
+
+    # The owner's own refusals come back through n2 as n1 gives them.
+    with pytest.raises(ClientError) as via_n2:
+        n2.client().resume_microvm(microvmIdentifier=vm_id + "-nope")
+    assert error_code(via_n2.value) == "ResourceNotFoundException"
+
+    n2.client().terminate_microvm(microvmIdentifier=vm_id)
+    ended = wait_microvm(n1.client(), vm_id, "TERMINATED", timeout=60)
+    assert ended.get("stateReason"), ended
+    status, _ = n2.get(host, token)
+    assert status == 404
+    # Suspending a terminated VM is refused alike through either node.
+    codes = []
+    for node in (n1, n2):
+        with pytest.raises(ClientError) as info:
+            node.client().suspend_microvm(microvmIdentifier=vm_id)
+        codes.append(error_code(info.value))
+    assert codes[0] == codes[1] == "ConflictException", codes
