@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from artifacts import zip_files
 from harness import (COUNTER_LINE, REPO, create_and_wait, endpoint_token, error_code,
-                     terminate_quietly, wait_microvm)
+                     terminate_quietly, via_shared_listener, wait_microvm)
 from postgres_server import PostgresServer
 
 DOMAIN = "vms.cluster.test"
@@ -67,18 +67,9 @@ class Node:
     def client(self):
         return self.emberd.client()
 
-    def get(self, host, token, port=None, timeout=60):
+    def get(self, host, token):
         """GET / through this node's shared endpoint listener."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.endpoint_port, timeout=timeout)
-        headers = {"Host": host, "X-aws-proxy-auth": token}
-        if port:
-            headers["X-aws-proxy-port"] = str(port)
-        try:
-            conn.request("GET", "/", headers=headers)
-            resp = conn.getresponse()
-            return resp.status, resp.read().decode(errors="replace")
-        finally:
-            conn.close()
+        return via_shared_listener(self.endpoint_port, host, token)
 
     def counter(self, host, token):
         status, body = self.get(host, token)
@@ -120,7 +111,7 @@ def vm(cluster):
     terminate_quietly(n1.client(), vm_id)
 
 
-def internal_address(node):
+def listed_nodes(node):
     with node.emberd.signed_get("/ember/v1/nodes") as resp:
         listed = {n["nodeId"]: n for n in json.loads(resp.read())["nodes"]}
     return listed
@@ -183,7 +174,7 @@ def test_any_node_serves_the_endpoint_of_a_microvm_another_runs(cluster, vm):
     assert echoed == "ping through the tunnel\n", echoed
 
     # The internal listener n2 tunnels through takes only signed requests.
-    listed = internal_address(n2)
+    listed = listed_nodes(n2)
     address = listed["n1"]["internalAddress"]
     assert listed["n2"]["internalAddress"] != address
     ip, port = address.rsplit(":", 1)

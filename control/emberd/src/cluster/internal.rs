@@ -290,18 +290,15 @@ impl Internal {
 }
 
 fn api_error(e: &ApiError) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(e.body().to_string())));
-    *resp.status_mut() = e.status();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    resp
+    json(e.status(), &e.body())
 }
 
 fn answer(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({ "message": message }).to_string();
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    json(status, &serde_json::json!({ "message": message }))
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
