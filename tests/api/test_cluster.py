@@ -5,11 +5,13 @@ n2 (a tunnel to n1 over n1's internal listener) with a token minted
 through either node, WebSocket-style upgrades included; Suspend, Resume
 and Terminate sent to n2 are carried out by n1, and requests through both
 nodes to a suspended VM share one resume. The internal listener takes
-only requests signed with the cluster key."""
+only requests signed with the cluster key. The shell of n1's VM opens
+through n2's listener, and a fork asked of n2 is made by n1."""
 
 import http.client
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -22,6 +24,7 @@ from artifacts import zip_files
 from harness import (COUNTER_LINE, REPO, create_and_wait, endpoint_token, error_code,
                      terminate_quietly, via_shared_listener, wait_microvm)
 from postgres_server import PostgresServer
+from shell_client import open_shell, read_to_close, session_init, shell_token, type_and_read
 
 DOMAIN = "vms.cluster.test"
 IMAGE = "hello-echo"
@@ -246,3 +249,62 @@ def test_lifecycle_actions_sent_to_any_node_reach_the_owner(cluster, vm):
             node.client().suspend_microvm(microvmIdentifier=vm_id)
         codes.append(error_code(info.value))
     assert codes[0] == codes[1] == "ConflictException", codes
+
+
+def test_shell_and_fork_through_a_node_that_does_not_run_the_vm(cluster):
+    n1, n2 = cluster
+    run = n1.client().run_microvm(imageIdentifier=IMAGE, idlePolicy=POLICY,
+                                  ingressNetworkConnectors=["HTTP_INGRESS", "SHELL_INGRESS"])
+    vm_id, children = run["microvmId"], []
+    try:
+        wait_microvm(n2.client(), vm_id, "RUNNING", timeout=90)
+        host = urllib.parse.urlsplit(run["endpoint"]).netloc
+        token = endpoint_token(n1.client(), vm_id)
+        assert n2.counter(host, token) == 1
+
+        # The shell, framed as the service frames it, through n2: typed
+        # bytes, a resize and the exit status all cross the tunnel.
+        ws = open_shell(f"http://127.0.0.1:{n2.endpoint_port}", shell_token(n2.client(), vm_id),
+                        host=host)
+        try:
+            session_init(ws)
+            out = type_and_read(ws, "cat /run/ember-microvm-id; echo; echo $((6*7))\n",
+                                r"\n42\r?\n")
+            assert vm_id in out, out
+            ws.send(json.dumps({"type": "resize", "cols": 101, "rows": 33}))
+            type_and_read(ws, "stty size\n", r"33 101\r?\n")
+            ws.send_binary(b"exit 7\n")
+            texts, code, reason = read_to_close(ws)
+            assert (code, reason) == (1000, "shell exited"), (code, reason, texts)
+            assert texts == [{"type": "exit", "code": 7}], texts
+        finally:
+            ws.close()
+
+        # A fork asked of n2 is made where the parent's memory is: n1.
+        before = listed_nodes(n1)
+        status, answer = n2.emberd.fork(vm_id, '{"count": 2}')
+        assert status == 200, answer
+        children = [(m["microvmId"], urllib.parse.urlsplit(m["endpoint"]).netloc)
+                    for m in answer["microvms"]]
+        assert len(children) == 2, answer
+        for child, child_host in children:
+            wait_microvm(n2.client(), child, "RUNNING", timeout=120)
+            # Each child goes on from the parent's memory, through n2.
+            assert n2.counter(child_host, endpoint_token(n2.client(), child)) == 2
+        after = listed_nodes(n1)
+        assert after["n1"]["liveMicrovms"] == before["n1"]["liveMicrovms"] + 2, after
+        assert after["n2"]["liveMicrovms"] == before["n2"]["liveMicrovms"], after
+        assert n2.counter(host, token) == 2
+
+        # The owner's refusal comes back through n2 as n1 gives it.
+        n2.client().suspend_microvm(microvmIdentifier=vm_id)
+        wait_microvm(n2.client(), vm_id, "SUSPENDED", timeout=90)
+        refusals = [node.emberd.fork(vm_id) for node in (n1, n2)]
+        assert refusals[0] == refusals[1], refusals
+        status, answer = refusals[1]
+        assert status == 409 and re.search(r"only a RUNNING microVM can be forked",
+                                           answer["message"]), refusals
+    finally:
+        for child, _ in children:
+            terminate_quietly(n1.client(), child)
+        terminate_quietly(n1.client(), vm_id)

@@ -9,10 +9,6 @@ plus `ember logs` and `ember curl` against the same VM."""
 
 import json
 import re
-import struct
-import time
-import urllib.parse
-import uuid
 
 import pytest
 import websocket
@@ -20,6 +16,7 @@ from botocore.exceptions import ClientError
 
 from harness import (ember_cli, endpoint_request, endpoint_token, error_code, terminate_quietly,
                      wait_microvm)
+from shell_client import open_shell, read_to_close, session_init, shell_token, type_and_read
 
 # The session emberd's idle floor is 2 s (conftest): the shell VM idles
 # out between tests, so every test also exercises an auto-resume.
@@ -41,71 +38,10 @@ def shell_vm(ember, hello_http):
         terminate_quietly(client, vm["microvmId"])
 
 
-def shell_token(client, microvm_id):
-    answer = client.create_microvm_shell_auth_token(microvmIdentifier=microvm_id,
-                                                    expirationInMinutes=5)
-    return answer["authToken"]["X-aws-proxy-auth"]
-
-
-def shell_url(endpoint, path="/shell"):
-    url = urllib.parse.urlsplit(endpoint)
-    return f"ws://{url.hostname}:{url.port}{path}"
-
-
-def open_shell(endpoint, token, by_header=False, path="/shell"):
-    """The service's handshake: the token as a subprotocol (what browsers
-    send), or in X-aws-proxy-auth (other clients)."""
-    if by_header:
-        return websocket.create_connection(shell_url(endpoint, path), timeout=90,
-                                           header={"X-aws-proxy-auth": token})
-    return websocket.create_connection(
-        shell_url(endpoint, path), timeout=90,
-        subprotocols=["lambda-microvms", f"lambda-microvms.authentication.{token}",
-                      "lambda-microvms.port.8022"])
-
-
 def refused_status(endpoint, token, by_header=False, path="/shell"):
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
         open_shell(endpoint, token, by_header=by_header, path=path).close()
     return refused.value.status_code
-
-
-def next_frame(ws):
-    opcode, frame = ws.recv_data_frame(control_frame=True)
-    return opcode, frame.data
-
-
-def session_init(ws):
-    opcode, data = next_frame(ws)
-    assert opcode == websocket.ABNF.OPCODE_TEXT, (opcode, data)
-    init = json.loads(data)
-    assert init["type"] == "session_init", init
-    return uuid.UUID(init["session_id"])
-
-
-def type_and_read(ws, text, pattern):
-    """Types `text`, then collects terminal output until `pattern` matches."""
-    ws.send_binary(text.encode())
-    out = ""
-    deadline = time.monotonic() + 60
-    while not re.search(pattern, out):
-        assert time.monotonic() < deadline, f"no {pattern!r} in {out!r}"
-        opcode, data = next_frame(ws)
-        assert opcode == websocket.ABNF.OPCODE_BINARY, (opcode, data, out)
-        out += data.decode(errors="replace")
-    return out
-
-
-def read_to_close(ws):
-    """(text frames, close code, close reason) once the server closes."""
-    texts = []
-    while True:
-        opcode, data = next_frame(ws)
-        if opcode == websocket.ABNF.OPCODE_TEXT:
-            texts.append(json.loads(data))
-        elif opcode == websocket.ABNF.OPCODE_CLOSE:
-            code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
-            return texts, code, data[2:].decode()
 
 
 def test_websocket_shell_is_framed_like_the_service(ember, shell_vm):

@@ -1,7 +1,8 @@
 //! The internal listener other nodes call (`--internal-listen`): every
 //! request is signed with the cluster key, fresh and seen once; it may ask
 //! for a tunnel to a guest port of a microVM this node runs (an HTTP
-//! upgrade, then raw bytes both ways) or for a lifecycle action on one.
+//! upgrade, then raw bytes both ways), for its shell (an upgrade, then
+//! `shell_tunnel`'s frames), for a lifecycle action on it or for a fork.
 //! Nothing is forwarded further: a microVM this node does not run is 404.
 
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ember_api::ApiError;
-use ember_proxy::Upstream;
+use ember_proxy::{TerminalSize, Upstream, UpstreamError};
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -20,6 +21,7 @@ use tokio::sync::Semaphore;
 
 use super::key::{unix_now, ClusterKey, SignatureError, SignedParts, MAX_SKEW_SECS};
 use super::peer::Action;
+use super::shell_tunnel;
 use crate::microvms::{Microvms, VmUpstream};
 
 pub const HEADER_NODE: &str = "x-ember-node";
@@ -45,9 +47,47 @@ pub fn action_path(microvm_id: &str, action: Action) -> String {
     format!("{PREFIX}{microvm_id}/actions/{}", action.as_str())
 }
 
+pub fn shell_path(microvm_id: &str, size: TerminalSize) -> String {
+    format!("{PREFIX}{microvm_id}/shells/{}x{}", size.cols, size.rows)
+}
+
+pub fn fork_path(microvm_id: &str, count: u32) -> String {
+    format!("{PREFIX}{microvm_id}/forks/{count}")
+}
+
+/// The answer to a fork: the children's ids, their rows already stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forked {
+    pub microvm_ids: Vec<String>,
+}
+
 enum Route {
-    Tunnel { microvm_id: String, port: u16 },
-    Act { microvm_id: String, action: Action },
+    Tunnel {
+        microvm_id: String,
+        port: u16,
+    },
+    Act {
+        microvm_id: String,
+        action: Action,
+    },
+    Fork {
+        microvm_id: String,
+        count: u32,
+    },
+    Shell {
+        microvm_id: String,
+        size: TerminalSize,
+    },
+}
+
+fn terminal_size(s: &str) -> Option<TerminalSize> {
+    let (cols, rows) = s.split_once('x')?;
+    let size = TerminalSize {
+        cols: cols.parse().ok()?,
+        rows: rows.parse().ok()?,
+    };
+    (size.cols > 0 && size.rows > 0).then_some(size)
 }
 
 fn route(path: &str) -> Option<Route> {
@@ -65,6 +105,14 @@ fn route(path: &str) -> Option<Route> {
         "actions" => Some(Route::Act {
             microvm_id: id.to_string(),
             action: Action::parse(arg)?,
+        }),
+        "shells" => Some(Route::Shell {
+            microvm_id: id.to_string(),
+            size: terminal_size(arg)?,
+        }),
+        "forks" => Some(Route::Fork {
+            microvm_id: id.to_string(),
+            count: arg.parse().ok()?,
         }),
         _ => None,
     }
@@ -175,6 +223,10 @@ impl Internal {
                 self.tunnel(&microvm_id, port, on_upgrade).await
             }
             Some(Route::Act { microvm_id, action }) => self.act(&microvm_id, action).await,
+            Some(Route::Fork { microvm_id, count }) => self.fork(&microvm_id, count).await,
+            Some(Route::Shell { microvm_id, size }) => {
+                self.shell(&microvm_id, size, on_upgrade).await
+            }
             None => answer(StatusCode::NOT_FOUND, "no such internal route"),
         }
     }
@@ -235,14 +287,7 @@ impl Internal {
         // as activity for the idle policy.
         let guest = match self.upstream.connect(microvm_id, port).await {
             Ok(guest) => guest,
-            Err(e) => {
-                let status = match e {
-                    ember_proxy::UpstreamError::NotFound => StatusCode::NOT_FOUND,
-                    ember_proxy::UpstreamError::Refused(_) => StatusCode::BAD_GATEWAY,
-                    ember_proxy::UpstreamError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                };
-                return answer(status, &e.to_string());
-            }
+            Err(e) => return refused(&e),
         };
         self.upstream.touch(microvm_id);
         let id = microvm_id.to_string();
@@ -258,18 +303,30 @@ impl Internal {
                 Err(e) => tracing::debug!(microvm = %id, "a tunnel was not upgraded: {e}"),
             }
         });
-        let mut resp = Response::new(Full::new(Bytes::new()));
-        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = resp.headers_mut();
-        headers.insert(
-            header::CONNECTION,
-            http::HeaderValue::from_static("upgrade"),
-        );
-        headers.insert(
-            header::UPGRADE,
-            http::HeaderValue::from_static(TUNNEL_PROTOCOL),
-        );
-        resp
+        switching_protocols()
+    }
+
+    /// The shell is started before the answer, so that a refusal (no
+    /// SHELL_INGRESS, a guest that cannot start one) is a status.
+    async fn shell(
+        &self,
+        microvm_id: &str,
+        size: TerminalSize,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+    ) -> Response<Full<Bytes>> {
+        let shell = match self.upstream.open_shell(microvm_id, size).await {
+            Ok(shell) => shell,
+            Err(e) => return refused(&e),
+        };
+        self.upstream.touch(microvm_id);
+        let id = microvm_id.to_string();
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => shell_tunnel::serve(TokioIo::new(upgraded), shell).await,
+                Err(e) => tracing::debug!(microvm = %id, "a shell tunnel was not upgraded: {e}"),
+            }
+        });
+        switching_protocols()
     }
 
     async fn act(&self, microvm_id: &str, action: Action) -> Response<Full<Bytes>> {
@@ -287,6 +344,57 @@ impl Internal {
             Err(e) => api_error(&e),
         }
     }
+}
+
+impl Internal {
+    async fn fork(&self, microvm_id: &str, count: u32) -> Response<Full<Bytes>> {
+        // Only a VM this node runs: a fork is never passed on again.
+        if self.microvms.instance(microvm_id).is_none() {
+            return api_error(&ApiError::conflict(
+                "microVM",
+                microvm_id,
+                format!(
+                    "microVM {microvm_id} is not running on the node it was forwarded to; retry"
+                ),
+            ));
+        }
+        match self.microvms.fork(microvm_id, count).await {
+            Ok(records) => {
+                let forked = Forked {
+                    microvm_ids: records.into_iter().map(|r| r.id).collect(),
+                };
+                match serde_json::to_value(&forked) {
+                    Ok(body) => json(StatusCode::OK, &body),
+                    Err(e) => answer(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                }
+            }
+            Err(e) => api_error(&e),
+        }
+    }
+}
+
+fn refused(e: &UpstreamError) -> Response<Full<Bytes>> {
+    let status = match e {
+        UpstreamError::NotFound => StatusCode::NOT_FOUND,
+        UpstreamError::Refused(_) => StatusCode::BAD_GATEWAY,
+        UpstreamError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    answer(status, &e.to_string())
+}
+
+fn switching_protocols() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(
+        header::UPGRADE,
+        http::HeaderValue::from_static(TUNNEL_PROTOCOL),
+    );
+    resp
 }
 
 fn api_error(e: &ApiError) -> Response<Full<Bytes>> {
@@ -324,10 +432,27 @@ mod tests {
                 ..
             })
         ));
+        assert!(matches!(
+            route("/ember/internal/v1/microvms/m-1/forks/3"),
+            Some(Route::Fork { count: 3, .. })
+        ));
+        assert!(matches!(
+            route("/ember/internal/v1/microvms/m-1/shells/132x50"),
+            Some(Route::Shell {
+                size: TerminalSize {
+                    cols: 132,
+                    rows: 50
+                },
+                ..
+            })
+        ));
         for bad in [
             "/ember/internal/v1/microvms/m-1/ports/0",
             "/ember/internal/v1/microvms/m-1/ports/70000",
             "/ember/internal/v1/microvms/m-1/actions/fork",
+            "/ember/internal/v1/microvms/m-1/forks/x",
+            "/ember/internal/v1/microvms/m-1/shells/0x24",
+            "/ember/internal/v1/microvms/m-1/shells/80",
             "/ember/internal/v1/microvms//ports/1",
             "/ember/internal/v1/microvms/m-1/ports/1/x",
             "/elsewhere",

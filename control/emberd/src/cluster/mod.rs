@@ -14,6 +14,7 @@
 mod internal;
 pub mod key;
 mod peer;
+mod shell_tunnel;
 mod upstream;
 
 use std::net::SocketAddr;

@@ -1,14 +1,14 @@
 //! Calling another node: where it listens (the `nodes` table), a signed
-//! request to its internal listener, and the two things asked of it: a
-//! tunnel to a guest port of a microVM it runs, or a lifecycle action on
-//! one.
+//! request to its internal listener, and what is asked of it: a tunnel to
+//! a guest port or to the shell of a microVM it runs, a lifecycle action
+//! on one, or a fork of it.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ember_api::{ApiError, ErrorKind};
-use ember_proxy::{AsyncStream, UpstreamError};
+use ember_proxy::{AsyncStream, Shell, TerminalSize, UpstreamError};
 use ember_store::StateStore;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 
 use super::internal::{self, HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIME};
 use super::key::{nonce, unix_now, ClusterKey, SignedParts};
+use super::shell_tunnel;
 
 /// How long node addresses read from the store are reused: a node that
 /// restarts on another port is found again within this.
@@ -24,7 +25,7 @@ const ADDRESSES_TTL: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A lifecycle action only records the transition and returns (the work
 /// follows in the background), but the owner may first wait for the one
-/// in progress.
+/// in progress; a fork waits for the parent's snapshot.
 const ACTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most of another node's error body read.
 const MAX_ANSWER: usize = 64 * 1024;
@@ -110,13 +111,37 @@ impl Peers {
         microvm_id: &str,
         port: u16,
     ) -> Result<Box<dyn AsyncStream>, UpstreamError> {
-        let path = internal::tunnel_path(microvm_id, port);
+        self.upgrade(owner, microvm_id, &internal::tunnel_path(microvm_id, port))
+            .await
+    }
+
+    /// Starts a shell on a terminal of `size` in `microvm_id`, which
+    /// `owner` runs, and carries it over one tunnel.
+    pub async fn shell(
+        &self,
+        owner: &str,
+        microvm_id: &str,
+        size: TerminalSize,
+    ) -> Result<Shell, UpstreamError> {
+        let path = internal::shell_path(microvm_id, size);
+        let tunnel = self.upgrade(owner, microvm_id, &path).await?;
+        Ok(shell_tunnel::open(tunnel))
+    }
+
+    /// A signed upgrade to `path` on `owner`: the stream once it answered
+    /// 101, else its refusal as the proxy's error.
+    async fn upgrade(
+        &self,
+        owner: &str,
+        microvm_id: &str,
+        path: &str,
+    ) -> Result<Box<dyn AsyncStream>, UpstreamError> {
         let unavailable = |e: CallError| {
             UpstreamError::Unavailable(format!("microVM {microvm_id} runs on another node: {e}"))
         };
         let addr = self.address(owner).await.map_err(unavailable)?;
         let req = self
-            .signed(&path, &addr)
+            .signed(path, &addr)
             .header(header::CONNECTION, "upgrade")
             .header(header::UPGRADE, internal::TUNNEL_PROTOCOL)
             .body(Empty::<Bytes>::new())
@@ -152,27 +177,66 @@ impl Peers {
         microvm_id: &str,
         action: Action,
     ) -> Result<(), ApiError> {
+        let path = internal::action_path(microvm_id, action);
+        self.call(owner, microvm_id, action.as_str(), &path)
+            .await
+            .map(drop)
+    }
+
+    /// Has `owner` fork `microvm_id` into `count` children; their ids,
+    /// whose rows the owner stored before it answered.
+    pub async fn fork(
+        &self,
+        owner: &str,
+        microvm_id: &str,
+        count: u32,
+    ) -> Result<Vec<String>, ApiError> {
+        let path = internal::fork_path(microvm_id, count);
+        let body = self.call(owner, microvm_id, "fork", &path).await?;
+        let forked: internal::Forked = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::internal(format!(
+                "node {owner} forked microVM {microvm_id} but its answer is not understood: {e}"
+            ))
+        })?;
+        if forked.microvm_ids.len() != count as usize {
+            return Err(ApiError::internal(format!(
+                "node {owner} answered a fork of {count} with {} microVMs",
+                forked.microvm_ids.len()
+            )));
+        }
+        Ok(forked.microvm_ids)
+    }
+
+    /// A signed request for `what` (a verb for the error message) to
+    /// `owner`; the body of its success, else its error in the model's
+    /// shape.
+    async fn call(
+        &self,
+        owner: &str,
+        microvm_id: &str,
+        what: &str,
+        path: &str,
+    ) -> Result<Bytes, ApiError> {
         let cannot = |e: CallError| {
             ApiError::internal(format!(
                 "microVM {microvm_id} runs on node {owner}, which could not be asked to \
-                 {}: {e}; retry",
-                action.as_str()
+                 {what}: {e}; retry"
             ))
         };
         let addr = self.address(owner).await.map_err(cannot)?;
         let req = self
-            .signed(&internal::action_path(microvm_id, action), &addr)
+            .signed(path, &addr)
             .body(Empty::<Bytes>::new())
             .map_err(|e| ApiError::internal(format!("a forwarded request: {e}")))?;
         let resp = self
             .send(owner, &addr, req, Some(ACTION_TIMEOUT))
             .await
             .map_err(cannot)?;
-        if resp.status().is_success() {
-            return Ok(());
-        }
         let status = resp.status();
         let body = read_bounded(resp).await;
+        if status.is_success() {
+            return Ok(body);
+        }
         Err(api_error(status, &body, owner))
     }
 

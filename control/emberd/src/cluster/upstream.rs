@@ -75,10 +75,7 @@ impl Upstream for ClusterUpstream {
         size: TerminalSize,
     ) -> Result<Shell, UpstreamError> {
         match self.other_owner(microvm_id).await? {
-            Some(owner) => Err(UpstreamError::Unavailable(format!(
-                "microVM {microvm_id} runs on node {owner}: its shell is served only by that \
-                 node's endpoint listener"
-            ))),
+            Some(owner) => self.peers.shell(&owner, microvm_id, size).await,
             None => self.local.open_shell(microvm_id, size).await,
         }
     }

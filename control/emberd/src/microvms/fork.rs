@@ -58,6 +58,21 @@ impl Microvms {
                 "count must be between 1 and {MAX_FORK_COUNT}, not {count}"
             )));
         }
+        if let Some((peers, owner)) = self.foreign_owner(parent_id).await {
+            // The children run where the parent's memory is: on its owner,
+            // which has stored their rows by the time it answers.
+            let ids = peers.fork(&owner, parent_id, count).await?;
+            let mut records = Vec::with_capacity(ids.len());
+            for id in &ids {
+                records.push(self.store.microvm(id).await.map_err(|e| {
+                    ApiError::internal(format!(
+                        "node {owner} forked {parent_id} into {id}, which this node cannot \
+                         read back: {e}"
+                    ))
+                })?);
+            }
+            return Ok(records);
+        }
         let parent = self.live_instance(parent_id).await?;
         self.refuse_if_fenced()?;
         self.refuse_if_draining()?;

@@ -705,25 +705,29 @@ impl Microvms {
         id: &str,
         action: crate::cluster::Action,
     ) -> Result<bool, ApiError> {
-        let Some(peers) = &self.config.peers else {
-            return Ok(false);
-        };
-        if self.instance(id).is_some() {
-            return Ok(false);
-        }
-        let Ok(rec) = self.store.microvm(id).await else {
-            return Ok(false);
-        };
-        match rec.owner_node.as_deref() {
-            Some(owner)
-                if owner != self.config.node_id
-                    && rec.state != MicrovmState::Terminated.as_str() =>
-            {
-                peers.forward(owner, id, action).await?;
+        match self.foreign_owner(id).await {
+            Some((peers, owner)) => {
+                peers.forward(&owner, id, action).await?;
                 Ok(true)
             }
-            _ => Ok(false),
+            None => Ok(false),
         }
+    }
+
+    /// The other node of the cluster that runs live VM `id`, and the way
+    /// to it; `None` when this node is to act (or to give the error:
+    /// unknown, terminated, no cluster to forward to).
+    pub(super) async fn foreign_owner(&self, id: &str) -> Option<(&crate::cluster::Peers, String)> {
+        let peers = self.config.peers.as_deref()?;
+        if self.instance(id).is_some() {
+            return None;
+        }
+        let rec = self.store.microvm(id).await.ok()?;
+        rec.owner_node
+            .filter(|owner| {
+                *owner != self.config.node_id && rec.state != MicrovmState::Terminated.as_str()
+            })
+            .map(|owner| (peers, owner))
     }
 
     /// A live VM another node runs, and this node did not forward the
