@@ -74,3 +74,14 @@ def read_to_close(ws):
         elif opcode == websocket.ABNF.OPCODE_CLOSE:
             code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
             return texts, code, data[2:].decode()
+
+
+def resize_then_exit(ws, code=7):
+    """Resizes the terminal to 101x33 and checks the guest sees it, then
+    exits the shell with `code` and checks the status and the close."""
+    ws.send(json.dumps({"type": "resize", "cols": 101, "rows": 33}))
+    type_and_read(ws, "stty size\n", r"33 101\r?\n")
+    ws.send_binary(f"exit {code}\n".encode())
+    texts, close_code, reason = read_to_close(ws)
+    assert (close_code, reason) == (1000, "shell exited"), (close_code, reason, texts)
+    assert texts == [{"type": "exit", "code": code}], texts

@@ -24,7 +24,7 @@ from artifacts import zip_files
 from harness import (COUNTER_LINE, REPO, create_and_wait, endpoint_token, error_code,
                      terminate_quietly, via_shared_listener, wait_microvm)
 from postgres_server import PostgresServer
-from shell_client import open_shell, read_to_close, session_init, shell_token, type_and_read
+from shell_client import open_shell, resize_then_exit, session_init, shell_token, type_and_read
 
 DOMAIN = "vms.cluster.test"
 IMAGE = "hello-echo"
@@ -271,12 +271,7 @@ def test_shell_and_fork_through_a_node_that_does_not_run_the_vm(cluster):
             out = type_and_read(ws, "cat /run/ember-microvm-id; echo; echo $((6*7))\n",
                                 r"\n42\r?\n")
             assert vm_id in out, out
-            ws.send(json.dumps({"type": "resize", "cols": 101, "rows": 33}))
-            type_and_read(ws, "stty size\n", r"33 101\r?\n")
-            ws.send_binary(b"exit 7\n")
-            texts, code, reason = read_to_close(ws)
-            assert (code, reason) == (1000, "shell exited"), (code, reason, texts)
-            assert texts == [{"type": "exit", "code": 7}], texts
+            resize_then_exit(ws, code=7)
         finally:
             ws.close()
 

@@ -7,7 +7,6 @@ Allowed only with the SHELL_INGRESS connector and a shell token; driven
 here by a WebSocket client written to that framing and by `ember shell`;
 plus `ember logs` and `ember curl` against the same VM."""
 
-import json
 import re
 
 import pytest
@@ -16,7 +15,8 @@ from botocore.exceptions import ClientError
 
 from harness import (ember_cli, endpoint_request, endpoint_token, error_code, terminate_quietly,
                      wait_microvm)
-from shell_client import open_shell, read_to_close, session_init, shell_token, type_and_read
+from shell_client import (open_shell, read_to_close, resize_then_exit, session_init, shell_token,
+                          type_and_read)
 
 # The session emberd's idle floor is 2 s (conftest): the shell VM idles
 # out between tests, so every test also exercises an auto-resume.
@@ -59,12 +59,7 @@ def test_websocket_shell_is_framed_like_the_service(ember, shell_vm):
         # Text frames that are not a resize change nothing and end nothing.
         for ignored in ["hello", '{"type":"resize","cols":0,"rows":5}', '{"type":"nope"}']:
             ws.send(ignored)
-        ws.send(json.dumps({"type": "resize", "cols": 101, "rows": 33}))
-        assert re.search(r"33 101\r?\n", type_and_read(ws, "stty size\n", r"33 101\r?\n"))
-        ws.send_binary(b"exit 7\n")
-        texts, code, reason = read_to_close(ws)
-        assert (code, reason) == (1000, "shell exited"), (code, reason, texts)
-        assert texts == [{"type": "exit", "code": 7}], texts
+        resize_then_exit(ws, code=7)
     finally:
         ws.close()
 

@@ -291,19 +291,12 @@ impl Internal {
         };
         self.upstream.touch(microvm_id);
         let id = microvm_id.to_string();
-        tokio::spawn(async move {
+        upgrade_then(microvm_id, on_upgrade, move |mut edge| async move {
             let mut guest = guest;
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let mut edge = TokioIo::new(upgraded);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut edge, &mut guest).await {
-                        tracing::debug!(microvm = %id, "a tunnel ended: {e}");
-                    }
-                }
-                Err(e) => tracing::debug!(microvm = %id, "a tunnel was not upgraded: {e}"),
+            if let Err(e) = tokio::io::copy_bidirectional(&mut edge, &mut guest).await {
+                tracing::debug!(microvm = %id, "a tunnel ended: {e}");
             }
-        });
-        switching_protocols()
+        })
     }
 
     /// The shell is started before the answer, so that a refusal (no
@@ -319,14 +312,9 @@ impl Internal {
             Err(e) => return refused(&e),
         };
         self.upstream.touch(microvm_id);
-        let id = microvm_id.to_string();
-        tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => shell_tunnel::serve(TokioIo::new(upgraded), shell).await,
-                Err(e) => tracing::debug!(microvm = %id, "a shell tunnel was not upgraded: {e}"),
-            }
-        });
-        switching_protocols()
+        upgrade_then(microvm_id, on_upgrade, move |edge| {
+            shell_tunnel::serve(edge, shell)
+        })
     }
 
     async fn act(&self, microvm_id: &str, action: Action) -> Response<Full<Bytes>> {
@@ -344,9 +332,7 @@ impl Internal {
             Err(e) => api_error(&e),
         }
     }
-}
 
-impl Internal {
     async fn fork(&self, microvm_id: &str, count: u32) -> Response<Full<Bytes>> {
         // Only a VM this node runs: a fork is never passed on again.
         if self.microvms.instance(microvm_id).is_none() {
@@ -371,6 +357,27 @@ impl Internal {
             Err(e) => api_error(&e),
         }
     }
+}
+
+/// Answers 101 and, once the caller's connection is upgraded, has `serve`
+/// carry it on its own task.
+fn upgrade_then<F, Fut>(
+    microvm_id: &str,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    serve: F,
+) -> Response<Full<Bytes>>
+where
+    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let id = microvm_id.to_string();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => serve(TokioIo::new(upgraded)).await,
+            Err(e) => tracing::debug!(microvm = %id, "a tunnel was not upgraded: {e}"),
+        }
+    });
+    switching_protocols()
 }
 
 fn refused(e: &UpstreamError) -> Response<Full<Bytes>> {
