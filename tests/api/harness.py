@@ -349,13 +349,9 @@ def endpoint_request(endpoint, token=None, port=None, path="/", headers=None, ti
 def via_shared_listener(port, host, token, timeout=90):
     """GET / through a shared wildcard-domain listener on loopback `port`,
     naming the microVM by `host` as a resolver would: (status, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", "/", headers={"Host": host, "X-aws-proxy-auth": token})
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode(errors="replace")
-    finally:
-        conn.close()
+    status, body, _ = endpoint_request(f"http://127.0.0.1:{port}", token,
+                                       headers={"Host": host}, timeout=timeout)
+    return status, body
 
 
 def counter(endpoint, token, port=MICROVM_PORT, timeout=90):
