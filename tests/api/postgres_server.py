@@ -4,6 +4,7 @@ the server runs as the package's `postgres` account (it refuses root)."""
 
 import os
 import pwd
+import signal
 import socket
 import shutil
 import subprocess
@@ -131,8 +132,11 @@ class PostgresServer:
         return [line.split("|") for line in out.splitlines() if line]
 
     def stop(self):
+        # SIGINT is Postgres' fast shutdown: it ends the sessions of the
+        # emberds still connected. SIGTERM (smart) would wait for them, up
+        # to the timeout below.
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
