@@ -19,6 +19,7 @@ pub use records::{
 };
 mod location;
 mod node;
+mod placement;
 pub use location::StoreLocation;
 mod postgres;
 pub use postgres::PostgresStore;
@@ -48,6 +49,9 @@ pub enum StoreError {
     /// it must stop acting on that microVM.
     #[error("{0}")]
     Fenced(String),
+    /// No node a microVM could be placed on has room for it now.
+    #[error("{0}")]
+    Capacity(String),
 }
 
 /// The errors both backends give in the same words.
@@ -119,6 +123,10 @@ macro_rules! state_store {
         pub trait StateStore: Send + Sync {
             /// Which backend this is, for logs and `--help`-level messages.
             fn backend(&self) -> &'static str;
+            /// Woken when another node places a microVM on this one
+            /// (Postgres' LISTEN/NOTIFY); `None` where only this node
+            /// places (SQLite), so polling is all there is.
+            fn placements(&self) -> Option<Arc<tokio::sync::Notify>>;
             $( $(#[$doc])* async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError>; )*
         }
 
@@ -126,6 +134,9 @@ macro_rules! state_store {
         impl StateStore for SqliteStore {
             fn backend(&self) -> &'static str {
                 "sqlite"
+            }
+            fn placements(&self) -> Option<Arc<tokio::sync::Notify>> {
+                None
             }
             // SQLite statements here take microseconds on a local file, so
             // they run inline rather than on a blocking thread.
@@ -138,6 +149,9 @@ macro_rules! state_store {
         impl StateStore for PostgresStore {
             fn backend(&self) -> &'static str {
                 "postgres"
+            }
+            fn placements(&self) -> Option<Arc<tokio::sync::Notify>> {
+                Some(Arc::clone(&self.placed))
             }
             $( async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError> {
                 PostgresStore::$name(self $(, $arg)*).await
@@ -275,4 +289,18 @@ state_store! {
     /// listener (tunnels to its microVMs, forwarded actions); `None`
     /// when it serves none. `Conflict` if it never registered.
     fn set_node_address(&self, address: Option<&str>) -> ();
+    /// Records how much memory this registered node can still give to new
+    /// microVMs, as its own admission counts it (`None`: unknown), for
+    /// placements made on other nodes.
+    fn report_node_free(&self, free_mib: Option<u64>) -> ();
+    /// Inserts `vm` PENDING, owned by the node among `candidates` with the
+    /// most memory free that is READY, holds its lease and has room for
+    /// `memory_mib`, whose free memory it lowers by as much; one
+    /// transaction, announced to the owner (see `placements`). Returns
+    /// the owner's id. `Capacity` naming why no candidate could take it;
+    /// `Conflict` if the id is taken. SQLite: only this node can be chosen.
+    fn place_microvm(&self, vm: &MicrovmRecord, memory_mib: u64, candidates: &[String]) -> String;
+    /// The PENDING microVMs this registered node owns at its current
+    /// epoch: runs it started and runs other nodes placed on it.
+    fn pending_microvms(&self) -> Vec<MicrovmRecord>;
 }

@@ -21,6 +21,10 @@ pub struct VersionRecord {
     pub state_reason: Option<String>,
     /// Where the finished snapshot lives, once the build succeeded.
     pub snapshot_dir: Option<String>,
+    /// The node whose data dir holds it: the one that wrote
+    /// `snapshot_dir` (`None` for an unregistered store's, or a version
+    /// from before nodes).
+    pub snapshot_node: Option<String>,
     pub created_at: f64,
     pub updated_at: f64,
 }
@@ -154,7 +158,8 @@ impl ImageRecord {
 impl VersionRecord {
     /// The columns every backend selects, in the order its row mapping reads them.
     pub(crate) const COLUMNS: &'static str =
-        "image, version, spec, state, status, state_reason, snapshot_dir, created_at, updated_at";
+        "image, version, spec, state, status, state_reason, snapshot_dir, created_at, updated_at, \
+         snapshot_node";
 }
 
 impl BuildRecord {
@@ -192,6 +197,9 @@ pub struct NodeRecord {
     pub live_microvms: u64,
     /// `host:port` of its internal listener, if it serves one.
     pub address: Option<String>,
+    /// Memory it can still give to new microVMs: what it last reported,
+    /// less what was placed on it since (`None`: never reported).
+    pub free_mib: Option<u64>,
 }
 
 /// What renewing this emberd's lease found.

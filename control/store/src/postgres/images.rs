@@ -180,9 +180,13 @@ impl PostgresStore {
         snapshot_dir: Option<&str>,
         now: f64,
     ) -> Result<(), StoreError> {
+        // The snapshot is in the data dir of the node that wrote it.
+        let node = self.identity.get().map(|(id, _)| id);
         self.execute(
             "UPDATE versions SET state = $3, state_reason = $4,
-                     snapshot_dir = COALESCE($5, snapshot_dir), updated_at = $6
+                     snapshot_dir = COALESCE($5, snapshot_dir),
+                     snapshot_node = CASE WHEN $5::text IS NULL THEN snapshot_node ELSE $7 END,
+                     updated_at = $6
                  WHERE image = $1 AND version = $2",
             &[
                 &image,
@@ -191,6 +195,7 @@ impl PostgresStore {
                 &reason,
                 &snapshot_dir,
                 &now,
+                &node,
             ],
         )
         .await?;

@@ -3,6 +3,7 @@
 use crate::node::NodeId;
 use crate::records::{fetch_limit, paginate, MicrovmRecord, MicrovmUpdate, Page};
 use crate::StoreError;
+use tokio_postgres::GenericClient;
 
 use super::rows::all;
 use super::{to_i32, to_i64, PostgresStore};
@@ -14,44 +15,7 @@ impl PostgresStore {
             .writer()
             .map_err(|lost| StoreError::fenced_node(&lost))?;
         let (node, epoch) = owner_params(&me);
-        // The row is written only while this node's registration is
-        // current, so no QEMU starts for a node declared dead or replaced.
-        // FOR SHARE: a sweep declaring the node dead at this moment either
-        // waits for this row (and terminates it) or commits first (and
-        // this insert sees the new epoch and writes nothing).
-        let inserted = self
-            .execute(
-                "INSERT INTO microvms (id, image, version, image_arn, spec, state, state_reason,
-                     endpoint, proxy_addr, started_at, terminated_at, last_active_at, suspended_at,
-                     updated_at, owner_node, owner_epoch)
-                 SELECT $1::text, $2::text, $3::integer, $4::text, $5::text, $6::text, $7::text,
-                     $8::text, $9::text, $10::double precision, $11::double precision,
-                     $12::double precision, $13::double precision, $14::double precision,
-                     $15::text, $16::bigint
-                 WHERE $15::text IS NULL OR EXISTS (
-                     SELECT 1 FROM nodes WHERE id = $15 AND epoch = $16 AND state <> 'DEAD'
-                     FOR SHARE)
-                 ON CONFLICT (id) DO NOTHING",
-                &[
-                    &vm.id,
-                    &vm.image,
-                    &to_i32(vm.version)?,
-                    &vm.image_arn,
-                    &vm.spec,
-                    &vm.state,
-                    &vm.state_reason,
-                    &vm.endpoint,
-                    &vm.proxy_addr,
-                    &vm.started_at,
-                    &vm.terminated_at,
-                    &vm.last_active_at,
-                    &vm.suspended_at,
-                    &vm.updated_at,
-                    &node,
-                    &epoch,
-                ],
-            )
-            .await?;
+        let inserted = insert_row(&**self.client().await?, vm, node, epoch).await?;
         if inserted == 1 {
             return Ok(());
         }
@@ -258,6 +222,52 @@ impl PostgresStore {
             me.as_ref(),
         )))
     }
+}
+
+/// Inserts `vm` owned by `node` at `epoch`, only while that registration
+/// is current, so no QEMU starts for a node declared dead or replaced.
+/// FOR SHARE: a sweep declaring the node dead at this moment either waits
+/// for this row (and terminates it) or commits first (and this insert
+/// sees the new epoch and writes nothing). Returns the rows written.
+pub(super) async fn insert_row<C: GenericClient + Sync>(
+    client: &C,
+    vm: &MicrovmRecord,
+    node: Option<&str>,
+    epoch: Option<i64>,
+) -> Result<u64, StoreError> {
+    Ok(client
+        .execute(
+            "INSERT INTO microvms (id, image, version, image_arn, spec, state, state_reason,
+                 endpoint, proxy_addr, started_at, terminated_at, last_active_at, suspended_at,
+                 updated_at, owner_node, owner_epoch)
+             SELECT $1::text, $2::text, $3::integer, $4::text, $5::text, $6::text, $7::text,
+                 $8::text, $9::text, $10::double precision, $11::double precision,
+                 $12::double precision, $13::double precision, $14::double precision,
+                 $15::text, $16::bigint
+             WHERE $15::text IS NULL OR EXISTS (
+                 SELECT 1 FROM nodes WHERE id = $15 AND epoch = $16 AND state <> 'DEAD'
+                 FOR SHARE)
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                &vm.id,
+                &vm.image,
+                &to_i32(vm.version)?,
+                &vm.image_arn,
+                &vm.spec,
+                &vm.state,
+                &vm.state_reason,
+                &vm.endpoint,
+                &vm.proxy_addr,
+                &vm.started_at,
+                &vm.terminated_at,
+                &vm.last_active_at,
+                &vm.suspended_at,
+                &vm.updated_at,
+                &node,
+                &epoch,
+            ],
+        )
+        .await?)
 }
 
 /// The owner columns as this store writes and matches them: NULL before

@@ -7,6 +7,7 @@ mod images;
 mod microvms;
 mod node_lock;
 mod nodes;
+mod placement;
 mod rows;
 mod schema;
 mod tls;
@@ -39,6 +40,8 @@ pub struct PostgresStore {
     identity: Identity,
     config: tokio_postgres::Config,
     tls: tls::Connector,
+    /// Woken by a placement on this node, heard on the node lock's session.
+    pub(crate) placed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl PostgresStore {
@@ -79,6 +82,7 @@ impl PostgresStore {
             identity: Identity::default(),
             config,
             tls,
+            placed: std::sync::Arc::default(),
         };
         let mut client = store.client().await?;
         schema::migrate(&mut client).await?;

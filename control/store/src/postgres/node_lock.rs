@@ -8,9 +8,13 @@
 
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, Notify};
+use tokio_postgres::AsyncMessage;
 
 use super::tls::Connector;
+use crate::placement::PLACED_CHANNEL;
 use crate::StoreError;
 
 const RETAKE_EVERY: Duration = Duration::from_secs(2);
@@ -33,24 +37,45 @@ enum Taken {
 
 type ConnectionTask = tokio::task::JoinHandle<()>;
 
+/// The lock's session also LISTENs for placements on this node: it
+/// lives as long as the node, and a notification that names the node
+/// wakes `placed`.
 async fn take(
     config: &tokio_postgres::Config,
     tls: &Connector,
     node_id: &str,
+    placed: &Arc<Notify>,
 ) -> Result<Taken, StoreError> {
-    let (client, connection) = config.connect(tls.clone()).await?;
+    let (client, mut connection) = config.connect(tls.clone()).await?;
+    let (me, wake) = (node_id.to_string(), Arc::clone(placed));
     let task = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!("the state database's node lock session ended: {e}");
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if n.channel() == PLACED_CHANNEL && n.payload() == me {
+                        wake.notify_one();
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!("the state database's node lock session ended: {e}");
+                    return;
+                }
+                None => return,
+            }
         }
     });
     let locked: bool = client.query_one(TAKE, &[&node_id]).await?.try_get(0)?;
-    Ok(if locked {
-        Taken::Yes(client, task)
-    } else {
+    if !locked {
         task.abort();
-        Taken::ByAnother
-    })
+        return Ok(Taken::ByAnother);
+    }
+    client
+        .batch_execute(&format!("LISTEN {PLACED_CHANNEL}"))
+        .await?;
+    // Placements made while the session was down were not heard.
+    placed.notify_one();
+    Ok(Taken::Yes(client, task))
 }
 
 /// Takes `node_id`'s lock or fails naming why, and keeps it for as long
@@ -59,10 +84,11 @@ pub(super) async fn claim(
     config: &tokio_postgres::Config,
     tls: &Connector,
     node_id: &str,
+    placed: Arc<Notify>,
 ) -> Result<NodeLock, StoreError> {
     let mut config = config.clone();
     config.application_name(format!("emberd (node lock {node_id})"));
-    let (client, task) = match take(&config, tls, node_id).await? {
+    let (client, task) = match take(&config, tls, node_id, &placed).await? {
         Taken::Yes(client, task) => (client, task),
         Taken::ByAnother => {
             return Err(StoreError::Conflict(format!(
@@ -95,7 +121,7 @@ pub(super) async fn claim(
                 _ = &mut stopped => return,
                 _ = tokio::time::sleep(RETAKE_EVERY) => {}
             }
-            match take(&config, &tls, &id).await {
+            match take(&config, &tls, &id, &placed).await {
                 Ok(Taken::Yes(client, task)) => {
                     tracing::info!(node = %id, "the node lock on the state database is held again");
                     held = Some((client, task));

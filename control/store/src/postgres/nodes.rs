@@ -2,6 +2,8 @@
 //! clocks may disagree; the database's is the one all of them read), and
 //! any node sweeps the others whose lease ran out.
 
+use std::sync::Arc;
+
 use tokio_postgres::Row;
 
 use crate::node::{dead_node_reason, lease_seconds, lost_microvm_reason};
@@ -16,7 +18,7 @@ use super::{node_lock, to_i64, PostgresStore};
 const NOW: &str = "extract(epoch from clock_timestamp())::double precision";
 
 /// The store's now, read inside `tx` so a transaction's rows agree on it.
-async fn store_now(tx: &deadpool_postgres::Transaction<'_>) -> Result<f64, StoreError> {
+pub(super) async fn store_now(tx: &deadpool_postgres::Transaction<'_>) -> Result<f64, StoreError> {
     Ok(tx
         .query_one(&format!("SELECT {NOW}"), &[])
         .await?
@@ -39,7 +41,9 @@ impl PostgresStore {
         // Registering again (after a lost lease) keeps the lock this
         // session already holds; taking it twice would stack a second hold.
         if lock.as_ref().map(|l| l.node_id.as_str()) != Some(node_id) {
-            let taken = node_lock::claim(&self.config, &self.tls, node_id).await?;
+            let taken =
+                node_lock::claim(&self.config, &self.tls, node_id, Arc::clone(&self.placed))
+                    .await?;
             *lock = Some(taken);
         }
         let mut client = self.client().await?;
@@ -182,7 +186,7 @@ impl PostgresStore {
                          n.lease_expires_at - {NOW}, n.registered_at,
                          (SELECT COUNT(*) FROM microvms m
                           WHERE m.owner_node = n.id AND m.state <> 'TERMINATED'),
-                         n.address
+                         n.address, n.free_mib
                      FROM nodes n ORDER BY n.id"
                 ),
                 &[],
@@ -200,6 +204,9 @@ impl PostgresStore {
                     registered_at: r.try_get(6)?,
                     live_microvms: unsigned(r, 7, "count")?,
                     address: r.try_get(8)?,
+                    free_mib: r
+                        .try_get::<_, Option<i64>>(9)?
+                        .map(|v| u64::try_from(v).unwrap_or(0)),
                 })
             })
             .collect()

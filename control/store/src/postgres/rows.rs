@@ -40,6 +40,7 @@ impl VersionRecord {
             snapshot_dir: r.try_get(6)?,
             created_at: r.try_get(7)?,
             updated_at: r.try_get(8)?,
+            snapshot_node: r.try_get(9)?,
         })
     }
 }

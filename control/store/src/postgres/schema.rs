@@ -105,6 +105,13 @@ ALTER TABLE idempotency ADD COLUMN node TEXT COLLATE "C";
     r#"
 ALTER TABLE nodes ADD COLUMN address TEXT;
 "#,
+    // Placement: the memory a node can still give to new microVMs (as it
+    // last reported, less what was placed on it since), and which node's
+    // data dir holds a version's snapshot.
+    r#"
+ALTER TABLE nodes ADD COLUMN free_mib BIGINT;
+ALTER TABLE versions ADD COLUMN snapshot_node TEXT COLLATE "C";
+"#,
 ];
 
 pub(super) async fn migrate(client: &mut Object) -> Result<(), StoreError> {

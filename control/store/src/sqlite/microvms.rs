@@ -17,34 +17,7 @@ impl SqliteStore {
             .map_err(|lost| StoreError::fenced_node(&lost))?;
         let (node, epoch) = owner_params(&me);
         let conn = self.conn();
-        // The row is written only while this node's registration is
-        // current, so no QEMU starts for a node declared dead or replaced.
-        let inserted = conn.execute(
-            "INSERT OR IGNORE INTO microvms (id, image, version, image_arn, spec, state, state_reason,
-                 endpoint, proxy_addr, started_at, terminated_at, last_active_at, suspended_at,
-                 updated_at, owner_node, owner_epoch)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
-             WHERE ?15 IS NULL OR EXISTS (
-                 SELECT 1 FROM nodes WHERE id = ?15 AND epoch = ?16 AND state <> 'DEAD')",
-            params![
-                vm.id,
-                vm.image,
-                vm.version,
-                vm.image_arn,
-                vm.spec,
-                vm.state,
-                vm.state_reason,
-                vm.endpoint,
-                vm.proxy_addr,
-                vm.started_at,
-                vm.terminated_at,
-                vm.last_active_at,
-                vm.suspended_at,
-                vm.updated_at,
-                node,
-                epoch
-            ],
-        )?;
+        let inserted = insert_row(&conn, vm, node, epoch)?;
         if inserted == 1 {
             return Ok(());
         }
@@ -221,6 +194,45 @@ impl SqliteStore {
     }
 }
 
+/// Inserts `vm` owned by `node` at `epoch`, only while that registration
+/// is current, so no QEMU starts for a node declared dead or replaced.
+/// Returns the rows written.
+pub(super) fn insert_row(
+    conn: &Connection,
+    vm: &MicrovmRecord,
+    node: Option<&str>,
+    epoch: Option<u64>,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT OR IGNORE INTO microvms (id, image, version, image_arn, spec, state, state_reason,
+             endpoint, proxy_addr, started_at, terminated_at, last_active_at, suspended_at,
+             updated_at, owner_node, owner_epoch)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
+         WHERE ?15 IS NULL OR EXISTS (
+             SELECT 1 FROM nodes WHERE id = ?15 AND epoch = ?16 AND state <> 'DEAD')",
+        params![
+            vm.id,
+            vm.image,
+            vm.version,
+            vm.image_arn,
+            vm.spec,
+            vm.state,
+            vm.state_reason,
+            vm.endpoint,
+            vm.proxy_addr,
+            vm.started_at,
+            vm.terminated_at,
+            vm.last_active_at,
+            vm.suspended_at,
+            vm.updated_at,
+            node,
+            epoch
+        ],
+    )
+}
+
+/// The owner columns as this store writes and matches them: NULL before
+/// it registered.
 fn owner_params(me: &Option<NodeId>) -> (Option<&str>, Option<u64>) {
     (me.as_ref().map(|m| m.0.as_str()), me.as_ref().map(|m| m.1))
 }

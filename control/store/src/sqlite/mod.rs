@@ -6,6 +6,7 @@ mod idempotency;
 mod images;
 mod microvms;
 mod nodes;
+mod placement;
 mod rows;
 mod schema;
 

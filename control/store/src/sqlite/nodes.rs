@@ -107,7 +107,7 @@ impl SqliteStore {
                  n.lease_expires_at - ?1, n.registered_at,
                  (SELECT COUNT(*) FROM microvms m
                   WHERE m.owner_node = n.id AND m.state <> 'TERMINATED'),
-                 n.address
+                 n.address, n.free_mib
              FROM nodes n ORDER BY n.id",
         )?;
         let rows = stmt
@@ -122,6 +122,9 @@ impl SqliteStore {
                     registered_at: r.get(6)?,
                     live_microvms: r.get(7)?,
                     address: r.get(8)?,
+                    free_mib: r
+                        .get::<_, Option<i64>>(9)?
+                        .map(|v| u64::try_from(v).unwrap_or(0)),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

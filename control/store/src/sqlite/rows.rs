@@ -28,6 +28,7 @@ impl VersionRecord {
             snapshot_dir: r.get(6)?,
             created_at: r.get(7)?,
             updated_at: r.get(8)?,
+            snapshot_node: r.get(9)?,
         })
     }
 }

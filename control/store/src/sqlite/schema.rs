@@ -105,6 +105,12 @@ ALTER TABLE idempotency ADD COLUMN node TEXT;
     r#"
 ALTER TABLE nodes ADD COLUMN address TEXT;
 "#,
+    // Placement: the memory a node can still give to new microVMs, and
+    // which node's data dir holds a version's snapshot.
+    r#"
+ALTER TABLE nodes ADD COLUMN free_mib INTEGER;
+ALTER TABLE versions ADD COLUMN snapshot_node TEXT;
+"#,
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {

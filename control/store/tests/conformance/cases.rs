@@ -9,6 +9,9 @@ use ember_store::{
 
 use crate::Db;
 
+mod placement;
+pub use placement::*;
+
 fn new_version(build_id: &str, now: f64) -> NewVersion {
     NewVersion {
         spec: "{}".into(),

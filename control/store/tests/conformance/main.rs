@@ -52,6 +52,7 @@ impl Db {
                      ALTER TABLE microvms DROP COLUMN owner_node;
                      ALTER TABLE microvms DROP COLUMN owner_epoch;
                      ALTER TABLE idempotency DROP COLUMN node;
+                     ALTER TABLE versions DROP COLUMN snapshot_node;
                      PRAGMA user_version = 3;",
                 )
                 .unwrap();
@@ -66,6 +67,7 @@ impl Db {
                         "DROP TABLE nodes;
                          ALTER TABLE microvms DROP COLUMN owner_node, DROP COLUMN owner_epoch;
                          ALTER TABLE idempotency DROP COLUMN node;
+                         ALTER TABLE versions DROP COLUMN snapshot_node;
                          UPDATE ember_schema SET version = 1;",
                     )
                     .await
@@ -130,6 +132,8 @@ conformance![
     pending_claims_are_dropped_by_their_own_node_only,
     live_microvms_are_the_nodes_own,
     rows_from_before_nodes_are_taken_by_the_first_node_to_register,
+    placement_picks_the_roomiest_ready_candidate,
+    a_versions_snapshot_names_the_node_that_wrote_it,
 ];
 
 /// Emberds share a Postgres database, but each runs as a node id of its
