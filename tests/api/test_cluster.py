@@ -6,7 +6,9 @@ through either node, WebSocket-style upgrades included; Suspend, Resume
 and Terminate sent to n2 are carried out by n1, and requests through both
 nodes to a suspended VM share one resume. The internal listener takes
 only requests signed with the cluster key. The shell of n1's VM opens
-through n2's listener, and a fork asked of n2 is made by n1."""
+through n2's listener, and a fork asked of n2 is made by n1. A run asked of
+n2 of the image n1 built is placed on n1 (issue 14, item 3), or refused at
+once with the model's capacity error when n1 cannot take it."""
 
 import http.client
 import json
@@ -15,6 +17,7 @@ import re
 import socket
 import threading
 import time
+import urllib.error
 import urllib.parse
 
 import pytest
@@ -303,3 +306,51 @@ def test_shell_and_fork_through_a_node_that_does_not_run_the_vm(cluster):
         for child, _ in children:
             terminate_quietly(n1.client(), child)
         terminate_quietly(n1.client(), vm_id)
+
+
+def set_drain(node, target, drain):
+    verb = "drain" if drain else "undrain"
+    with node.emberd.signed_request("POST", f"/ember/v1/nodes/{target}/{verb}", b"") as resp:
+        assert resp.status == 200, resp.status
+
+
+def test_a_run_through_a_node_without_the_image_is_placed_where_it_is(cluster):
+    n1, n2 = cluster
+    before = listed_nodes(n2)
+    # n1 reports what it can take; placement counts on it.
+    assert before["n1"].get("freeMemoryMib", 0) >= 512, before
+    vm_id = None
+    try:
+        run = n2.client().run_microvm(imageIdentifier=IMAGE, idlePolicy=POLICY)
+        vm_id = run["microvmId"]
+        assert run["state"] == "PENDING", run
+        assert run["endpoint"].startswith(f"http://{vm_id}.{DOMAIN}:"), run
+        wait_microvm(n2.client(), vm_id, "RUNNING", timeout=90)
+        # Nothing in this module runs on n2 (the other tests' VMs may
+        # still be ending on n1, so n1's count is no baseline).
+        after = listed_nodes(n2)
+        assert after["n2"]["liveMicrovms"] == 0, after
+        assert after["n1"]["liveMicrovms"] >= 1, after
+        host = urllib.parse.urlsplit(run["endpoint"]).netloc
+        token = endpoint_token(n2.client(), vm_id)
+        assert n2.counter(host, token) == 1
+        assert n1.counter(host, token) == 2
+
+        # n1 draining: nowhere to place it, said at once, nothing recorded.
+        listed = len(n2.client().list_microvms()["items"])
+        set_drain(n2, "n1", True)
+        try:
+            with pytest.raises(ClientError) as info:
+                n2.client().run_microvm(imageIdentifier=IMAGE, idlePolicy=POLICY)
+        finally:
+            set_drain(n2, "n1", False)
+        assert error_code(info.value) == "InsufficientCapacityException", info.value
+        assert "node n1 is DRAINING" in str(info.value), info.value
+        assert len(n2.client().list_microvms()["items"]) == listed
+        # The placed VM is n1's like any other: n2 forwards its suspend.
+        n2.client().suspend_microvm(microvmIdentifier=vm_id)
+        wait_microvm(n2.client(), vm_id, "SUSPENDED", timeout=90)
+        assert n2.counter(host, token) == 3
+    finally:
+        if vm_id:
+            terminate_quietly(n2.client(), vm_id)

@@ -117,11 +117,13 @@ def test_nodes_share_the_store_and_each_acts_on_its_own(cluster, separate_emberd
             assert error_code(info.value) == "ConflictException"
             assert "runs on node n1" in str(info.value), info.value
         assert n1.client().get_microvm(microvmIdentifier=vm_id)["state"] == "RUNNING"
-        # n1's snapshot is in n1's data dir: n2 says so rather than fail a restore.
+        # n1's snapshot is in n1's data dir, and without cluster mode n2
+        # cannot place the run there: it says so rather than fail a restore.
         with pytest.raises(ClientError) as info:
             n2.client().run_microvm(imageIdentifier=IMAGE)
         assert error_code(info.value) == "ConflictException"
-        assert "was built by another node" in str(info.value), info.value
+        assert "was built by node n1" in str(info.value), info.value
+        assert "only in cluster mode" in str(info.value), info.value
 
         # A drain set through n2 reaches n1 at its next renewal; the VM it
         # runs goes on.

@@ -35,8 +35,8 @@ pub async fn run(client: &ApiClient, command: NodeCommand) -> anyhow::Result<()>
                 .as_array()
                 .context("the node list answered without its nodes")?;
             println!(
-                "{:<24} {:<9} {:>6} {:>10} {:>8}  {:<21}  REASON",
-                "NODE", "STATE", "EPOCH", "LEASE", "MICROVMS", "INTERNAL"
+                "{:<24} {:<9} {:>6} {:>10} {:>8} {:>9}  {:<21}  REASON",
+                "NODE", "STATE", "EPOCH", "LEASE", "MICROVMS", "FREE_MIB", "INTERNAL"
             );
             for n in nodes {
                 println!("{}", row(n));
@@ -68,12 +68,15 @@ fn row(n: &Value) -> String {
         None => "?".into(),
     };
     format!(
-        "{:<24} {:<9} {:>6} {:>10} {:>8}  {:<21}  {}",
+        "{:<24} {:<9} {:>6} {:>10} {:>8} {:>9}  {:<21}  {}",
         format!("{id}{me}"),
         n["state"].as_str().unwrap_or("?"),
         n["epoch"].as_u64().unwrap_or(0),
         lease,
         n["liveMicrovms"].as_u64().unwrap_or(0),
+        n["freeMemoryMib"]
+            .as_u64()
+            .map_or_else(|| "-".to_string(), |m| m.to_string()),
         n["internalAddress"].as_str().unwrap_or("-"),
         n["stateReason"].as_str().unwrap_or("")
     )

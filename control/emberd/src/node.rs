@@ -137,6 +137,7 @@ impl Keeper {
         // Good renewals without a failure in between, since when.
         let mut good_since = Some(self.node.sent);
         let mut next = self.node.sent + every;
+        self.report_free().await;
         loop {
             tokio::time::sleep_until(next.into()).await;
             let sent = Instant::now();
@@ -147,6 +148,7 @@ impl Keeper {
                     last_good_sent = sent;
                     self.microvms.set_draining(state == "DRAINING");
                     self.microvms.unfence().await;
+                    self.report_free().await;
                     let since = *good_since.get_or_insert(sent);
                     if sent.duration_since(since) >= lease {
                         self.sweep().await;
@@ -247,6 +249,15 @@ impl Keeper {
                     tokio::time::sleep(self.node.lease / 3).await;
                 }
             }
+        }
+    }
+
+    /// What this node can still take, for runs other nodes place here;
+    /// as fresh as the lease, so a placement's estimate heals at the next.
+    async fn report_free(&self) {
+        let free = self.microvms.free_for_runs_mib();
+        if let Err(e) = self.store.report_node_free(free).await {
+            tracing::debug!(node = %self.node.id, "reporting free memory: {e}");
         }
     }
 

@@ -38,6 +38,10 @@ struct Node {
     /// Where other nodes reach its internal listener (cluster mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     internal_address: Option<String>,
+    /// Memory it can still give to new microVMs, as placement counts it:
+    /// its last report less what was placed on it since.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    free_memory_mib: Option<u64>,
     /// Whether this is the node that answered.
     this_node: bool,
 }
@@ -100,5 +104,6 @@ fn node(n: NodeRecord, me: &str) -> Node {
         registered_at: n.registered_at,
         live_microvms: n.live_microvms,
         internal_address: n.address,
+        free_memory_mib: n.free_mib,
     }
 }

@@ -238,6 +238,28 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// The memory a new microVM could have here now, as `admit_run`
+    /// would count it: 0 when the quota, the running limit or the disk
+    /// reserve would refuse any; `None` when free memory is unknown. Other
+    /// nodes place runs by it.
+    pub fn free_for_runs_mib(&self) -> Option<u64> {
+        let ledger = self.ledger();
+        let full = ledger.live.len() as u64 >= self.limits.max_live
+            || ledger.running.len() as u64 >= self.limits.max_running;
+        let free = (self.probe)();
+        let disk = &self.limits.disk;
+        if full || shortage(free.disk_mib, disk.reserve_mib, &disk.dir).is_some() {
+            return Some(0);
+        }
+        free.memory_mib.map(|available| {
+            available
+                .saturating_sub(ledger.unstarted_mib())
+                .saturating_sub(self.limits.memory_reserve_mib)
+        })
+    }
+}
+
 /// What admission holds and has left, for the metrics.
 #[derive(Debug, Clone, Copy)]
 pub struct Usage {

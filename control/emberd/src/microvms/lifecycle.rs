@@ -96,44 +96,31 @@ impl Microvms {
         plan: RunPlan,
     ) -> Result<(MicrovmRecord, Arc<Instance>, OwnedMutexGuard<()>), ApiError> {
         let (endpoint, proxy_addr) = self.bind_endpoint(id, None).await?;
-        let t = now();
-        let record = MicrovmRecord {
-            id: id.to_string(),
-            image: plan.image.clone(),
-            version: plan.version,
-            image_arn: plan.image_arn,
-            spec: plan.spec.to_json(),
-            state: MicrovmState::Pending.to_string(),
-            state_reason: None,
-            endpoint,
-            proxy_addr,
-            started_at: t,
-            terminated_at: None,
-            last_active_at: t,
-            suspended_at: None,
-            updated_at: t,
-            owner_node: Some(self.config.node_id.clone()),
-        };
-        if let Err(e) = self.store.insert_microvm(&record).await {
-            self.proxy.unbind_vm(id);
-            return Err(internal(e));
-        }
+        let mut record = new_record(id, &plan, endpoint, proxy_addr);
+        record.owner_node = Some(self.config.node_id.clone());
         let inst = Arc::new(Instance::new(
             id.to_string(),
             plan.image,
             plan.version,
-            t,
+            record.started_at,
             plan.spec,
             Status {
                 state: MicrovmState::Pending,
                 suspended_at: None,
             },
-            t,
+            record.started_at,
         ));
         // Taken before the instance is visible, so a request that arrives
-        // first waits for the start instead of finding no VM.
+        // first waits for the start instead of finding no VM. The instance
+        // is in the map before its row exists, so the reconciler of runs
+        // placed here (`placement.rs`) never takes the row for one of those.
         let guard = Arc::clone(&inst.transition).lock_owned().await;
         self.live_map().insert(id.to_string(), Arc::clone(&inst));
+        if let Err(e) = self.store.insert_microvm(&record).await {
+            self.live_map().remove(id);
+            self.proxy.unbind_vm(id);
+            return Err(internal(e));
+        }
         Ok((record, inst, guard))
     }
 
@@ -763,6 +750,34 @@ impl Microvms {
 
 /// An operation the guest would have to take part in, asked of a VM the
 /// host holds paused.
+/// The PENDING row of a new microVM `id` run from `plan`, owned by this
+/// node (a placement names the owner it chose instead).
+pub(super) fn new_record(
+    id: &str,
+    plan: &RunPlan,
+    endpoint: String,
+    proxy_addr: Option<String>,
+) -> MicrovmRecord {
+    let t = now();
+    MicrovmRecord {
+        id: id.to_string(),
+        image: plan.image.clone(),
+        version: plan.version,
+        image_arn: plan.image_arn.clone(),
+        spec: plan.spec.to_json(),
+        state: MicrovmState::Pending.to_string(),
+        state_reason: None,
+        endpoint,
+        proxy_addr,
+        started_at: t,
+        terminated_at: None,
+        last_active_at: t,
+        suspended_at: None,
+        updated_at: t,
+        owner_node: None,
+    }
+}
+
 pub(super) fn host_paused(id: &str, verb: &str, reason: &str) -> ApiError {
     ApiError::conflict(
         RESOURCE,

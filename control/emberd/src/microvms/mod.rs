@@ -18,6 +18,7 @@ mod instance;
 mod lifecycle;
 pub mod logs;
 mod observed;
+mod placement;
 mod pool;
 mod reaper;
 mod recovery;
@@ -177,6 +178,7 @@ impl Microvms {
         reaper::spawn(Arc::clone(self));
         disk_full::spawn(self);
         state_writes::spawn(self);
+        self.spawn_placement_reconciler();
         self.spawn_warm_tier();
         // VMs recovered parked may already be over a smaller budget.
         self.warm_budget_changed();

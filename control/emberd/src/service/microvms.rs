@@ -42,7 +42,7 @@ impl Daemon {
                 "this version has no snapshot to run",
             )
         })?;
-        self.refuse_foreign_snapshot(&image.name, version.version, &snapshot_dir)?;
+        let holder = self.snapshot_holder(&version, &snapshot_dir)?;
         if let Some(p) = &r.idle_policy {
             self.check_idle_policy(p)?;
         }
@@ -72,15 +72,16 @@ impl Daemon {
             memory_mib,
             snapshot_dir: snapshot_dir.into(),
         };
-        let record = self
-            .microvms
-            .run(RunPlan {
-                image: image.name.clone(),
-                version: version.version,
-                image_arn: image.arn.clone(),
-                spec,
-            })
-            .await?;
+        let plan = RunPlan {
+            image: image.name.clone(),
+            version: version.version,
+            image_arn: image.arn.clone(),
+            spec,
+        };
+        let record = match holder {
+            Some(node) => self.microvms.run_on(plan, &node).await?,
+            None => self.microvms.run(plan).await?,
+        };
         microvm_output(&record)
     }
 
@@ -126,6 +127,21 @@ impl Daemon {
             )));
         }
         Ok(())
+    }
+
+    /// Where a run of `version` is to start: `None` here (its snapshot is
+    /// in this data dir), else the node whose data dir holds it.
+    fn snapshot_holder(
+        &self,
+        version: &VersionRecord,
+        dir: &str,
+    ) -> Result<Option<String>, ApiError> {
+        let here = self.refuse_foreign_snapshot(&version.image, version.version, dir);
+        match (here, version.snapshot_node.as_deref()) {
+            (Ok(()), _) => Ok(None),
+            (Err(_), Some(node)) if node != self.node_id() => Ok(Some(node.to_string())),
+            (Err(e), _) => Err(e),
+        }
     }
 
     /// Snapshots live in the data dir of the node that built them (until

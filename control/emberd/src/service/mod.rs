@@ -248,6 +248,7 @@ impl Daemon {
 pub(crate) fn internal(e: StoreError) -> ApiError {
     match e {
         StoreError::Conflict(m) => ApiError::new(ErrorKind::Conflict, m),
+        StoreError::Capacity(m) => ApiError::new(ErrorKind::InsufficientCapacity, m),
         other => {
             tracing::error!("state store: {other}");
             ApiError::internal(format!("state store error: {other}"))

@@ -190,3 +190,38 @@ fn the_real_probes_read_this_host() {
         Some(ErrorKind::InsufficientCapacity)
     );
 }
+
+#[test]
+fn the_memory_reported_for_placement_is_what_a_run_could_take() {
+    let a = Admission::with_probe(
+        limits(3, 2, 100),
+        Arc::new(|| HostFree {
+            memory_mib: Some(1000),
+            disk_mib: Some(1 << 20),
+        }),
+    );
+    assert_eq!(a.free_for_runs_mib(), Some(900));
+    assert!(a.admit_run("a", 300).is_ok());
+    assert_eq!(a.free_for_runs_mib(), Some(600), "a VM still starting");
+    a.started("a");
+    assert_eq!(
+        a.free_for_runs_mib(),
+        Some(900),
+        "MemAvailable shows it now"
+    );
+    assert!(a.admit_run("b", 100).is_ok());
+    assert_eq!(
+        a.free_for_runs_mib(),
+        Some(0),
+        "the running limit is reached"
+    );
+    a.release_running("a");
+    a.release_running("b");
+    assert!(a.admit_run("c", 100).is_ok());
+    a.release_running("c");
+    assert_eq!(
+        a.free_for_runs_mib(),
+        Some(0),
+        "the quota of live VMs is full"
+    );
+}

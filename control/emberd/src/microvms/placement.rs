@@ -1,0 +1,183 @@
+//! Runs across nodes. A `RunMicrovm` whose image version another node
+//! holds is placed there: the store picks the holder if it is READY with
+//! room, writes the row PENDING under that owner in one transaction and
+//! tells it (`StateStore::placements`); the owner's reconciler, here,
+//! starts the rows placed on it as if they had been run through it. A
+//! refusal is synchronous and the model's capacity error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ember_api::model::MicrovmState;
+use ember_api::{ApiError, ErrorKind};
+use ember_store::{MicrovmRecord, MicrovmUpdate};
+
+use super::instance::{Instance, Status};
+use super::lifecycle::{new_record, Origin, RunPlan};
+use super::spec::RunSpec;
+use super::{EndpointMode, Microvms};
+use crate::now;
+
+/// The reconciler looks for placed rows this often even without a
+/// notification: one lost with a dropped session is picked up late, not
+/// never.
+const POLL: Duration = Duration::from_secs(1);
+
+impl Microvms {
+    /// What a run could still take here, reported to the other nodes.
+    pub fn free_for_runs_mib(&self) -> Option<u64> {
+        self.admission.free_for_runs_mib()
+    }
+
+    /// `RunMicrovm` of a version whose snapshot is on node `holder`, not
+    /// this one: placed on it, answered PENDING with its endpoint (which
+    /// every node serves).
+    pub async fn run_on(
+        self: &Arc<Self>,
+        plan: RunPlan,
+        holder: &str,
+    ) -> Result<MicrovmRecord, ApiError> {
+        self.refuse_if_fenced()?;
+        // A per-VM port would be one this node listens on, for a VM that
+        // runs elsewhere.
+        if !matches!(self.config.endpoint, EndpointMode::Wildcard { .. })
+            || self.config.peers.is_none()
+        {
+            return Err(ApiError::conflict(
+                "MicrovmImageVersion",
+                &format!("{}:{}", plan.image, plan.version),
+                format!(
+                    "version {} of {} was built by node {holder}, whose data dir holds its \
+                     snapshot; runs are placed on another node only in cluster mode (one \
+                     --cluster-key-file, --internal-listen and --endpoint-domain on every \
+                     node): run it through node {holder}",
+                    plan.version, plan.image
+                ),
+            ));
+        }
+        let id = crate::service::names::new_id();
+        let (endpoint, proxy_addr) = self.bind_endpoint(&id, None).await?;
+        let mut record = new_record(&id, &plan, endpoint, proxy_addr);
+        let memory = u64::from(plan.spec.memory_mib);
+        let owner = self
+            .store
+            .place_microvm(&record, memory, &[holder.to_string()])
+            .await
+            .map_err(crate::service::internal)?;
+        tracing::info!(microvm = %id, owner = %owner, image = %plan.image, "placed on another node");
+        record.owner_node = Some(owner);
+        Ok(record)
+    }
+
+    /// Starts, for as long as emberd runs, the task that starts the runs
+    /// other nodes place here. Call once, after recovery took back the
+    /// rows of before.
+    pub fn spawn_placement_reconciler(self: &Arc<Self>) {
+        if self.config.peers.is_none() {
+            return;
+        }
+        let this = Arc::clone(self);
+        let woken = self.store.placements();
+        tokio::spawn(async move {
+            loop {
+                match &woken {
+                    Some(w) => {
+                        let _ = tokio::time::timeout(POLL, w.notified()).await;
+                    }
+                    None => tokio::time::sleep(POLL).await,
+                }
+                this.start_placed().await;
+            }
+        });
+    }
+
+    async fn start_placed(self: &Arc<Self>) {
+        // A fenced node starts nothing; the rows wait for its lease.
+        if self.is_fenced() {
+            return;
+        }
+        let rows = match self.store.pending_microvms().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::debug!("reading the runs placed here: {e}");
+                return;
+            }
+        };
+        for rec in rows {
+            if self.instance(&rec.id).is_none() {
+                self.start_one_placed(rec).await;
+            }
+        }
+    }
+
+    /// One row placed here: admitted like a run through this node (the
+    /// placement's estimate of free memory may be a lease old), then
+    /// started; refused, it ends with the reason.
+    async fn start_one_placed(self: &Arc<Self>, rec: MicrovmRecord) {
+        let spec = match RunSpec::from_json(&rec.spec) {
+            Ok(spec) => spec,
+            Err(e) => {
+                let why = format!("its run spec could not be read here: {e}");
+                return self.end_unstarted(&rec.id, &why).await;
+            }
+        };
+        let inst = Arc::new(Instance::new(
+            rec.id.clone(),
+            rec.image.clone(),
+            rec.version,
+            rec.started_at,
+            spec,
+            Status {
+                state: MicrovmState::Pending,
+                suspended_at: None,
+            },
+            rec.last_active_at,
+        ));
+        let Ok(guard) = Arc::clone(&inst.transition).try_lock_owned() else {
+            return;
+        };
+        // Checked and inserted under the map's lock: a run through this
+        // node puts its instance there before its row exists.
+        let admitted = {
+            let mut live = self.live_map();
+            if live.contains_key(&rec.id) {
+                return;
+            }
+            let admitted = self.admission.admit_run(&rec.id, inst.spec.memory_mib);
+            if admitted.is_ok() {
+                live.insert(rec.id.clone(), Arc::clone(&inst));
+            }
+            admitted
+        };
+        if let Err(e) = admitted {
+            let why = match e.kind() {
+                ErrorKind::InsufficientCapacity | ErrorKind::ServiceQuotaExceeded => format!(
+                    "placed on node {} by another node, but it had no room when it started \
+                     it: {}",
+                    self.config.node_id,
+                    e.message()
+                ),
+                _ => e.message().to_string(),
+            };
+            return self.end_unstarted(&rec.id, &why).await;
+        }
+        tracing::info!(microvm = %rec.id, image = %rec.image, "starting a run placed here");
+        self.spawn_start(inst, guard, Origin::Image);
+    }
+
+    /// A placed row this node will not start: TERMINATED with why.
+    async fn end_unstarted(&self, id: &str, why: &str) {
+        tracing::error!(microvm = %id, "not starting a run placed here: {why}");
+        let t = now();
+        let update = MicrovmUpdate {
+            state: MicrovmState::Terminated.as_str(),
+            state_reason: Some(Some(why)),
+            suspended_at: None,
+            terminated_at: Some(t),
+            now: t,
+        };
+        if let Err(e) = self.store.update_microvm(id, &update).await {
+            tracing::warn!(microvm = %id, "recording the end of a placed run: {e}");
+        }
+    }
+}
