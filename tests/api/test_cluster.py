@@ -354,3 +354,35 @@ def test_a_run_through_a_node_without_the_image_is_placed_where_it_is(cluster):
     finally:
         if vm_id:
             terminate_quietly(n2.client(), vm_id)
+
+
+def test_one_client_token_sent_to_both_nodes_at_once_makes_one_vm(cluster):
+    n1, n2 = cluster
+    token = f"cluster-{os.urandom(6).hex()}"
+    before = {m["microvmId"] for m in n2.client().list_microvms()["items"]}
+    answers, errors = [], []
+    barrier = threading.Barrier(6)
+
+    def run(node):
+        client = node.client()
+        barrier.wait()
+        try:
+            answers.append(client.run_microvm(imageIdentifier=IMAGE, idlePolicy=POLICY,
+                                              clientToken=token)["microvmId"])
+        except ClientError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(node,)) for node in (n1, n2) * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    made = {m["microvmId"] for m in n2.client().list_microvms()["items"]} - before
+    try:
+        assert not errors, errors
+        assert len(answers) == 6 and len(set(answers)) == 1, answers
+        assert made == set(answers), made
+        wait_microvm(n1.client(), answers[0], "RUNNING", timeout=90)
+    finally:
+        for vm_id in made:
+            terminate_quietly(n1.client(), vm_id)
