@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 import stat
 import subprocess
 import tarfile
@@ -22,6 +21,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from harness import free_port
 
 USER = "builder"
 PASSWORD = "s3cret-pass"
@@ -34,11 +35,6 @@ APPLETS = ("sh", "httpd", "ls", "cat", "id", "echo", "mkdir", "test", "[", "pwd"
 def digest_of(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- layers -------------------------------------------------------------

@@ -5,7 +5,6 @@ the server runs as the package's `postgres` account (it refuses root)."""
 import os
 import pwd
 import signal
-import socket
 import shutil
 import subprocess
 import tempfile
@@ -13,14 +12,10 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from harness import free_port
+
 BINDIR = Path(os.environ.get("EMBER_PG_BINDIR", "/usr/lib/postgresql/15/bin"))
 PORT = 5432
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PostgresServer:
@@ -31,7 +26,7 @@ class PostgresServer:
         self.tcp = tcp or tls
         self.tls = tls
         # One port serves the socket and TCP; a free one when on TCP.
-        self.port = _free_port() if self.tcp else PORT
+        self.port = free_port() if self.tcp else PORT
         for tool in ("initdb", "postgres"):
             if not (BINDIR / tool).exists():
                 raise RuntimeError(f"{BINDIR / tool} is missing: install postgresql-15 "

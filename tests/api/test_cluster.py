@@ -24,7 +24,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from artifacts import zip_files
-from harness import (COUNTER_LINE, REPO, create_and_wait, endpoint_token, error_code,
+from harness import (COUNTER_LINE, REPO, create_and_wait, endpoint_token, error_code, free_port,
                      terminate_quietly, via_shared_listener, wait_microvm)
 from postgres_server import PostgresServer
 from shell_client import open_shell, resize_then_exit, session_init, shell_token, type_and_read
@@ -58,11 +58,6 @@ def zip_hello_echo(dest):
         "RUN chmod 755", "RUN chmod 755 /app/echo.sh")
     return zip_files(dest, files)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Node:

@@ -2,18 +2,12 @@
 the first label of the Host (`--endpoint-domain`, behind wildcard DNS).
 The test sends the Host header itself, as a resolver would make curl do."""
 
-import socket
 import time
 import urllib.parse
 
-from harness import (BUILD_ROLE, BUSYBOX_ARN, COUNTER_LINE, endpoint_token, via_shared_listener,
-                     wait_microvm)
+from harness import (BUILD_ROLE, BUSYBOX_ARN, COUNTER_LINE, endpoint_token, free_port,
+                     via_shared_listener, wait_microvm)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_wildcard_domain_routes_by_host(separate_emberd, hello_zip):

@@ -12,15 +12,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 from artifacts import zip_dir
-from harness import (BUILD_ROLE, BUSYBOX_ARN, REGION, REPO, aws, error_code, wait_image)
+from harness import (BUILD_ROLE, BUSYBOX_ARN, REGION, REPO, aws, error_code, free_port,
+                     wait_image)
 
 BUCKET = "ember-artifacts"
 
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
