@@ -278,7 +278,9 @@ state_store! {
     fn renew_node_lease(&self, lease_ms: u64) -> LeaseRenewal;
     /// Declares dead every other node whose lease expired, bumping its
     /// epoch and terminating its live microVMs, each node by exactly one
-    /// sweeper. A SQLite store serves one node: nothing to sweep.
+    /// sweeper, and at most half the nodes not yet DEAD per call (those
+    /// expired longest first). A SQLite store serves one node: nothing to
+    /// sweep.
     fn sweep_expired_nodes(&self) -> Vec<DeadNode>;
     /// Every node, by id.
     fn nodes(&self) -> Vec<NodeRecord>;

@@ -162,6 +162,12 @@ pub(crate) fn replaced_node_reason(id: &str) -> String {
     format!("replaced by node {id}: a SQLite store serves one node")
 }
 
+/// How many of `live` (not DEAD) nodes one sweep may declare dead: at
+/// most half of them.
+pub(crate) fn max_dead_per_sweep(live: i64) -> i64 {
+    live / 2
+}
+
 /// Lease lengths come in milliseconds; the store keeps seconds.
 pub(crate) fn lease_seconds(lease_ms: u64) -> f64 {
     lease_ms as f64 / 1000.0

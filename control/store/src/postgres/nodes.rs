@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio_postgres::Row;
 
-use crate::node::{dead_node_reason, lease_seconds, lost_microvm_reason};
+use crate::node::{dead_node_reason, lease_seconds, lost_microvm_reason, max_dead_per_sweep};
 use crate::records::{DeadNode, LeaseRenewal, NodeRecord, SETTABLE_NODE_STATES};
 use crate::StoreError;
 
@@ -117,6 +117,29 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let now = store_now(&tx).await?;
+        // At most half the nodes per pass: a sweeper that sees most of the
+        // cluster expired more likely has a wrong view (a clock jump, an
+        // outage everyone shared) than a dead fleet, and the next pass
+        // takes more if they really are gone.
+        let counts = tx
+            .query_one(
+                "SELECT COUNT(*) FILTER (WHERE state <> 'DEAD'),
+                     COUNT(*) FILTER (WHERE state <> 'DEAD' AND lease_expires_at < $1
+                                      AND ($2::text IS NULL OR id <> $2))
+                 FROM nodes",
+                &[&now, &me],
+            )
+            .await?;
+        let (live, expired): (i64, i64) = (counts.try_get(0)?, counts.try_get(1)?);
+        let at_most = max_dead_per_sweep(live);
+        if expired > at_most {
+            tracing::warn!(
+                live,
+                expired,
+                at_most,
+                "more nodes' leases expired than one sweep declares dead; the oldest first"
+            );
+        }
         // SKIP LOCKED: a node another sweeper (or a registration) holds is
         // that one's to handle, so no node is declared dead twice.
         let expired = tx
@@ -124,8 +147,8 @@ impl PostgresStore {
                 "SELECT id, lease_expires_at FROM nodes
                  WHERE state <> 'DEAD' AND lease_expires_at < $1
                    AND ($2::text IS NULL OR id <> $2)
-                 ORDER BY id FOR UPDATE SKIP LOCKED",
-                &[&now, &me],
+                 ORDER BY lease_expires_at, id LIMIT $3 FOR UPDATE SKIP LOCKED",
+                &[&now, &me, &at_most],
             )
             .await?;
         let mut dead = Vec::with_capacity(expired.len());

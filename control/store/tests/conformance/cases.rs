@@ -11,6 +11,8 @@ use crate::Db;
 
 mod placement;
 pub use placement::*;
+mod sweep;
+pub use sweep::*;
 
 fn new_version(build_id: &str, now: f64) -> NewVersion {
     NewVersion {

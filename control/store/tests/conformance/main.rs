@@ -134,6 +134,7 @@ conformance![
     rows_from_before_nodes_are_taken_by_the_first_node_to_register,
     placement_picks_the_roomiest_ready_candidate,
     a_versions_snapshot_names_the_node_that_wrote_it,
+    one_sweep_declares_at_most_half_the_nodes_dead,
 ];
 
 /// Emberds share a Postgres database, but each runs as a node id of its
