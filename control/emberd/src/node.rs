@@ -269,7 +269,9 @@ impl Keeper {
                         node = %node.id,
                         epoch = node.epoch,
                         microvms = node.terminated_microvms.len(),
-                        "declared a node dead: its lease expired; its microVMs are TERMINATED"
+                        builds = node.failed_builds.len(),
+                        "declared a node dead: its lease expired; its microVMs are TERMINATED \
+                         and its builds FAILED"
                     );
                 }
             }

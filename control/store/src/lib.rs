@@ -204,7 +204,9 @@ state_store! {
         after: Option<&str>,
         limit: usize,
     ) -> Page<BuildRecord, String>;
-    /// Builds that were pending or running, e.g. when the daemon died.
+    /// Builds that were pending or running, e.g. when the daemon died: on
+    /// Postgres those of this store's node (or of none), since the other
+    /// nodes' are still running; on SQLite all of them.
     fn unfinished_builds(&self) -> Vec<BuildRecord>;
     fn update_build_state(&self, id: &str, state: &str, reason: Option<&str>, now: f64) -> ();
     fn set_build_sizes(&self, id: &str, memory_bytes: u64, disk_bytes: u64, code_bytes: u64) -> ();

@@ -158,6 +158,13 @@ pub(crate) fn lost_microvm_reason(id: &str) -> String {
     )
 }
 
+pub(crate) fn lost_build_reason(id: &str) -> String {
+    format!(
+        "node {id}, which ran this build, stopped renewing its lease and was declared dead; \
+         the build was abandoned. Run UpdateMicrovmImage to build again."
+    )
+}
+
 pub(crate) fn replaced_node_reason(id: &str) -> String {
     format!("replaced by node {id}: a SQLite store serves one node")
 }

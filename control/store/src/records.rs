@@ -42,6 +42,9 @@ pub struct BuildRecord {
     pub code_bytes: Option<u64>,
     pub created_at: f64,
     pub updated_at: f64,
+    /// The node it runs on: the store's registration when it was created
+    /// (`None` for an unregistered store's, or a build from before nodes).
+    pub node: Option<String>,
 }
 
 /// A new image with its first version and build, created together.
@@ -165,7 +168,7 @@ impl VersionRecord {
 impl BuildRecord {
     /// The columns every backend selects, in the order its row mapping reads them.
     pub(crate) const COLUMNS: &'static str = "id, image, version, state, state_reason, log_path, \
-         memory_bytes, disk_bytes, code_bytes, created_at, updated_at";
+         memory_bytes, disk_bytes, code_bytes, created_at, updated_at, node";
 }
 
 impl MicrovmRecord {
@@ -221,6 +224,8 @@ pub struct DeadNode {
     /// Its epoch after the sweep bumped it.
     pub epoch: u64,
     pub terminated_microvms: Vec<String>,
+    /// Its builds that were still running, now FAILED with their versions.
+    pub failed_builds: Vec<String>,
 }
 
 /// The states a node can be set to by an operator; DEAD is only ever

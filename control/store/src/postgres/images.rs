@@ -32,7 +32,7 @@ impl PostgresStore {
             )
             .await?;
         }
-        insert_version(&tx, &new.name, 1, &new.version).await?;
+        insert_version(&tx, &new.name, 1, &new.version, self.node().as_deref()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -65,7 +65,7 @@ impl PostgresStore {
             .try_get(0)?;
         let next = u32::try_from(next)
             .map_err(|_| StoreError::Corrupt(format!("version numbers of {image}")))?;
-        insert_version(&tx, image, next, version).await?;
+        insert_version(&tx, image, next, version, self.node().as_deref()).await?;
         tx.commit().await?;
         Ok(next)
     }
@@ -267,10 +267,15 @@ impl PostgresStore {
 
     pub(crate) async fn unfinished_builds(&self) -> Result<Vec<BuildRecord>, StoreError> {
         let sql = format!(
-            "SELECT {} FROM builds WHERE state IN ('PENDING', 'IN_PROGRESS') ORDER BY id",
+            "SELECT {} FROM builds
+             WHERE state IN ('PENDING', 'IN_PROGRESS') AND (node IS NULL OR node = $1::text)
+             ORDER BY id",
             BuildRecord::COLUMNS
         );
-        all(self.query(&sql, &[]).await?, BuildRecord::from_pg)
+        all(
+            self.query(&sql, &[&self.node()]).await?,
+            BuildRecord::from_pg,
+        )
     }
 
     pub(crate) async fn update_build_state(
@@ -386,6 +391,7 @@ async fn insert_version(
     image: &str,
     number: u32,
     v: &NewVersion,
+    node: Option<&str>,
 ) -> Result<(), StoreError> {
     let number = to_i32(number)?;
     tx.execute(
@@ -395,8 +401,8 @@ async fn insert_version(
     )
     .await?;
     tx.execute(
-        "INSERT INTO builds (id, image, version, state, log_path, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        "INSERT INTO builds (id, image, version, state, log_path, created_at, updated_at, node)
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
         &[
             &v.build_id,
             &image,
@@ -404,6 +410,7 @@ async fn insert_version(
             &v.build_state,
             &v.log_path,
             &v.now,
+            &node,
         ],
     )
     .await?;

@@ -127,6 +127,11 @@ impl PostgresStore {
         Ok(client.execute(&statement, params).await?)
     }
 
+    /// The node this store registered as, if it did.
+    fn node(&self) -> Option<String> {
+        self.identity.get().map(|(id, _)| id)
+    }
+
     async fn client(&self) -> Result<Object, StoreError> {
         self.pool
             .get()

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use tokio_postgres::Row;
 
-use crate::node::{dead_node_reason, lease_seconds, lost_microvm_reason, max_dead_per_sweep};
+use crate::node::{
+    dead_node_reason, lease_seconds, lost_build_reason, lost_microvm_reason, max_dead_per_sweep,
+};
 use crate::records::{DeadNode, LeaseRenewal, NodeRecord, SETTABLE_NODE_STATES};
 use crate::StoreError;
 
@@ -28,6 +30,47 @@ pub(super) async fn store_now(tx: &deadpool_postgres::Transaction<'_>) -> Result
 fn unsigned(r: &Row, i: usize, what: &str) -> Result<u64, StoreError> {
     let v: i64 = r.try_get(i)?;
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("a negative {what} ({v})")))
+}
+
+/// A dead node's unfinished builds end FAILED, with their versions and
+/// images as a restart would leave them (`builds::recover_interrupted` in
+/// emberd): the build VM died with the host, and nobody else would end
+/// them. Returns their ids.
+async fn fail_builds_of(
+    tx: &deadpool_postgres::Transaction<'_>,
+    node: &str,
+    now: f64,
+) -> Result<Vec<String>, StoreError> {
+    let reason = lost_build_reason(node);
+    let rows = tx
+        .query(
+            "UPDATE builds SET state = 'FAILED', state_reason = $2, updated_at = $3
+             WHERE node = $1 AND state IN ('PENDING', 'IN_PROGRESS')
+             RETURNING id, image, version",
+            &[&node, &reason, &now],
+        )
+        .await?;
+    let mut failed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (id, image, version): (String, String, i32) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        tx.execute(
+            "UPDATE versions SET state = 'FAILED', state_reason = $3, updated_at = $4
+             WHERE image = $1 AND version = $2",
+            &[&image, &version, &reason, &now],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE images SET updated_at = $3, state = CASE
+                 WHEN $2 = 1 OR state = 'CREATING' THEN 'CREATE_FAILED' ELSE 'UPDATE_FAILED' END
+             WHERE name = $1",
+            &[&image, &version, &now],
+        )
+        .await?;
+        failed.push(id);
+    }
+    failed.sort_unstable();
+    Ok(failed)
 }
 
 impl PostgresStore {
@@ -183,10 +226,12 @@ impl PostgresStore {
                 &[&id],
             )
             .await?;
+            let failed_builds = fail_builds_of(&tx, &id, now).await?;
             dead.push(DeadNode {
                 id,
                 epoch,
                 terminated_microvms,
+                failed_builds,
             });
         }
         tx.commit().await?;

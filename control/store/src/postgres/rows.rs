@@ -59,6 +59,7 @@ impl BuildRecord {
             code_bytes: size(r, 8)?,
             created_at: r.try_get(9)?,
             updated_at: r.try_get(10)?,
+            node: r.try_get(11)?,
         })
     }
 }

@@ -112,6 +112,12 @@ ALTER TABLE nodes ADD COLUMN address TEXT;
 ALTER TABLE nodes ADD COLUMN free_mib BIGINT;
 ALTER TABLE versions ADD COLUMN snapshot_node TEXT COLLATE "C";
 "#,
+    // The node a build runs on: its own restart and a sweep that declares
+    // it dead end its unfinished builds, nobody else's.
+    r#"
+ALTER TABLE builds ADD COLUMN node TEXT COLLATE "C";
+CREATE INDEX builds_by_node ON builds (node, state);
+"#,
 ];
 
 pub(super) async fn migrate(client: &mut Object) -> Result<(), StoreError> {

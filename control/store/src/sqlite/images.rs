@@ -28,7 +28,7 @@ impl SqliteStore {
                 (&new.name, k, v),
             )?;
         }
-        insert_version(&tx, &new.name, 1, &new.version)?;
+        insert_version(&tx, &new.name, 1, &new.version, self.node().as_deref())?;
         tx.commit()?;
         Ok(())
     }
@@ -55,7 +55,7 @@ impl SqliteStore {
         if changed == 0 {
             return Err(StoreError::image_not_found(image));
         }
-        insert_version(&tx, image, next, version)?;
+        insert_version(&tx, image, next, version, self.node().as_deref())?;
         tx.commit()?;
         Ok(next)
     }
@@ -338,6 +338,7 @@ fn insert_version(
     image: &str,
     number: u32,
     v: &NewVersion,
+    node: Option<&str>,
 ) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO versions (image, version, spec, state, status, created_at, updated_at)
@@ -345,9 +346,17 @@ fn insert_version(
         params![image, number, v.spec, v.state, v.status, v.now],
     )?;
     tx.execute(
-        "INSERT INTO builds (id, image, version, state, log_path, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-        params![v.build_id, image, number, v.build_state, v.log_path, v.now],
+        "INSERT INTO builds (id, image, version, state, log_path, created_at, updated_at, node)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+        params![
+            v.build_id,
+            image,
+            number,
+            v.build_state,
+            v.log_path,
+            v.now,
+            node
+        ],
     )?;
     Ok(())
 }

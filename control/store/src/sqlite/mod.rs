@@ -51,6 +51,11 @@ impl SqliteStore {
         })
     }
 
+    /// The node this store registered as, if it did.
+    fn node(&self) -> Option<String> {
+        self.identity.get().map(|(id, _)| id)
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written
         // (transactions roll back on drop), so a poisoned lock is usable.

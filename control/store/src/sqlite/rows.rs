@@ -47,6 +47,7 @@ impl BuildRecord {
             code_bytes: r.get(8)?,
             created_at: r.get(9)?,
             updated_at: r.get(10)?,
+            node: r.get(11)?,
         })
     }
 }

@@ -111,6 +111,11 @@ ALTER TABLE nodes ADD COLUMN address TEXT;
 ALTER TABLE nodes ADD COLUMN free_mib INTEGER;
 ALTER TABLE versions ADD COLUMN snapshot_node TEXT;
 "#,
+    // The node a build runs on.
+    r#"
+ALTER TABLE builds ADD COLUMN node TEXT;
+CREATE INDEX builds_by_node ON builds (node, state);
+"#,
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -826,7 +826,8 @@ pub async fn a_superseded_registration_is_fenced(db: Db) {
             [DeadNode {
                 id: "n1".into(),
                 epoch: 2,
-                terminated_microvms: vec!["m".into()]
+                terminated_microvms: vec!["m".into()],
+                failed_builds: vec![]
             }]
         );
         LeaseRenewal::Lost {
@@ -912,7 +913,8 @@ pub async fn an_expired_node_is_declared_dead_with_its_microvms(db: Db) {
         [DeadNode {
             id: "n1".into(),
             epoch: 2,
-            terminated_microvms: vec!["a".into(), "b".into()]
+            terminated_microvms: vec!["a".into(), "b".into()],
+            failed_builds: vec![]
         }]
     );
     for id in ["a", "b"] {
@@ -984,7 +986,8 @@ pub async fn two_sweepers_declare_a_dead_node_dead_once(db: Db) {
         [DeadNode {
             id: "n1".into(),
             epoch: 2,
-            terminated_microvms: vec!["m".into()]
+            terminated_microvms: vec!["m".into()],
+            failed_builds: vec![]
         }]
     );
     assert_eq!(node(&n2, "n1").await.epoch, 2, "bumped once");

@@ -53,6 +53,8 @@ impl Db {
                      ALTER TABLE microvms DROP COLUMN owner_epoch;
                      ALTER TABLE idempotency DROP COLUMN node;
                      ALTER TABLE versions DROP COLUMN snapshot_node;
+                     DROP INDEX builds_by_node;
+                     ALTER TABLE builds DROP COLUMN node;
                      PRAGMA user_version = 3;",
                 )
                 .unwrap();
@@ -68,6 +70,7 @@ impl Db {
                          ALTER TABLE microvms DROP COLUMN owner_node, DROP COLUMN owner_epoch;
                          ALTER TABLE idempotency DROP COLUMN node;
                          ALTER TABLE versions DROP COLUMN snapshot_node;
+                         ALTER TABLE builds DROP COLUMN node;
                          UPDATE ember_schema SET version = 1;",
                     )
                     .await
@@ -135,6 +138,7 @@ conformance![
     placement_picks_the_roomiest_ready_candidate,
     a_versions_snapshot_names_the_node_that_wrote_it,
     one_sweep_declares_at_most_half_the_nodes_dead,
+    a_dead_nodes_builds_fail_and_nobody_elses,
 ];
 
 /// Emberds share a Postgres database, but each runs as a node id of its
