@@ -12,17 +12,14 @@ size-limited tmpfs answers ENOSPC exactly at its size."""
 
 import errno
 import os
-import shutil
-import subprocess
 import time
 
 import pytest
 
 from artifacts import zip_files
-from conftest import SeparateEmberds
 from harness import (assert_gone, create_and_wait, endpoint_request, endpoint_token, qemu_pids,
                      terminate_quietly, wait_microvm)
-from test_microvm_snapshot_faults import unmount
+from small_fs import emberd_on_tmpfs
 
 PORT = 8080
 # Room for the image, its build cache and snapshot, and two VMs' RAM files.
@@ -87,23 +84,14 @@ CMD ["/bin/sh", "/app/start.sh"]
 
 @pytest.fixture(scope="module")
 def full_disk_emberd(ember, tmp_path_factory):
-    made = SeparateEmberds(ember)
-    data_fs = made.root / "0" / "data"
-    data_fs.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DATA_FS_MIB}m,mode=0755",
-                    "ember-guest-disk-full", str(data_fs)], check=True)
-    try:
-        daemon = made("--vm-io-mbps", "0", "--disk-reserve-mib", "0", "--warm-suspended-mib", "0")
+    with emberd_on_tmpfs(ember, DATA_FS_MIB, "ember-guest-disk-full", "--vm-io-mbps", "0",
+                         "--disk-reserve-mib", "0", "--warm-suspended-mib", "0") as (daemon, data_fs):
         app = zip_files(tmp_path_factory.mktemp("app") / "app.zip", {
             "Dockerfile": DOCKERFILE, "start.sh": START, "count.cgi": COUNT_CGI,
             "write.cgi": WRITE_CGI, "sum.cgi": SUM_CGI})
         image, version = create_and_wait(daemon.client(), "disk-writer", app, timeout=600)
         assert image["state"] == "CREATED", version.get("stateReason")
         yield daemon, data_fs
-    finally:
-        made.end_all()
-        unmount(data_fs)
-        shutil.rmtree(made.root, ignore_errors=True)
 
 
 def cgi(vm, token, name, timeout=90):

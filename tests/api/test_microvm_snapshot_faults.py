@@ -13,18 +13,15 @@ file (`open_gate.py`), not by timing."""
 
 import errno
 import os
-import shutil
 import signal
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import SeparateEmberds
 from harness import (assert_gone, counter, create_and_wait, endpoint_token, microvm_dir,
                      proc_stat, qemu_pids, terminate_quietly, wait_microvm)
 from open_gate import OpenGate
+from small_fs import emberd_on_tmpfs
 
 # The emberd flags that make SuspendMicrovm write the snapshot to disk
 # (the deep suspend) rather than keep a paused QEMU.
@@ -36,54 +33,13 @@ IDLE = {"maxIdleDurationSeconds": 600, "suspendedDurationSeconds": 600, "autoRes
 
 @pytest.fixture(scope="module")
 def small_fs_emberd(ember, hello_zip):
-    made = SeparateEmberds(ember)
-    # Only the data dir is small: emberd's log stays on the host's disk,
-    # as an operator's would, so a full data disk can be read about.
-    data_fs = made.root / "0" / "data"
-    data_fs.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DATA_FS_MIB}m,mode=0755",
-                    "ember-faults", str(data_fs)], check=True)
-    try:
-        # tmpfs has no block device to cap I/O on; the host's reserve
-        # is the rest of the host's business, this filesystem is the test's.
-        daemon = made("--vm-io-mbps", "0", "--disk-reserve-mib", "0", *DEEP_SUSPEND_FLAGS)
+    # tmpfs has no block device to cap I/O on; the host's reserve is the
+    # rest of the host's business, this filesystem is the test's.
+    with emberd_on_tmpfs(ember, DATA_FS_MIB, "ember-faults", "--vm-io-mbps", "0",
+                         "--disk-reserve-mib", "0", *DEEP_SUSPEND_FLAGS) as (daemon, data_fs):
         image, version = create_and_wait(daemon.client(), "hello-http", hello_zip)
         assert image["state"] == "CREATED", version.get("stateReason")
         yield daemon, data_fs
-    finally:
-        made.end_all()
-        unmount(data_fs)
-        shutil.rmtree(made.root, ignore_errors=True)
-
-
-def unmount(root):
-    """Unmounts the test's filesystem; names what still holds it if that
-    fails (a leftover process is a finding, not teardown noise)."""
-    deadline = time.monotonic() + 20
-    while subprocess.run(["umount", str(root)], capture_output=True).returncode != 0:
-        if time.monotonic() > deadline:
-            holders = processes_holding(root)
-            subprocess.run(["umount", "--lazy", str(root)], check=False)
-            os.rmdir(root)
-            raise AssertionError(f"{root} stayed busy after its emberd ended: {holders}")
-        time.sleep(0.2)
-    os.rmdir(root)
-
-
-def processes_holding(root):
-    """The command lines of processes with a file, a mapping or their
-    working directory under `root`."""
-    held = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            paths = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
-            paths.append(os.readlink(proc / "cwd"))
-            paths.extend(line.split()[-1] for line in (proc / "maps").read_text().splitlines())
-            if any(path.startswith(str(root)) for path in paths):
-                held.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
-        except OSError:
-            continue
-    return held
 
 
 def kill_and_reap_wait(pid):

@@ -318,12 +318,7 @@ impl Internal {
     }
 
     async fn act(&self, microvm_id: &str, action: Action) -> Response<Full<Bytes>> {
-        let done = match action {
-            Action::Suspend => self.microvms.request_suspend(microvm_id).await,
-            Action::Resume => self.microvms.request_resume(microvm_id).await,
-            Action::Terminate => self.microvms.request_terminate(microvm_id).await,
-        };
-        match done {
+        match self.microvms.act_here(microvm_id, action).await {
             Ok(()) => {
                 let mut resp = Response::new(Full::new(Bytes::new()));
                 *resp.status_mut() = StatusCode::NO_CONTENT;

@@ -701,6 +701,33 @@ impl Microvms {
         }
     }
 
+    /// Suspend, Resume or Terminate of `id`, carried out here or, for a VM
+    /// another node runs, by that node.
+    pub async fn act(
+        self: &Arc<Self>,
+        id: &str,
+        action: crate::cluster::Action,
+    ) -> Result<(), ApiError> {
+        if self.forward_if_foreign(id, action).await? {
+            return Ok(());
+        }
+        self.act_here(id, action).await
+    }
+
+    /// The action on a VM of this node's (or the error saying it is not).
+    pub async fn act_here(
+        self: &Arc<Self>,
+        id: &str,
+        action: crate::cluster::Action,
+    ) -> Result<(), ApiError> {
+        use crate::cluster::Action;
+        match action {
+            Action::Suspend => self.request_suspend(id).await,
+            Action::Resume => self.request_resume(id).await,
+            Action::Terminate => self.request_terminate(id).await,
+        }
+    }
+
     /// The other node of the cluster that runs live VM `id`, and the way
     /// to it; `None` when this node is to act (or to give the error:
     /// unknown, terminated, no cluster to forward to).

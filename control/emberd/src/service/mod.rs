@@ -201,36 +201,21 @@ impl Daemon {
             }
             Action::ListMicrovms(r) => Reply::ListMicrovms(self.list_microvms(r).await?),
             Action::SuspendMicrovm(r) => {
-                let id = &r.microvm_identifier;
-                if !self
-                    .microvms
-                    .forward_if_foreign(id, Forward::Suspend)
-                    .await?
-                {
-                    self.microvms.request_suspend(id).await?;
-                }
+                self.microvms
+                    .act(&r.microvm_identifier, Forward::Suspend)
+                    .await?;
                 Reply::SuspendMicrovm(Default::default())
             }
             Action::ResumeMicrovm(r) => {
-                let id = &r.microvm_identifier;
-                if !self
-                    .microvms
-                    .forward_if_foreign(id, Forward::Resume)
-                    .await?
-                {
-                    self.microvms.request_resume(id).await?;
-                }
+                self.microvms
+                    .act(&r.microvm_identifier, Forward::Resume)
+                    .await?;
                 Reply::ResumeMicrovm(Default::default())
             }
             Action::TerminateMicrovm(r) => {
-                let id = &r.microvm_identifier;
-                if !self
-                    .microvms
-                    .forward_if_foreign(id, Forward::Terminate)
-                    .await?
-                {
-                    self.microvms.request_terminate(id).await?;
-                }
+                self.microvms
+                    .act(&r.microvm_identifier, Forward::Terminate)
+                    .await?;
                 Reply::TerminateMicrovm(Default::default())
             }
             Action::CreateMicrovmAuthToken(r) => {
