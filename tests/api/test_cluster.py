@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -183,8 +184,21 @@ def test_any_node_serves_the_endpoint_of_a_microvm_another_runs(cluster, vm):
     forged = {"x-ember-node": "n2", "x-ember-time": str(int(time.time())),
               "x-ember-nonce": "00" * 16, "x-ember-signature": "ab" * 32,
               "Connection": "Upgrade", "Upgrade": "ember-tunnel"}
+    # It speaks TLS only: a plain request gets no HTTP answer.
+    with socket.create_connection((ip, int(port)), timeout=10) as plain:
+        plain.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        try:
+            answer = plain.recv(64)
+        except ConnectionResetError:
+            answer = b""
+        assert not answer.startswith(b"HTTP/"), answer
+    # Its certificate is derived from the cluster key; a caller without
+    # the key can still do TLS without checking it, and is refused.
+    unchecked = ssl.create_default_context()
+    unchecked.check_hostname = False
+    unchecked.verify_mode = ssl.CERT_NONE
     for headers in ({"Connection": "Upgrade", "Upgrade": "ember-tunnel"}, forged):
-        conn = http.client.HTTPConnection(ip, int(port), timeout=10)
+        conn = http.client.HTTPSConnection(ip, int(port), timeout=10, context=unchecked)
         try:
             conn.request("POST", path, headers=headers)
             resp = conn.getresponse()

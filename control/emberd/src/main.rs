@@ -456,22 +456,30 @@ async fn start_microvms(
     (tls, metrics): (Option<ember_proxy::EndpointTls>, Arc<metrics::Metrics>),
     (node_id, cluster): (String, Option<cluster::Cluster>),
 ) -> anyhow::Result<Arc<microvms::Microvms>> {
-    let (cluster_key, internal_listener) = match cluster {
-        Some(c) => (Some(c.key), c.internal.map(|(listener, _)| listener)),
-        None => (None, None),
+    let (cluster_key, internal_listener, internal_tls) = match cluster {
+        Some(c) => (
+            Some(c.key),
+            c.internal.map(|(listener, _)| listener),
+            Some(c.tls),
+        ),
+        None => (None, None, None),
     };
     let tokens = Arc::new(match &cluster_key {
         Some(key) => key.token_key(),
         None => TokenKey::load_or_create(&layout.token_key()).context("the endpoint token key")?,
     });
     let upstream = Arc::new(microvms::VmUpstream::default());
-    let peers = cluster_key.as_ref().map(|key| {
-        Arc::new(cluster::Peers::new(
-            Arc::clone(key),
-            node_id.clone(),
-            Arc::clone(store),
-        ))
-    });
+    let peers = cluster_key
+        .as_ref()
+        .zip(internal_tls.as_ref())
+        .map(|(key, tls)| {
+            Arc::new(cluster::Peers::new(
+                Arc::clone(key),
+                Arc::clone(&tls.client),
+                node_id.clone(),
+                Arc::clone(store),
+            ))
+        });
     let proxy_upstream: Arc<dyn ember_proxy::Upstream> = match &peers {
         Some(peers) => Arc::new(cluster::ClusterUpstream::new(
             Arc::clone(&upstream),
@@ -549,8 +557,15 @@ async fn start_microvms(
         },
     );
     upstream.attach(&microvms);
-    if let (Some(listener), Some(key)) = (internal_listener, cluster_key) {
-        cluster::serve_internal(listener, key, Arc::clone(&microvms), Arc::clone(&upstream));
+    if let (Some(listener), Some(key), Some(tls)) = (internal_listener, cluster_key, internal_tls) {
+        let tls = Arc::clone(&tls.server);
+        cluster::serve_internal(
+            listener,
+            tls,
+            key,
+            Arc::clone(&microvms),
+            Arc::clone(&upstream),
+        );
     }
     let recovered = microvms.recover().await?;
     if recovered > 0 {
@@ -590,7 +605,6 @@ fn validate_args(args: &Args) -> anyhow::Result<()> {
         anyhow::bail!("--build-memory-mib must be 256..=16384");
     }
     args.tls.check_plain(&listen_ips(args))?;
-    args.cluster.check_plain(args.tls.insecure_http)?;
     Ok(())
 }
 

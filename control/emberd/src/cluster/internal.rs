@@ -149,6 +149,7 @@ struct Internal {
 /// Serves other nodes on `listener` for as long as emberd runs.
 pub fn serve(
     listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
     key: Arc<ClusterKey>,
     microvms: Arc<Microvms>,
     upstream: Arc<VmUpstream>,
@@ -160,6 +161,7 @@ pub fn serve(
         nonces: Nonces::default(),
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -178,7 +180,21 @@ pub fn serve(
             };
             let _ = tcp.set_nodelay(true);
             let internal = Arc::clone(&internal);
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
+                // The handshake is bounded like the headers after it.
+                let tls =
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "internal connection: TLS: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "internal connection: no TLS handshake in time");
+                            return;
+                        }
+                    };
                 let service = hyper::service::service_fn(move |req| {
                     let internal = Arc::clone(&internal);
                     async move { Ok::<_, std::convert::Infallible>(internal.handle(req).await) }
@@ -186,7 +202,7 @@ pub fn serve(
                 let served = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(tcp), service)
+                    .serve_connection(TokioIo::new(tls), service)
                     .with_upgrades()
                     .await;
                 if let Err(e) = served {

@@ -69,6 +69,7 @@ pub enum SignatureError {
 pub struct ClusterKey {
     token_key: [u8; 32],
     peer_key: [u8; 32],
+    tls_seed: [u8; 32],
 }
 
 impl ClusterKey {
@@ -120,7 +121,14 @@ impl ClusterKey {
         ClusterKey {
             token_key: derive(secret, b"ember endpoint tokens v1"),
             peer_key: derive(secret, b"ember node requests v1"),
+            tls_seed: derive(secret, b"ember internal tls v1"),
         }
+    }
+
+    /// The Ed25519 seed of the internal listener's TLS key, the same on
+    /// every node (`tls.rs`).
+    pub(super) fn tls_seed(&self) -> &[u8; 32] {
+        &self.tls_seed
     }
 
     pub fn token_key(&self) -> ember_proxy::TokenKey {

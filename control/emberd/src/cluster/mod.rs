@@ -10,11 +10,14 @@
 //! - `peer.rs`: the calling side, and where each node listens.
 //! - `upstream.rs`: the proxy's way in: this node's VMs directly, other
 //!   nodes' through a tunnel.
+//! - `tls.rs`: the TLS nodes speak to each other, its certificate derived
+//!   from the cluster key.
 
 mod internal;
 pub mod key;
 mod peer;
 mod shell_tunnel;
+mod tls;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -27,6 +30,7 @@ use tokio::net::TcpListener;
 pub use internal::serve as serve_internal;
 pub use key::ClusterKey;
 pub use peer::{Action, Peers};
+pub use tls::InternalTls;
 pub use upstream::ClusterUpstream;
 
 /// The flags of cluster mode.
@@ -40,9 +44,9 @@ pub struct ClusterArgs {
     #[arg(long, value_name = "FILE")]
     pub cluster_key_file: Option<PathBuf>,
     /// Where other nodes reach this one: tunnels to its microVMs'
-    /// ports and the lifecycle actions sent to another node. Plain HTTP
-    /// with signed requests: off loopback it needs --insecure-http, and a
-    /// network only the nodes share.
+    /// ports and the lifecycle actions sent to another node. TLS 1.3 with
+    /// a certificate every node derives from the cluster key (and accepts
+    /// from no one else), and every request signed with that key.
     #[arg(long, value_name = "ADDR", requires = "cluster_key_file")]
     pub internal_listen: Option<SocketAddr>,
     /// The address other nodes dial for --internal-listen, when that is a
@@ -51,26 +55,12 @@ pub struct ClusterArgs {
     pub internal_advertise: Option<SocketAddr>,
 }
 
-impl ClusterArgs {
-    /// Refuses an internal listener off loopback without `insecure_http`:
-    /// its tunnels carry app traffic in clear.
-    pub fn check_plain(&self, insecure_http: bool) -> anyhow::Result<()> {
-        match self.internal_listen {
-            Some(addr) if !addr.ip().is_loopback() && !insecure_http => anyhow::bail!(
-                "--internal-listen {addr}: the internal listener speaks plain HTTP (requests \
-                 signed with the cluster key, tunnelled bytes not encrypted); on an address \
-                 other than loopback pass --insecure-http, on a network only the nodes share"
-            ),
-            _ => Ok(()),
-        }
-    }
-}
-
 /// Cluster mode as started: the key, and the internal listener bound
 /// with the address other nodes are told.
 pub struct Cluster {
     pub key: Arc<ClusterKey>,
     pub internal: Option<(TcpListener, String)>,
+    pub tls: Arc<InternalTls>,
 }
 
 impl ClusterArgs {
@@ -82,6 +72,7 @@ impl ClusterArgs {
             return Ok(None);
         };
         let key = Arc::new(ClusterKey::load(path)?);
+        let tls = Arc::new(InternalTls::new(&key)?);
         let internal = match self.internal_listen {
             None => None,
             Some(addr) => {
@@ -101,6 +92,6 @@ impl ClusterArgs {
                 Some((listener, advertised.to_string()))
             }
         };
-        Ok(Some(Cluster { key, internal }))
+        Ok(Some(Cluster { key, internal, tls }))
     }
 }

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use super::internal::{self, HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIME};
 use super::key::{nonce, unix_now, ClusterKey, SignedParts};
 use super::shell_tunnel;
+use super::tls::InternalTls;
 
 /// How long node addresses read from the store are reused: a node that
 /// restarts on another port is found again within this.
@@ -62,6 +63,8 @@ struct Addresses {
 /// This node's way to the others.
 pub struct Peers {
     key: Arc<ClusterKey>,
+    /// Accepts the cluster's certificate only (`tls.rs`).
+    tls: tokio_rustls::TlsConnector,
     me: String,
     store: Arc<dyn StateStore>,
     addresses: Mutex<Option<Addresses>>,
@@ -95,9 +98,15 @@ enum CallError {
 }
 
 impl Peers {
-    pub fn new(key: Arc<ClusterKey>, me: String, store: Arc<dyn StateStore>) -> Self {
+    pub fn new(
+        key: Arc<ClusterKey>,
+        tls: Arc<rustls::ClientConfig>,
+        me: String,
+        store: Arc<dyn StateStore>,
+    ) -> Self {
         Peers {
             key,
+            tls: tokio_rustls::TlsConnector::from(tls),
             me,
             store,
             addresses: Mutex::new(None),
@@ -276,7 +285,12 @@ impl Peers {
             .map_err(|e| unreachable(e.to_string()))?;
         // Tunnels carry interactive traffic: small writes go out at once.
         let _ = tcp.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        let name = InternalTls::server_name().map_err(|e| unreachable(e.to_string()))?;
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| unreachable(format!("no TLS handshake in {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| unreachable(format!("TLS: {e}")))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(async move {
