@@ -43,7 +43,7 @@ pub async fn run(
 }
 
 async fn measure(location: &StoreLocation) -> anyhow::Result<serde_json::Value> {
-    let store = ember_store::open(location, None)
+    let store = ember_store::open(location, &Default::default())
         .await
         .with_context(|| format!("opening {location}"))?;
     // As emberd does: a registered node's writes carry its owner check.

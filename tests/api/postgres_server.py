@@ -20,11 +20,15 @@ PORT = 5432
 
 class PostgresServer:
     """`tls=True` also listens on 127.0.0.1 over TCP with TLS on (a CA and a
-    `localhost` certificate made here: `ca_file`); `tcp=True` without TLS."""
+    `localhost` certificate made here: `ca_file`); `tcp=True` without TLS.
+    `client_certs=True` (with TLS) lets TCP clients in only with a
+    certificate of that CA whose CN is their user name (pg_hba's `cert`):
+    `client_cert` and `client_key` are one for the user `ember`."""
 
-    def __init__(self, tcp=False, tls=False):
-        self.tcp = tcp or tls
-        self.tls = tls
+    def __init__(self, tcp=False, tls=False, client_certs=False):
+        self.tls = tls or client_certs
+        self.tcp = tcp or self.tls
+        self.client_certs = client_certs
         # One port serves the socket and TCP; a free one when on TCP.
         self.port = free_port() if self.tcp else PORT
         for tool in ("initdb", "postgres"):
@@ -63,7 +67,24 @@ class PostgresServer:
             os.chown(key, *self.user)
             os.chown(cert, *self.user)
         key.chmod(0o600)
-        return ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}"]
+        args = ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}"]
+        if self.client_certs:
+            self.client_key, self.client_cert = self.root / "client.key", self.root / "client.pem"
+            client_csr = self.root / "client.csr"
+            run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=ember",
+                "-keyout", str(self.client_key), "-out", str(client_csr))
+            # An extension makes it X.509 v3, which rustls requires.
+            client_ext = self.root / "client.ext"
+            client_ext.write_text("extendedKeyUsage=clientAuth\n")
+            run("x509", "-req", "-in", str(client_csr), "-CA", str(self.ca_file), "-CAkey",
+                str(ca_key), "-CAcreateserial", "-days", "2", "-extfile", str(client_ext),
+                "-out", str(self.client_cert))
+            self.client_key.chmod(0o600)
+            # The socket stays open to the psql helper; TCP needs the certificate.
+            (self.data / "pg_hba.conf").write_text(
+                "local all all trust\nhostssl all all 127.0.0.1/32 cert\n")
+            args += ["-c", f"ssl_ca_file={self.ca_file}"]
+        return args
 
     def start(self):
         subprocess.run(

@@ -2,7 +2,8 @@
 verified against `--store-ca-file` (each of its connections shows as
 encrypted in the server's pg_stat_ssl), refused when the certificate does
 not chain to the roots or when the server has no TLS, and in plain text
-only when the URL says `sslmode=disable`."""
+only when the URL says `sslmode=disable`. A server that asks for a client
+certificate gets `--store-client-cert`'s, and sees its name."""
 
 import pytest
 
@@ -69,3 +70,35 @@ def test_a_postgres_without_tls_is_refused_unless_the_url_says_so(separate_ember
     with pytest.raises(RuntimeError) as info:
         separate_emberd("--store", plain_postgres.tcp_url("ember_plain"), "--store-ca-file", str(bogus))
     assert "--store-ca-file" in str(info.value), str(info.value)
+
+
+def test_a_client_certificate_is_presented_when_the_server_asks(separate_emberd, tmp_path):
+    server = PostgresServer(client_certs=True).start()
+    try:
+        server.create_database("ember_client_cert")
+        url = server.tcp_url("ember_client_cert")
+        ca = ("--store-ca-file", str(server.ca_file))
+        # pg_hba says `cert`: without one, no connection.
+        with pytest.raises(RuntimeError) as info:
+            separate_emberd("--store", url, *ca)
+        assert "opening the state store" in str(info.value), str(info.value)
+        assert "client certificate" in str(info.value), str(info.value)
+        # A key others can read is refused before any connection.
+        loose = tmp_path / "client.key"
+        loose.write_bytes(server.client_key.read_bytes())
+        loose.chmod(0o644)
+        with pytest.raises(RuntimeError) as info:
+            separate_emberd("--store", url, *ca, "--store-client-cert", str(server.client_cert),
+                            "--store-client-key", str(loose))
+        assert "--store-client-key has mode 644" in str(info.value), str(info.value)
+
+        ember = separate_emberd("--store", url, *ca, "--store-client-cert",
+                                str(server.client_cert), "--store-client-key",
+                                str(server.client_key))
+        assert ember.client().list_microvm_images()["items"] == []
+        seen = server.query("ember_client_cert", (
+            "SELECT s.client_dn FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+            "WHERE a.datname = 'ember_client_cert' AND a.application_name LIKE 'emberd%'"))
+        assert seen and all(dn == ["/CN=ember"] for dn in seen), seen
+    finally:
+        server.stop()

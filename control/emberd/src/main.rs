@@ -62,6 +62,14 @@ struct Args {
     /// unless the URL says `sslmode=disable` or `sslmode=prefer`.
     #[arg(long, requires = "store")]
     store_ca_file: Option<PathBuf>,
+    /// A PEM client certificate (chain) emberd presents to a Postgres
+    /// store that asks for one (pg_hba `cert`, or `clientcert=verify-full`).
+    #[arg(long, value_name = "FILE", requires_all = ["store", "store_client_key"])]
+    store_client_cert: Option<PathBuf>,
+    /// The PEM private key of --store-client-cert; refused if group or
+    /// others can read it.
+    #[arg(long, value_name = "FILE", requires = "store_client_cert")]
+    store_client_key: Option<PathBuf>,
     /// Address to serve the API on (port 0 picks a free one; see DATA_DIR/endpoint).
     #[arg(long, default_value = "127.0.0.1:9070")]
     listen: SocketAddr,
@@ -259,7 +267,14 @@ async fn main() -> anyhow::Result<()> {
         .store
         .clone()
         .unwrap_or_else(|| ember_store::StoreLocation::Sqlite(layout.database()));
-    let store = ember_store::open(&location, args.store_ca_file.as_deref())
+    let postgres_tls = ember_store::PostgresTls {
+        ca_file: args.store_ca_file.clone(),
+        client_cert: args
+            .store_client_cert
+            .clone()
+            .zip(args.store_client_key.clone()),
+    };
+    let store = ember_store::open(&location, &postgres_tls)
         .await
         .with_context(|| format!("opening the state store {location}"))?;
     tracing::info!(store = %location, "state store open");

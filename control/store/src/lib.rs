@@ -22,7 +22,7 @@ mod node;
 mod placement;
 pub use location::StoreLocation;
 mod postgres;
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, PostgresTls};
 mod sqlite;
 pub use sqlite::SqliteStore;
 
@@ -100,15 +100,15 @@ impl StoreError {
 /// Opens the store `location` names for one emberd, bringing its schema
 /// up to date. Nothing is claimed yet: `register_node` makes the store a
 /// node's (and, on Postgres, refuses a node id another emberd runs as).
-/// `postgres_ca` is the CA file a Postgres server's certificate must chain
-/// to (else the system's roots).
+/// `postgres_tls` says which CA a Postgres server's certificate must chain
+/// to (else the system's roots) and which client certificate to present.
 pub async fn open(
     location: &StoreLocation,
-    postgres_ca: Option<&std::path::Path>,
+    postgres_tls: &PostgresTls,
 ) -> Result<Arc<dyn StateStore>, StoreError> {
     Ok(match location {
         StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
-        StoreLocation::Postgres(url) => Arc::new(PostgresStore::connect(url, postgres_ca).await?),
+        StoreLocation::Postgres(url) => Arc::new(PostgresStore::connect(url, postgres_tls).await?),
     })
 }
 

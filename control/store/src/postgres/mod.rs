@@ -11,8 +11,8 @@ mod placement;
 mod rows;
 mod schema;
 mod tls;
+pub use tls::PostgresTls;
 
-use std::path::Path;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -48,9 +48,9 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/db`, or
     /// `host=/socket/dir` for a Unix socket) and brings the schema up to
     /// date, serialised with any other emberd doing the same. TCP
-    /// connections use TLS verified against `ca_file` (else the system's
+    /// connections use TLS verified against `tls.ca_file` (else the system's
     /// roots) unless the URL's `sslmode` says otherwise.
-    pub async fn connect(url: &str, ca_file: Option<&Path>) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, tls: &PostgresTls) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
             path: "postgres".into(),
             message: format!("not a Postgres URL: {e}"),
@@ -60,7 +60,7 @@ impl PostgresStore {
             .connect_timeout(WAIT)
             .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
         tls::harden(url, &mut config);
-        let tls = tls::connector(ca_file)?;
+        let tls = tls::connector(tls)?;
         let manager = Manager::from_config(
             config.clone(),
             tls.clone(),

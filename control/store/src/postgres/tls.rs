@@ -1,13 +1,15 @@
 //! TLS to Postgres, with rustls: a TCP connection is encrypted and its
 //! server verified unless the URL says `sslmode=disable` (or `prefer`,
 //! which allows plain text when the server has no TLS). Unix sockets carry
-//! no TLS. The roots are `--store-ca-file` if given, else the system's.
+//! no TLS. The roots are `--store-ca-file` if given, else the system's;
+//! `--store-client-cert`/`--store-client-key` present a client certificate
+//! to a server that asks for one (pg_hba's `cert` method, `clientcert=`).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::config::{Host, SslMode};
@@ -16,8 +18,18 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::StoreError;
 
-/// A CA file is a few certificates; anything bigger is not one.
+/// A CA file (or a client certificate chain, or a key) is a few PEM
+/// blocks; anything bigger is not one.
 const MAX_CA_FILE_BYTES: u64 = 1 << 20;
+
+/// How emberd's connections to Postgres present and check certificates.
+#[derive(Debug, Clone, Default)]
+pub struct PostgresTls {
+    /// The CA a server's certificate must chain to (else the system's).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate (chain) and its key, both PEM.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
 
 /// Makes `sslmode` explicit: `require` when the URL left it out and a host
 /// is reached over TCP, so a Postgres without TLS is refused rather than
@@ -56,9 +68,9 @@ where
     }
 }
 
-pub(super) fn connector(ca_file: Option<&Path>) -> Result<Connector, StoreError> {
+pub(super) fn connector(tls: &PostgresTls) -> Result<Connector, StoreError> {
     let mut roots = RootCertStore::empty();
-    match ca_file {
+    match tls.ca_file.as_deref() {
         Some(path) => {
             for cert in read_ca_file(path)? {
                 roots.add(cert).map_err(|e| StoreError::Open {
@@ -76,33 +88,86 @@ pub(super) fn connector(ca_file: Option<&Path>) -> Result<Connector, StoreError>
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| StoreError::Pool(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match &tls.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = read_pem_certs(cert, "--store-client-cert")?;
+            let key_pem = read_bounded(key, "--store-client-key")?;
+            refuse_open_key(key)?;
+            let key_der =
+                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| StoreError::Open {
+                    path: key.display().to_string(),
+                    message: format!("--store-client-key is not a PEM private key: {e}"),
+                })?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| StoreError::Open {
+                    path: cert.display().to_string(),
+                    message: format!("--store-client-cert and --store-client-key: {e}"),
+                })?
+        }
+    };
     Ok(Connector(MakeRustlsConnect::new(config)))
 }
 
+/// A key others can read is refused, as libpq refuses it.
+fn refuse_open_key(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: format!("--store-client-key: {e}"),
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(StoreError::Open {
+            path: path.display().to_string(),
+            message: format!(
+                "--store-client-key has mode {:o}; group and others must not read it (chmod 600)",
+                mode & 0o7777
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, StoreError> {
+    read_pem_certs(path, "--store-ca-file")
+}
+
+/// A file of at most [`MAX_CA_FILE_BYTES`], named by its flag in errors.
+fn read_bounded(path: &Path, flag: &str) -> Result<Vec<u8>, StoreError> {
     let open_err = |message: String| StoreError::Open {
         path: path.display().to_string(),
         message,
     };
     let size = std::fs::metadata(path)
-        .map_err(|e| open_err(format!("--store-ca-file: {e}")))?
+        .map_err(|e| open_err(format!("{flag}: {e}")))?
         .len();
     if size > MAX_CA_FILE_BYTES {
         return Err(open_err(format!(
-            "--store-ca-file is {size} bytes; a CA bundle over {MAX_CA_FILE_BYTES} is refused"
+            "{flag} is {size} bytes; a file over {MAX_CA_FILE_BYTES} is refused"
         )));
     }
-    let pem = std::fs::read(path).map_err(|e| open_err(format!("--store-ca-file: {e}")))?;
+    std::fs::read(path).map_err(|e| open_err(format!("{flag}: {e}")))
+}
+
+fn read_pem_certs(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>, StoreError> {
+    let open_err = |message: String| StoreError::Open {
+        path: path.display().to_string(),
+        message,
+    };
+    let pem = read_bounded(path, flag)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| open_err(format!("--store-ca-file is not PEM: {e}")))?;
+        .map_err(|e| open_err(format!("{flag} is not PEM: {e}")))?;
     if certs.is_empty() {
-        return Err(open_err("--store-ca-file holds no certificate".into()));
+        return Err(open_err(format!("{flag} holds no certificate")));
     }
     Ok(certs)
 }

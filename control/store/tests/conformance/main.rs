@@ -20,9 +20,11 @@ impl Db {
     pub async fn open(&self) -> Arc<dyn StateStore> {
         match self {
             Db::Sqlite(path, _) => Arc::new(SqliteStore::open(path).unwrap()),
-            Db::Postgres(conninfo) => {
-                Arc::new(PostgresStore::connect(conninfo, None).await.unwrap())
-            }
+            Db::Postgres(conninfo) => Arc::new(
+                PostgresStore::connect(conninfo, &Default::default())
+                    .await
+                    .unwrap(),
+            ),
         }
     }
 
@@ -149,12 +151,12 @@ conformance![
 async fn a_node_id_serves_one_emberd_at_a_time_on_postgres() {
     let conninfo = postgres_server::fresh_database().await;
     let url = ember_store::StoreLocation::Postgres(conninfo.clone());
-    let first = ember_store::open(&url, None).await.unwrap();
+    let first = ember_store::open(&url, &Default::default()).await.unwrap();
     assert_eq!(first.register_node("n1", 60_000).await.unwrap(), 1);
     let claimed = first.claim_idempotency("RunMicrovm", "t", "h", 1.0).await;
     assert_eq!(claimed.unwrap(), ember_store::Claim::Claimed);
     // Opening is not claiming: only registering as a taken id is refused.
-    let second = ember_store::open(&url, None).await.unwrap();
+    let second = ember_store::open(&url, &Default::default()).await.unwrap();
     match second.register_node("n1", 60_000).await {
         Err(ember_store::StoreError::Conflict(m)) => {
             assert!(m.contains("another emberd already runs as node n1"), "{m}")
@@ -164,7 +166,7 @@ async fn a_node_id_serves_one_emberd_at_a_time_on_postgres() {
     }
     assert_eq!(second.register_node("n2", 60_000).await.unwrap(), 1);
     drop(first);
-    let third = ember_store::open(&url, None).await.unwrap();
+    let third = ember_store::open(&url, &Default::default()).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let epoch = loop {
         match third.register_node("n1", 60_000).await {
