@@ -2,6 +2,7 @@
 //! per result. Figures that are compared (cold boot vs restore) are taken
 //! in the same run, so their ratio survives a noisy machine.
 
+mod cluster;
 mod cold_resume;
 mod density;
 mod edge;
@@ -69,6 +70,7 @@ struct Args {
         "hostile_guest",
         "density",
         "store",
+        "cluster",
     ])]
     only: Vec<String>,
 }
@@ -104,6 +106,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("edge") {
         let line = edge::run(&args.data_dir, &args.agent, &opts).await?;
+        println!("{line}");
+    }
+    if wants("cluster") {
+        let line = cluster::run(&args.data_dir, &args.agent, &opts).await?;
         println!("{line}");
     }
     if args.only.iter().any(|o| o == "density") {
