@@ -77,6 +77,11 @@ pub(crate) fn choose<'a>(
     }))
 }
 
+/// A stored MiB count, where a negative one (never written so) reads as 0.
+pub(crate) fn stored_mib(v: Option<i64>) -> Option<u64> {
+    v.map(|v| u64::try_from(v).unwrap_or(0))
+}
+
 /// The Postgres channel a placement is announced on, with the owner's
 /// node id as its payload.
 pub(crate) const PLACED_CHANNEL: &str = "ember_placed";

@@ -86,6 +86,20 @@ impl Instance {
         }
     }
 
+    /// The instance of a stored row (recovered, or placed here by another
+    /// node), with its run spec read and the state it starts in.
+    pub fn of_record(rec: &ember_store::MicrovmRecord, spec: RunSpec, status: Status) -> Self {
+        Self::new(
+            rec.id.clone(),
+            rec.image.clone(),
+            rec.version,
+            rec.started_at,
+            spec,
+            status,
+            rec.last_active_at,
+        )
+    }
+
     fn status_lock(&self) -> MutexGuard<'_, Status> {
         self.status
             .lock()

@@ -121,18 +121,11 @@ impl Microvms {
                 return self.end_unstarted(&rec.id, &why).await;
             }
         };
-        let inst = Arc::new(Instance::new(
-            rec.id.clone(),
-            rec.image.clone(),
-            rec.version,
-            rec.started_at,
-            spec,
-            Status {
-                state: MicrovmState::Pending,
-                suspended_at: None,
-            },
-            rec.last_active_at,
-        ));
+        let status = Status {
+            state: MicrovmState::Pending,
+            suspended_at: None,
+        };
+        let inst = Arc::new(Instance::of_record(&rec, spec, status));
         let Ok(guard) = Arc::clone(&inst.transition).try_lock_owned() else {
             return;
         };

@@ -104,18 +104,11 @@ impl Microvms {
                 return None;
             }
         };
-        let inst = Arc::new(Instance::new(
-            rec.id.clone(),
-            rec.image.clone(),
-            rec.version,
-            rec.started_at,
-            spec,
-            Status {
-                state,
-                suspended_at: rec.suspended_at,
-            },
-            rec.last_active_at,
-        ));
+        let status = Status {
+            state,
+            suspended_at: rec.suspended_at,
+        };
+        let inst = Arc::new(Instance::of_record(rec, spec, status));
         self.live_map().insert(rec.id.clone(), Arc::clone(&inst));
         // Counted whatever the limits say: it exists already.
         self.admission.hold(&rec.id, None);

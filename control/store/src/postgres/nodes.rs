@@ -272,9 +272,7 @@ impl PostgresStore {
                     registered_at: r.try_get(6)?,
                     live_microvms: unsigned(r, 7, "count")?,
                     address: r.try_get(8)?,
-                    free_mib: r
-                        .try_get::<_, Option<i64>>(9)?
-                        .map(|v| u64::try_from(v).unwrap_or(0)),
+                    free_mib: crate::placement::stored_mib(r.try_get(9)?),
                 })
             })
             .collect()

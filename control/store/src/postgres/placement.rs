@@ -47,9 +47,7 @@ impl PostgresStore {
                     epoch: u64::try_from(r.try_get::<_, i64>(1)?).unwrap_or(0),
                     state: r.try_get(2)?,
                     lease_left: r.try_get(3)?,
-                    free_mib: r
-                        .try_get::<_, Option<i64>>(4)?
-                        .map(|v| u64::try_from(v).unwrap_or(0)),
+                    free_mib: crate::placement::stored_mib(r.try_get(4)?),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;

@@ -122,9 +122,7 @@ impl SqliteStore {
                     registered_at: r.get(6)?,
                     live_microvms: r.get(7)?,
                     address: r.get(8)?,
-                    free_mib: r
-                        .get::<_, Option<i64>>(9)?
-                        .map(|v| u64::try_from(v).unwrap_or(0)),
+                    free_mib: crate::placement::stored_mib(r.get(9)?),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

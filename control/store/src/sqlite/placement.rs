@@ -44,9 +44,7 @@ impl SqliteStore {
                             epoch: r.get(1)?,
                             state: r.get(2)?,
                             lease_left: r.get(3)?,
-                            free_mib: r
-                                .get::<_, Option<i64>>(4)?
-                                .map(|v| u64::try_from(v).unwrap_or(0)),
+                            free_mib: crate::placement::stored_mib(r.get(4)?),
                         })
                     },
                 )
