@@ -95,21 +95,13 @@ impl Microvms {
         id: &str,
         plan: RunPlan,
     ) -> Result<(MicrovmRecord, Arc<Instance>, OwnedMutexGuard<()>), ApiError> {
-        let (endpoint, proxy_addr) = self.bind_endpoint(id, None).await?;
-        let mut record = new_record(id, &plan, endpoint, proxy_addr);
-        record.owner_node = Some(self.config.node_id.clone());
-        let inst = Arc::new(Instance::new(
-            id.to_string(),
-            plan.image,
-            plan.version,
-            record.started_at,
-            plan.spec,
-            Status {
-                state: MicrovmState::Pending,
-                suspended_at: None,
-            },
-            record.started_at,
-        ));
+        let endpoint = self.bind_endpoint(id, None).await?;
+        let record = new_record(id, &plan, endpoint, Some(self.config.node_id.clone()));
+        let status = Status {
+            state: MicrovmState::Pending,
+            suspended_at: None,
+        };
+        let inst = Arc::new(Instance::of_record(&record, plan.spec, status));
         // Taken before the instance is visible, so a request that arrives
         // first waits for the start instead of finding no VM. The instance
         // is in the map before its row exists, so the reconciler of runs
@@ -775,15 +767,14 @@ impl Microvms {
     }
 }
 
-/// An operation the guest would have to take part in, asked of a VM the
-/// host holds paused.
-/// The PENDING row of a new microVM `id` run from `plan`, owned by this
-/// node (a placement names the owner it chose instead).
+/// The PENDING row of a new microVM `id` run from `plan`, naming `owner`
+/// (the store writes the owner it registered or placed the VM on; this
+/// is what the answer shows).
 pub(super) fn new_record(
     id: &str,
     plan: &RunPlan,
-    endpoint: String,
-    proxy_addr: Option<String>,
+    (endpoint, proxy_addr): (String, Option<String>),
+    owner: Option<String>,
 ) -> MicrovmRecord {
     let t = now();
     MicrovmRecord {
@@ -801,10 +792,12 @@ pub(super) fn new_record(
         last_active_at: t,
         suspended_at: None,
         updated_at: t,
-        owner_node: None,
+        owner_node: owner,
     }
 }
 
+/// An operation the guest would have to take part in, asked of a VM the
+/// host holds paused.
 pub(super) fn host_paused(id: &str, verb: &str, reason: &str) -> ApiError {
     ApiError::conflict(
         RESOURCE,

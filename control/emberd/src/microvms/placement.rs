@@ -56,8 +56,8 @@ impl Microvms {
             ));
         }
         let id = crate::service::names::new_id();
-        let (endpoint, proxy_addr) = self.bind_endpoint(&id, None).await?;
-        let mut record = new_record(&id, &plan, endpoint, proxy_addr);
+        let endpoint = self.bind_endpoint(&id, None).await?;
+        let mut record = new_record(&id, &plan, endpoint, None);
         let memory = u64::from(plan.spec.memory_mib);
         let owner = self
             .store

@@ -6,9 +6,8 @@
 //! as its session: when Postgres restarts or the connection drops, a
 //! keeper task takes it again.
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 use tokio_postgres::AsyncMessage;
