@@ -194,6 +194,9 @@ state_store! {
         now: f64,
     ) -> ();
     fn set_version_status(&self, image: &str, version: u32, status: &str, now: f64) -> ();
+    /// Records that a version's snapshot is in the object store, under
+    /// the index `digest`.
+    fn set_version_blob(&self, image: &str, version: u32, digest: &str, now: f64) -> ();
     fn delete_version(&self, image: &str, version: u32) -> ();
     fn build(&self, id: &str) -> BuildRecord;
     /// Builds of one version, oldest first, after build id `after`.

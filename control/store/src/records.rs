@@ -25,6 +25,10 @@ pub struct VersionRecord {
     /// `snapshot_dir` (`None` for an unregistered store's, or a version
     /// from before nodes).
     pub snapshot_node: Option<String>,
+    /// The digest of the snapshot's index in the object store
+    /// (`--blob-store`), from which every node can restore it; `None`
+    /// without one.
+    pub snapshot_blob: Option<String>,
     pub created_at: f64,
     pub updated_at: f64,
 }
@@ -162,7 +166,7 @@ impl VersionRecord {
     /// The columns every backend selects, in the order its row mapping reads them.
     pub(crate) const COLUMNS: &'static str =
         "image, version, spec, state, status, state_reason, snapshot_dir, created_at, updated_at, \
-         snapshot_node";
+         snapshot_node, snapshot_blob";
 }
 
 impl BuildRecord {

@@ -202,6 +202,26 @@ impl PostgresStore {
         Ok(())
     }
 
+    pub(crate) async fn set_version_blob(
+        &self,
+        image: &str,
+        version: u32,
+        digest: &str,
+        now: f64,
+    ) -> Result<(), StoreError> {
+        let changed = self
+            .execute(
+                "UPDATE versions SET snapshot_blob = $3, updated_at = $4
+                 WHERE image = $1 AND version = $2",
+                &[&image, &to_i32(version)?, &digest, &now],
+            )
+            .await?;
+        if changed == 0 {
+            return Err(StoreError::version_not_found(image, version));
+        }
+        Ok(())
+    }
+
     pub(crate) async fn set_version_status(
         &self,
         image: &str,

@@ -41,6 +41,7 @@ impl VersionRecord {
             created_at: r.try_get(7)?,
             updated_at: r.try_get(8)?,
             snapshot_node: r.try_get(9)?,
+            snapshot_blob: r.try_get(10)?,
         })
     }
 }

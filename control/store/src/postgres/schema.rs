@@ -118,6 +118,11 @@ ALTER TABLE versions ADD COLUMN snapshot_node TEXT COLLATE "C";
 ALTER TABLE builds ADD COLUMN node TEXT COLLATE "C";
 CREATE INDEX builds_by_node ON builds (node, state);
 "#,
+    // The object-store copy of a version's snapshot (its index digest),
+    // from which any node restores it.
+    r#"
+ALTER TABLE versions ADD COLUMN snapshot_blob TEXT COLLATE "C";
+"#,
 ];
 
 pub(super) async fn migrate(client: &mut Object) -> Result<(), StoreError> {

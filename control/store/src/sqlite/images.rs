@@ -186,6 +186,23 @@ impl SqliteStore {
         Ok(())
     }
 
+    pub(crate) fn set_version_blob(
+        &self,
+        image: &str,
+        version: u32,
+        digest: &str,
+        now: f64,
+    ) -> Result<(), StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE versions SET snapshot_blob = ?3, updated_at = ?4 WHERE image = ?1 AND version = ?2",
+            params![image, version, digest, now],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::version_not_found(image, version));
+        }
+        Ok(())
+    }
+
     pub(crate) fn set_version_status(
         &self,
         image: &str,

@@ -29,6 +29,7 @@ impl VersionRecord {
             created_at: r.get(7)?,
             updated_at: r.get(8)?,
             snapshot_node: r.get(9)?,
+            snapshot_blob: r.get(10)?,
         })
     }
 }

@@ -116,6 +116,11 @@ ALTER TABLE versions ADD COLUMN snapshot_node TEXT;
 ALTER TABLE builds ADD COLUMN node TEXT;
 CREATE INDEX builds_by_node ON builds (node, state);
 "#,
+    // The object-store copy of a version's snapshot (its index digest),
+    // from which any node restores it.
+    r#"
+ALTER TABLE versions ADD COLUMN snapshot_blob TEXT;
+"#,
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -57,6 +57,7 @@ impl Db {
                      ALTER TABLE versions DROP COLUMN snapshot_node;
                      DROP INDEX builds_by_node;
                      ALTER TABLE builds DROP COLUMN node;
+                     ALTER TABLE versions DROP COLUMN snapshot_blob;
                      PRAGMA user_version = 3;",
                 )
                 .unwrap();
@@ -73,6 +74,7 @@ impl Db {
                          ALTER TABLE idempotency DROP COLUMN node;
                          ALTER TABLE versions DROP COLUMN snapshot_node;
                          ALTER TABLE builds DROP COLUMN node;
+                         ALTER TABLE versions DROP COLUMN snapshot_blob;
                          UPDATE ember_schema SET version = 1;",
                     )
                     .await
@@ -139,6 +141,7 @@ conformance![
     rows_from_before_nodes_are_taken_by_the_first_node_to_register,
     placement_picks_the_roomiest_ready_candidate,
     a_versions_snapshot_names_the_node_that_wrote_it,
+    a_versions_object_store_copy_is_recorded,
     one_sweep_declares_at_most_half_the_nodes_dead,
     a_dead_nodes_builds_fail_and_nobody_elses,
 ];

@@ -122,3 +122,22 @@ pub async fn a_versions_snapshot_names_the_node_that_wrote_it(db: Db) {
     assert_eq!(v.snapshot_dir.as_deref(), Some("/data/snap"));
     assert_eq!(v.snapshot_node.as_deref(), Some("n1"));
 }
+
+/// The object-store copy of a snapshot is recorded on its own: a state
+/// change keeps it, and a version that does not exist is an error.
+pub async fn a_versions_object_store_copy_is_recorded(db: Db) {
+    let s = db.open().await;
+    s.create_image(&super::new_image("img")).await.unwrap();
+    assert_eq!(s.version("img", 1).await.unwrap().snapshot_blob, None);
+    s.set_version_blob("img", 1, "ab12", 2.0).await.unwrap();
+    s.update_version_state("img", 1, "SUCCESSFUL", None, Some("/data/snap"), 3.0)
+        .await
+        .unwrap();
+    let v = s.version("img", 1).await.unwrap();
+    assert_eq!(v.snapshot_blob.as_deref(), Some("ab12"));
+    assert_eq!(v.snapshot_dir.as_deref(), Some("/data/snap"));
+    assert!(matches!(
+        s.set_version_blob("img", 9, "ab12", 4.0).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
