@@ -256,7 +256,8 @@ impl Keeper {
     /// as fresh as the lease, so a placement's estimate heals at the next.
     async fn report_free(&self) {
         let free = self.microvms.free_for_runs_mib();
-        if let Err(e) = self.store.report_node_free(free).await {
+        let reserved = self.microvms.reserved_mib();
+        if let Err(e) = self.store.report_node_free(free, reserved).await {
             tracing::debug!(node = %self.node.id, "reporting free memory: {e}");
         }
     }

@@ -297,9 +297,9 @@ state_store! {
     /// when it serves none. `Conflict` if it never registered.
     fn set_node_address(&self, address: Option<&str>) -> ();
     /// Records how much memory this registered node can still give to new
-    /// microVMs, as its own admission counts it (`None`: unknown), for
-    /// placements made on other nodes.
-    fn report_node_free(&self, free_mib: Option<u64>) -> ();
+    /// microVMs, as its own admission counts it (`None`: unknown), and how
+    /// much its microVMs hold, for placements made on other nodes.
+    fn report_node_free(&self, free_mib: Option<u64>, reserved_mib: u64) -> ();
     /// Inserts `vm` PENDING, owned by the node among `candidates` with the
     /// most memory free that is READY, holds its lease and has room for
     /// `memory_mib`, whose free memory it lowers by as much; one

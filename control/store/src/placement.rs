@@ -13,9 +13,22 @@ pub(crate) struct Candidate {
     /// Seconds until its lease expires, in the store's clock.
     pub lease_left: f64,
     pub free_mib: Option<u64>,
+    /// The memory of its microVMs, as it last reported, plus what was
+    /// placed on it since.
+    pub reserved_mib: u64,
 }
 
 impl Candidate {
+    /// How full `memory_mib` more would make it, 0 to 1.
+    fn load(&self, memory_mib: u64) -> f64 {
+        let used = self.reserved_mib.saturating_add(memory_mib) as f64;
+        let capacity = self.reserved_mib.saturating_add(self.free_mib.unwrap_or(0)) as f64;
+        if capacity <= 0.0 {
+            return 1.0;
+        }
+        (used / capacity).min(1.0)
+    }
+
     /// Why this node cannot take `memory_mib` now, if it cannot.
     fn refusal(&self, memory_mib: u64) -> Option<String> {
         if self.state != "READY" {
@@ -37,9 +50,11 @@ impl Candidate {
     }
 }
 
-/// The candidate with the most memory free among those that can take
-/// `memory_mib` (one that never reported comes last: its admission still
-/// decides), or `Capacity` naming why each of `asked` could not.
+/// Among the candidates that can take `memory_mib`, the one it would fill
+/// least: the lowest (reserved + requested) / (reserved + free), so VMs
+/// spread over nodes by size even where every node sees one host's free
+/// memory; one that never reported comes last (its admission still
+/// decides). Else `Capacity`, naming why each of `asked` could not.
 pub(crate) fn choose<'a>(
     asked: &[String],
     found: &'a [Candidate],
@@ -48,12 +63,13 @@ pub(crate) fn choose<'a>(
     let best = found
         .iter()
         .filter(|c| asked.contains(&c.id) && c.refusal(memory_mib).is_none())
-        .max_by(|a, b| {
-            a.free_mib
+        .min_by(|a, b| {
+            b.free_mib
                 .is_some()
-                .cmp(&b.free_mib.is_some())
-                .then(a.free_mib.cmp(&b.free_mib))
-                .then(b.id.cmp(&a.id))
+                .cmp(&a.free_mib.is_some())
+                .then(a.load(memory_mib).total_cmp(&b.load(memory_mib)))
+                .then(b.free_mib.cmp(&a.free_mib))
+                .then(a.id.cmp(&b.id))
         });
     if let Some(best) = best {
         return Ok(best);
@@ -97,7 +113,22 @@ mod tests {
             state: state.into(),
             lease_left,
             free_mib,
+            reserved_mib: 0,
         }
+    }
+
+    #[test]
+    fn the_node_its_vms_fill_least_wins_on_one_hosts_free_memory() {
+        // Both see the same free memory; a holds 512 MiB of VMs already.
+        let mut a = node("a", "READY", 5.0, Some(4096));
+        a.reserved_mib = 512;
+        let b = node("b", "READY", 5.0, Some(4096));
+        let found = [a, b];
+        let all = ids(&["a", "b"]);
+        assert_eq!(
+            choose(&all, &found, 256).map(|c| c.id.as_str()).ok(),
+            Some("b")
+        );
     }
 
     fn ids(v: &[&str]) -> Vec<String> {

@@ -95,6 +95,10 @@ struct Slot {
 
 impl Ledger {
     /// Memory promised to VMs whose QEMU has not taken it yet.
+    fn running_mib(&self) -> u64 {
+        self.running.values().map(|s| u64::from(s.memory_mib)).sum()
+    }
+
     fn unstarted_mib(&self) -> u64 {
         self.running
             .values()
@@ -243,6 +247,11 @@ impl Admission {
     /// would count it: 0 when the quota, the running limit or the disk
     /// reserve would refuse any; `None` when free memory is unknown. Other
     /// nodes place runs by it.
+    /// The memory of the VMs holding a running slot, started or not.
+    pub fn reserved_mib(&self) -> u64 {
+        self.ledger().running_mib()
+    }
+
     pub fn free_for_runs_mib(&self) -> Option<u64> {
         let ledger = self.ledger();
         let full = ledger.live.len() as u64 >= self.limits.max_live
@@ -277,15 +286,10 @@ impl Admission {
     pub fn usage(&self) -> Usage {
         let (live, running, reserved) = {
             let ledger = self.ledger();
-            let reserved = ledger
-                .running
-                .values()
-                .map(|s| u64::from(s.memory_mib))
-                .sum();
             (
                 ledger.live.len() as u64,
                 ledger.running.len() as u64,
-                reserved,
+                ledger.running_mib(),
             )
         };
         Usage {

@@ -11,11 +11,20 @@ use super::nodes::store_now;
 use super::{to_i64, PostgresStore};
 
 impl PostgresStore {
-    pub(crate) async fn report_node_free(&self, free_mib: Option<u64>) -> Result<(), StoreError> {
+    pub(crate) async fn report_node_free(
+        &self,
+        free_mib: Option<u64>,
+        reserved_mib: u64,
+    ) -> Result<(), StoreError> {
         let me = self.identity.required()?;
         self.execute(
-            "UPDATE nodes SET free_mib = $3 WHERE id = $1 AND epoch = $2",
-            &[&me.0, &to_i64(me.1), &free_mib.map(to_i64)],
+            "UPDATE nodes SET free_mib = $3, reserved_mib = $4 WHERE id = $1 AND epoch = $2",
+            &[
+                &me.0,
+                &to_i64(me.1),
+                &free_mib.map(to_i64),
+                &to_i64(reserved_mib),
+            ],
         )
         .await?;
         Ok(())
@@ -34,7 +43,7 @@ impl PostgresStore {
         // memory the one before it took; a sweep skips a node held here.
         let rows = tx
             .query(
-                "SELECT id, epoch, state, lease_expires_at - $2, free_mib FROM nodes
+                "SELECT id, epoch, state, lease_expires_at - $2, free_mib, reserved_mib FROM nodes
                  WHERE id = ANY($1) ORDER BY id FOR UPDATE",
                 &[&candidates, &now],
             )
@@ -48,14 +57,17 @@ impl PostgresStore {
                     state: r.try_get(2)?,
                     lease_left: r.try_get(3)?,
                     free_mib: crate::placement::stored_mib(r.try_get(4)?),
+                    reserved_mib: crate::placement::stored_mib(r.try_get(5)?).unwrap_or(0),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let owner = choose(candidates, &found, memory_mib)?;
         let epoch = to_i64(owner.epoch);
         tx.execute(
-            "UPDATE nodes SET free_mib = GREATEST(free_mib - $2, 0)
-             WHERE id = $1 AND free_mib IS NOT NULL",
+            // An unknown free count (NULL) stays unknown.
+            "UPDATE nodes SET free_mib = free_mib - LEAST(free_mib, $2),
+                 reserved_mib = COALESCE(reserved_mib, 0) + $2
+             WHERE id = $1",
             &[&owner.id, &to_i64(memory_mib)],
         )
         .await?;

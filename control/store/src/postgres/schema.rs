@@ -119,9 +119,11 @@ ALTER TABLE builds ADD COLUMN node TEXT COLLATE "C";
 CREATE INDEX builds_by_node ON builds (node, state);
 "#,
     // The object-store copy of a version's snapshot (its index digest),
-    // from which any node restores it.
+    // from which any node restores it; the memory a node's microVMs hold,
+    // which placement scores nodes by.
     r#"
 ALTER TABLE versions ADD COLUMN snapshot_blob TEXT COLLATE "C";
+ALTER TABLE nodes ADD COLUMN reserved_mib BIGINT;
 "#,
 ];
 

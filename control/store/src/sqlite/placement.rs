@@ -12,11 +12,15 @@ use super::nodes::now;
 use super::SqliteStore;
 
 impl SqliteStore {
-    pub(crate) fn report_node_free(&self, free_mib: Option<u64>) -> Result<(), StoreError> {
+    pub(crate) fn report_node_free(
+        &self,
+        free_mib: Option<u64>,
+        reserved_mib: u64,
+    ) -> Result<(), StoreError> {
         let me = self.identity.required()?;
         self.conn().execute(
-            "UPDATE nodes SET free_mib = ?3 WHERE id = ?1 AND epoch = ?2",
-            params![me.0, me.1, free_mib],
+            "UPDATE nodes SET free_mib = ?3, reserved_mib = ?4 WHERE id = ?1 AND epoch = ?2",
+            params![me.0, me.1, free_mib, reserved_mib],
         )?;
         Ok(())
     }
@@ -35,7 +39,7 @@ impl SqliteStore {
         for id in candidates {
             let row = tx
                 .query_row(
-                    "SELECT id, epoch, state, lease_expires_at - ?2, free_mib FROM nodes
+                    "SELECT id, epoch, state, lease_expires_at - ?2, free_mib, reserved_mib FROM nodes
                      WHERE id = ?1",
                     params![id, now],
                     |r| {
@@ -45,6 +49,7 @@ impl SqliteStore {
                             state: r.get(2)?,
                             lease_left: r.get(3)?,
                             free_mib: crate::placement::stored_mib(r.get(4)?),
+                            reserved_mib: crate::placement::stored_mib(r.get(5)?).unwrap_or(0),
                         })
                     },
                 )
@@ -61,8 +66,9 @@ impl SqliteStore {
             )));
         }
         tx.execute(
-            "UPDATE nodes SET free_mib = MAX(free_mib - ?2, 0)
-             WHERE id = ?1 AND free_mib IS NOT NULL",
+            "UPDATE nodes SET free_mib = MAX(free_mib - ?2, 0),
+                 reserved_mib = COALESCE(reserved_mib, 0) + ?2
+             WHERE id = ?1",
             params![owner.id, memory_mib],
         )?;
         if insert_row(&tx, vm, Some(&owner.id), Some(owner.epoch))? == 0 {

@@ -117,9 +117,11 @@ ALTER TABLE builds ADD COLUMN node TEXT;
 CREATE INDEX builds_by_node ON builds (node, state);
 "#,
     // The object-store copy of a version's snapshot (its index digest),
-    // from which any node restores it.
+    // from which any node restores it; the memory a node's microVMs hold,
+    // which placement scores nodes by.
     r#"
 ALTER TABLE versions ADD COLUMN snapshot_blob TEXT;
+ALTER TABLE nodes ADD COLUMN reserved_mib INTEGER;
 "#,
 ];
 

@@ -24,7 +24,7 @@ fn capacity_refusal<T: std::fmt::Debug>(r: Result<T, StoreError>) -> String {
 pub async fn placement_picks_the_roomiest_ready_candidate(db: Db) {
     let n1 = db.open().await;
     n1.register_node("n1", LONG_LEASE_MS).await.unwrap();
-    n1.report_node_free(Some(1000)).await.unwrap();
+    n1.report_node_free(Some(1000), 0).await.unwrap();
     if !db.serves_many_nodes() {
         let owner = n1
             .place_microvm(&microvm("a", "img", 1), 600, &ids(&["n1"]))
@@ -45,7 +45,7 @@ pub async fn placement_picks_the_roomiest_ready_candidate(db: Db) {
     }
     let n2 = db.open().await;
     n2.register_node("n2", LONG_LEASE_MS).await.unwrap();
-    n2.report_node_free(Some(1500)).await.unwrap();
+    n2.report_node_free(Some(1500), 0).await.unwrap();
     let woken = n2.placements().expect("Postgres announces placements");
     let both = ids(&["n1", "n2"]);
     // n2 has more room: the first run goes there, placed through n1.
@@ -91,7 +91,7 @@ pub async fn placement_picks_the_roomiest_ready_candidate(db: Db) {
         "a refused run leaves no row"
     );
     // A fresh report replaces what placements took.
-    n1.report_node_free(Some(2000)).await.unwrap();
+    n1.report_node_free(Some(2000), 0).await.unwrap();
     assert_eq!(
         n2.place_microvm(&microvm("c", "img", 1), 600, &both)
             .await
