@@ -147,8 +147,9 @@ async fn download_within(
 }
 
 /// A client for one download: the credential chain is read afresh, so
-/// rotated credentials are picked up without restarting emberd.
-async fn client(settings: &S3Settings) -> aws_sdk_s3::Client {
+/// rotated credentials are picked up without restarting emberd. Public as
+/// `ember_artifact::s3_client`, so the blob store connects the same way.
+pub async fn client(settings: &S3Settings) -> aws_sdk_s3::Client {
     // ring, like the rest of the workspace, rather than the SDK's aws-lc.
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))

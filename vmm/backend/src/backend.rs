@@ -215,6 +215,16 @@ pub trait Hypervisor: Send + Sync {
         Ok(())
     }
 
+    /// The files the snapshot in `dir` needs on another host, each named
+    /// as it will be in one folder there (its disk's backing files
+    /// included), with the backing file each names. Blocking.
+    fn portable_files(&self, dir: &Path) -> Result<Vec<PortableFile>, VmmError>;
+
+    /// Makes `dir`, holding `files` as [`Hypervisor::portable_files`]
+    /// named them, a snapshot that restores from there: each disk layer
+    /// points at its backing file by its name in `dir`. Blocking.
+    fn relink_portable(&self, dir: &Path, files: &[PortableFile]) -> Result<(), VmmError>;
+
     /// Takes over a VM named `name` that a previous instance of the
     /// backend (possibly another process, e.g. a daemon before a restart)
     /// booted or restored and left running. The returned VM works as if
@@ -222,6 +232,17 @@ pub trait Hypervisor: Send + Sync {
     /// A VM whose process is gone is cleaned up and reported as
     /// [`VmmError::NotRunning`].
     async fn attach(&self, name: &str) -> Result<Arc<dyn Vm>, VmmError>;
+}
+
+/// One file of a snapshot that travels between hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortableFile {
+    /// Its name in the snapshot's folder on any host.
+    pub name: String,
+    /// Where it is on this host.
+    pub path: PathBuf,
+    /// The name (in the same folder) of the file it is a layer over.
+    pub backing: Option<String>,
 }
 
 /// How a snapshot is restored.

@@ -9,15 +9,16 @@
 pub mod agent;
 mod backend;
 mod error;
-mod framed;
+/// Public: ember-blobstore's snapshot index uses the same header.
+pub mod framed;
 pub mod memory_delta;
 pub mod qemu;
 pub mod snapshot;
 
 pub use backend::{
-    validate_vm_name, Accel, AccelChoice, HostPause, Hypervisor, Isolation, Network, RestoreDisk,
-    RestoreMemory, RestoreOptions, Vm, VmConfig, VmStats, DNS_ADDRESS, GATEWAY_ADDRESS,
-    GUEST_ADDRESS, GUEST_PREFIX_LEN,
+    validate_vm_name, Accel, AccelChoice, HostPause, Hypervisor, Isolation, Network, PortableFile,
+    RestoreDisk, RestoreMemory, RestoreOptions, Vm, VmConfig, VmStats, DNS_ADDRESS,
+    GATEWAY_ADDRESS, GUEST_ADDRESS, GUEST_PREFIX_LEN,
 };
 pub use error::VmmError;
 pub use snapshot::{SnapshotInfo, SnapshotManifest};

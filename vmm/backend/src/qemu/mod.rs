@@ -13,6 +13,7 @@ mod launch;
 mod migration;
 mod net;
 mod park;
+mod portable;
 mod process;
 mod qcow2;
 mod qmp;
@@ -37,7 +38,7 @@ pub use runtime_record::RecordError;
 pub use vm::QemuVm;
 
 use crate::backend::{
-    validate_vm_name, Accel, AccelChoice, Hypervisor, RestoreOptions, Vm, VmConfig,
+    validate_vm_name, Accel, AccelChoice, Hypervisor, PortableFile, RestoreOptions, Vm, VmConfig,
 };
 use crate::snapshot::SnapshotError;
 use crate::VmmError;
@@ -276,6 +277,14 @@ fn absolute(path: &Path) -> Result<PathBuf, VmmError> {
 impl Hypervisor for QemuHypervisor {
     fn accel(&self) -> Accel {
         self.accel
+    }
+
+    fn portable_files(&self, dir: &Path) -> Result<Vec<PortableFile>, VmmError> {
+        portable::portable_files(dir)
+    }
+
+    fn relink_portable(&self, dir: &Path, files: &[PortableFile]) -> Result<(), VmmError> {
+        portable::relink(dir, files)
     }
 
     async fn boot(&self, mut config: VmConfig) -> Result<Arc<dyn Vm>, VmmError> {

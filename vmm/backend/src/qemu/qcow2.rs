@@ -54,19 +54,48 @@ pub fn virtual_size(path: &Path, format: &str) -> Result<u64, VmmError> {
 /// while QEMU holds the image open as a read-only backing file, where
 /// `qemu-img rebase` is refused by QEMU's image locking.
 pub fn rebase_header(layer: &Path, backing: &Path) -> Result<(), VmmError> {
+    let name = backing.as_os_str().as_encoded_bytes();
+    if name.len() > MAX_BACKING_NAME || !backing.is_absolute() {
+        return Err(VmmError::Tool {
+            tool: "qcow2",
+            message: format!(
+                "{}: backing path must be absolute and under 1 KiB: {}",
+                layer.display(),
+                backing.display()
+            ),
+        });
+    }
+    write_backing_name(layer, name)
+}
+
+/// Points `layer` at the file `name` in its own folder (QEMU resolves a
+/// relative backing name against the folder of the image naming it), so
+/// a folder of layers can move as a whole.
+pub fn rebase_header_relative(layer: &Path, name: &str) -> Result<(), VmmError> {
+    let plain = !name.is_empty()
+        && name.len() <= MAX_BACKING_NAME
+        && !name.contains(['/', ':', '\0'])
+        && name != "."
+        && name != "..";
+    if !plain {
+        return Err(VmmError::Tool {
+            tool: "qcow2",
+            message: format!(
+                "{}: a backing name in the same folder must be a plain file name: {name:?}",
+                layer.display()
+            ),
+        });
+    }
+    write_backing_name(layer, name.as_bytes())
+}
+
+fn write_backing_name(layer: &Path, name: &[u8]) -> Result<(), VmmError> {
     use std::io::{Seek, SeekFrom};
     let ctx = || format!("rebase {}", layer.display());
     let bad = |message: String| VmmError::Tool {
         tool: "qcow2",
         message: format!("{}: {message}", layer.display()),
     };
-    let name = backing.as_os_str().as_encoded_bytes();
-    if name.len() > MAX_BACKING_NAME || !backing.is_absolute() {
-        return Err(bad(format!(
-            "backing path must be absolute and under 1 KiB: {}",
-            backing.display()
-        )));
-    }
     // The layer sits in a folder a VM writes: never through a symlink.
     let mut f = std::fs::OpenOptions::new()
         .read(true)
