@@ -2,50 +2,25 @@
 its own credential chain) from a real S3-compatible HTTP server: moto's
 server from the pinned venv, with buckets and objects put by boto3."""
 
-import socket
-import subprocess
-import sys
-import time
-
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
 from artifacts import zip_dir
-from harness import (BUILD_ROLE, BUSYBOX_ARN, REGION, REPO, aws, error_code, free_port,
-                     wait_image)
+from harness import BUILD_ROLE, BUSYBOX_ARN, REPO, aws, error_code, wait_image
+from s3_server import moto_server, s3_client
 
 BUCKET = "ember-artifacts"
 
 
-
 @pytest.fixture(scope="module")
 def s3_url(tmp_path_factory):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("s3") / "moto.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None, "the S3 server exited"
-            assert time.monotonic() < deadline, "the S3 server did not listen in 30s"
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+    with moto_server(tmp_path_factory.mktemp("s3")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def s3(s3_url, tmp_path_factory):
-    client = boto3.client("s3", endpoint_url=s3_url, region_name=REGION,
-                          aws_access_key_id="test", aws_secret_access_key="test")
+    client = s3_client(s3_url)
     client.create_bucket(Bucket=BUCKET)
     hello = zip_dir(REPO / "examples" / "hello-http", tmp_path_factory.mktemp("zips") / "hello.zip")
     client.upload_file(str(hello), BUCKET, "apps/hello-http.zip")

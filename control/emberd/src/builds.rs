@@ -12,6 +12,7 @@ use ember_builder::{BuildLog, BuildSpec, Builder, ImageHooks, ManagedBase};
 use ember_store::StateStore;
 use tokio::sync::Semaphore;
 
+use crate::blobs::SnapshotBlobs;
 use crate::layout::DataDir;
 use crate::microvms::DiskReserve;
 use crate::now;
@@ -55,6 +56,8 @@ pub struct Builds {
     metrics: Arc<crate::metrics::Metrics>,
     /// Told the image of every version whose build succeeded.
     succeeded: Mutex<Option<tokio::sync::mpsc::Sender<String>>>,
+    /// Where snapshots are uploaded before their version succeeds.
+    blobs: Option<Arc<SnapshotBlobs>>,
 }
 
 /// Successes waiting for their subscriber; beyond this the news is
@@ -69,6 +72,7 @@ impl Builds {
         layout: DataDir,
         limits: BuildLimits,
         metrics: Arc<crate::metrics::Metrics>,
+        blobs: Option<Arc<SnapshotBlobs>>,
     ) -> Self {
         Self {
             store,
@@ -81,6 +85,7 @@ impl Builds {
             live: Mutex::new(HashMap::new()),
             metrics,
             succeeded: Mutex::new(None),
+            blobs,
         }
     }
 
@@ -165,6 +170,10 @@ impl Builds {
             "FAILED"
         };
         self.metrics.observe_build(result_label, started.elapsed());
+        let result = match result {
+            Ok(out) => self.publish(job, log, out).await,
+            Err(e) => Err(e),
+        };
         match result {
             Ok(out) => {
                 let dir = out.snapshot_dir.display().to_string();
@@ -196,6 +205,48 @@ impl Builds {
                 self.record(job, "FAILED", Some(&reason), None).await;
             }
         }
+    }
+
+    /// With an object store, the snapshot is uploaded (and its digest
+    /// recorded) before the version may succeed; a failed upload fails
+    /// the build and removes the snapshot.
+    async fn publish(
+        &self,
+        job: &BuildJob,
+        log: &BuildLog,
+        out: ember_builder::BuildOutput,
+    ) -> Result<ember_builder::BuildOutput, String> {
+        let Some(blobs) = &self.blobs else {
+            return Ok(out);
+        };
+        log.line(&format!("uploading the snapshot to {}", blobs.location()));
+        let t0 = std::time::Instant::now();
+        let published = match blobs.publish(&out.snapshot_dir).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&out.snapshot_dir);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self
+            .store
+            .set_version_blob(&job.image, job.version, &published.digest, now())
+            .await
+        {
+            let _ = std::fs::remove_dir_all(&out.snapshot_dir);
+            return Err(format!("recording the uploaded snapshot: {e}"));
+        }
+        log.line(&format!(
+            "snapshot {} uploaded: {} MiB in {} chunks, {} new ({} MiB), {} zero, in {:.1} s",
+            published.digest,
+            published.bytes >> 20,
+            published.chunks,
+            published.chunks_uploaded,
+            published.bytes_uploaded >> 20,
+            published.chunks_zero,
+            t0.elapsed().as_secs_f64()
+        ));
+        Ok(out)
     }
 
     async fn build(

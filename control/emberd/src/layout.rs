@@ -74,6 +74,11 @@ impl DataDir {
         self.root.join("cache")
     }
 
+    /// Image snapshots fetched from the object store, by digest.
+    pub fn fetched_snapshots(&self) -> PathBuf {
+        self.root.join("fetched")
+    }
+
     /// QEMU runtime folders of running VMs.
     pub fn vm_state(&self) -> PathBuf {
         self.root.join("vms")

@@ -3,6 +3,7 @@
 //! microVMs.
 
 mod api_server;
+mod blobs;
 mod build_logs;
 mod builds;
 mod cluster;
@@ -218,6 +219,8 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     role_credentials: Option<PathBuf>,
     #[command(flatten)]
+    blobs: blobs::BlobArgs,
+    #[command(flatten)]
     metrics: metrics::MetricsArgs,
     #[command(flatten)]
     registries: registries::RegistryArgs,
@@ -356,6 +359,13 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("the microVM backend")?,
     );
+    let blobs = blobs::SnapshotBlobs::open(
+        &args.blobs,
+        &artifact_limits(&args)?.sources.s3,
+        Arc::clone(&vm_hv),
+        &layout,
+    )
+    .await?;
     let builder = Builder::new(
         Arc::clone(&hv),
         BuilderConfig {
@@ -387,6 +397,7 @@ async fn main() -> anyhow::Result<()> {
             log_max_bytes: args.build_log_max_mib * 1024 * 1024,
         },
         Arc::clone(&metrics),
+        blobs.clone(),
     ));
     let endpoint_tls = match &tls {
         Some(t) => Some(ember_proxy::EndpointTls(
@@ -401,7 +412,7 @@ async fn main() -> anyhow::Result<()> {
         vm_hv,
         roles,
         (endpoint_tls, Arc::clone(&metrics)),
-        (node_id, cluster),
+        (node_id, cluster, blobs),
     )
     .await?;
     node::spawn_keeper(Arc::clone(&store), Arc::clone(&microvms), node);
@@ -469,7 +480,11 @@ async fn start_microvms(
     hv: Arc<dyn Hypervisor>,
     roles: Option<Arc<metadata::RoleCredentials>>,
     (tls, metrics): (Option<ember_proxy::EndpointTls>, Arc<metrics::Metrics>),
-    (node_id, cluster): (String, Option<cluster::Cluster>),
+    (node_id, cluster, blobs): (
+        String,
+        Option<cluster::Cluster>,
+        Option<Arc<blobs::SnapshotBlobs>>,
+    ),
 ) -> anyhow::Result<Arc<microvms::Microvms>> {
     let (cluster_key, internal_listener, internal_tls) = match cluster {
         Some(c) => (
@@ -569,6 +584,7 @@ async fn start_microvms(
             warm_pool: args.warm_pool,
             node_id,
             peers,
+            blobs,
         },
     );
     upstream.attach(&microvms);

@@ -81,6 +81,9 @@ pub struct MicrovmsConfig {
     /// The other nodes of a cluster, which carry out actions on the
     /// microVMs they run (`None`: one node, or no cluster key).
     pub peers: Option<Arc<crate::cluster::Peers>>,
+    /// The object store image snapshots are fetched from when this
+    /// node's data dir does not hold them.
+    pub blobs: Option<Arc<crate::blobs::SnapshotBlobs>>,
 }
 
 pub struct Microvms {

@@ -5,6 +5,7 @@
 //! starts the rows placed on it as if they had been run through it. A
 //! refusal is synchronous and the model's capacity error.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,14 +30,29 @@ impl Microvms {
         self.admission.free_for_runs_mib()
     }
 
-    /// `RunMicrovm` of a version whose snapshot is on node `holder`, not
-    /// this one: placed on it, answered PENDING with its endpoint (which
-    /// every node serves).
+    /// The memory this node's running microVMs hold, reported with it.
+    pub fn reserved_mib(&self) -> u64 {
+        self.admission.reserved_mib()
+    }
+
+    /// Whether a run may be placed on any node: cluster mode with every
+    /// endpoint on the shared domain, and an object store every node
+    /// fetches snapshots from.
+    pub fn places_anywhere(&self) -> bool {
+        self.config.blobs.is_some()
+            && self.config.peers.is_some()
+            && matches!(self.config.endpoint, EndpointMode::Wildcard { .. })
+    }
+
+    /// `RunMicrovm` placed by the store on one of `candidates` (this node
+    /// among them, or the node holding a snapshot this one has not got),
+    /// answered PENDING with its endpoint, which every node serves.
     pub async fn run_on(
         self: &Arc<Self>,
         plan: RunPlan,
-        holder: &str,
+        candidates: &[String],
     ) -> Result<MicrovmRecord, ApiError> {
+        let holder = candidates.join(", ");
         self.refuse_if_fenced()?;
         // A per-VM port would be one this node listens on, for a VM that
         // runs elsewhere.
@@ -61,7 +77,7 @@ impl Microvms {
         let memory = u64::from(plan.spec.memory_mib);
         let owner = self
             .store
-            .place_microvm(&record, memory, &[holder.to_string()])
+            .place_microvm(&record, memory, candidates)
             .await
             .map_err(crate::service::internal)?;
         tracing::info!(microvm = %id, owner = %owner, image = %plan.image, "placed on another node");
@@ -114,13 +130,16 @@ impl Microvms {
     /// placement's estimate of free memory may be a lease old), then
     /// started; refused, it ends with the reason.
     async fn start_one_placed(self: &Arc<Self>, rec: MicrovmRecord) {
-        let spec = match RunSpec::from_json(&rec.spec) {
+        let mut spec = match RunSpec::from_json(&rec.spec) {
             Ok(spec) => spec,
             Err(e) => {
                 let why = format!("its run spec could not be read here: {e}");
                 return self.end_unstarted(&rec.id, &why).await;
             }
         };
+        if let Err(why) = self.fetch_snapshot(&mut spec).await {
+            return self.end_unstarted(&rec.id, &why).await;
+        }
         let status = Status {
             state: MicrovmState::Pending,
             suspended_at: None,
@@ -156,6 +175,48 @@ impl Microvms {
         }
         tracing::info!(microvm = %rec.id, image = %rec.image, "starting a run placed here");
         self.spawn_start(inst, guard, Origin::Image);
+    }
+
+    /// Points `spec` at a copy of its image snapshot in this node's cache
+    /// when this data dir does not hold the snapshot, fetching it from the
+    /// object store first if need be. Runs in the reconciler's loop, so a
+    /// row is never started twice, and an image's first run on a node
+    /// waits for its fetch.
+    async fn fetch_snapshot(&self, spec: &mut RunSpec) -> Result<(), String> {
+        // Another node's data dir may be readable here (one host, or a
+        // shared mount); only this node's own files are its to use.
+        if spec.snapshot_dir.starts_with(self.layout.root())
+            && self.hv.snapshot_info(&spec.snapshot_dir).is_ok()
+        {
+            return Ok(());
+        }
+        let (Some(blobs), Some(digest)) = (&self.config.blobs, &spec.snapshot_blob) else {
+            return Err(format!(
+                "its image snapshot {} is not in node {}'s data dir, and the node has no \
+                 --blob-store to fetch it from",
+                spec.snapshot_dir.display(),
+                self.config.node_id
+            ));
+        };
+        let in_use: HashSet<String> = self
+            .live_map()
+            .values()
+            .filter_map(|i| i.spec.snapshot_blob.clone())
+            .collect();
+        spec.snapshot_dir = blobs.ensure(digest, &in_use).await?;
+        Ok(())
+    }
+
+    /// The cached copy of a recovered VM's image snapshot, when its own
+    /// data dir does not hold the snapshot (it was fetched).
+    pub(super) fn cached_snapshot(&self, spec: &mut RunSpec) {
+        let (Some(blobs), Some(digest)) = (&self.config.blobs, &spec.snapshot_blob) else {
+            return;
+        };
+        let cached = blobs.local_dir(digest);
+        if !spec.snapshot_dir.starts_with(self.layout.root()) && cached.is_dir() {
+            spec.snapshot_dir = cached;
+        }
     }
 
     /// A placed row this node will not start: TERMINATED with why.

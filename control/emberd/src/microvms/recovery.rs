@@ -96,7 +96,7 @@ impl Microvms {
     /// its QEMU (if any) stopped, its row TERMINATED with the reason.
     async fn register(self: &Arc<Self>, rec: &MicrovmRecord) -> Option<Arc<Instance>> {
         let state: MicrovmState = rec.state.parse().unwrap_or(MicrovmState::Terminating);
-        let spec = match RunSpec::from_json(&rec.spec) {
+        let mut spec = match RunSpec::from_json(&rec.spec) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(microvm = %rec.id, "unreadable run spec: {e}");
@@ -104,6 +104,7 @@ impl Microvms {
                 return None;
             }
         };
+        self.cached_snapshot(&mut spec);
         let status = Status {
             state,
             suspended_at: rec.suspended_at,

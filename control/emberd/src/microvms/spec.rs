@@ -29,6 +29,11 @@ pub struct RunSpec {
     /// The image version's snapshot this VM was restored from; its disk
     /// is the backing file of the VM's own copy-on-write layer.
     pub snapshot_dir: PathBuf,
+    /// The same snapshot in the object store (its index digest), for a
+    /// node whose data dir does not hold `snapshot_dir`: it restores a
+    /// copy fetched into its cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_blob: Option<String>,
 }
 
 /// The image's lifecycle hooks that apply to running VMs, with timeouts.

@@ -42,7 +42,7 @@ impl Daemon {
                 "this version has no snapshot to run",
             )
         })?;
-        let holder = self.snapshot_holder(&version, &snapshot_dir)?;
+        let placement = self.placement(&version, &snapshot_dir).await?;
         if let Some(p) = &r.idle_policy {
             self.check_idle_policy(p)?;
         }
@@ -71,6 +71,7 @@ impl Daemon {
             ),
             memory_mib,
             snapshot_dir: snapshot_dir.into(),
+            snapshot_blob: version.snapshot_blob.clone(),
         };
         let plan = RunPlan {
             image: image.name.clone(),
@@ -78,8 +79,8 @@ impl Daemon {
             image_arn: image.arn.clone(),
             spec,
         };
-        let record = match holder {
-            Some(node) => self.microvms.run_on(plan, &node).await?,
+        let record = match placement {
+            Some(nodes) => self.microvms.run_on(plan, &nodes).await?,
             None => self.microvms.run(plan).await?,
         };
         microvm_output(&record)
@@ -129,24 +130,31 @@ impl Daemon {
         Ok(())
     }
 
-    /// Where a run of `version` is to start: `None` here (its snapshot is
-    /// in this data dir), else the node whose data dir holds it.
-    fn snapshot_holder(
+    /// Where a run of `version` may start: `None` here, without the
+    /// store (its snapshot is in this data dir and no other node could
+    /// fetch it), else the nodes the store picks from: every registered
+    /// node when the snapshot is in the object store and this is a
+    /// cluster, else the node whose data dir holds it.
+    async fn placement(
         &self,
         version: &VersionRecord,
         dir: &str,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<Vec<String>>, ApiError> {
+        if version.snapshot_blob.is_some() && self.microvms.places_anywhere() {
+            let nodes = self.store.nodes().await.map_err(internal)?;
+            return Ok(Some(nodes.into_iter().map(|n| n.id).collect()));
+        }
         let here = self.refuse_foreign_snapshot(&version.image, version.version, dir);
         match (here, version.snapshot_node.as_deref()) {
             (Ok(()), _) => Ok(None),
-            (Err(_), Some(node)) if node != self.node_id() => Ok(Some(node.to_string())),
+            (Err(_), Some(node)) if node != self.node_id() => Ok(Some(vec![node.to_string()])),
             (Err(e), _) => Err(e),
         }
     }
 
-    /// Snapshots live in the data dir of the node that built them (until
-    /// images are kept in an object store): another node's cannot be
-    /// restored here, and saying so beats a VM that ends at its restore.
+    /// Without an object store, snapshots live in the data dir of the node
+    /// that built them: another node's cannot be restored here, and
+    /// saying so beats a VM that ends at its restore.
     fn refuse_foreign_snapshot(
         &self,
         image: &str,
@@ -162,7 +170,7 @@ impl Daemon {
             format!(
                 "version {version} of {image} was built by another node (or before this data \
                  dir moved): its snapshot {dir} is not in node {}'s data dir; run it through \
-                 the node that built it",
+                 the node that built it, or give every node one --blob-store",
                 self.node_id()
             ),
         ))

@@ -1,0 +1,185 @@
+"""Images on every node (issue 14, item 5): two real emberd nodes on one
+Postgres and one S3-compatible object store (moto's server). A build on n1
+uploads its snapshot as content-addressed chunks before its version is
+SUCCESSFUL; a run sent to any node may then be placed on either, and n2,
+which never built the image, fetches the snapshot (digest-checked) into
+its cache and restores it. A chunk damaged in the store is caught when a
+node fetches it: the run ends TERMINATED saying so."""
+
+import json
+import os
+import shutil
+import urllib.parse
+
+import pytest
+
+from harness import (COUNTER_LINE, REPO, create_and_wait, endpoint_token, free_port,
+                     terminate_quietly, via_shared_listener, wait_microvm)
+from artifacts import zip_dir
+from postgres_server import PostgresServer
+from s3_server import moto_server, s3_client
+
+DOMAIN = "vms.blobs.test"
+IMAGE = "hello-blobs"
+BUCKET = "ember-images"
+PREFIX = "cluster/"
+POLICY = {"maxIdleDurationSeconds": 600, "suspendedDurationSeconds": 600,
+          "autoResumeEnabled": True}
+
+
+class Node:
+    def __init__(self, emberd, endpoint_port):
+        self.emberd = emberd
+        self.endpoint_port = endpoint_port
+
+    def client(self):
+        return self.emberd.client()
+
+    def counter(self, host, token):
+        status, body = via_shared_listener(self.endpoint_port, host, token)
+        assert status == 200, (status, body)
+        return int(COUNTER_LINE.search(body).group(1))
+
+    def nodes(self):
+        with self.emberd.signed_get("/ember/v1/nodes") as resp:
+            return {n["nodeId"]: n for n in json.loads(resp.read())["nodes"]}
+
+    def set_drain(self, target, drain):
+        verb = "drain" if drain else "undrain"
+        path = f"/ember/v1/nodes/{target}/{verb}"
+        with self.emberd.signed_request("POST", path, b"") as resp:
+            assert resp.status == 200, resp.status
+
+    def fetched(self):
+        """The snapshots this node fetched into its cache."""
+        cache = self.emberd.data_dir / "fetched"
+        return sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    with moto_server(tmp_path_factory.mktemp("s3")) as url:
+        client = s3_client(url)
+        client.create_bucket(Bucket=BUCKET)
+        yield url, client
+
+
+def keys(client, under):
+    listed = client.list_objects_v2(Bucket=BUCKET, Prefix=PREFIX + under)
+    return [o["Key"] for o in listed.get("Contents", [])]
+
+
+@pytest.fixture(scope="module")
+def cluster(module_emberd, store, tmp_path_factory):
+    s3_url, _ = store
+    server = PostgresServer().start()
+    url = server.create_database("ember_blobs")
+    key = tmp_path_factory.mktemp("cluster") / "cluster.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    nodes = []
+    for name in ("n1", "n2"):
+        port = free_port()
+        emberd = module_emberd(
+            "--store", url, "--node-id", name, "--node-lease-seconds", "4",
+            "--cluster-key-file", str(key), "--internal-listen", "127.0.0.1:0",
+            "--endpoint-domain", DOMAIN, "--endpoint-listen", f"127.0.0.1:{port}",
+            "--blob-store", f"s3://{BUCKET}/{PREFIX}", "--s3-endpoint", s3_url)
+        nodes.append(Node(emberd, port))
+    n1, n2 = nodes
+    zip_path = zip_dir(REPO / "examples" / "hello-http",
+                       tmp_path_factory.mktemp("zips") / "hello.zip")
+    image, version = create_and_wait(n1.client(), IMAGE, zip_path)
+    assert image["state"] == "CREATED", version.get("stateReason")
+    yield n1, n2
+    server.stop()
+
+
+def run_on(via, vms):
+    run = via.client().run_microvm(imageIdentifier=IMAGE, idlePolicy=POLICY)
+    vms.append(run["microvmId"])
+    assert run["state"] == "PENDING", run
+    return run
+
+
+def test_the_build_uploads_its_snapshot_as_chunks(cluster, store):
+    n1, _ = cluster
+    _, client = store
+    indexes = keys(client, "snapshots/")
+    chunks = keys(client, "chunks/")
+    assert len(indexes) == 1, indexes
+    assert chunks, "no chunk was uploaded"
+    # The RAM image is mostly zero pages, which are not stored: the chunks
+    # hold far less than the guest's memory plus its disk.
+    stored = sum(client.head_object(Bucket=BUCKET, Key=k)["ContentLength"] for k in chunks)
+    assert stored < 200 << 20, stored
+    # n1 built it from its own data dir: nothing fetched.
+    assert n1.fetched() == []
+
+
+def test_a_node_that_never_built_the_image_fetches_and_runs_it(cluster):
+    n1, n2 = cluster
+    vms = []
+    try:
+        # n1 draining: the run sent to n1 can only go to n2.
+        n1.set_drain("n1", True)
+        try:
+            run = run_on(n1, vms)
+        finally:
+            n1.set_drain("n1", False)
+        vm_id = run["microvmId"]
+        wait_microvm(n1.client(), vm_id, "RUNNING", timeout=120)
+        assert n2.nodes()["n2"]["liveMicrovms"] == 1
+        assert len(n2.fetched()) == 1, n2.fetched()
+        host = urllib.parse.urlsplit(run["endpoint"]).netloc
+        token = endpoint_token(n1.client(), vm_id)
+        assert n1.counter(host, token) == 1
+        assert n2.counter(host, token) == 2
+        # It keeps its state across a suspend and an auto-resume on n2.
+        n1.client().suspend_microvm(microvmIdentifier=vm_id)
+        wait_microvm(n1.client(), vm_id, "SUSPENDED", timeout=90)
+        assert n1.counter(host, token) == 3
+
+        # Undrained, the next runs spread by free memory: n2 has one VM
+        # fewer MiB free, so n1 takes the next.
+        second = run_on(n2, vms)
+        wait_microvm(n2.client(), second["microvmId"], "RUNNING", timeout=120)
+        listed = n2.nodes()
+        assert listed["n1"]["liveMicrovms"] >= 1 and listed["n2"]["liveMicrovms"] >= 1, listed
+        # A second run on n2 restores from its cache: still one copy.
+        assert len(n2.fetched()) == 1, n2.fetched()
+    finally:
+        for vm_id in vms:
+            terminate_quietly(n1.client(), vm_id)
+
+
+def test_a_damaged_chunk_is_caught_by_the_node_that_fetches_it(cluster, store):
+    n1, n2 = cluster
+    _, client = store
+    for vm_id in [m["microvmId"] for m in n2.client().list_microvms()["items"]
+                  if m["state"] not in ("TERMINATED", "TERMINATING")]:
+        terminate_quietly(n2.client(), vm_id)
+    # n2 forgets its copy (no VM of its uses it now) and must fetch again.
+    for name in n2.fetched():
+        shutil.rmtree(n2.emberd.data_dir / "fetched" / name)
+    biggest = max(keys(client, "chunks/"),
+                  key=lambda k: client.head_object(Bucket=BUCKET, Key=k)["ContentLength"])
+    body = client.get_object(Bucket=BUCKET, Key=biggest)["Body"].read()
+    damaged = bytes([body[0] ^ 0xFF]) + body[1:]
+    client.put_object(Bucket=BUCKET, Key=biggest, Body=damaged)
+    vms = []
+    try:
+        n1.set_drain("n1", True)
+        try:
+            run = run_on(n1, vms)
+        finally:
+            n1.set_drain("n1", False)
+        vm = wait_microvm(n1.client(), run["microvmId"], "TERMINATED", timeout=120)
+        reason = vm.get("stateReason", "")
+        assert "fetching snapshot" in reason, vm
+        assert "sha256" in reason or "digest" in reason, vm
+        assert n2.fetched() == []
+    finally:
+        client.put_object(Bucket=BUCKET, Key=biggest, Body=body)
+        for vm_id in vms:
+            terminate_quietly(n1.client(), vm_id)
