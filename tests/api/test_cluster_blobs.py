@@ -148,6 +148,17 @@ def test_a_node_that_never_built_the_image_fetches_and_runs_it(cluster):
         assert listed["n1"]["liveMicrovms"] >= 1 and listed["n2"]["liveMicrovms"] >= 1, listed
         # A second run on n2 restores from its cache: still one copy.
         assert len(n2.fetched()) == 1, n2.fetched()
+
+        # A restarted n2 takes its VM back, still on the fetched snapshot,
+        # which it keeps; a suspend and resume there work as before.
+        n2.emberd.restart()
+        assert n1.counter(host, token) == 4
+        n1.client().suspend_microvm(microvmIdentifier=vm_id)
+        wait_microvm(n1.client(), vm_id, "SUSPENDED", timeout=90)
+        n2.client().resume_microvm(microvmIdentifier=vm_id)
+        wait_microvm(n2.client(), vm_id, "RUNNING", timeout=90)
+        assert n2.counter(host, token) == 5
+        assert len(n2.fetched()) == 1, n2.fetched()
     finally:
         for vm_id in vms:
             terminate_quietly(n1.client(), vm_id)

@@ -128,7 +128,7 @@ impl SnapshotBlobs {
         tracing::info!(snapshot = %digest, ms = t0.elapsed().as_millis() as u64, "snapshot fetched from the object store");
         let mut keep = in_use.clone();
         keep.insert(digest.to_string());
-        self.evict(&keep);
+        evict_lru(&self.cache, self.budget_bytes, &keep);
         Ok(dir)
     }
 
@@ -172,41 +172,41 @@ impl SnapshotBlobs {
             .map(|_| ())
             .map_err(|e| format!("the fetched snapshot {digest}: {e}"))
     }
+}
 
-    /// Removes the least recently used snapshots not in `keep` until the
-    /// cache is within its budget.
-    fn evict(&self, keep: &HashSet<String>) {
-        let mut entries: Vec<(SystemTime, u64, String)> = Vec::new();
-        let Ok(list) = std::fs::read_dir(&self.cache) else {
-            return;
-        };
-        for entry in list.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !is_digest(&name) {
-                continue;
-            }
-            let used = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            entries.push((used, allocated(&entry.path()), name));
+/// Removes the least recently used snapshots in `cache` not in `keep`
+/// until the cache takes at most `budget` bytes of disk.
+fn evict_lru(cache: &Path, budget: u64, keep: &HashSet<String>) {
+    let mut entries: Vec<(SystemTime, u64, String)> = Vec::new();
+    let Ok(list) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for entry in list.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !is_digest(&name) {
+            continue;
         }
-        let mut total: u64 = entries.iter().map(|e| e.1).sum();
-        entries.sort();
-        for (_, bytes, name) in entries {
-            if total <= self.budget_bytes {
-                break;
+        let used = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        entries.push((used, allocated(&entry.path()), name));
+    }
+    let mut total: u64 = entries.iter().map(|e| e.1).sum();
+    entries.sort();
+    for (_, bytes, name) in entries {
+        if total <= budget {
+            break;
+        }
+        if keep.contains(&name) {
+            continue;
+        }
+        match std::fs::remove_dir_all(cache.join(&name)) {
+            Ok(()) => {
+                tracing::info!(snapshot = %name, bytes, "fetched snapshot evicted from the cache");
+                total = total.saturating_sub(bytes);
             }
-            if keep.contains(&name) {
-                continue;
-            }
-            match std::fs::remove_dir_all(self.cache.join(&name)) {
-                Ok(()) => {
-                    tracing::info!(snapshot = %name, bytes, "fetched snapshot evicted from the cache");
-                    total = total.saturating_sub(bytes);
-                }
-                Err(e) => tracing::warn!(snapshot = %name, "evicting a fetched snapshot: {e}"),
-            }
+            Err(e) => tracing::warn!(snapshot = %name, "evicting a fetched snapshot: {e}"),
         }
     }
 }
@@ -267,5 +267,35 @@ mod tests {
         assert!(!is_digest(&"A1".repeat(32)));
         assert!(!is_digest("../etc"));
         assert!(!is_digest(&"a".repeat(63)));
+    }
+
+    #[test]
+    fn eviction_removes_the_least_recently_used_snapshot_no_vm_needs() {
+        let cache = tempfile::tempdir().unwrap();
+        let names: Vec<String> = ["a", "b", "c", "d"].iter().map(|c| c.repeat(64)).collect();
+        for (age, name) in names.iter().enumerate() {
+            let dir = cache.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("memory.ram"), vec![1u8; 1 << 20]).unwrap();
+            // a is the oldest, d the newest.
+            let used = SystemTime::now() - std::time::Duration::from_secs(100 - age as u64);
+            std::fs::File::open(&dir)
+                .unwrap()
+                .set_modified(used)
+                .unwrap();
+        }
+        std::fs::create_dir(cache.path().join(".fetch-x")).unwrap();
+        let keep: HashSet<String> = [names[0].clone()].into();
+        // Room for two: a is in use, so b and c go, oldest first.
+        evict_lru(cache.path(), 2 << 20, &keep);
+        let mut left: Vec<String> = std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![".fetch-x".to_string(), names[0].clone(), names[3].clone()]
+        );
     }
 }
