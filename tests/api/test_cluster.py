@@ -25,8 +25,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from artifacts import zip_files
-from harness import (COUNTER_LINE, REPO, create_and_wait, endpoint_token, error_code, free_port,
-                     terminate_quietly, via_shared_listener, wait_microvm)
+from cluster_nodes import listed_nodes, set_drain, start_nodes
+from harness import (COUNTER_LINE, REPO, create_and_wait, endpoint_token, error_code,
+                     terminate_quietly, wait_microvm)
 from postgres_server import PostgresServer
 from shell_client import open_shell, resize_then_exit, session_init, shell_token, type_and_read
 
@@ -60,40 +61,12 @@ def zip_hello_echo(dest):
     return zip_files(dest, files)
 
 
-
-class Node:
-    def __init__(self, emberd, endpoint_port):
-        self.emberd = emberd
-        self.endpoint_port = endpoint_port
-
-    def client(self):
-        return self.emberd.client()
-
-    def get(self, host, token):
-        """GET / through this node's shared endpoint listener."""
-        return via_shared_listener(self.endpoint_port, host, token)
-
-    def counter(self, host, token):
-        status, body = self.get(host, token)
-        assert status == 200, (status, body)
-        return int(COUNTER_LINE.search(body).group(1))
-
-
 @pytest.fixture(scope="module")
 def cluster(module_emberd, tmp_path_factory):
     server = PostgresServer().start()
     url = server.create_database("ember_cluster")
-    key = tmp_path_factory.mktemp("cluster") / "cluster.key"
-    key.write_bytes(os.urandom(32))
-    key.chmod(0o600)
-    nodes = []
-    for name in ("n1", "n2"):
-        port = free_port()
-        emberd = module_emberd(
-            "--store", url, "--node-id", name, "--node-lease-seconds", "4",
-            "--cluster-key-file", str(key), "--internal-listen", "127.0.0.1:0",
-            "--endpoint-domain", DOMAIN, "--endpoint-listen", f"127.0.0.1:{port}")
-        nodes.append(Node(emberd, port))
+    nodes = start_nodes(module_emberd, url, tmp_path_factory.mktemp("cluster"), DOMAIN,
+                        ("n1", "n2"))
     n1, n2 = nodes
     zip_path = zip_hello_echo(tmp_path_factory.mktemp("echo") / "hello-echo.zip")
     image, version = create_and_wait(n1.client(), IMAGE, zip_path)
@@ -111,12 +84,6 @@ def vm(cluster):
     assert run["endpoint"].startswith(f"http://{vm_id}.{DOMAIN}:"), run
     yield vm_id, urllib.parse.urlsplit(run["endpoint"]).netloc
     terminate_quietly(n1.client(), vm_id)
-
-
-def listed_nodes(node):
-    with node.emberd.signed_get("/ember/v1/nodes") as resp:
-        listed = {n["nodeId"]: n for n in json.loads(resp.read())["nodes"]}
-    return listed
 
 
 def upgrade_echo(node, host, token):
@@ -315,12 +282,6 @@ def test_shell_and_fork_through_a_node_that_does_not_run_the_vm(cluster):
         for child, _ in children:
             terminate_quietly(n1.client(), child)
         terminate_quietly(n1.client(), vm_id)
-
-
-def set_drain(node, target, drain):
-    verb = "drain" if drain else "undrain"
-    with node.emberd.signed_request("POST", f"/ember/v1/nodes/{target}/{verb}", b"") as resp:
-        assert resp.status == 200, resp.status
 
 
 def test_a_run_through_a_node_without_the_image_is_placed_where_it_is(cluster):

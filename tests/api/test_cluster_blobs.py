@@ -6,16 +6,14 @@ which never built the image, fetches the snapshot (digest-checked) into
 its cache and restores it. A chunk damaged in the store is caught when a
 node fetches it: the run ends TERMINATED saying so."""
 
-import json
-import os
 import shutil
 import urllib.parse
 
 import pytest
 
-from harness import (COUNTER_LINE, REPO, create_and_wait, endpoint_token, free_port,
-                     terminate_quietly, via_shared_listener, wait_microvm)
 from artifacts import zip_dir
+from cluster_nodes import listed_nodes, set_drain, start_nodes
+from harness import REPO, create_and_wait, endpoint_token, terminate_quietly, wait_microvm
 from postgres_server import PostgresServer
 from s3_server import moto_server, s3_client
 
@@ -27,33 +25,19 @@ POLICY = {"maxIdleDurationSeconds": 600, "suspendedDurationSeconds": 600,
           "autoResumeEnabled": True}
 
 
-class Node:
-    def __init__(self, emberd, endpoint_port):
-        self.emberd = emberd
-        self.endpoint_port = endpoint_port
+def fetched(node):
+    """The snapshots `node` fetched into its cache."""
+    cache = node.emberd.data_dir / "fetched"
+    return sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
 
-    def client(self):
-        return self.emberd.client()
 
-    def counter(self, host, token):
-        status, body = via_shared_listener(self.endpoint_port, host, token)
-        assert status == 200, (status, body)
-        return int(COUNTER_LINE.search(body).group(1))
-
-    def nodes(self):
-        with self.emberd.signed_get("/ember/v1/nodes") as resp:
-            return {n["nodeId"]: n for n in json.loads(resp.read())["nodes"]}
-
-    def set_drain(self, target, drain):
-        verb = "drain" if drain else "undrain"
-        path = f"/ember/v1/nodes/{target}/{verb}"
-        with self.emberd.signed_request("POST", path, b"") as resp:
-            assert resp.status == 200, resp.status
-
-    def fetched(self):
-        """The snapshots this node fetched into its cache."""
-        cache = self.emberd.data_dir / "fetched"
-        return sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
+def run_drained(via, drained, vms):
+    """A run sent to `via` while node `drained` takes none."""
+    set_drain(via, drained, True)
+    try:
+        return run_on(via, vms)
+    finally:
+        set_drain(via, drained, False)
 
 
 @pytest.fixture(scope="module")
@@ -74,18 +58,9 @@ def cluster(module_emberd, store, tmp_path_factory):
     s3_url, _ = store
     server = PostgresServer().start()
     url = server.create_database("ember_blobs")
-    key = tmp_path_factory.mktemp("cluster") / "cluster.key"
-    key.write_bytes(os.urandom(32))
-    key.chmod(0o600)
-    nodes = []
-    for name in ("n1", "n2"):
-        port = free_port()
-        emberd = module_emberd(
-            "--store", url, "--node-id", name, "--node-lease-seconds", "4",
-            "--cluster-key-file", str(key), "--internal-listen", "127.0.0.1:0",
-            "--endpoint-domain", DOMAIN, "--endpoint-listen", f"127.0.0.1:{port}",
-            "--blob-store", f"s3://{BUCKET}/{PREFIX}", "--s3-endpoint", s3_url)
-        nodes.append(Node(emberd, port))
+    nodes = start_nodes(module_emberd, url, tmp_path_factory.mktemp("cluster"), DOMAIN,
+                        ("n1", "n2"), "--blob-store", f"s3://{BUCKET}/{PREFIX}",
+                        "--s3-endpoint", s3_url)
     n1, n2 = nodes
     zip_path = zip_dir(REPO / "examples" / "hello-http",
                        tmp_path_factory.mktemp("zips") / "hello.zip")
@@ -114,7 +89,7 @@ def test_the_build_uploads_its_snapshot_as_chunks(cluster, store):
     stored = sum(client.head_object(Bucket=BUCKET, Key=k)["ContentLength"] for k in chunks)
     assert stored < 200 << 20, stored
     # n1 built it from its own data dir: nothing fetched.
-    assert n1.fetched() == []
+    assert fetched(n1) == []
 
 
 def test_a_node_that_never_built_the_image_fetches_and_runs_it(cluster):
@@ -122,15 +97,11 @@ def test_a_node_that_never_built_the_image_fetches_and_runs_it(cluster):
     vms = []
     try:
         # n1 draining: the run sent to n1 can only go to n2.
-        n1.set_drain("n1", True)
-        try:
-            run = run_on(n1, vms)
-        finally:
-            n1.set_drain("n1", False)
+        run = run_drained(n1, "n1", vms)
         vm_id = run["microvmId"]
         wait_microvm(n1.client(), vm_id, "RUNNING", timeout=120)
-        assert n2.nodes()["n2"]["liveMicrovms"] == 1
-        assert len(n2.fetched()) == 1, n2.fetched()
+        assert listed_nodes(n2)["n2"]["liveMicrovms"] == 1
+        assert len(fetched(n2)) == 1, fetched(n2)
         host = urllib.parse.urlsplit(run["endpoint"]).netloc
         token = endpoint_token(n1.client(), vm_id)
         assert n1.counter(host, token) == 1
@@ -144,10 +115,10 @@ def test_a_node_that_never_built_the_image_fetches_and_runs_it(cluster):
         # fewer MiB free, so n1 takes the next.
         second = run_on(n2, vms)
         wait_microvm(n2.client(), second["microvmId"], "RUNNING", timeout=120)
-        listed = n2.nodes()
+        listed = listed_nodes(n2)
         assert listed["n1"]["liveMicrovms"] >= 1 and listed["n2"]["liveMicrovms"] >= 1, listed
         # A second run on n2 restores from its cache: still one copy.
-        assert len(n2.fetched()) == 1, n2.fetched()
+        assert len(fetched(n2)) == 1, fetched(n2)
 
         # A restarted n2 takes its VM back, still on the fetched snapshot,
         # which it keeps; a suspend and resume there work as before.
@@ -158,7 +129,7 @@ def test_a_node_that_never_built_the_image_fetches_and_runs_it(cluster):
         n2.client().resume_microvm(microvmIdentifier=vm_id)
         wait_microvm(n2.client(), vm_id, "RUNNING", timeout=90)
         assert n2.counter(host, token) == 5
-        assert len(n2.fetched()) == 1, n2.fetched()
+        assert len(fetched(n2)) == 1, fetched(n2)
     finally:
         for vm_id in vms:
             terminate_quietly(n1.client(), vm_id)
@@ -171,7 +142,7 @@ def test_a_damaged_chunk_is_caught_by_the_node_that_fetches_it(cluster, store):
                   if m["state"] not in ("TERMINATED", "TERMINATING")]:
         terminate_quietly(n2.client(), vm_id)
     # n2 forgets its copy (no VM of its uses it now) and must fetch again.
-    for name in n2.fetched():
+    for name in fetched(n2):
         shutil.rmtree(n2.emberd.data_dir / "fetched" / name)
     biggest = max(keys(client, "chunks/"),
                   key=lambda k: client.head_object(Bucket=BUCKET, Key=k)["ContentLength"])
@@ -180,16 +151,12 @@ def test_a_damaged_chunk_is_caught_by_the_node_that_fetches_it(cluster, store):
     client.put_object(Bucket=BUCKET, Key=biggest, Body=damaged)
     vms = []
     try:
-        n1.set_drain("n1", True)
-        try:
-            run = run_on(n1, vms)
-        finally:
-            n1.set_drain("n1", False)
+        run = run_drained(n1, "n1", vms)
         vm = wait_microvm(n1.client(), run["microvmId"], "TERMINATED", timeout=120)
         reason = vm.get("stateReason", "")
         assert "fetching snapshot" in reason, vm
         assert "sha256" in reason or "digest" in reason, vm
-        assert n2.fetched() == []
+        assert fetched(n2) == []
     finally:
         client.put_object(Bucket=BUCKET, Key=biggest, Body=body)
         for vm_id in vms:

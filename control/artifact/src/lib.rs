@@ -28,7 +28,7 @@ pub use copy_tar::{Compression, CopyTar};
 pub use error::ArtifactError;
 pub use fetch::fetch;
 pub use policy::SourcePolicy;
-pub use s3::{client as s3_client, S3Settings, MAX_KEY_LEN};
+pub use s3::{check_bucket as check_s3_bucket, client as s3_client, S3Settings, MAX_KEY_LEN};
 pub use source::{parse_uri, validate_uri, ArtifactSource, HOST_LOOKUP_TIMEOUT, MAX_URI_LEN};
 
 const MIB: u64 = 1024 * 1024;

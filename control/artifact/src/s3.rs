@@ -72,8 +72,9 @@ pub(crate) fn parse(uri: &str) -> Result<(String, String), ArtifactError> {
     Ok((bucket.to_string(), key.to_string()))
 }
 
-/// S3's rules for general-purpose bucket names.
-fn check_bucket(name: &str) -> Result<(), &'static str> {
+/// S3's rules for general-purpose bucket names (the blob store's bucket
+/// is held to them too).
+pub fn check_bucket(name: &str) -> Result<(), &'static str> {
     if !(3..=63).contains(&name.len()) {
         return Err("must be 3 to 63 characters long");
     }

@@ -23,7 +23,8 @@ impl BlobLocation {
             .strip_prefix("s3://")
             .ok_or_else(|| invalid("a blob store is s3://bucket[/prefix]"))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        check_bucket(bucket).map_err(|reason| invalid(&format!("the bucket name {reason}")))?;
+        ember_artifact::check_s3_bucket(bucket)
+            .map_err(|reason| invalid(&format!("the bucket name {reason}")))?;
         check_prefix(prefix).map_err(|reason| invalid(&format!("the key prefix {reason}")))?;
         let prefix = match prefix {
             "" => String::new(),
@@ -44,30 +45,6 @@ impl fmt::Display for BlobLocation {
             None => write!(f, "s3://{}", self.bucket),
         }
     }
-}
-
-/// S3's rules for general-purpose bucket names.
-fn check_bucket(name: &str) -> Result<(), &'static str> {
-    if !(3..=63).contains(&name.len()) {
-        return Err("must be 3 to 63 characters long");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-    {
-        return Err("may hold only lowercase letters, digits, dots and hyphens");
-    }
-    let alnum = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
-    if !alnum(name.as_bytes().first()) || !alnum(name.as_bytes().last()) {
-        return Err("must begin and end with a letter or a digit");
-    }
-    if name.contains("..") || name.contains(".-") || name.contains("-.") {
-        return Err("must not hold two adjacent dots or a dot next to a hyphen");
-    }
-    if name.parse::<std::net::Ipv4Addr>().is_ok() {
-        return Err("must not be an IP address");
-    }
-    Ok(())
 }
 
 fn check_prefix(prefix: &str) -> Result<(), &'static str> {

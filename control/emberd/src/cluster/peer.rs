@@ -148,25 +148,22 @@ impl Peers {
         let unavailable = |e: CallError| {
             UpstreamError::Unavailable(format!("microVM {microvm_id} runs on another node: {e}"))
         };
-        let addr = self.address(owner).await.map_err(unavailable)?;
-        let req = self
-            .signed(path, &addr)
-            .header(header::CONNECTION, "upgrade")
-            .header(header::UPGRADE, internal::TUNNEL_PROTOCOL)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| UpstreamError::Unavailable(format!("a tunnel request: {e}")))?;
+        let build = |addr: &str| {
+            self.signed(path, addr)
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, internal::TUNNEL_PROTOCOL)
+                .body(Empty::<Bytes>::new())
+        };
         let resp = self
-            .send(owner, &addr, req, None)
+            .send_to(owner, build, None)
             .await
             .map_err(unavailable)?;
         let status = resp.status();
         if status == StatusCode::SWITCHING_PROTOCOLS {
             let upgraded = hyper::upgrade::on(resp).await.map_err(|e| {
-                unavailable(CallError::Unreachable {
-                    node: owner.into(),
-                    addr: addr.clone(),
-                    why: format!("the tunnel's upgrade: {e}"),
-                })
+                UpstreamError::Unavailable(format!(
+                    "microVM {microvm_id} runs on node {owner}: the tunnel's upgrade: {e}"
+                ))
             })?;
             return Ok(Box::new(TokioIo::new(upgraded)));
         }
@@ -232,13 +229,9 @@ impl Peers {
                  {what}: {e}; retry"
             ))
         };
-        let addr = self.address(owner).await.map_err(cannot)?;
-        let req = self
-            .signed(path, &addr)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| ApiError::internal(format!("a forwarded request: {e}")))?;
+        let build = |addr: &str| self.signed(path, addr).body(Empty::<Bytes>::new());
         let resp = self
-            .send(owner, &addr, req, Some(ACTION_TIMEOUT))
+            .send_to(owner, build, Some(ACTION_TIMEOUT))
             .await
             .map_err(cannot)?;
         let status = resp.status();
@@ -265,6 +258,37 @@ impl Peers {
             .header(HEADER_TIME, time.to_string())
             .header(HEADER_NONCE, nonce)
             .header(HEADER_SIGNATURE, signature)
+    }
+
+    /// Sends the request `build` makes for `owner`'s address. When that
+    /// address, read a moment ago, no longer answers and the store now
+    /// names another (the node restarted on a new port), it is sent once
+    /// more there: the old address had nobody to act on it.
+    async fn send_to(
+        &self,
+        owner: &str,
+        build: impl Fn(&str) -> http::Result<Request<Empty<Bytes>>>,
+        limit: Option<Duration>,
+    ) -> Result<Response<Incoming>, CallError> {
+        let request = |addr: &str| {
+            build(addr).map_err(|e| CallError::Unreachable {
+                node: owner.into(),
+                addr: addr.into(),
+                why: format!("the request: {e}"),
+            })
+        };
+        let addr = self.address(owner).await?;
+        match self.send(owner, &addr, request(&addr)?, limit).await {
+            Err(e @ CallError::Unreachable { .. }) => {
+                *self.lock() = None;
+                let again = self.address(owner).await?;
+                if again == addr {
+                    return Err(e);
+                }
+                self.send(owner, &again, request(&again)?, limit).await
+            }
+            answered => answered,
+        }
     }
 
     async fn send(
