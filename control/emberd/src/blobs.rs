@@ -138,9 +138,9 @@ impl SnapshotBlobs {
         let _ = std::fs::remove_dir_all(dir);
         let tmp = self.cache.join(format!(".fetch-{digest}"));
         std::fs::create_dir(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        let limits = FetchLimits {
-            max_total_bytes: self.budget_bytes.max(1 << 30),
-        };
+        // The files' sizes, holes included (a base image is mostly one):
+        // the cache's budget counts blocks, so it is no bound here.
+        let limits = FetchLimits::default();
         let result = async {
             let fetched =
                 self.store.fetch(digest, &tmp, &limits).await.map_err(|e| {
