@@ -50,7 +50,7 @@ pub async fn get_build_log(
         }
     };
     let follow = q.follows();
-    let path = PathBuf::from(&record.log_path);
+    let path = daemon.layout().resolve(&record.log_path);
     let live = if follow {
         daemon.builds().live_log(&build).map(|l| l.subscribe())
     } else {

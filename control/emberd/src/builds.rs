@@ -176,7 +176,7 @@ impl Builds {
         };
         match result {
             Ok(out) => {
-                let dir = out.snapshot_dir.display().to_string();
+                let dir = self.layout.relative(&out.snapshot_dir);
                 if let Err(e) = self
                     .store
                     .set_build_sizes(
@@ -331,7 +331,7 @@ pub async fn recover_interrupted(
         .unfinished_builds()
         .await?
         .into_iter()
-        .filter(|b| std::path::Path::new(&b.log_path).starts_with(layout.root()))
+        .filter(|b| layout.resolve(&b.log_path).starts_with(layout.root()))
         .collect();
     let t = now();
     let reason = "emberd stopped while this build was running and found it unfinished at restart; \

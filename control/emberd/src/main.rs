@@ -24,7 +24,7 @@ mod shell;
 mod tls;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -252,10 +252,13 @@ async fn main() -> anyhow::Result<()> {
     // SAFETY: umask only sets this process's file-creation mask.
     unsafe { libc::umask(0o077) };
     let data_dir = std::path::absolute(&args.data_dir).context("--data-dir")?;
-    let layout = DataDir::new(&data_dir);
+    let mut layout = DataDir::new(&data_dir);
     layout
         .create()
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    let moved_from = layout
+        .read_moved_from()
+        .with_context(|| format!("reading where {} was before", data_dir.display()))?;
     let tls = load_tls(&args, &layout)?;
     // Read before anything starts: a bad token file stops emberd at once.
     let scrape_token = args
@@ -359,6 +362,12 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("the microVM backend")?,
     );
+    if let Some(from) = &moved_from {
+        relocate_images(&*vm_hv, &layout, from)?;
+    }
+    layout
+        .record_location()
+        .with_context(|| format!("recording where {} is", data_dir.display()))?;
     let blobs = blobs::SnapshotBlobs::open(
         &args.blobs,
         &artifact_limits(&args)?.sources.s3,
@@ -619,6 +628,31 @@ fn disk_reserve(args: &Args, layout: &DataDir) -> microvms::DiskReserve {
 
 /// vCPUs of a build VM; its cgroup allows that many cores.
 const BUILD_VCPUS: u8 = 2;
+
+/// Before any VM or build reads them: the snapshots and layers of a data
+/// dir that moved name the files they are built on at the old place.
+fn relocate_images(hv: &dyn Hypervisor, layout: &DataDir, from: &Path) -> anyhow::Result<()> {
+    let to = layout.root();
+    let mut moved = 0;
+    for dir in [
+        layout.root().join("images"),
+        layout.build_cache(),
+        layout.microvms(),
+        layout.forks(),
+    ] {
+        moved += hv.relocate_images(&dir, from, to).with_context(|| {
+            format!(
+                "the data dir moved from {} to {}, and the disk images in {} could not be \
+                 pointed at their new place (move it back to start emberd)",
+                from.display(),
+                to.display(),
+                dir.display()
+            )
+        })?;
+    }
+    tracing::warn!(from = %from.display(), to = %to.display(), images = moved, "the data dir moved; its disk images now name their backing files at the new place");
+    Ok(())
+}
 
 fn validate_args(args: &Args) -> anyhow::Result<()> {
     if args.account.len() != 12 || !args.account.bytes().all(|b| b.is_ascii_digit()) {

@@ -225,6 +225,12 @@ pub trait Hypervisor: Send + Sync {
     /// points at its backing file by its name in `dir`. Blocking.
     fn relink_portable(&self, dir: &Path, files: &[PortableFile]) -> Result<(), VmmError>;
 
+    /// Makes the snapshots and disk layers under `dir`, a folder that
+    /// moved from `from` to `to` with the files they are built on, name
+    /// those files at their new place. Returns how many files changed;
+    /// running it again changes none. Blocking.
+    fn relocate_images(&self, dir: &Path, from: &Path, to: &Path) -> Result<u32, VmmError>;
+
     /// Takes over a VM named `name` that a previous instance of the
     /// backend (possibly another process, e.g. a daemon before a restart)
     /// booted or restored and left running. The returned VM works as if

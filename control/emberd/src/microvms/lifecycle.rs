@@ -17,6 +17,7 @@ use ember_vmm::{Network, RestoreDisk, RestoreMemory, RestoreOptions, Vm};
 use super::instance::{Instance, Status};
 use super::spec::{Hook, RunSpec};
 use super::{EndpointMode, Microvms};
+use crate::layout::DataDir;
 use crate::now;
 
 const RESOURCE: &str = "Microvm";
@@ -96,7 +97,13 @@ impl Microvms {
         plan: RunPlan,
     ) -> Result<(MicrovmRecord, Arc<Instance>, OwnedMutexGuard<()>), ApiError> {
         let endpoint = self.bind_endpoint(id, None).await?;
-        let record = new_record(id, &plan, endpoint, Some(self.config.node_id.clone()));
+        let record = new_record(
+            id,
+            &plan,
+            endpoint,
+            Some(self.config.node_id.clone()),
+            &self.layout,
+        );
         let status = Status {
             state: MicrovmState::Pending,
             suspended_at: None,
@@ -775,6 +782,7 @@ pub(super) fn new_record(
     plan: &RunPlan,
     (endpoint, proxy_addr): (String, Option<String>),
     owner: Option<String>,
+    layout: &DataDir,
 ) -> MicrovmRecord {
     let t = now();
     MicrovmRecord {
@@ -782,7 +790,7 @@ pub(super) fn new_record(
         image: plan.image.clone(),
         version: plan.version,
         image_arn: plan.image_arn.clone(),
-        spec: plan.spec.to_json(),
+        spec: plan.spec.to_json(layout),
         state: MicrovmState::Pending.to_string(),
         state_reason: None,
         endpoint,

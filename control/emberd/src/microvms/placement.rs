@@ -6,6 +6,7 @@
 //! refusal is synchronous and the model's capacity error.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,7 +74,7 @@ impl Microvms {
         }
         let id = crate::service::names::new_id();
         let endpoint = self.bind_endpoint(&id, None).await?;
-        let mut record = new_record(&id, &plan, endpoint, None);
+        let mut record = new_record(&id, &plan, endpoint, None, &self.layout);
         let memory = u64::from(plan.spec.memory_mib);
         let owner = self
             .store
@@ -130,7 +131,7 @@ impl Microvms {
     /// placement's estimate of free memory may be a lease old), then
     /// started; refused, it ends with the reason.
     async fn start_one_placed(self: &Arc<Self>, rec: MicrovmRecord) {
-        let mut spec = match RunSpec::from_json(&rec.spec) {
+        let mut spec = match RunSpec::from_json(&rec.spec, &self.layout) {
             Ok(spec) => spec,
             Err(e) => {
                 let why = format!("its run spec could not be read here: {e}");
@@ -183,9 +184,7 @@ impl Microvms {
     /// row is never started twice, and an image's first run on a node
     /// waits for its fetch.
     async fn fetch_snapshot(&self, spec: &mut RunSpec) -> Result<(), String> {
-        // Another node's data dir may be readable here (one host, or a
-        // shared mount); only this node's own files are its to use.
-        if spec.snapshot_dir.starts_with(self.layout.root())
+        if self.holds_snapshot(&spec.snapshot_dir, spec.snapshot_node.as_deref())
             && self.hv.snapshot_info(&spec.snapshot_dir).is_ok()
         {
             return Ok(());
@@ -214,9 +213,22 @@ impl Microvms {
             return;
         };
         let cached = blobs.local_dir(digest);
-        if !spec.snapshot_dir.starts_with(self.layout.root()) && cached.is_dir() {
+        if !self.holds_snapshot(&spec.snapshot_dir, spec.snapshot_node.as_deref())
+            && cached.is_dir()
+        {
             spec.snapshot_dir = cached;
         }
+    }
+
+    /// Whether the image snapshot in `dir`, built by node `built_by`, is
+    /// this node's to restore. Another node's data dir may be readable
+    /// here (one host, a shared mount) or hold an unrelated snapshot of
+    /// the same name (an image deleted and made again): with a store that
+    /// nodes share, only what this node built counts.
+    pub fn holds_snapshot(&self, dir: &Path, built_by: Option<&str>) -> bool {
+        let shared = self.store.backend() != "sqlite";
+        let ours = !shared || built_by.map_or(true, |n| n == self.config.node_id);
+        ours && dir.starts_with(self.layout.root())
     }
 
     /// A placed row this node will not start: TERMINATED with why.

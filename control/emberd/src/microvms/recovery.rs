@@ -96,7 +96,7 @@ impl Microvms {
     /// its QEMU (if any) stopped, its row TERMINATED with the reason.
     async fn register(self: &Arc<Self>, rec: &MicrovmRecord) -> Option<Arc<Instance>> {
         let state: MicrovmState = rec.state.parse().unwrap_or(MicrovmState::Terminating);
-        let mut spec = match RunSpec::from_json(&rec.spec) {
+        let mut spec = match RunSpec::from_json(&rec.spec, &self.layout) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(microvm = %rec.id, "unreadable run spec: {e}");

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::layout::DataDir;
+
 use ember_api::model::{HookState, IdlePolicy, Logging, MicrovmHooks};
 pub use ember_builder::hooks::Hook;
 
@@ -27,8 +29,13 @@ pub struct RunSpec {
     pub hooks: RunHooks,
     pub memory_mib: u32,
     /// The image version's snapshot this VM was restored from; its disk
-    /// is the backing file of the VM's own copy-on-write layer.
+    /// is the backing file of the VM's own copy-on-write layer. Stored
+    /// relative to the data dir of the node that built it.
     pub snapshot_dir: PathBuf,
+    /// The node whose data dir holds `snapshot_dir` (none: written before
+    /// nodes recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_node: Option<String>,
     /// The same snapshot in the object store (its index digest), for a
     /// node whose data dir does not hold `snapshot_dir`: it restores a
     /// copy fetched into its cache.
@@ -82,13 +89,21 @@ impl RunHooks {
 }
 
 impl RunSpec {
-    pub fn to_json(&self) -> String {
+    /// The spec as the store keeps it: paths in the data dir relative to
+    /// it, so the folder can move.
+    pub fn to_json(&self, layout: &DataDir) -> String {
+        let stored = Self {
+            snapshot_dir: layout.relative(&self.snapshot_dir).into(),
+            ..self.clone()
+        };
         // A struct of plain fields always serialises.
-        serde_json::to_string(self).unwrap_or_default()
+        serde_json::to_string(&stored).unwrap_or_default()
     }
 
-    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(text)
+    pub fn from_json(text: &str, layout: &DataDir) -> Result<Self, serde_json::Error> {
+        let mut spec: Self = serde_json::from_str(text)?;
+        spec.snapshot_dir = layout.resolve(&spec.snapshot_dir);
+        Ok(spec)
     }
 
     pub fn shell_allowed(&self) -> bool {

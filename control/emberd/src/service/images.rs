@@ -172,7 +172,7 @@ impl Daemon {
 
     fn new_version(&self, spec: &MicrovmImageBuildConfig) -> (String, NewVersion) {
         let build_id = new_id();
-        let log_path = self.layout.build_log(&build_id).display().to_string();
+        let log_path = self.layout.relative(&self.layout.build_log(&build_id));
         let version = NewVersion {
             spec: spec::to_json(spec),
             state: MicrovmImageVersionState::Pending.as_str().into(),
@@ -357,7 +357,7 @@ impl Daemon {
         self.microvms.end_pool_of(&image.name, None);
         remove_tree(&self.layout.image_dir(&image.name));
         for b in logs {
-            let _ = std::fs::remove_file(&b.log_path);
+            let _ = std::fs::remove_file(self.layout.resolve(&b.log_path));
         }
         tracing::info!(image = %image.name, "image deleted");
         Ok(DeleteMicrovmImageOutput {
@@ -443,13 +443,13 @@ impl Daemon {
         // The pool knows a version by the snapshot folder its runs name.
         if let Some(dir) = &rec.snapshot_dir {
             self.microvms
-                .end_pool_of(&image.name, Some(std::path::Path::new(dir)));
+                .end_pool_of(&image.name, Some(&self.layout.resolve(dir)));
         }
         if let Some(parent) = self.layout.snapshot(&image.name, rec.version).parent() {
             remove_tree(parent);
         }
         for b in builds {
-            let _ = std::fs::remove_file(&b.log_path);
+            let _ = std::fs::remove_file(self.layout.resolve(&b.log_path));
         }
         Ok(DeleteMicrovmImageVersionOutput {
             image_identifier: identifier.to_string(),

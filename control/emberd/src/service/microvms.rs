@@ -1,6 +1,8 @@
 //! The eight microVM operations: validation and the API's shapes; the
 //! state machine itself is in `crate::microvms`.
 
+use std::path::Path;
+
 use ember_api::model::{
     AuthToken, CreateMicrovmAuthTokenRequest, CreateMicrovmShellAuthTokenRequest, IdlePolicy,
     ListMicrovmsRequest, ListMicrovmsResponse, Microvm, MicrovmImageBuildConfig,
@@ -14,6 +16,7 @@ use ember_store::{MicrovmRecord, StoreError, VersionRecord};
 use super::images::{token_after, ts, DEFAULT_MEMORY_MIB};
 use super::{internal, spec, Daemon};
 use crate::connectors::{self, HTTP_INGRESS, SHELL_INGRESS};
+use crate::layout::DataDir;
 use crate::microvms::spec::{RunHooks, RunSpec, DEFAULT_MAX_DURATION_S};
 use crate::microvms::{PoolKey, RunPlan};
 
@@ -35,13 +38,17 @@ impl Daemon {
             .runnable_version(&image.name, r.image_version.as_deref())
             .await?;
         let build: MicrovmImageBuildConfig = spec::from_json(&version.spec)?;
-        let snapshot_dir = version.snapshot_dir.clone().ok_or_else(|| {
-            ApiError::conflict(
-                "MicrovmImageVersion",
-                &format!("{}:{}", image.name, version.version),
-                "this version has no snapshot to run",
-            )
-        })?;
+        let snapshot_dir = version
+            .snapshot_dir
+            .as_ref()
+            .map(|dir| self.layout.resolve(dir))
+            .ok_or_else(|| {
+                ApiError::conflict(
+                    "MicrovmImageVersion",
+                    &format!("{}:{}", image.name, version.version),
+                    "this version has no snapshot to run",
+                )
+            })?;
         let placement = self.placement(&version, &snapshot_dir).await?;
         if let Some(p) = &r.idle_policy {
             self.check_idle_policy(p)?;
@@ -70,7 +77,8 @@ impl Daemon {
                 hooks.and_then(|h| h.microvm_hooks.as_ref()),
             ),
             memory_mib,
-            snapshot_dir: snapshot_dir.into(),
+            snapshot_dir,
+            snapshot_node: version.snapshot_node.clone(),
             snapshot_blob: version.snapshot_blob.clone(),
         };
         let plan = RunPlan {
@@ -83,7 +91,7 @@ impl Daemon {
             Some(nodes) => self.microvms.run_on(plan, &nodes).await?,
             None => self.microvms.run(plan).await?,
         };
-        microvm_output(&record)
+        microvm_output(&record, &self.layout)
     }
 
     /// The named version, or the newest that can run.
@@ -138,42 +146,35 @@ impl Daemon {
     async fn placement(
         &self,
         version: &VersionRecord,
-        dir: &str,
+        dir: &Path,
     ) -> Result<Option<Vec<String>>, ApiError> {
         if version.snapshot_blob.is_some() && self.microvms.places_anywhere() {
             let nodes = self.store.nodes().await.map_err(internal)?;
             return Ok(Some(nodes.into_iter().map(|n| n.id).collect()));
         }
-        let here = self.refuse_foreign_snapshot(&version.image, version.version, dir);
-        match (here, version.snapshot_node.as_deref()) {
-            (Ok(()), _) => Ok(None),
-            (Err(_), Some(node)) if node != self.node_id() => Ok(Some(vec![node.to_string()])),
-            (Err(e), _) => Err(e),
+        let built_by = version.snapshot_node.as_deref();
+        if self.microvms.holds_snapshot(dir, built_by) {
+            return Ok(None);
         }
-    }
-
-    /// Without an object store, snapshots live in the data dir of the node
-    /// that built them: another node's cannot be restored here, and
-    /// saying so beats a VM that ends at its restore.
-    fn refuse_foreign_snapshot(
-        &self,
-        image: &str,
-        version: u32,
-        dir: &str,
-    ) -> Result<(), ApiError> {
-        if std::path::Path::new(dir).starts_with(self.layout.root()) {
-            return Ok(());
+        match built_by {
+            Some(node) if node != self.node_id() => Ok(Some(vec![node.to_string()])),
+            // Without an object store, snapshots live in the data dir of
+            // the node that built them: saying so beats a VM that ends at
+            // its restore.
+            _ => Err(ApiError::conflict(
+                "MicrovmImageVersion",
+                &format!("{}:{}", version.image, version.version),
+                format!(
+                    "version {} of {} was built by another node: its snapshot {} is not in \
+                     node {}'s data dir; run it through the node that built it, or give every \
+                     node one --blob-store",
+                    version.version,
+                    version.image,
+                    dir.display(),
+                    self.node_id()
+                ),
+            )),
         }
-        Err(ApiError::conflict(
-            "MicrovmImageVersion",
-            &format!("{image}:{version}"),
-            format!(
-                "version {version} of {image} was built by another node (or before this data \
-                 dir moved): its snapshot {dir} is not in node {}'s data dir; run it through \
-                 the node that built it, or give every node one --blob-store",
-                self.node_id()
-            ),
-        ))
     }
 
     /// Brings the warm pool of `image`'s default version (the newest
@@ -190,14 +191,15 @@ impl Daemon {
         let (Some(dir), Ok(build)) = (version.snapshot_dir.as_ref(), build) else {
             return;
         };
-        if self
-            .refuse_foreign_snapshot(image, version.version, dir)
-            .is_err()
+        let dir = self.layout.resolve(dir);
+        if !self
+            .microvms
+            .holds_snapshot(&dir, version.snapshot_node.as_deref())
         {
             return;
         }
         let key = PoolKey {
-            snapshot_dir: dir.into(),
+            snapshot_dir: dir,
             memory_mib: memory_mib(&build),
         };
         self.microvms.fill_pool(image, key);
@@ -209,7 +211,7 @@ impl Daemon {
         Ok(ForkedMicrovms {
             microvms: records
                 .iter()
-                .map(microvm_output)
+                .map(|m| microvm_output(m, &self.layout))
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -218,7 +220,7 @@ impl Daemon {
         let record = self
             .microvms
             .with_waiting_state(self.microvm_record(id).await?);
-        let mut out = microvm_output(&record)?;
+        let mut out = microvm_output(&record, &self.layout)?;
         // On a full data disk the store may not have taken the reason.
         if out.state == MicrovmState::Running {
             if let Some(reason) = self
@@ -297,7 +299,7 @@ impl Daemon {
         r: CreateMicrovmShellAuthTokenRequest,
     ) -> Result<AuthToken, ApiError> {
         let rec = self.tokenable(&r.microvm_identifier).await?;
-        let spec = RunSpec::from_json(&rec.spec)
+        let spec = RunSpec::from_json(&rec.spec, &self.layout)
             .map_err(|e| ApiError::internal(format!("stored run spec: {e}")))?;
         if !spec.shell_allowed() {
             return Err(ApiError::validation(format!(
@@ -437,10 +439,10 @@ fn memory_mib(build: &MicrovmImageBuildConfig) -> u32 {
     }
 }
 
-fn microvm_output(m: &MicrovmRecord) -> Result<Microvm, ApiError> {
+fn microvm_output(m: &MicrovmRecord, layout: &DataDir) -> Result<Microvm, ApiError> {
     // A damaged run record still describes its VM (emberd ends such a VM
     // at restart, saying why): what it held is left out, the rest answers.
-    let spec = RunSpec::from_json(&m.spec)
+    let spec = RunSpec::from_json(&m.spec, layout)
         .inspect_err(|e| tracing::warn!(microvm = %m.id, "stored run spec: {e}"))
         .ok();
     let none_if_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());

@@ -60,6 +60,10 @@ impl Daemon {
         &*self.store
     }
 
+    pub fn layout(&self) -> &DataDir {
+        &self.layout
+    }
+
     pub fn builds(&self) -> &Arc<Builds> {
         &self.builds
     }

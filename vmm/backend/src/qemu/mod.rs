@@ -287,6 +287,10 @@ impl Hypervisor for QemuHypervisor {
         portable::relink(dir, files)
     }
 
+    fn relocate_images(&self, dir: &Path, from: &Path, to: &Path) -> Result<u32, VmmError> {
+        portable::relocate(dir, from, to)
+    }
+
     async fn boot(&self, mut config: VmConfig) -> Result<Arc<dyn Vm>, VmmError> {
         validate_vm_name(&config.name)?;
         require_file("guest kernel", &config.kernel)?;

@@ -96,6 +96,65 @@ pub(super) fn relink(dir: &Path, files: &[PortableFile]) -> Result<(), VmmError>
     Ok(())
 }
 
+/// Deepest folder [`relocate`] walks into below the folder it is given.
+const MAX_RELOCATE_DEPTH: usize = 8;
+
+/// Points every disk image under `dir` whose backing file is under
+/// `from` at the same file under `to`: what a folder of images moved from
+/// `from` to `to` needs. A build's layers name their backing files by
+/// absolute path because one layer is hard-linked into folders at
+/// different depths (the layer cache, the image's snapshot), where no
+/// relative name fits every link. Only root's regular files are
+/// rewritten, each inode once, never through a symlink (the folders hold
+/// files VMs wrote). Returns how many were. Blocking.
+pub(super) fn relocate(dir: &Path, from: &Path, to: &Path) -> Result<u32, VmmError> {
+    let mut seen = std::collections::HashSet::new();
+    relocate_in(dir, from, to, 0, &mut seen)
+}
+
+fn relocate_in(
+    dir: &Path,
+    from: &Path,
+    to: &Path,
+    depth: usize,
+    seen: &mut std::collections::HashSet<(u64, u64)>,
+) -> Result<u32, VmmError> {
+    use std::os::unix::fs::MetadataExt;
+    let list = || VmmError::io(format!("list {}", dir.display()));
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(list()(e)),
+    };
+    let mut moved = 0;
+    for entry in entries {
+        let path = entry.map_err(list())?.path();
+        let meta = std::fs::symlink_metadata(&path)
+            .map_err(VmmError::io(format!("stat {}", path.display())))?;
+        if meta.is_dir() && depth < MAX_RELOCATE_DEPTH {
+            moved += relocate_in(&path, from, to, depth + 1, seen)?;
+            continue;
+        }
+        // SAFETY: geteuid only reads this process's effective uid.
+        let own = meta.uid() == unsafe { libc::geteuid() };
+        if !meta.is_file() || !own || !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        let Some(name) = qcow2::backing_name(&path)? else {
+            continue;
+        };
+        let Some(rest) = std::str::from_utf8(&name)
+            .ok()
+            .and_then(|n| Path::new(n).strip_prefix(from).ok())
+        else {
+            continue;
+        };
+        qcow2::rebase_header(&path, &to.join(rest))?;
+        moved += 1;
+    }
+    Ok(moved)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +193,37 @@ mod tests {
         // A name with a slash is not a name in the folder.
         assert!(qcow2::rebase_header_relative(&top, "../x.qcow2").is_err());
         assert!(qcow2::rebase_header_relative(&top, "/abs.qcow2").is_err());
+    }
+
+    #[test]
+    fn a_moved_folder_of_layers_is_pointed_at_its_new_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = tmp.path().join("old");
+        let layers = old.join("cache/layers");
+        let snapshot = old.join("images/img/1/snapshot");
+        std::fs::create_dir_all(&layers).unwrap();
+        std::fs::create_dir_all(&snapshot).unwrap();
+        let outside = tmp.path().join("base.raw");
+        std::fs::write(&outside, vec![0u8; 1 << 20]).unwrap();
+        let layer = layers.join("k.qcow2");
+        qcow2::create_overlay(&outside, "raw", &layer).unwrap();
+        let top = layers.join("top.qcow2");
+        qcow2::create_overlay(&layer, "qcow2", &top).unwrap();
+        // The same layer seen from two folders, as a build leaves it.
+        std::fs::hard_link(&top, snapshot.join("disk.qcow2")).unwrap();
+
+        let new = tmp.path().join("new");
+        std::fs::rename(&old, &new).unwrap();
+        assert!(qcow2::backing_chain(&new.join("images/img/1/snapshot/disk.qcow2")).is_err());
+        // The top layer once (it has two links); the layer on the base
+        // outside the folder keeps its name.
+        assert_eq!(relocate(&new, &old, &new).unwrap(), 1);
+        let chain = qcow2::backing_chain(&new.join("images/img/1/snapshot/disk.qcow2")).unwrap();
+        assert_eq!(chain, vec![new.join("cache/layers/k.qcow2"), outside]);
+        assert_eq!(
+            relocate(&new, &old, &new).unwrap(),
+            0,
+            "a second pass changes nothing"
+        );
     }
 }

@@ -167,7 +167,7 @@ pub fn backing_chain(top: &Path) -> Result<Vec<PathBuf>, VmmError> {
 
 /// The backing file name in a qcow2 header, or `None` for a raw image or
 /// a qcow2 image without one.
-fn backing_name(path: &Path) -> Result<Option<Vec<u8>>, VmmError> {
+pub(super) fn backing_name(path: &Path) -> Result<Option<Vec<u8>>, VmmError> {
     use std::io::{Seek, SeekFrom};
     let ctx = || format!("read {}", path.display());
     let mut f = std::fs::File::open(path).map_err(VmmError::io(ctx()))?;

@@ -190,8 +190,17 @@ impl QemuVm {
         disk: FileRecord,
         started: Instant,
     ) -> Result<SnapshotInfo, VmmError> {
+        // A restore boots the stub kernel and takes the snapshot's own
+        // disk: the files this VM booted from mean nothing there, and
+        // would tie a snapshot that moves to paths of this host.
+        let vm = VmConfig {
+            kernel: PathBuf::new(),
+            initramfs: PathBuf::new(),
+            rootfs: PathBuf::new(),
+            ..self.config.clone()
+        };
         let manifest = SnapshotManifest {
-            vm: self.config.clone(),
+            vm,
             accel: self.accel,
             vmm_version: self.qemu_version.clone(),
             created_unix_ms: std::time::SystemTime::now()
