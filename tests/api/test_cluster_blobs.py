@@ -13,7 +13,9 @@ import pytest
 
 from artifacts import zip_dir
 from cluster_nodes import listed_nodes, set_drain, start_nodes
-from harness import REPO, create_and_wait, endpoint_token, terminate_quietly, wait_microvm
+from botocore.exceptions import ClientError
+from harness import (REPO, create_and_wait, endpoint_token, error_code, terminate_quietly,
+                     wait_microvm)
 from postgres_server import PostgresServer
 from s3_server import moto_server, s3_client
 
@@ -54,10 +56,16 @@ def keys(client, under):
 
 
 @pytest.fixture(scope="module")
-def cluster(module_emberd, store, tmp_path_factory):
-    s3_url, _ = store
+def postgres():
     server = PostgresServer().start()
-    url = server.create_database("ember_blobs")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(module_emberd, store, postgres, tmp_path_factory):
+    s3_url, _ = store
+    url = postgres.create_database("ember_blobs")
     nodes = start_nodes(module_emberd, url, tmp_path_factory.mktemp("cluster"), DOMAIN,
                         ("n1", "n2"), "--blob-store", f"s3://{BUCKET}/{PREFIX}",
                         "--s3-endpoint", s3_url)
@@ -67,7 +75,6 @@ def cluster(module_emberd, store, tmp_path_factory):
     image, version = create_and_wait(n1.client(), IMAGE, zip_path)
     assert image["state"] == "CREATED", version.get("stateReason")
     yield n1, n2
-    server.stop()
 
 
 def run_on(via, vms):
@@ -159,5 +166,43 @@ def test_a_damaged_chunk_is_caught_by_the_node_that_fetches_it(cluster, store):
         assert fetched(n2) == []
     finally:
         client.put_object(Bucket=BUCKET, Key=biggest, Body=body)
+        for vm_id in vms:
+            terminate_quietly(n1.client(), vm_id)
+
+
+def test_runs_go_only_to_nodes_that_restore_the_snapshot(cluster, postgres):
+    """A node records its class (QEMU version, accelerator, CPU) at start,
+    the build the class of the snapshot it uploaded. Nodes recorded with
+    another class, as a node with another QEMU would be, get no run."""
+    n1, n2 = cluster
+    listed = listed_nodes(n1)
+    ours = listed["n1"].get("compatibilityClass", "")
+    assert ours.startswith("qemu ") and listed["n2"].get("compatibilityClass") == ours, listed
+
+    def set_class(node, cls):
+        quoted = cls.replace("'", "''")
+        postgres.psql("ember_blobs", f"UPDATE nodes SET compat_class = '{quoted}' "
+                                     f"WHERE id = '{node}'")
+
+    other = "qemu 0.0.0 kvm Another CPU"
+    vms = []
+    try:
+        for node in ("n1", "n2"):
+            set_class(node, other)
+        with pytest.raises(ClientError) as info:
+            n2.client().run_microvm(imageIdentifier=IMAGE)
+        assert error_code(info.value) == "InsufficientCapacityException"
+        message = info.value.response["Error"]["Message"]
+        assert ours in message and f"n1: {other}" in message, message
+
+        # n1 of the class again: the run sent to n2 is placed there.
+        set_class("n1", ours)
+        before = listed_nodes(n2)["n1"]["liveMicrovms"]
+        run = run_on(n2, vms)
+        assert listed_nodes(n2)["n1"]["liveMicrovms"] == before + 1
+        wait_microvm(n2.client(), run["microvmId"], "RUNNING", timeout=120)
+    finally:
+        for node in ("n1", "n2"):
+            set_class(node, ours)
         for vm_id in vms:
             terminate_quietly(n1.client(), vm_id)

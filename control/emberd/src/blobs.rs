@@ -105,6 +105,12 @@ impl SnapshotBlobs {
             .map_err(|e| format!("reading the snapshot's files: {e}"))
     }
 
+    /// The class of the snapshots this node writes, hence of the ones it
+    /// publishes.
+    pub fn compatibility(&self) -> String {
+        self.hv.compatibility()
+    }
+
     /// Where the snapshot `digest` is (or would be) in this node's cache.
     pub fn local_dir(&self, digest: &str) -> PathBuf {
         self.cache.join(digest)

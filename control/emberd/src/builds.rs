@@ -230,7 +230,13 @@ impl Builds {
         };
         if let Err(e) = self
             .store
-            .set_version_blob(&job.image, job.version, &published.digest, now())
+            .set_version_blob(
+                &job.image,
+                job.version,
+                &published.digest,
+                &blobs.compatibility(),
+                now(),
+            )
             .await
         {
             let _ = std::fs::remove_dir_all(&out.snapshot_dir);

@@ -362,6 +362,12 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("the microVM backend")?,
     );
+    let compat_class = vm_hv.compatibility();
+    store
+        .set_node_compat_class(&compat_class)
+        .await
+        .context("recording this node's compatibility class")?;
+    tracing::info!(class = %compat_class, "snapshots of this class restore here");
     if let Some(from) = &moved_from {
         relocate_images(&*vm_hv, &layout, from)?;
     }

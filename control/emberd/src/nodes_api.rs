@@ -42,6 +42,10 @@ struct Node {
     /// its last report less what was placed on it since.
     #[serde(skip_serializing_if = "Option::is_none")]
     free_memory_mib: Option<u64>,
+    /// Which snapshots it restores (QEMU version, accelerator, CPU):
+    /// runs are placed only where the class is the image's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compatibility_class: Option<String>,
     /// Whether this is the node that answered.
     this_node: bool,
 }
@@ -105,5 +109,6 @@ fn node(n: NodeRecord, me: &str) -> Node {
         live_microvms: n.live_microvms,
         internal_address: n.address,
         free_memory_mib: n.free_mib,
+        compatibility_class: n.compat_class,
     }
 }

@@ -195,8 +195,8 @@ state_store! {
     ) -> ();
     fn set_version_status(&self, image: &str, version: u32, status: &str, now: f64) -> ();
     /// Records that a version's snapshot is in the object store, under
-    /// the index `digest`.
-    fn set_version_blob(&self, image: &str, version: u32, digest: &str, now: f64) -> ();
+    /// the index `digest`, written by a host of compatibility `class`.
+    fn set_version_blob(&self, image: &str, version: u32, digest: &str, class: &str, now: f64) -> ();
     fn delete_version(&self, image: &str, version: u32) -> ();
     fn build(&self, id: &str) -> BuildRecord;
     /// Builds of one version, oldest first, after build id `after`.
@@ -296,6 +296,10 @@ state_store! {
     /// listener (tunnels to its microVMs, forwarded actions); `None`
     /// when it serves none. `Conflict` if it never registered.
     fn set_node_address(&self, address: Option<&str>) -> ();
+    /// Records which snapshots this registered node can restore (its
+    /// QEMU version, accelerator and CPU), for placement to match.
+    /// `Conflict` if it never registered.
+    fn set_node_compat_class(&self, class: &str) -> ();
     /// Records how much memory this registered node can still give to new
     /// microVMs, as its own admission counts it (`None`: unknown), and how
     /// much its microVMs hold, for placements made on other nodes.

@@ -29,6 +29,10 @@ pub struct VersionRecord {
     /// (`--blob-store`), from which every node can restore it; `None`
     /// without one.
     pub snapshot_blob: Option<String>,
+    /// The compatibility class of the host that wrote the snapshot
+    /// (QEMU version, accelerator, CPU): only nodes of that class can
+    /// restore it. Recorded with `snapshot_blob`.
+    pub snapshot_class: Option<String>,
     pub created_at: f64,
     pub updated_at: f64,
 }
@@ -166,7 +170,7 @@ impl VersionRecord {
     /// The columns every backend selects, in the order its row mapping reads them.
     pub(crate) const COLUMNS: &'static str =
         "image, version, spec, state, status, state_reason, snapshot_dir, created_at, updated_at, \
-         snapshot_node, snapshot_blob";
+         snapshot_node, snapshot_blob, snapshot_class";
 }
 
 impl BuildRecord {
@@ -207,6 +211,9 @@ pub struct NodeRecord {
     /// Memory it can still give to new microVMs: what it last reported,
     /// less what was placed on it since (`None`: never reported).
     pub free_mib: Option<u64>,
+    /// The snapshots it can restore (QEMU version, accelerator, CPU), as
+    /// it reported at start (`None`: not reported).
+    pub compat_class: Option<String>,
 }
 
 /// What renewing this emberd's lease found.

@@ -225,6 +225,11 @@ pub trait Hypervisor: Send + Sync {
     /// points at its backing file by its name in `dir`. Blocking.
     fn relink_portable(&self, dir: &Path, files: &[PortableFile]) -> Result<(), VmmError>;
 
+    /// Which hosts' snapshots this backend restores, and which restore
+    /// its own: equal strings, equal class. Placement matches a version's
+    /// snapshot to nodes by it.
+    fn compatibility(&self) -> String;
+
     /// Makes the snapshots and disk layers under `dir`, a folder that
     /// moved from `from` to `to` with the files they are built on, name
     /// those files at their new place. Returns how many files changed;

@@ -11,7 +11,7 @@ use ember_api::model::{
 };
 use ember_api::{page_size, ApiError, ErrorKind, PageToken};
 use ember_proxy::{Claims, PortRule, PortScope, TokenKind};
-use ember_store::{MicrovmRecord, StoreError, VersionRecord};
+use ember_store::{MicrovmRecord, NodeRecord, StoreError, VersionRecord};
 
 use super::images::{token_after, ts, DEFAULT_MEMORY_MIB};
 use super::{internal, spec, Daemon};
@@ -150,7 +150,9 @@ impl Daemon {
     ) -> Result<Option<Vec<String>>, ApiError> {
         if version.snapshot_blob.is_some() && self.microvms.places_anywhere() {
             let nodes = self.store.nodes().await.map_err(internal)?;
-            return Ok(Some(nodes.into_iter().map(|n| n.id).collect()));
+            return restorable_on(nodes, version.snapshot_class.as_deref())
+                .map(Some)
+                .map_err(|m| ApiError::new(ErrorKind::InsufficientCapacity, m));
         }
         let built_by = version.snapshot_node.as_deref();
         if self.microvms.holds_snapshot(dir, built_by) {
@@ -439,6 +441,31 @@ fn memory_mib(build: &MicrovmImageBuildConfig) -> u32 {
     }
 }
 
+/// The nodes that can restore a snapshot of compatibility `class`: those
+/// of that class, and those that never reported one (an emberd from
+/// before classes: its restore still checks). Restoring elsewhere would
+/// fail after a fetch; the caller hears now instead.
+fn restorable_on(nodes: Vec<NodeRecord>, class: Option<&str>) -> Result<Vec<String>, String> {
+    let Some(class) = class else {
+        return Ok(nodes.into_iter().map(|n| n.id).collect());
+    };
+    let (fit, other): (Vec<_>, Vec<_>) = nodes
+        .into_iter()
+        .partition(|n| n.compat_class.as_deref().map_or(true, |c| c == class));
+    if fit.is_empty() {
+        let others: Vec<String> = other
+            .iter()
+            .map(|n| format!("{}: {}", n.id, n.compat_class.as_deref().unwrap_or("?")))
+            .collect();
+        return Err(format!(
+            "no node can restore this image's snapshot: it was written by {class}, and the \
+             nodes run {}; update the image through one of them to build it for its class",
+            others.join(", ")
+        ));
+    }
+    Ok(fit.into_iter().map(|n| n.id).collect())
+}
+
 fn microvm_output(m: &MicrovmRecord, layout: &DataDir) -> Result<Microvm, ApiError> {
     // A damaged run record still describes its VM (emberd ends such a VM
     // at restart, saying why): what it held is left out, the rest answers.
@@ -469,6 +496,47 @@ fn microvm_output(m: &MicrovmRecord, layout: &DataDir) -> Result<Microvm, ApiErr
 mod tests {
     use super::*;
     use ember_api::model::{Empty, PortRange};
+
+    fn node(id: &str, class: Option<&str>) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            epoch: 1,
+            state: "READY".into(),
+            state_reason: None,
+            lease_expires_at: 0.0,
+            lease_left_seconds: 10.0,
+            registered_at: 0.0,
+            live_microvms: 0,
+            address: None,
+            free_mib: None,
+            compat_class: class.map(String::from),
+        }
+    }
+
+    #[test]
+    fn runs_are_placed_only_where_the_snapshot_restores() {
+        let nodes = || {
+            vec![
+                node("n1", Some("qemu 7.2 tcg")),
+                node("n2", Some("qemu 8.2 kvm Xeon")),
+                node("old", None),
+            ]
+        };
+        assert_eq!(
+            restorable_on(nodes(), Some("qemu 7.2 tcg")).unwrap(),
+            ["n1", "old"]
+        );
+        assert_eq!(restorable_on(nodes(), None).unwrap(), ["n1", "n2", "old"]);
+        let refused = restorable_on(
+            vec![node("n2", Some("qemu 8.2 kvm Xeon"))],
+            Some("qemu 7.2 tcg"),
+        )
+        .unwrap_err();
+        assert!(
+            refused.contains("qemu 7.2 tcg") && refused.contains("n2: qemu 8.2 kvm Xeon"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn port_specifications_become_token_scopes() {

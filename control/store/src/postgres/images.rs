@@ -207,13 +207,14 @@ impl PostgresStore {
         image: &str,
         version: u32,
         digest: &str,
+        class: &str,
         now: f64,
     ) -> Result<(), StoreError> {
         let changed = self
             .execute(
-                "UPDATE versions SET snapshot_blob = $3, updated_at = $4
+                "UPDATE versions SET snapshot_blob = $3, snapshot_class = $4, updated_at = $5
                  WHERE image = $1 AND version = $2",
-                &[&image, &to_i32(version)?, &digest, &now],
+                &[&image, &to_i32(version)?, &digest, &class, &now],
             )
             .await?;
         if changed == 0 {

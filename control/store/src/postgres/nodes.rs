@@ -254,7 +254,7 @@ impl PostgresStore {
                          n.lease_expires_at - {NOW}, n.registered_at,
                          (SELECT COUNT(*) FROM microvms m
                           WHERE m.owner_node = n.id AND m.state <> 'TERMINATED'),
-                         n.address, n.free_mib
+                         n.address, n.free_mib, n.compat_class
                      FROM nodes n ORDER BY n.id"
                 ),
                 &[],
@@ -273,6 +273,7 @@ impl PostgresStore {
                     live_microvms: unsigned(r, 7, "count")?,
                     address: r.try_get(8)?,
                     free_mib: crate::placement::stored_mib(r.try_get(9)?),
+                    compat_class: r.try_get(10)?,
                 })
             })
             .collect()
@@ -303,6 +304,16 @@ impl PostgresStore {
             Some(_) => StoreError::node_dead(node_id),
             None => StoreError::node_not_found(node_id),
         })
+    }
+
+    pub(crate) async fn set_node_compat_class(&self, class: &str) -> Result<(), StoreError> {
+        let me = self.identity.required()?;
+        self.execute(
+            "UPDATE nodes SET compat_class = $2 WHERE id = $1",
+            &[&me.0, &class],
+        )
+        .await?;
+        Ok(())
     }
 
     pub(crate) async fn set_node_address(&self, address: Option<&str>) -> Result<(), StoreError> {

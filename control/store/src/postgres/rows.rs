@@ -42,6 +42,7 @@ impl VersionRecord {
             updated_at: r.try_get(8)?,
             snapshot_node: r.try_get(9)?,
             snapshot_blob: r.try_get(10)?,
+            snapshot_class: r.try_get(11)?,
         })
     }
 }

@@ -125,6 +125,12 @@ CREATE INDEX builds_by_node ON builds (node, state);
 ALTER TABLE versions ADD COLUMN snapshot_blob TEXT COLLATE "C";
 ALTER TABLE nodes ADD COLUMN reserved_mib BIGINT;
 "#,
+    // Which hosts can restore a snapshot (QEMU version, accelerator, CPU):
+    // the class of the host that wrote a version's, and each node's own.
+    r#"
+ALTER TABLE versions ADD COLUMN snapshot_class TEXT COLLATE "C";
+ALTER TABLE nodes ADD COLUMN compat_class TEXT COLLATE "C";
+"#,
 ];
 
 pub(super) async fn migrate(client: &mut Object) -> Result<(), StoreError> {

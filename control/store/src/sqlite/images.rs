@@ -191,11 +191,13 @@ impl SqliteStore {
         image: &str,
         version: u32,
         digest: &str,
+        class: &str,
         now: f64,
     ) -> Result<(), StoreError> {
         let changed = self.conn().execute(
-            "UPDATE versions SET snapshot_blob = ?3, updated_at = ?4 WHERE image = ?1 AND version = ?2",
-            params![image, version, digest, now],
+            "UPDATE versions SET snapshot_blob = ?3, snapshot_class = ?4, updated_at = ?5
+             WHERE image = ?1 AND version = ?2",
+            params![image, version, digest, class, now],
         )?;
         if changed == 0 {
             return Err(StoreError::version_not_found(image, version));

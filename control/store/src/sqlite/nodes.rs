@@ -107,7 +107,7 @@ impl SqliteStore {
                  n.lease_expires_at - ?1, n.registered_at,
                  (SELECT COUNT(*) FROM microvms m
                   WHERE m.owner_node = n.id AND m.state <> 'TERMINATED'),
-                 n.address, n.free_mib
+                 n.address, n.free_mib, n.compat_class
              FROM nodes n ORDER BY n.id",
         )?;
         let rows = stmt
@@ -123,6 +123,7 @@ impl SqliteStore {
                     live_microvms: r.get(7)?,
                     address: r.get(8)?,
                     free_mib: crate::placement::stored_mib(r.get(9)?),
+                    compat_class: r.get(10)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -153,6 +154,15 @@ impl SqliteStore {
             Some(()) => StoreError::node_dead(node_id),
             None => StoreError::node_not_found(node_id),
         })
+    }
+
+    pub(crate) fn set_node_compat_class(&self, class: &str) -> Result<(), StoreError> {
+        let me = self.identity.required()?;
+        self.conn().execute(
+            "UPDATE nodes SET compat_class = ?2 WHERE id = ?1",
+            params![me.0, class],
+        )?;
+        Ok(())
     }
 
     pub(crate) fn set_node_address(&self, address: Option<&str>) -> Result<(), StoreError> {

@@ -30,6 +30,7 @@ impl VersionRecord {
             updated_at: r.get(8)?,
             snapshot_node: r.get(9)?,
             snapshot_blob: r.get(10)?,
+            snapshot_class: r.get(11)?,
         })
     }
 }

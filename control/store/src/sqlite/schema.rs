@@ -123,6 +123,12 @@ CREATE INDEX builds_by_node ON builds (node, state);
 ALTER TABLE versions ADD COLUMN snapshot_blob TEXT;
 ALTER TABLE nodes ADD COLUMN reserved_mib INTEGER;
 "#,
+    // Which hosts can restore a snapshot (QEMU version, accelerator, CPU):
+    // the class of the host that wrote a version's, and each node's own.
+    r#"
+ALTER TABLE versions ADD COLUMN snapshot_class TEXT;
+ALTER TABLE nodes ADD COLUMN compat_class TEXT;
+"#,
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -755,6 +755,17 @@ pub async fn nodes_register_with_rising_epochs_and_own_what_they_insert(db: Db) 
         node(&unregistered, "n1").await.address.as_deref(),
         Some("10.0.0.1:7001")
     );
+    // Which snapshots it restores: likewise the node's own to set.
+    assert_eq!(n.compat_class, None);
+    assert!(matches!(
+        unregistered.set_node_compat_class("qemu 7.2 tcg").await,
+        Err(StoreError::Conflict(_))
+    ));
+    store.set_node_compat_class("qemu 7.2 tcg").await.unwrap();
+    assert_eq!(
+        node(&unregistered, "n1").await.compat_class.as_deref(),
+        Some("qemu 7.2 tcg")
+    );
     assert!(
         n.lease_left_seconds > 50.0 && n.lease_left_seconds <= 60.0,
         "{n:?}"

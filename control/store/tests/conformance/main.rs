@@ -58,6 +58,7 @@ impl Db {
                      DROP INDEX builds_by_node;
                      ALTER TABLE builds DROP COLUMN node;
                      ALTER TABLE versions DROP COLUMN snapshot_blob;
+                     ALTER TABLE versions DROP COLUMN snapshot_class;
                      PRAGMA user_version = 3;",
                 )
                 .unwrap();
@@ -75,6 +76,7 @@ impl Db {
                          ALTER TABLE versions DROP COLUMN snapshot_node;
                          ALTER TABLE builds DROP COLUMN node;
                          ALTER TABLE versions DROP COLUMN snapshot_blob;
+                         ALTER TABLE versions DROP COLUMN snapshot_class;
                          UPDATE ember_schema SET version = 1;",
                     )
                     .await

@@ -50,6 +50,21 @@ pub fn tsc_khz() -> Option<u64> {
     parse_cpu_mhz(&std::fs::read_to_string("/proc/cpuinfo").ok()?)
 }
 
+/// The host CPU's model name, as /proc/cpuinfo gives it.
+pub fn cpu_model() -> Option<String> {
+    parse_cpu_model(&std::fs::read_to_string("/proc/cpuinfo").ok()?)
+}
+
+fn parse_cpu_model(cpuinfo: &str) -> Option<String> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("model name"))?;
+    let model = line
+        .split_once(':')?
+        .1
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    (!model.is_empty()).then(|| model.join(" "))
+}
+
 fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
     let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
     let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
@@ -125,6 +140,18 @@ fn clock_ticks_per_sec() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_model_is_the_first_model_name() {
+        let info = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)  Platinum 8375C @ 2.90GHz\n\
+                    processor\t: 1\nmodel name\t: other\n";
+        assert_eq!(
+            parse_cpu_model(info).as_deref(),
+            Some("Intel(R) Xeon(R) Platinum 8375C @ 2.90GHz")
+        );
+        assert_eq!(parse_cpu_model("model name\t:   \n"), None);
+        assert_eq!(parse_cpu_model(""), None);
+    }
 
     #[test]
     fn the_disk_under_a_path_is_found_and_tmpfs_has_none() {

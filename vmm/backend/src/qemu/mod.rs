@@ -287,6 +287,21 @@ impl Hypervisor for QemuHypervisor {
         portable::relink(dir, files)
     }
 
+    fn compatibility(&self) -> String {
+        // Device state loads only into the QEMU version and accelerator
+        // that wrote it; under KVM `-cpu host` shows the guest the host's
+        // CPU, which must not change under a running kernel. TCG emulates
+        // one fixed CPU.
+        match self.accel {
+            Accel::Tcg => format!("qemu {} tcg", self.qemu_version),
+            Accel::Kvm => format!(
+                "qemu {} kvm {}",
+                self.qemu_version,
+                host::cpu_model().unwrap_or_else(|| "unknown-cpu".into())
+            ),
+        }
+    }
+
     fn relocate_images(&self, dir: &Path, from: &Path, to: &Path) -> Result<u32, VmmError> {
         portable::relocate(dir, from, to)
     }

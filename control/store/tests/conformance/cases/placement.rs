@@ -129,15 +129,20 @@ pub async fn a_versions_object_store_copy_is_recorded(db: Db) {
     let s = db.open().await;
     s.create_image(&super::new_image("img")).await.unwrap();
     assert_eq!(s.version("img", 1).await.unwrap().snapshot_blob, None);
-    s.set_version_blob("img", 1, "ab12", 2.0).await.unwrap();
+    assert_eq!(s.version("img", 1).await.unwrap().snapshot_class, None);
+    s.set_version_blob("img", 1, "ab12", "qemu 7.2 tcg", 2.0)
+        .await
+        .unwrap();
     s.update_version_state("img", 1, "SUCCESSFUL", None, Some("/data/snap"), 3.0)
         .await
         .unwrap();
     let v = s.version("img", 1).await.unwrap();
     assert_eq!(v.snapshot_blob.as_deref(), Some("ab12"));
+    assert_eq!(v.snapshot_class.as_deref(), Some("qemu 7.2 tcg"));
     assert_eq!(v.snapshot_dir.as_deref(), Some("/data/snap"));
     assert!(matches!(
-        s.set_version_blob("img", 9, "ab12", 4.0).await,
+        s.set_version_blob("img", 9, "ab12", "qemu 7.2 tcg", 4.0)
+            .await,
         Err(StoreError::NotFound(_))
     ));
 }
