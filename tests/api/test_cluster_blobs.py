@@ -4,9 +4,12 @@ uploads its snapshot as content-addressed chunks before its version is
 SUCCESSFUL; a run sent to any node may then be placed on either, and n2,
 which never built the image, fetches the snapshot (digest-checked) into
 its cache and restores it. A chunk damaged in the store is caught when a
-node fetches it: the run ends TERMINATED saying so."""
+node fetches it: the run ends TERMINATED saying so. Runs go only to nodes
+of the snapshot's compatibility class, and `--cluster-max-microvms` counts
+both nodes' microVMs."""
 
 import shutil
+import time
 import urllib.parse
 
 import pytest
@@ -23,6 +26,7 @@ DOMAIN = "vms.blobs.test"
 IMAGE = "hello-blobs"
 BUCKET = "ember-images"
 PREFIX = "cluster/"
+CLUSTER_QUOTA = 3
 POLICY = {"maxIdleDurationSeconds": 600, "suspendedDurationSeconds": 600,
           "autoResumeEnabled": True}
 
@@ -68,7 +72,7 @@ def cluster(module_emberd, store, postgres, tmp_path_factory):
     url = postgres.create_database("ember_blobs")
     nodes = start_nodes(module_emberd, url, tmp_path_factory.mktemp("cluster"), DOMAIN,
                         ("n1", "n2"), "--blob-store", f"s3://{BUCKET}/{PREFIX}",
-                        "--s3-endpoint", s3_url)
+                        "--s3-endpoint", s3_url, "--cluster-max-microvms", str(CLUSTER_QUOTA))
     n1, n2 = nodes
     zip_path = zip_dir(REPO / "examples" / "hello-http",
                        tmp_path_factory.mktemp("zips") / "hello.zip")
@@ -204,5 +208,35 @@ def test_runs_go_only_to_nodes_that_restore_the_snapshot(cluster, postgres):
     finally:
         for node in ("n1", "n2"):
             set_class(node, ours)
+        for vm_id in vms:
+            terminate_quietly(n1.client(), vm_id)
+
+
+def live(node):
+    return [m["microvmId"] for m in node.client().list_microvms()["items"]
+            if m["state"] != "TERMINATED"]
+
+
+def test_the_cluster_quota_counts_both_nodes_microvms(cluster):
+    n1, n2 = cluster
+    deadline = time.monotonic() + 60
+    while live(n1) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not live(n1), "the earlier tests' VMs did not end"
+    vms = []
+    try:
+        for via in [n1, n2, n1][:CLUSTER_QUOTA]:
+            run_on(via, vms)
+        for via in (n1, n2):
+            with pytest.raises(ClientError) as info:
+                via.client().run_microvm(imageIdentifier=IMAGE)
+            assert error_code(info.value) == "ServiceQuotaExceededException"
+            message = info.value.response["Error"]["Message"]
+            assert f"at most {CLUSTER_QUOTA} microVMs" in message, message
+        # An ended VM makes room, wherever it ran.
+        n2.client().terminate_microvm(microvmIdentifier=vms[0])
+        wait_microvm(n2.client(), vms[0], "TERMINATED", timeout=60)
+        run_on(n2, vms)
+    finally:
         for vm_id in vms:
             terminate_quietly(n1.client(), vm_id)

@@ -78,6 +78,7 @@ impl SnapshotIndex {
         )
         .map_err(corrupt)?;
         let mut total = 0u64;
+        let mut written = 0u64;
         for file in &self.files {
             let want = file.size.div_ceil(self.chunk_size);
             if file.chunks.len() as u64 != want {
@@ -95,12 +96,26 @@ impl SnapshotIndex {
                 )));
             }
             total = total.saturating_add(file.size);
+            for (i, chunk) in file.chunks.iter().enumerate() {
+                if chunk.is_some() {
+                    let start = (i as u64).saturating_mul(self.chunk_size);
+                    let len = file.size.saturating_sub(start).min(self.chunk_size);
+                    written = written.saturating_add(len);
+                }
+            }
         }
         if total > limits.max_total_bytes {
             return Err(BlobError::TooLarge {
                 what: format!("snapshot {digest}"),
                 bytes: total,
                 limit: limits.max_total_bytes,
+            });
+        }
+        if written > limits.max_written_bytes {
+            return Err(BlobError::TooLarge {
+                what: format!("the stored data of snapshot {digest}"),
+                bytes: written,
+                limit: limits.max_written_bytes,
             });
         }
         Ok(())
@@ -339,14 +354,42 @@ mod tests {
         let total: u64 = index.files.iter().map(|f| f.size).sum();
         let exact = FetchLimits {
             max_total_bytes: total,
+            max_written_bytes: u64::MAX,
         };
         assert!(round(&index, &exact).is_ok());
         let under = FetchLimits {
             max_total_bytes: total - 1,
+            ..exact
         };
         assert!(matches!(
             round(&index, &under),
             Err(BlobError::TooLarge { bytes, .. }) if bytes == total
+        ));
+        // What is written counts stored chunks only (a zero chunk is a
+        // hole), the last one of a file by its length.
+        let written: u64 = index
+            .files
+            .iter()
+            .map(|f| {
+                let stored = f.chunks.iter().enumerate().filter(|(_, c)| c.is_some());
+                stored
+                    .map(|(i, _)| (f.size - i as u64 * CHUNK_SIZE).min(CHUNK_SIZE))
+                    .sum::<u64>()
+            })
+            .sum();
+        assert!(written < total, "the sample has no zero chunk");
+        let room = FetchLimits {
+            max_written_bytes: written,
+            ..exact
+        };
+        assert!(round(&index, &room).is_ok());
+        let no_room = FetchLimits {
+            max_written_bytes: written - 1,
+            ..exact
+        };
+        assert!(matches!(
+            round(&index, &no_room),
+            Err(BlobError::TooLarge { bytes, .. }) if bytes == written
         ));
     }
 

@@ -79,12 +79,16 @@ pub struct Published {
 pub struct FetchLimits {
     /// The files' logical size, holes included.
     pub max_total_bytes: u64,
+    /// What the fetch writes: the bytes of its stored (non-zero) chunks,
+    /// e.g. the disk the caller can spare.
+    pub max_written_bytes: u64,
 }
 
 impl Default for FetchLimits {
     fn default() -> Self {
         FetchLimits {
             max_total_bytes: 64 << 30,
+            max_written_bytes: u64::MAX,
         }
     }
 }

@@ -122,6 +122,7 @@ pub(crate) async fn publish(store: &BlobStore, files: &[PackFile]) -> Result<Pub
     let digest = index::sha256_hex(&bytes);
     let no_limit = FetchLimits {
         max_total_bytes: u64::MAX,
+        max_written_bytes: u64::MAX,
     };
     index.validate(&digest, &no_limit)?;
     if bytes.len() as u64 > crate::MAX_INDEX_BYTES {

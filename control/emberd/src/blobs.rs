@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context;
-use ember_blobstore::{BlobLocation, BlobStore, FetchLimits, Published};
+use ember_blobstore::{BlobError, BlobLocation, BlobStore, FetchLimits, Published};
 use ember_vmm::{Hypervisor, PortableFile};
 
 use crate::layout::DataDir;
+use crate::microvms::DiskReserve;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BlobArgs {
@@ -38,6 +39,8 @@ pub struct SnapshotBlobs {
     hv: Arc<dyn Hypervisor>,
     cache: PathBuf,
     budget_bytes: u64,
+    /// A fetch writes at most what the data dir can spare above it.
+    disk: DiskReserve,
     /// One fetch at a time: two runs of one new image share its fetch,
     /// and eviction never races a fetch.
     fetching: tokio::sync::Mutex<()>,
@@ -60,6 +63,7 @@ impl SnapshotBlobs {
         s3: &ember_artifact::S3Settings,
         hv: Arc<dyn Hypervisor>,
         layout: &DataDir,
+        disk: DiskReserve,
     ) -> anyhow::Result<Option<Arc<Self>>> {
         let Some(uri) = &args.blob_store else {
             return Ok(None);
@@ -80,6 +84,7 @@ impl SnapshotBlobs {
             hv,
             cache,
             budget_bytes: args.blob_cache_mib.saturating_mul(1 << 20),
+            disk,
             fetching: tokio::sync::Mutex::new(()),
         })))
     }
@@ -145,13 +150,31 @@ impl SnapshotBlobs {
         let tmp = self.cache.join(format!(".fetch-{digest}"));
         std::fs::create_dir(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         // The files' sizes, holes included (a base image is mostly one):
-        // the cache's budget counts blocks, so it is no bound here.
-        let limits = FetchLimits::default();
+        // the cache's budget counts blocks, so it is no bound here. What
+        // the fetch writes is: checked against the index before any byte
+        // lands, so a snapshot too big for the disk fails at once.
+        let spare = self.disk.free_mib().map_or(u64::MAX, |free| {
+            free.saturating_sub(self.disk.reserve_mib)
+                .saturating_mul(1 << 20)
+        });
+        let limits = FetchLimits {
+            max_written_bytes: spare,
+            ..FetchLimits::default()
+        };
         let result = async {
-            let fetched =
-                self.store.fetch(digest, &tmp, &limits).await.map_err(|e| {
-                    format!("fetching snapshot {digest} from {}: {e}", self.location)
-                })?;
+            let fetched = self.store.fetch(digest, &tmp, &limits).await.map_err(|e| {
+                let why = match e {
+                    BlobError::TooLarge { bytes, limit, .. } if limit == spare => format!(
+                        "it needs {} MiB of disk and the data dir has {} MiB free above \
+                             the {} MiB kept for the host (--disk-reserve-mib)",
+                        bytes.div_ceil(1 << 20),
+                        limit >> 20,
+                        self.disk.reserve_mib
+                    ),
+                    other => other.to_string(),
+                };
+                format!("fetching snapshot {digest} from {}: {why}", self.location)
+            })?;
             let files: Vec<PortableFile> = fetched
                 .into_iter()
                 .map(|f| PortableFile {

@@ -284,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening the state store {location}"))?;
     tracing::info!(store = %location, "state store open");
+    store.limit_live_microvms(args.cluster.cluster_max_microvms);
     let node_id = args.node.node_id()?;
     let cluster = args.cluster.start().await?;
     let address = cluster
@@ -379,6 +380,7 @@ async fn main() -> anyhow::Result<()> {
         &artifact_limits(&args)?.sources.s3,
         Arc::clone(&vm_hv),
         &layout,
+        disk_reserve(&args, &layout),
     )
     .await?;
     let builder = Builder::new(

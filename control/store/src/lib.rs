@@ -52,6 +52,9 @@ pub enum StoreError {
     /// No node a microVM could be placed on has room for it now.
     #[error("{0}")]
     Capacity(String),
+    /// The cluster already holds as many microVMs as it may.
+    #[error("{0}")]
+    Quota(String),
 }
 
 /// The errors both backends give in the same words.
@@ -127,6 +130,11 @@ macro_rules! state_store {
             /// (Postgres' LISTEN/NOTIFY); `None` where only this node
             /// places (SQLite), so polling is all there is.
             fn placements(&self) -> Option<Arc<tokio::sync::Notify>>;
+            /// Limits the microVMs that are not TERMINATED, on every node
+            /// of the store together, to `max` (`None`: no limit): an
+            /// insert or placement beyond it is a [`StoreError::Quota`].
+            /// Set once at start; every node should give the same.
+            fn limit_live_microvms(&self, max: Option<u64>);
             $( $(#[$doc])* async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError>; )*
         }
 
@@ -137,6 +145,9 @@ macro_rules! state_store {
             }
             fn placements(&self) -> Option<Arc<tokio::sync::Notify>> {
                 None
+            }
+            fn limit_live_microvms(&self, max: Option<u64>) {
+                self.quota.set(max);
             }
             // SQLite statements here take microseconds on a local file, so
             // they run inline rather than on a blocking thread.
@@ -152,6 +163,9 @@ macro_rules! state_store {
             }
             fn placements(&self) -> Option<Arc<tokio::sync::Notify>> {
                 Some(Arc::clone(&self.placed))
+            }
+            fn limit_live_microvms(&self, max: Option<u64>) {
+                self.quota.set(max);
             }
             $( async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError> {
                 PostgresStore::$name(self $(, $arg)*).await

@@ -2,7 +2,37 @@
 //! backends read the candidates' rows (locked, on Postgres) and let
 //! [`choose`] decide, so they place and refuse in the same words.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::StoreError;
+
+/// The limit on microVMs that are not TERMINATED across every node of the
+/// store (`--cluster-max-microvms`), checked where rows are inserted.
+#[derive(Debug, Default)]
+pub(crate) struct LiveQuota(AtomicU64);
+
+impl LiveQuota {
+    pub fn set(&self, max: Option<u64>) {
+        // 0 is "no limit": a limit of 0 would refuse every run, which the
+        // flag's parser does not allow.
+        self.0.store(max.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|max| *max > 0)
+    }
+}
+
+/// The refusal when `live` microVMs already fill the limit `max`.
+pub(crate) fn check_quota(live: u64, max: u64) -> Result<(), StoreError> {
+    if live < max {
+        return Ok(());
+    }
+    Err(StoreError::Quota(format!(
+        "the cluster holds at most {max} microVMs (running or suspended) and has {live}; \
+         terminate some or raise --cluster-max-microvms"
+    )))
+}
 
 /// A candidate node's row as placement reads it.
 #[derive(Debug, Clone)]

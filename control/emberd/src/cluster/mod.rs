@@ -53,6 +53,12 @@ pub struct ClusterArgs {
     /// wildcard or behind NAT. Default: --internal-listen's bound address.
     #[arg(long, value_name = "ADDR", requires = "internal_listen")]
     pub internal_advertise: Option<SocketAddr>,
+    /// MicroVMs the whole cluster holds at once, running or suspended, on
+    /// every node of the store together (ServiceQuotaExceededException
+    /// beyond), checked in the transaction that records a run; give every
+    /// node the same. Each node's --max-microvms still applies to it.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cluster_max_microvms: Option<u64>,
 }
 
 /// Cluster mode as started: the key, and the internal listener bound

@@ -520,7 +520,13 @@ impl Microvms {
             // another node's.
             None => {
                 let rec = self.store.microvm(id).await.map_err(not_found(id))?;
-                return self.refuse_if_foreign(&rec);
+                self.refuse_if_foreign(&rec)?;
+                // Placed here by another node and not started yet.
+                if rec.state == MicrovmState::Pending.as_str() {
+                    self.refuse_if_fenced()?;
+                    self.terminate_unstarted(id, TERMINATED_BY_API).await;
+                }
+                return Ok(());
             }
         };
         self.refuse_if_fenced()?;

@@ -97,6 +97,10 @@ pub struct Microvms {
     /// when it suspends or ends.
     admission: Admission,
     live: Mutex<HashMap<String, Arc<Instance>>>,
+    /// Rows placed here that the reconciler is starting (not yet in
+    /// `live`), each with whether a TerminateMicrovm came for it meanwhile.
+    /// Locked after `live` when both are.
+    placing: Mutex<HashMap<String, bool>>,
     /// For tasks started where only `&self` is at hand (a resume).
     me: Weak<Microvms>,
     /// Wakes the task that keeps parked VMs within their budget.
@@ -128,6 +132,7 @@ impl Microvms {
             tokens,
             config,
             live: Mutex::new(HashMap::new()),
+            placing: Mutex::new(HashMap::new()),
             warm_tier: Arc::new(tokio::sync::Notify::new()),
             pool: pool::Pool::default(),
             state_writes: state_writes::StateWrites::default(),
@@ -151,6 +156,12 @@ impl Microvms {
         // Entries are inserted and removed whole; a panic elsewhere cannot
         // leave the map half-updated.
         self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn placing(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
+        self.placing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }

@@ -128,9 +128,18 @@ impl Microvms {
     }
 
     /// One row placed here: admitted like a run through this node (the
-    /// placement's estimate of free memory may be a lease old), then
-    /// started; refused, it ends with the reason.
+    /// placement's estimate of free memory may be a lease old), its image
+    /// snapshot fetched if this node lacks it, then started; refused, it
+    /// ends with the reason. Admission comes first, so a run this node has
+    /// no room for costs no fetch.
     async fn start_one_placed(self: &Arc<Self>, rec: MicrovmRecord) {
+        // Registered before the row is read again: a TerminateMicrovm that
+        // finds no instance records the row TERMINATED, then looks here.
+        let _placing = Placing::new(self, &rec.id);
+        let rec = match self.store.microvm(&rec.id).await {
+            Ok(now) if now.state == MicrovmState::Pending.as_str() => now,
+            _ => return,
+        };
         let mut spec = match RunSpec::from_json(&rec.spec, &self.layout) {
             Ok(spec) => spec,
             Err(e) => {
@@ -138,29 +147,15 @@ impl Microvms {
                 return self.end_unstarted(&rec.id, &why).await;
             }
         };
-        if let Err(why) = self.fetch_snapshot(&mut spec).await {
-            return self.end_unstarted(&rec.id, &why).await;
-        }
-        let status = Status {
-            state: MicrovmState::Pending,
-            suspended_at: None,
-        };
-        let inst = Arc::new(Instance::of_record(&rec, spec, status));
-        let Ok(guard) = Arc::clone(&inst.transition).try_lock_owned() else {
-            return;
-        };
-        // Checked and inserted under the map's lock: a run through this
-        // node puts its instance there before its row exists.
+        // Checked under the map's lock: a run through this node puts its
+        // instance there before its row exists. The reconciler is this
+        // row's only other starter, and it runs one row at a time.
         let admitted = {
-            let mut live = self.live_map();
+            let live = self.live_map();
             if live.contains_key(&rec.id) {
                 return;
             }
-            let admitted = self.admission.admit_run(&rec.id, inst.spec.memory_mib);
-            if admitted.is_ok() {
-                live.insert(rec.id.clone(), Arc::clone(&inst));
-            }
-            admitted
+            self.admission.admit_run(&rec.id, spec.memory_mib)
         };
         if let Err(e) = admitted {
             let why = match e.kind() {
@@ -173,6 +168,29 @@ impl Microvms {
                 _ => e.message().to_string(),
             };
             return self.end_unstarted(&rec.id, &why).await;
+        }
+        if let Err(why) = self.fetch_snapshot(&mut spec).await {
+            self.admission.release(&rec.id);
+            return self.end_unstarted(&rec.id, &why).await;
+        }
+        let status = Status {
+            state: MicrovmState::Pending,
+            suspended_at: None,
+        };
+        let inst = Arc::new(Instance::of_record(&rec, spec, status));
+        let Ok(guard) = Arc::clone(&inst.transition).try_lock_owned() else {
+            self.admission.release(&rec.id);
+            return;
+        };
+        {
+            let mut live = self.live_map();
+            if self.placing().remove(&rec.id) == Some(true) {
+                drop(live);
+                tracing::info!(microvm = %rec.id, "terminated before it started");
+                self.admission.release(&rec.id);
+                return;
+            }
+            live.insert(rec.id.clone(), Arc::clone(&inst));
         }
         tracing::info!(microvm = %rec.id, image = %rec.image, "starting a run placed here");
         self.spawn_start(inst, guard, Origin::Image);
@@ -234,6 +252,32 @@ impl Microvms {
     /// A placed row this node will not start: TERMINATED with why.
     async fn end_unstarted(&self, id: &str, why: &str) {
         tracing::error!(microvm = %id, "not starting a run placed here: {why}");
+        self.record_unstarted_end(id, why).await;
+    }
+
+    /// TerminateMicrovm of a row placed here that has no instance yet:
+    /// the row is TERMINATED first, then a start in progress is told (or,
+    /// if it got the VM into the map meanwhile, the VM is terminated as
+    /// any other). Either the start reads the row after it was ended, or
+    /// it registered before this looks.
+    pub(super) async fn terminate_unstarted(self: &Arc<Self>, id: &str, why: &str) {
+        self.record_unstarted_end(id, why).await;
+        let inst = {
+            let live = self.live_map();
+            let inst = live.get(id).cloned();
+            if inst.is_none() {
+                if let Some(cancelled) = self.placing().get_mut(id) {
+                    *cancelled = true;
+                }
+            }
+            inst
+        };
+        if let Some(inst) = inst {
+            self.terminate(inst, why.to_string()).await;
+        }
+    }
+
+    async fn record_unstarted_end(&self, id: &str, why: &str) {
         let t = now();
         let update = MicrovmUpdate {
             state: MicrovmState::Terminated.as_str(),
@@ -245,5 +289,28 @@ impl Microvms {
         if let Err(e) = self.store.update_microvm(id, &update).await {
             tracing::warn!(microvm = %id, "recording the end of a placed run: {e}");
         }
+    }
+}
+
+/// A row's entry in `Microvms::placing` while its start is under way,
+/// removed however the start ends.
+struct Placing<'a> {
+    microvms: &'a Microvms,
+    id: String,
+}
+
+impl<'a> Placing<'a> {
+    fn new(microvms: &'a Microvms, id: &str) -> Self {
+        microvms.placing().insert(id.to_string(), false);
+        Self {
+            microvms,
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for Placing<'_> {
+    fn drop(&mut self) {
+        self.microvms.placing().remove(&self.id);
     }
 }

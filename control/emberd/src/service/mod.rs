@@ -238,6 +238,7 @@ pub(crate) fn internal(e: StoreError) -> ApiError {
     match e {
         StoreError::Conflict(m) => ApiError::new(ErrorKind::Conflict, m),
         StoreError::Capacity(m) => ApiError::new(ErrorKind::InsufficientCapacity, m),
+        StoreError::Quota(m) => ApiError::new(ErrorKind::ServiceQuotaExceeded, m),
         other => {
             tracing::error!("state store: {other}");
             ApiError::internal(format!("state store error: {other}"))

@@ -15,7 +15,11 @@ impl PostgresStore {
             .writer()
             .map_err(|lost| StoreError::fenced_node(&lost))?;
         let (node, epoch) = owner_params(&me);
-        let inserted = insert_row(&**self.client().await?, vm, node, epoch).await?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        check_live_quota(&self.quota, &*tx).await?;
+        let inserted = insert_row(&*tx, vm, node, epoch).await?;
+        tx.commit().await?;
         if inserted == 1 {
             return Ok(());
         }
@@ -229,6 +233,32 @@ impl PostgresStore {
 /// FOR SHARE: a sweep declaring the node dead at this moment either waits
 /// for this row (and terminates it) or commits first (and this insert
 /// sees the new epoch and writes nothing). Returns the rows written.
+/// Serialises the inserts of every node (a transaction-scoped advisory
+/// lock) while a quota is set, and refuses one beyond it
+/// ([`crate::placement::check_quota`]). Taken before any node row is
+/// locked, in every transaction that inserts, so the order never inverts.
+pub(super) async fn check_live_quota<C: GenericClient + Sync>(
+    quota: &crate::placement::LiveQuota,
+    tx: &C,
+) -> Result<(), StoreError> {
+    let Some(max) = quota.get() else {
+        return Ok(());
+    };
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&QUOTA_LOCK])
+        .await?;
+    let row = tx
+        .query_one(
+            "SELECT COUNT(*) FROM microvms WHERE state <> 'TERMINATED'",
+            &[],
+        )
+        .await?;
+    let live = u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0);
+    crate::placement::check_quota(live, max)
+}
+
+/// The quota's advisory lock key: "emberq" in ASCII.
+const QUOTA_LOCK: i64 = 0x656d_6265_7271;
+
 pub(super) async fn insert_row<C: GenericClient + Sync>(
     client: &C,
     vm: &MicrovmRecord,

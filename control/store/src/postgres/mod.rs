@@ -20,6 +20,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::node::Identity;
+use crate::placement::LiveQuota;
 use crate::StoreError;
 
 /// Connections per emberd: its statements are short, and a host's API
@@ -38,6 +39,7 @@ pub struct PostgresStore {
     node_lock: tokio::sync::Mutex<Option<node_lock::NodeLock>>,
     /// The node this store registered as, for its owner writes.
     identity: Identity,
+    pub(crate) quota: LiveQuota,
     config: tokio_postgres::Config,
     tls: tls::Connector,
     /// Woken by a placement on this node, heard on the node lock's session.
@@ -80,6 +82,7 @@ impl PostgresStore {
             pool,
             node_lock: tokio::sync::Mutex::new(None),
             identity: Identity::default(),
+            quota: LiveQuota::default(),
             config,
             tls,
             placed: std::sync::Arc::default(),

@@ -38,6 +38,7 @@ impl PostgresStore {
     ) -> Result<String, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        super::microvms::check_live_quota(&self.quota, &*tx).await?;
         let now = store_now(&tx).await?;
         // FOR UPDATE: placements on one node take turns, so each sees the
         // memory the one before it took; a sweep skips a node held here.

@@ -17,6 +17,9 @@ impl SqliteStore {
             .map_err(|lost| StoreError::fenced_node(&lost))?;
         let (node, epoch) = owner_params(&me);
         let conn = self.conn();
+        // One connection, one writer: the count and the insert cannot
+        // interleave with another insert.
+        self.check_live_quota(&conn)?;
         let inserted = insert_row(&conn, vm, node, epoch)?;
         if inserted == 1 {
             return Ok(());
@@ -34,6 +37,19 @@ impl SqliteStore {
             }
         }
         Err(StoreError::microvm_exists(&vm.id))
+    }
+
+    /// [`crate::placement::check_quota`] against the rows of `conn`.
+    pub(super) fn check_live_quota(&self, conn: &Connection) -> Result<(), StoreError> {
+        let Some(max) = self.quota.get() else {
+            return Ok(());
+        };
+        let live: u64 = conn.query_row(
+            "SELECT COUNT(*) FROM microvms WHERE state <> 'TERMINATED'",
+            [],
+            |r| r.get(0),
+        )?;
+        crate::placement::check_quota(live, max)
     }
 
     pub(crate) fn microvm(&self, id: &str) -> Result<MicrovmRecord, StoreError> {

@@ -16,12 +16,14 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::Connection;
 
 use crate::node::Identity;
+use crate::placement::LiveQuota;
 use crate::StoreError;
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     /// The node this store registered as, for its owner writes.
     identity: Identity,
+    pub(crate) quota: LiveQuota,
 }
 
 impl SqliteStore {
@@ -48,6 +50,7 @@ impl SqliteStore {
         Ok(Self {
             conn: Mutex::new(conn),
             identity: Identity::default(),
+            quota: LiveQuota::default(),
         })
     }
 

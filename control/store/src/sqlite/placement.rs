@@ -34,6 +34,7 @@ impl SqliteStore {
         let me = self.identity.required()?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        self.check_live_quota(&tx)?;
         let now = now();
         let mut found = Vec::with_capacity(candidates.len());
         for id in candidates {

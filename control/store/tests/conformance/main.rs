@@ -146,6 +146,7 @@ conformance![
     a_versions_object_store_copy_is_recorded,
     one_sweep_declares_at_most_half_the_nodes_dead,
     a_dead_nodes_builds_fail_and_nobody_elses,
+    the_cluster_quota_counts_every_nodes_live_microvms,
 ];
 
 /// Emberds share a Postgres database, but each runs as a node id of its

@@ -146,3 +146,60 @@ pub async fn a_versions_object_store_copy_is_recorded(db: Db) {
         Err(StoreError::NotFound(_))
     ));
 }
+
+fn quota_refusal<T: std::fmt::Debug>(r: Result<T, StoreError>) -> String {
+    match r {
+        Err(StoreError::Quota(why)) => why,
+        other => panic!("expected Quota, got {other:?}"),
+    }
+}
+
+/// `--cluster-max-microvms`: inserts and placements through any node
+/// count every node's microVMs that are not TERMINATED; ending one makes
+/// room; without a limit nothing is counted.
+pub async fn the_cluster_quota_counts_every_nodes_live_microvms(db: Db) {
+    let n1 = db.open().await;
+    n1.register_node("n1", LONG_LEASE_MS).await.unwrap();
+    n1.report_node_free(Some(10_000), 0).await.unwrap();
+    n1.limit_live_microvms(Some(2));
+    n1.insert_microvm(&microvm("a", "img", 1)).await.unwrap();
+    // Through the other node when there is one, else the same.
+    let other = if db.serves_many_nodes() {
+        let n2 = db.open().await;
+        n2.register_node("n2", LONG_LEASE_MS).await.unwrap();
+        n2.limit_live_microvms(Some(2));
+        n2
+    } else {
+        n1.clone()
+    };
+    other.insert_microvm(&microvm("b", "img", 1)).await.unwrap();
+    let why = quota_refusal(other.insert_microvm(&microvm("c", "img", 1)).await);
+    assert!(
+        why.contains("at most 2 microVMs") && why.contains("has 2"),
+        "{why}"
+    );
+    quota_refusal(
+        n1.place_microvm(&microvm("c", "img", 1), 100, &ids(&["n1"]))
+            .await,
+    );
+    assert!(matches!(
+        n1.microvm("c").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let ended = ember_store::MicrovmUpdate {
+        state: "TERMINATED",
+        state_reason: Some(Some("ended")),
+        suspended_at: None,
+        terminated_at: Some(5.0),
+        now: 5.0,
+    };
+    n1.update_microvm("a", &ended).await.unwrap();
+    assert_eq!(
+        n1.place_microvm(&microvm("c", "img", 1), 100, &ids(&["n1"]))
+            .await
+            .unwrap(),
+        "n1"
+    );
+    n1.limit_live_microvms(None);
+    n1.insert_microvm(&microvm("d", "img", 1)).await.unwrap();
+}
