@@ -23,7 +23,7 @@ read -r passed failed < <(awk '/^test result:/ {
 # needs ember-artifact, whose AWS SDK would be compiled a second time with
 # the fuzzing flags (minutes of the suite's budget): `make fuzz` runs it.
 fuzz_log=$(mktemp)
-FUZZ_SECONDS=${FUZZ_TEST_SECONDS:-8} FUZZ_CARGO_FLAGS=--no-default-features \
+FUZZ_SECONDS=${FUZZ_TEST_SECONDS:-6} FUZZ_CARGO_FLAGS=--no-default-features \
     "$root/scripts/fuzz.sh" frame dockerfile oci_layer sigv4 token 2>&1 | tee "$fuzz_log"
 fuzz_status=${PIPESTATUS[0]}
 fuzz_passed=$(grep -c '^fuzz [a-z_0-9]*: ok' "$fuzz_log" || true)
