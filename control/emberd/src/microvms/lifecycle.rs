@@ -390,7 +390,19 @@ impl Microvms {
 
     /// `ResumeMicrovm`.
     pub async fn request_resume(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
-        let inst = self.live_instance(id).await?;
+        let inst = match self.instance(id) {
+            Some(inst) => inst,
+            None => {
+                let rec = self.store.microvm(id).await.map_err(not_found(id))?;
+                self.refuse_if_foreign(&rec)?;
+                // Placed here by another node and not started yet: it is
+                // starting, which a resume leaves be, as for a local VM.
+                if rec.state == MicrovmState::Pending.as_str() {
+                    return Ok(());
+                }
+                return Err(not_live(&rec));
+            }
+        };
         self.refuse_if_fenced()?;
         let state = inst.state();
         // As on the real service: resuming a running (or starting) VM is
@@ -681,11 +693,7 @@ impl Microvms {
         }
         let rec = self.store.microvm(id).await.map_err(not_found(id))?;
         self.refuse_if_foreign(&rec)?;
-        Err(ApiError::conflict(
-            RESOURCE,
-            id,
-            format!("microVM {id} is {}", rec.state),
-        ))
+        Err(not_live(&rec))
     }
 
     /// Has the node that runs `id` carry out `action`, when that is
@@ -778,6 +786,16 @@ impl Microvms {
             _ => Ok(()),
         }
     }
+}
+
+/// The answer for a VM this node has no instance of: its state, from its
+/// row.
+fn not_live(rec: &MicrovmRecord) -> ApiError {
+    ApiError::conflict(
+        RESOURCE,
+        &rec.id,
+        format!("microVM {} is {}", rec.id, rec.state),
+    )
 }
 
 /// The PENDING row of a new microVM `id` run from `plan`, naming `owner`
