@@ -390,18 +390,12 @@ impl Microvms {
 
     /// `ResumeMicrovm`.
     pub async fn request_resume(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
-        let inst = match self.instance(id) {
-            Some(inst) => inst,
-            None => {
-                let rec = self.store.microvm(id).await.map_err(not_found(id))?;
-                self.refuse_if_foreign(&rec)?;
-                // Placed here by another node and not started yet: it is
-                // starting, which a resume leaves be, as for a local VM.
-                if rec.state == MicrovmState::Pending.as_str() {
-                    return Ok(());
-                }
-                return Err(not_live(&rec));
-            }
+        let inst = match self.instance_or_row(id).await? {
+            Here::Live(inst) => inst,
+            // Placed here by another node and not started yet: it is
+            // starting, which a resume leaves be, as for a local VM.
+            Here::Row(rec) if rec.state == MicrovmState::Pending.as_str() => return Ok(()),
+            Here::Row(rec) => return Err(not_live(&rec)),
         };
         self.refuse_if_fenced()?;
         let state = inst.state();
@@ -526,20 +520,16 @@ impl Microvms {
 
     /// `TerminateMicrovm`: idempotent.
     pub async fn request_terminate(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
-        let inst = match self.instance(id) {
-            Some(i) => i,
-            // Already terminated (or never existed: NotFound), or
-            // another node's.
-            None => {
-                let rec = self.store.microvm(id).await.map_err(not_found(id))?;
-                self.refuse_if_foreign(&rec)?;
-                // Placed here by another node and not started yet.
-                if rec.state == MicrovmState::Pending.as_str() {
-                    self.refuse_if_fenced()?;
-                    self.terminate_unstarted(id, TERMINATED_BY_API).await;
-                }
+        let inst = match self.instance_or_row(id).await? {
+            Here::Live(inst) => inst,
+            // Placed here by another node and not started yet.
+            Here::Row(rec) if rec.state == MicrovmState::Pending.as_str() => {
+                self.refuse_if_fenced()?;
+                self.terminate_unstarted(id, TERMINATED_BY_API).await;
                 return Ok(());
             }
+            // Already terminated.
+            Here::Row(_) => return Ok(()),
         };
         self.refuse_if_fenced()?;
         if matches!(
@@ -688,12 +678,21 @@ impl Microvms {
     /// The live instance, or the right error for a terminated or unknown
     /// id.
     pub(super) async fn live_instance(&self, id: &str) -> Result<Arc<Instance>, ApiError> {
+        match self.instance_or_row(id).await? {
+            Here::Live(inst) => Ok(inst),
+            Here::Row(rec) => Err(not_live(&rec)),
+        }
+    }
+
+    /// The VM's instance on this node, or else its row (`NotFound` when
+    /// there is none, the refusal when it is another node's).
+    async fn instance_or_row(&self, id: &str) -> Result<Here, ApiError> {
         if let Some(inst) = self.instance(id) {
-            return Ok(inst);
+            return Ok(Here::Live(inst));
         }
         let rec = self.store.microvm(id).await.map_err(not_found(id))?;
         self.refuse_if_foreign(&rec)?;
-        Err(not_live(&rec))
+        Ok(Here::Row(Box::new(rec)))
     }
 
     /// Has the node that runs `id` carry out `action`, when that is
@@ -786,6 +785,14 @@ impl Microvms {
             _ => Ok(()),
         }
     }
+}
+
+/// A VM of this node's, as [`Microvms::instance_or_row`] found it.
+enum Here {
+    Live(Arc<Instance>),
+    /// No instance: a row TERMINATED, or PENDING placed here by another
+    /// node and not started yet.
+    Row(Box<MicrovmRecord>),
 }
 
 /// The answer for a VM this node has no instance of: its state, from its
